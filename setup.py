@@ -1,0 +1,41 @@
+"""Build the C core: the slab engine with its CPython binding, and the XSAVE probe.
+
+Environment:
+  KMEMCACHE_SANITIZE=1   build with -fsanitize=address,undefined (see .ci/run)
+  KMEMCACHE_WERROR=1     turn compiler warnings into errors
+"""
+
+import glob
+import os
+
+from setuptools import Extension, setup
+
+warn = ["-Wall", "-Wextra", "-Wno-missing-field-initializers", "-Wno-cast-function-type"]
+if os.environ.get("KMEMCACHE_WERROR") == "1":
+    warn.append("-Werror")
+cflags = ["-std=c11", "-O2", "-D_GNU_SOURCE", *warn]
+ldflags: list[str] = []
+if os.environ.get("KMEMCACHE_SANITIZE") == "1":
+    san = ["-fsanitize=address,undefined", "-fno-omit-frame-pointer", "-fno-sanitize-recover=undefined"]
+    cflags = [f for f in cflags if f != "-O2"] + ["-O1", "-g", *san]
+    ldflags += san
+
+engine_sources = sorted(glob.glob("csrc/engine/*.c"))
+
+setup(
+    ext_modules=[
+        Extension(
+            "kmemcache._kmemcache",
+            sources=[*engine_sources, *sorted(glob.glob("csrc/binding/*.c"))],
+            include_dirs=["csrc/engine"],
+            extra_compile_args=cflags,
+            extra_link_args=[*ldflags, "-pthread"],
+        ),
+        Extension(
+            "kmemcache._xsave",
+            sources=["csrc/xsave/xsave.c"],
+            extra_compile_args=cflags,
+            extra_link_args=ldflags,
+        ),
+    ],
+)
