@@ -1,0 +1,357 @@
+"""Timing machinery shared by the benchmarks.
+
+Every benchmark measures zero-argument callables ("ops") with the same recipe:
+
+* each op is warmed up and given its own iteration count, chosen so that one timed
+  loop lasts about ``target_ms`` (or a fixed ``--number``);
+* ``repeats`` timed loops are run per op, the ops taking turns round-robin within each
+  repeat (the starting op rotates) so that drift on a shared machine hits every op alike;
+* a loop is ``for _ in itertools.repeat(None, n): op()`` timed with
+  ``time.perf_counter_ns``, with the cyclic garbage collector paused as ``timeit`` does;
+* results are the median ns/op with min, max and quartiles; nothing is subtracted,
+  but the cost of the loop itself (bare, and calling an empty op) is measured once and
+  reported so readers can see how much of a small number it is.
+
+Ratios are only ever taken between ops measured in the same run.
+"""
+
+from __future__ import annotations
+
+import argparse
+import gc
+import importlib.metadata
+import itertools
+import json
+import os
+import platform
+import statistics
+import sys
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+Op = Callable[[], object]
+
+#: Fixed settings for ``--quick``: enough to exercise every code path, nothing more.
+QUICK_REPEATS = 3
+QUICK_NUMBER = 20
+
+
+@dataclass
+class Candidate:
+    """One op to measure, plus what is known about it."""
+
+    key: str  # stable identifier, used in JSON
+    label: str  # human-readable, used in tables
+    op: Op | None = None  # None when unavailable
+    aligned: bool | None = None  # observed on samples; None when unknown
+    zeroed: bool | None = None  # whether the memory comes back zero-filled
+    status: str = "ok"  # "ok", "not installed" or "failed"
+    note: str = ""  # why it is not "ok"
+    number: int = 0  # iterations per timed loop
+    samples_ns: list[float] = field(default_factory=list)  # ns/op, one per repeat
+
+    @property
+    def ok(self) -> bool:
+        return self.status == "ok" and self.op is not None
+
+    def fail(self, exc: BaseException) -> None:
+        self.status = "failed"
+        self.note = f"{type(exc).__name__}: {exc}"
+        self.samples_ns.clear()
+
+
+class Progress:
+    """A one-line progress indicator on stderr.
+
+    On a terminal the line is rewritten in place; otherwise (CI logs, captured
+    output) only every ``step`` of ``total`` updates is printed, each on its own
+    line, so logs stay short.
+    """
+
+    def __init__(self, total: int, prefix: str, enabled: bool = True) -> None:
+        self.total = max(total, 1)
+        self.prefix = prefix
+        self.count = 0
+        self.enabled = enabled
+        self.tty = sys.stderr.isatty()
+        self.step = max(self.total // 10, 1)
+        self.width = 0
+
+    def update(self, message: str) -> None:
+        self.count += 1
+        if not self.enabled:
+            return
+        percent = 100 * self.count // self.total
+        line = f"{self.prefix} {percent:3d}% {message}"
+        if self.tty:
+            pad = " " * max(self.width - len(line), 0)
+            sys.stderr.write("\r" + line + pad)
+            self.width = len(line)
+        elif self.count % self.step == 0 or self.count == self.total:
+            sys.stderr.write(line + "\n")
+        sys.stderr.flush()
+
+    def done(self) -> None:
+        if self.enabled and self.tty and self.width:
+            sys.stderr.write("\r" + " " * self.width + "\r")
+            sys.stderr.flush()
+
+
+def time_loop(op: Op, number: int) -> int:
+    """Call ``op`` ``number`` times in a tight loop; return the elapsed ns."""
+    loop = itertools.repeat(None, number)
+    clock = time.perf_counter_ns
+    gc_was_enabled = gc.isenabled()
+    # A collection triggered by someone else's garbage would land on whichever op
+    # happens to be running; timeit pauses the collector for the same reason.
+    gc.disable()
+    try:
+        start = clock()
+        for _ in loop:
+            op()
+        return clock() - start
+    finally:
+        if gc_was_enabled:
+            gc.enable()
+
+
+def time_bare_loop(number: int) -> int:
+    """Time the loop with nothing in its body; return the elapsed ns."""
+    loop = itertools.repeat(None, number)
+    clock = time.perf_counter_ns
+    start = clock()
+    for _ in loop:
+        pass
+    return clock() - start
+
+
+def calibrate(op: Op, target_ns: int) -> int:
+    """Return an iteration count for which one loop of ``op`` takes about ``target_ns``.
+
+    Doubles the count until a loop takes at least an eighth of the target, which
+    also serves as the warm-up, then scales.
+    """
+    number = 8
+    while True:
+        elapsed = time_loop(op, number)
+        if elapsed >= target_ns // 8 or number >= 1 << 30:
+            break
+        number *= 2
+    return max(1, round(number * target_ns / max(elapsed, 1)))
+
+
+def summarize(samples: Sequence[float]) -> dict[str, float]:
+    """Median, min, max and quartiles of ns/op samples."""
+    ordered = sorted(samples)
+    if len(ordered) >= 2:
+        q1, _, q3 = statistics.quantiles(ordered, n=4, method="inclusive")
+    else:
+        q1 = q3 = ordered[0]
+    return {
+        "median_ns": statistics.median(ordered),
+        "min_ns": ordered[0],
+        "max_ns": ordered[-1],
+        "q1_ns": q1,
+        "q3_ns": q3,
+    }
+
+
+def measure_loop_overhead(repeats: int, number: int | None, target_ns: int) -> dict[str, float]:
+    """Measure the loop itself once: bare, and calling an op that does nothing.
+
+    The second figure is part of every ns/op number the harness reports.
+    """
+
+    def empty() -> None:
+        pass
+
+    if number is None:
+        number = calibrate(empty, target_ns)
+    bare = [time_bare_loop(number) / number for _ in range(repeats)]
+    call = [time_loop(empty, number) / number for _ in range(repeats)]
+    return {
+        "bare_loop_ns": statistics.median(bare),
+        "empty_op_call_ns": statistics.median(call),
+        "number": number,
+    }
+
+
+def run_round_robin(
+    candidates: Sequence[Candidate],
+    repeats: int,
+    number: int | None,
+    target_ns: int,
+    progress: Progress | None = None,
+) -> None:
+    """Measure every available candidate ``repeats`` times, taking turns.
+
+    Reports ``repeats + 1`` progress steps per available candidate (warm-up included).
+    ``number`` fixes the iterations per loop; None calibrates each op to ``target_ns``.
+    A candidate whose op raises is marked failed and dropped; the rest go on.
+    """
+    live = [c for c in candidates if c.ok]
+    for cand in live:
+        assert cand.op is not None
+        if progress is not None:
+            progress.update(f"warm-up {cand.label}")
+        try:
+            if number is None:
+                cand.number = calibrate(cand.op, target_ns)
+            else:
+                cand.number = number
+                time_loop(cand.op, min(number, 100))  # warm-up
+        except Exception as exc:  # a broken peer must not stop the others
+            cand.fail(exc)
+    for rep in range(repeats):
+        # Rotate the starting op so no candidate always runs first (or last).
+        shift = rep % len(live) if live else 0
+        for cand in live[shift:] + live[:shift]:
+            if progress is not None:
+                progress.update(f"repeat {rep + 1}/{repeats} {cand.label}")
+            if not cand.ok:
+                continue
+            assert cand.op is not None
+            try:
+                elapsed = time_loop(cand.op, cand.number)
+            except Exception as exc:
+                cand.fail(exc)
+                continue
+            cand.samples_ns.append(elapsed / cand.number)
+
+
+def release(candidates: Sequence[Candidate]) -> None:
+    """Drop the ops, calling ``op.close()`` where an op owns a resource."""
+    for cand in candidates:
+        close = getattr(cand.op, "close", None)
+        cand.op = None
+        if close is not None:
+            try:
+                close()
+            except Exception as exc:
+                print(f"warning: closing {cand.label}: {exc}", file=sys.stderr)
+    gc.collect()
+
+
+def paired_ratios(peer: Candidate, base: Candidate) -> list[float]:
+    """Per-repeat ratios peer/base: both were timed in the same round of each repeat."""
+    return [p / b for p, b in zip(peer.samples_ns, base.samples_ns, strict=False) if b > 0]
+
+
+def candidate_record(cand: Candidate, base: Candidate | None) -> dict[str, Any]:
+    """The JSON record of one candidate, with its ratio against ``base``."""
+    record: dict[str, Any] = {
+        "key": cand.key,
+        "label": cand.label,
+        "status": cand.status,
+        "aligned": cand.aligned,
+        "zeroed": cand.zeroed,
+    }
+    if cand.note:
+        record["note"] = cand.note
+    if not cand.samples_ns:
+        return record
+    record["number"] = cand.number
+    record["samples_ns"] = cand.samples_ns
+    record.update(summarize(cand.samples_ns))
+    if base is not None and base.samples_ns:
+        record["ratio"] = record["median_ns"] / statistics.median(base.samples_ns)
+        pairs = paired_ratios(cand, base)
+        if pairs:
+            record["ratio_min"] = min(pairs)
+            record["ratio_max"] = max(pairs)
+    return record
+
+
+def package_version(name: str) -> str | None:
+    """Installed version of a distribution, or None."""
+    try:
+        return importlib.metadata.version(name)
+    except importlib.metadata.PackageNotFoundError:
+        return None
+
+
+def environment(packages: Sequence[str]) -> dict[str, Any]:
+    """What the numbers were measured on; ratios travel, absolute numbers do not."""
+    return {
+        "python": platform.python_version(),
+        "implementation": platform.python_implementation(),
+        "system": platform.system(),
+        "machine": platform.machine(),
+        "cpu_count": os.cpu_count(),
+        "packages": {name: package_version(name) for name in packages},
+    }
+
+
+def fmt_ns(value: float) -> str:
+    """ns with precision that suits the magnitude."""
+    if value < 10:
+        return f"{value:.2f}"
+    if value < 100:
+        return f"{value:.1f}"
+    return f"{value:,.0f}"
+
+
+def fmt_ratio(value: float | None) -> str:
+    return "-" if value is None else f"{value:.2f}x"
+
+
+def markdown_table(headers: Sequence[str], rows: Sequence[Sequence[str]], right: set[int]) -> str:
+    """A Markdown table; columns whose index is in ``right`` are right-aligned."""
+    widths = [len(h) for h in headers]
+    for row in rows:
+        widths = [max(w, len(cell)) for w, cell in zip(widths, row, strict=True)]
+
+    def line(cells: Sequence[str]) -> str:
+        padded = [
+            cell.rjust(w) if i in right else cell.ljust(w)
+            for i, (cell, w) in enumerate(zip(cells, widths, strict=True))
+        ]
+        return "| " + " | ".join(padded) + " |"
+
+    rule = [("-" * (w - 1) + ":") if i in right else "-" * w for i, w in enumerate(widths)]
+    return "\n".join([line(headers), "| " + " | ".join(rule) + " |", *map(line, rows)])
+
+
+def argument_parser(description: str) -> argparse.ArgumentParser:
+    """The options every benchmark takes."""
+    parser = argparse.ArgumentParser(
+        description=description, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument("--json", metavar="FILE", help="also write the results as JSON to FILE")
+    parser.add_argument(
+        "--quick",
+        action="store_true",
+        help=f"tiny counts ({QUICK_REPEATS} repeats of {QUICK_NUMBER}): checks it runs, "
+        "measures nothing",
+    )
+    parser.add_argument("--repeats", type=int, default=7, help="timed loops per op (default 7)")
+    parser.add_argument(
+        "--number", type=int, help="iterations per timed loop (default: calibrated per op)"
+    )
+    parser.add_argument(
+        "--target-ms",
+        type=float,
+        default=40.0,
+        help="duration of one calibrated timed loop in ms (default 40)",
+    )
+    parser.add_argument("--no-progress", action="store_true", help="no progress line on stderr")
+    return parser
+
+
+def settings(args: argparse.Namespace) -> tuple[int, int | None, int]:
+    """(repeats, number or None, target_ns) from parsed arguments."""
+    if args.quick:
+        return QUICK_REPEATS, QUICK_NUMBER, 0
+    if args.repeats < 1:
+        raise SystemExit("--repeats must be at least 1")
+    if args.number is not None and args.number < 1:
+        raise SystemExit("--number must be at least 1")
+    return args.repeats, args.number, int(args.target_ms * 1e6)
+
+
+def write_json(path: str, data: dict[str, Any]) -> None:
+    with open(path, "w", encoding="utf-8") as fh:
+        json.dump(data, fh, indent=2)
+        fh.write("\n")

@@ -1,0 +1,445 @@
+"""The ways to get a small (aligned) buffer from Python that kmemcache is compared with.
+
+Each peer has two functions:
+
+* ``make_<peer>(size, align)`` returns a zero-argument op doing ONE allocation of
+  ``size`` bytes (zero-filled where the peer has a zeroing variant) and dropping or
+  freeing it, so what is timed is alloc+free. Setup (caches, libc symbols, bound
+  methods) happens once in the factory, outside the timed loop.
+* ``aligned_<peer>(size, align)`` allocates a batch of samples, all alive at once so
+  they get distinct addresses, and says whether every one starts on a multiple of
+  ``align``: what the peer actually delivers, not what it promises.
+
+A peer whose package is missing raises ``PeerUnavailable`` from both functions.
+``PEERS`` lists them all in table order; the first is the baseline for ratios.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import ctypes.util
+import functools
+import importlib
+import itertools
+import mmap
+from collections.abc import Callable
+from dataclasses import dataclass
+from types import ModuleType
+from typing import Any
+
+Op = Callable[[], object]
+
+#: Live samples per alignment check; one lucky address must not pass for alignment.
+ALIGN_SAMPLES = 32
+
+
+class PeerUnavailable(Exception):
+    """The peer cannot run here (its package is not installed)."""
+
+
+def _require(module: str) -> ModuleType:
+    try:
+        return importlib.import_module(module)
+    except ImportError as exc:
+        raise PeerUnavailable(f"{module} not installed") from exc
+
+
+def _all_aligned(addresses: list[int], align: int) -> bool:
+    return all(addr % align == 0 for addr in addresses) if align > 1 else True
+
+
+def _buffer_address(obj: Any) -> int:
+    """Address of a writable buffer (bytearray, mmap) without copying it."""
+    view = (ctypes.c_char * len(obj)).from_buffer(obj)
+    try:
+        return ctypes.addressof(view)
+    finally:
+        del view  # release the export, or mmap.close() would refuse
+
+
+# --- libc through ctypes ---------------------------------------------------------
+
+
+@functools.cache
+def _libc() -> ctypes.CDLL:
+    """libc with the prototypes the peers call, declared so ctypes converts correctly."""
+    path = ctypes.util.find_library("c")
+    libc = ctypes.CDLL(path) if path else ctypes.CDLL(None)
+    libc.posix_memalign.argtypes = [
+        ctypes.POINTER(ctypes.c_void_p),
+        ctypes.c_size_t,
+        ctypes.c_size_t,
+    ]
+    libc.posix_memalign.restype = ctypes.c_int
+    libc.memset.argtypes = [ctypes.c_void_p, ctypes.c_int, ctypes.c_size_t]
+    libc.memset.restype = ctypes.c_void_p
+    libc.free.argtypes = [ctypes.c_void_p]
+    libc.free.restype = None
+    return libc
+
+
+def _memalign_align(align: int) -> int:
+    # posix_memalign wants a power of two that is a multiple of sizeof(void *).
+    return max(align, ctypes.sizeof(ctypes.c_void_p), 16)
+
+
+# --- kmemcache --------------------------------------------------------------------
+
+_cache_ids = itertools.count()
+
+
+def _kmemcache() -> Any:
+    try:
+        import kmemcache
+    except ImportError as exc:
+        raise PeerUnavailable(f"kmemcache not importable: {exc}") from exc
+    return kmemcache
+
+
+def _new_cache(size: int, align: int) -> Any:
+    # A distinct name per cache keeps them apart in slabinfo-style reports.
+    return _kmemcache().Cache(f"bench-{size}-{align}-{next(_cache_ids)}", size, align)
+
+
+def make_kmemcache_zalloc_free(size: int, align: int) -> Op:
+    cache = _new_cache(size, align)
+    zalloc = cache.zalloc
+
+    def op() -> None:
+        o = zalloc()
+        o.free()
+
+    op.close = cache.destroy  # type: ignore[attr-defined]
+    return op
+
+
+def make_kmemcache_zalloc_drop(size: int, align: int) -> Op:
+    cache = _new_cache(size, align)
+    zalloc = cache.zalloc
+
+    def op() -> None:
+        zalloc()  # dropped at once: the handle's last reference frees it
+
+    op.close = cache.destroy  # type: ignore[attr-defined]
+    return op
+
+
+def make_kmemcache_alloc_free(size: int, align: int) -> Op:
+    cache = _new_cache(size, align)
+    alloc = cache.alloc
+
+    def op() -> None:
+        o = alloc()
+        o.free()
+
+    op.close = cache.destroy  # type: ignore[attr-defined]
+    return op
+
+
+def aligned_kmemcache(size: int, align: int) -> bool:
+    cache = _new_cache(size, align)
+    try:
+        objs = [cache.zalloc() for _ in range(ALIGN_SAMPLES)]
+        result = _all_aligned([o.address for o in objs], align)
+        for o in objs:
+            o.free()
+    finally:
+        cache.destroy()
+    return result
+
+
+# --- bytearray --------------------------------------------------------------------
+
+
+def make_bytearray(size: int, align: int) -> Op:
+    new = bytearray
+
+    def op() -> None:
+        new(size)
+
+    return op
+
+
+def aligned_bytearray(size: int, align: int) -> bool:
+    samples = [bytearray(size) for _ in range(ALIGN_SAMPLES)]
+    return _all_aligned([_buffer_address(b) for b in samples], align)
+
+
+# --- NumPy ------------------------------------------------------------------------
+
+
+def make_numpy_slice(size: int, align: int) -> Op:
+    """The usual recipe: over-allocate by ``align`` and slice at the first aligned byte."""
+    np = _require("numpy")
+    zeros, uint8 = np.zeros, np.uint8
+    align = max(align, 1)
+    total = size + align
+
+    def op() -> None:
+        a = zeros(total, uint8)
+        off = (-a.ctypes.data) % align
+        a[off : off + size]
+
+    return op
+
+
+def aligned_numpy_slice(size: int, align: int) -> bool:
+    np = _require("numpy")
+    align = max(align, 1)
+    samples = []
+    for _ in range(ALIGN_SAMPLES):
+        a = np.zeros(size + align, np.uint8)
+        off = (-a.ctypes.data) % align
+        samples.append(a[off : off + size])
+    return _all_aligned([s.ctypes.data for s in samples], align)
+
+
+def make_numpy_zeros(size: int, align: int) -> Op:
+    np = _require("numpy")
+    zeros, uint8 = np.zeros, np.uint8
+
+    def op() -> None:
+        zeros(size, uint8)
+
+    return op
+
+
+def make_numpy_empty(size: int, align: int) -> Op:
+    np = _require("numpy")
+    empty, uint8 = np.empty, np.uint8
+
+    def op() -> None:
+        empty(size, uint8)
+
+    return op
+
+
+def aligned_numpy_plain(size: int, align: int) -> bool:
+    np = _require("numpy")
+    samples = [np.zeros(size, np.uint8) for _ in range(ALIGN_SAMPLES)]
+    return _all_aligned([s.ctypes.data for s in samples], align)
+
+
+# --- pyFFTW -----------------------------------------------------------------------
+
+
+def _fftw_align(pyfftw: ModuleType, align: int) -> int:
+    return align if align > 0 else pyfftw.simd_alignment
+
+
+def make_pyfftw_zeros(size: int, align: int) -> Op:
+    pyfftw = _require("pyfftw")
+    zeros_aligned, n = pyfftw.zeros_aligned, _fftw_align(pyfftw, align)
+
+    def op() -> None:
+        zeros_aligned(size, dtype="uint8", n=n)
+
+    return op
+
+
+def make_pyfftw_empty(size: int, align: int) -> Op:
+    pyfftw = _require("pyfftw")
+    empty_aligned, n = pyfftw.empty_aligned, _fftw_align(pyfftw, align)
+
+    def op() -> None:
+        empty_aligned(size, dtype="uint8", n=n)
+
+    return op
+
+
+def aligned_pyfftw(size: int, align: int) -> bool:
+    pyfftw = _require("pyfftw")
+    n = _fftw_align(pyfftw, align)
+    samples = [pyfftw.zeros_aligned(size, dtype="uint8", n=n) for _ in range(ALIGN_SAMPLES)]
+    return _all_aligned([s.ctypes.data for s in samples], align)
+
+
+# --- posix_memalign through ctypes ------------------------------------------------
+
+
+def make_posix_memalign(size: int, align: int) -> Op:
+    libc = _libc()
+    posix_memalign, memset, free = libc.posix_memalign, libc.memset, libc.free
+    boundary = _memalign_align(align)
+    ptr = ctypes.c_void_p()
+    out = ctypes.byref(ptr)  # made once: the out-parameter is reused by every call
+
+    def op() -> None:
+        if posix_memalign(out, boundary, size):
+            raise MemoryError("posix_memalign failed")
+        memset(ptr, 0, size)
+        free(ptr)
+
+    return op
+
+
+def aligned_posix_memalign(size: int, align: int) -> bool:
+    libc = _libc()
+    addresses = []
+    try:
+        for _ in range(ALIGN_SAMPLES):
+            ptr = ctypes.c_void_p()
+            if libc.posix_memalign(ctypes.byref(ptr), _memalign_align(align), size):
+                raise MemoryError("posix_memalign failed")
+            addresses.append(ptr.value or 0)
+        return _all_aligned(addresses, align)
+    finally:
+        for addr in addresses:
+            libc.free(addr)
+
+
+# --- mmap -------------------------------------------------------------------------
+
+
+def make_mmap(size: int, align: int) -> Op:
+    new = mmap.mmap
+
+    def op() -> None:
+        new(-1, size).close()
+
+    return op
+
+
+def aligned_mmap(size: int, align: int) -> bool:
+    samples = [mmap.mmap(-1, size) for _ in range(ALIGN_SAMPLES)]
+    try:
+        return _all_aligned([_buffer_address(m) for m in samples], align)
+    finally:
+        for m in samples:
+            m.close()
+
+
+# --- numpy-allocator: an aligned NumPy data handler made of ctypes callbacks --------
+
+
+@functools.cache
+def _aligned_handler(align: int) -> Any:
+    """A numpy-allocator handler whose calloc/malloc return ``align``-aligned memory.
+
+    Without a compiler the only way to write one is ctypes callbacks, so every array
+    allocation calls back into Python; that is the cost this peer shows.
+    """
+    numpy_allocator = _require("numpy_allocator")
+    _require("numpy")
+    libc = _libc()
+    boundary = _memalign_align(align)
+
+    def aligned(nbytes: int) -> int | None:
+        ptr = ctypes.c_void_p()
+        if libc.posix_memalign(ctypes.byref(ptr), boundary, max(nbytes, 1)):
+            return None
+        return ptr.value
+
+    @ctypes.CFUNCTYPE(ctypes.c_void_p, ctypes.c_size_t, ctypes.c_size_t)
+    def calloc(nelem: int, elsize: int) -> int | None:
+        ptr = aligned(nelem * elsize)
+        if ptr:
+            libc.memset(ptr, 0, nelem * elsize)
+        return ptr
+
+    @ctypes.CFUNCTYPE(ctypes.c_void_p, ctypes.c_size_t)
+    def malloc(nbytes: int) -> int | None:
+        return aligned(nbytes)
+
+    # The handler keeps the callbacks alive; functools.cache keeps the handler alive.
+    return numpy_allocator.type(
+        f"aligned_{boundary}",
+        (),
+        {"_calloc_": calloc, "_malloc_": malloc, "_free_": ctypes.addressof(libc.free)},
+    )
+
+
+def make_numpy_allocator(size: int, align: int) -> Op:
+    np = _require("numpy")
+    handler = _aligned_handler(align)
+    zeros, uint8 = np.zeros, np.uint8
+
+    def op() -> None:
+        # The handler is entered per allocation so it never leaks into other peers.
+        with handler:
+            zeros(size, uint8)
+
+    return op
+
+
+def aligned_numpy_allocator(size: int, align: int) -> bool:
+    np = _require("numpy")
+    with _aligned_handler(align):
+        samples = [np.zeros(size, np.uint8) for _ in range(ALIGN_SAMPLES)]
+    return _all_aligned([s.ctypes.data for s in samples], align)
+
+
+# --- registry ---------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Peer:
+    """One way of allocating, as listed in result tables."""
+
+    key: str
+    label: str
+    make: Callable[[int, int], Op]
+    aligned: Callable[[int, int], bool]
+    zeroed: bool
+
+
+PEERS: tuple[Peer, ...] = (
+    Peer(
+        "kmemcache_zalloc_free",
+        "kmemcache zalloc+free",
+        make_kmemcache_zalloc_free,
+        aligned_kmemcache,
+        True,
+    ),
+    Peer(
+        "kmemcache_zalloc_drop",
+        "kmemcache zalloc+drop",
+        make_kmemcache_zalloc_drop,
+        aligned_kmemcache,
+        True,
+    ),
+    Peer(
+        "kmemcache_alloc_free",
+        "kmemcache alloc+free",
+        make_kmemcache_alloc_free,
+        aligned_kmemcache,
+        False,
+    ),
+    Peer("bytearray", "bytearray(n) create+drop", make_bytearray, aligned_bytearray, True),
+    Peer(
+        "numpy_slice",
+        "numpy zeros(n+align) + slice",
+        make_numpy_slice,
+        aligned_numpy_slice,
+        True,
+    ),
+    Peer("numpy_zeros", "numpy zeros(n)", make_numpy_zeros, aligned_numpy_plain, True),
+    Peer("numpy_empty", "numpy empty(n)", make_numpy_empty, aligned_numpy_plain, False),
+    Peer("pyfftw_zeros", "pyfftw.zeros_aligned", make_pyfftw_zeros, aligned_pyfftw, True),
+    Peer("pyfftw_empty", "pyfftw.empty_aligned", make_pyfftw_empty, aligned_pyfftw, False),
+    Peer(
+        "posix_memalign",
+        "posix_memalign+memset+free (ctypes)",
+        make_posix_memalign,
+        aligned_posix_memalign,
+        True,
+    ),
+    Peer("mmap", "mmap(-1, n) create+close", make_mmap, aligned_mmap, True),
+    Peer(
+        "numpy_allocator",
+        "numpy zeros(n), numpy-allocator aligned handler",
+        make_numpy_allocator,
+        aligned_numpy_allocator,
+        True,
+    ),
+)
+
+BASELINE = PEERS[0].key
+
+
+def peer(key: str) -> Peer:
+    """The peer with this key."""
+    for p in PEERS:
+        if p.key == key:
+            return p
+    raise KeyError(key)
