@@ -1,0 +1,535 @@
+/*
+ * cache_type.c - the Cache type: argument checks around the engine's cache
+ * calls, and the objects' handles.
+ *
+ * The hot methods (alloc, zalloc, free) are METH_NOARGS / METH_O so that a
+ * call costs what a builtin method call costs, plus the engine's fast path.
+ */
+#include "binding.h"
+
+int kmc_cache_check_alive(CacheObject *self)
+{
+    if (self->cache)
+        return 0;
+    PyErr_SetString(PyExc_ValueError, "operation on a destroyed kmemcache cache");
+    return -1;
+}
+
+int kmc_track(CacheObject *cache, const char *event, const void *address)
+{
+    PyObject *addr = PyLong_FromVoidPtr((void *)address);
+    if (!addr)
+        return -1;
+    PyObject *r = PyObject_CallFunction(cache->track, "sO", event, addr);
+    Py_DECREF(addr);
+    if (!r)
+        return -1;
+    Py_DECREF(r);
+    return 0;
+}
+
+/* The engine's constructor hook: run the Python ctor on a memoryview of the
+ * object, then release the view so that no reference to object memory
+ * outlives the call. */
+static int call_ctor(void *object, size_t size, void *arg)
+{
+    CacheObject *self = arg;
+    PyGILState_STATE gil = PyGILState_Ensure();
+    int rc = -1;
+    PyObject *view = PyMemoryView_FromMemory(object, (Py_ssize_t)size, PyBUF_WRITE);
+    if (view) {
+        PyObject *r = PyObject_CallOneArg(self->ctor, view);
+        Py_XDECREF(r);
+        PyObject *released = PyObject_CallMethod(view, "release", NULL);
+        if (r && !released)
+            PyErr_SetString(PyExc_ValueError,
+                            "the ctor kept a view of the object's memory; it must not");
+        Py_XDECREF(released);
+        Py_DECREF(view);
+        rc = r && released ? 0 : -1;
+    }
+    if (rc != 0) {
+        /* keep the ctor's exception to raise it from the allocation */
+        PyObject *type, *value, *tb;
+        PyErr_Fetch(&type, &value, &tb);
+        PyErr_NormalizeException(&type, &value, &tb);
+        if (tb)
+            PyException_SetTraceback(value, tb);
+        Py_XSETREF(self->ctor_error, value);
+        Py_XDECREF(type);
+        Py_XDECREF(tb);
+    }
+    PyGILState_Release(gil);
+    return rc;
+}
+
+/* Raise for a failed allocation: the ctor's own exception if it failed. */
+static int raise_alloc_failure(CacheObject *self)
+{
+    kmc_status st = kmc_last_report()->status;
+    if (st == KMC_ECTOR && self->ctor_error) {
+        PyObject *exc = self->ctor_error;
+        self->ctor_error = NULL;
+        PyErr_SetObject((PyObject *)Py_TYPE(exc), exc);
+        Py_DECREF(exc);
+        return 0;
+    }
+    if (st == KMC_OK)
+        st = KMC_ENOMEM;
+    return kmc_raise(st);
+}
+
+static PyObject *cache_new(PyTypeObject *type, PyObject *Py_UNUSED(args),
+                           PyObject *Py_UNUSED(kwds))
+{
+    CacheObject *self = (CacheObject *)type->tp_alloc(type, 0);
+    return (PyObject *)self;
+}
+
+static int cache_init(CacheObject *self, PyObject *args, PyObject *kwds)
+{
+    static char *kwlist[] = {"name", "size", "align", "flags", "ctor", NULL};
+    PyObject *name, *ctor = Py_None;
+    Py_ssize_t size, align = 0;
+    unsigned long flags = 0;
+    if (self->cache) {
+        PyErr_SetString(PyExc_TypeError, "a kmemcache cache cannot be initialised twice");
+        return -1;
+    }
+    if (!PyArg_ParseTupleAndKeywords(args, kwds, "On|nkO:Cache", kwlist, &name, &size,
+                                     &align, &flags, &ctor))
+        return -1;
+    if (!PyUnicode_Check(name)) {
+        PyErr_Format(PyExc_TypeError, "cache name must be a str, not %.100s",
+                     Py_TYPE(name)->tp_name);
+        return -1;
+    }
+    const char *cname = PyUnicode_AsUTF8(name);
+    if (!cname)
+        return -1;
+    if (ctor != Py_None && !PyCallable_Check(ctor)) {
+        PyErr_Format(PyExc_TypeError, "ctor must be callable or None, not %.100s",
+                     Py_TYPE(ctor)->tp_name);
+        return -1;
+    }
+    if (size < 1 || (size_t)size > KMC_MAX_SIZE) {
+        PyErr_Format(PyExc_ValueError, "size must be 1 to %zu bytes, not %zd",
+                     (size_t)KMC_MAX_SIZE, size);
+        return -1;
+    }
+    if (align < 0 || (align & (align - 1)) || (size_t)align > KMC_MAX_ALIGN) {
+        PyErr_Format(PyExc_ValueError,
+                     "align must be 0 or a power of two up to %zu, not %zd",
+                     (size_t)KMC_MAX_ALIGN, align);
+        return -1;
+    }
+    if (flags & ~(unsigned long)KMC_VALID_FLAGS) {
+        PyErr_Format(PyExc_ValueError, "unknown flags 0x%lx",
+                     flags & ~(unsigned long)KMC_VALID_FLAGS);
+        return -1;
+    }
+    if (ctor != Py_None)
+        Py_XSETREF(self->ctor, Py_NewRef(ctor));
+    kmc_status st = kmc_cache_create(cname, (size_t)size, (size_t)align, (unsigned)flags,
+                                     ctor != Py_None ? call_ctor : NULL, self, &self->cache);
+    if (st != KMC_OK) {
+        if (st == KMC_EINVAL)
+            PyErr_SetString(PyExc_ValueError, kmc_last_report()->message);
+        else
+            kmc_raise(st);
+        return -1;
+    }
+    self->size = size;
+    return 0;
+}
+
+static int cache_traverse(CacheObject *self, visitproc visit, void *arg)
+{
+    Py_VISIT(self->ctor);
+    Py_VISIT(self->track);
+    Py_VISIT(self->ctor_error);
+    Py_VISIT(self->dict);
+    Py_VISIT(Py_TYPE(self));
+    return 0;
+}
+
+static int cache_clear(CacheObject *self)
+{
+    Py_CLEAR(self->ctor);
+    Py_CLEAR(self->track);
+    Py_CLEAR(self->ctor_error);
+    Py_CLEAR(self->dict);
+    return 0;
+}
+
+static void cache_dealloc(CacheObject *self)
+{
+    PyTypeObject *type = Py_TYPE(self);
+    PyObject_GC_UnTrack(self);
+    if (self->weakrefs)
+        PyObject_ClearWeakRefs((PyObject *)self);
+    if (self->cache) {
+        /* no handle is alive (each holds its cache), so nothing is live
+         * unless C code allocated from it; then keep the memory. */
+        kmc_stats_t s;
+        kmc_cache_stats(self->cache, &s);
+        if (s.active_objs == 0)
+            (void)kmc_cache_destroy(self->cache);
+        self->cache = NULL;
+    }
+    cache_clear(self);
+    type->tp_free((PyObject *)self);
+    if (type->tp_flags & Py_TPFLAGS_HEAPTYPE)
+        Py_DECREF(type);
+}
+
+static PyObject *alloc_one(CacheObject *self, int zero)
+{
+    if (kmc_cache_check_alive(self) < 0)
+        return NULL;
+    void *p;
+    while (!(p = kmc_cache_alloc(self->cache, zero))) {
+        if (zero && self->ctor) {
+            PyErr_SetString(PyExc_ValueError,
+                            "zalloc() on a cache with a ctor: the ctor's work would be lost");
+            return NULL;
+        }
+        if (!raise_alloc_failure(self))
+            return NULL;
+    }
+    ObjectObject *obj = kmc_object_new(self, p, self->size);
+    if (!obj) {
+        kmc_cache_free(self->cache, p);
+        return NULL;
+    }
+    if (self->track && kmc_track(self, "alloc", p) < 0) {
+        Py_DECREF(obj);
+        return NULL;
+    }
+    return (PyObject *)obj;
+}
+
+static PyObject *cache_alloc(CacheObject *self, PyObject *Py_UNUSED(ignored))
+{
+    return alloc_one(self, 0);
+}
+
+static PyObject *cache_zalloc(CacheObject *self, PyObject *Py_UNUSED(ignored))
+{
+    return alloc_one(self, 1);
+}
+
+static PyObject *cache_alloc_bulk(CacheObject *self, PyObject *args, PyObject *kwds)
+{
+    static char *kwlist[] = {"n", "zero", NULL};
+    Py_ssize_t n;
+    int zero = 0;
+    if (!PyArg_ParseTupleAndKeywords(args, kwds, "n|p:alloc_bulk", kwlist, &n, &zero))
+        return NULL;
+    if (kmc_cache_check_alive(self) < 0)
+        return NULL;
+    if (n < 0) {
+        PyErr_Format(PyExc_ValueError, "n must be >= 0, not %zd", n);
+        return NULL;
+    }
+    if (zero && self->ctor) {
+        PyErr_SetString(PyExc_ValueError,
+                        "zero=True on a cache with a ctor: the ctor's work would be lost");
+        return NULL;
+    }
+    PyObject *list = PyList_New(n);
+    void **ptrs = n ? PyMem_Malloc((size_t)n * sizeof(void *)) : NULL;
+    if (!list || (n && !ptrs)) {
+        Py_XDECREF(list);
+        PyMem_Free(ptrs);
+        return PyErr_NoMemory();
+    }
+    kmc_status st;
+    while ((st = kmc_cache_alloc_bulk(self->cache, (size_t)n, ptrs, zero)) != KMC_OK) {
+        if (!raise_alloc_failure(self)) {
+            Py_DECREF(list);
+            PyMem_Free(ptrs);
+            return NULL;
+        }
+    }
+    for (Py_ssize_t i = 0; i < n; i++) {
+        ObjectObject *obj = kmc_object_new(self, ptrs[i], self->size);
+        if (!obj) {
+            /* give back the objects with no handle yet; the list frees the rest */
+            for (Py_ssize_t j = i; j < n; j++)
+                kmc_cache_free(self->cache, ptrs[j]);
+            Py_DECREF(list);
+            PyMem_Free(ptrs);
+            return NULL;
+        }
+        PyList_SET_ITEM(list, i, (PyObject *)obj);
+    }
+    PyMem_Free(ptrs);
+    if (self->track)
+        for (Py_ssize_t i = 0; i < n; i++)
+            if (kmc_track(self, "alloc", ((ObjectObject *)PyList_GET_ITEM(list, i))->ptr) < 0) {
+                Py_DECREF(list);
+                return NULL;
+            }
+    return list;
+}
+
+/* Check that @arg is a live handle of this cache that may be freed now. */
+static int check_freeable(CacheObject *self, PyObject *arg)
+{
+    if (!PyObject_TypeCheck(arg, &KmcObject_Type)) {
+        kmc_raise_message(KMC_EINVALID_FREE, self, NULL,
+                          "Invalid free in %s: %.100s is not a kmemcache object",
+                          kmc_cache_name(self->cache), Py_TYPE(arg)->tp_name);
+        return -1;
+    }
+    ObjectObject *obj = (ObjectObject *)arg;
+    if (obj->owner != self && obj->ptr) {
+        const char *other = obj->owner->cache ? kmc_cache_name(obj->owner->cache) : "?";
+        kmc_raise_message(KMC_EINVALID_FREE, self, obj->ptr,
+                          "Invalid free of %p in %s: it belongs to cache %s", (void *)obj->ptr,
+                          kmc_cache_name(self->cache), other);
+        return -1;
+    }
+    return 0;
+}
+
+static PyObject *cache_free(CacheObject *self, PyObject *arg)
+{
+    if (kmc_cache_check_alive(self) < 0 || check_freeable(self, arg) < 0)
+        return NULL;
+    if (kmc_object_free((ObjectObject *)arg) < 0)
+        return NULL;
+    Py_RETURN_NONE;
+}
+
+static PyObject *cache_free_bulk(CacheObject *self, PyObject *arg)
+{
+    if (kmc_cache_check_alive(self) < 0)
+        return NULL;
+    PyObject *seq = PySequence_Fast(arg, "free_bulk() takes a sequence of objects");
+    if (!seq)
+        return NULL;
+    Py_ssize_t n = PySequence_Fast_GET_SIZE(seq);
+    PyObject **items = PySequence_Fast_ITEMS(seq);
+    PyObject *seen = PySet_New(NULL);
+    if (!seen)
+        goto fail;
+    /* all or nothing: every check before the first free */
+    for (Py_ssize_t i = 0; i < n; i++) {
+        if (check_freeable(self, items[i]) < 0)
+            goto fail;
+        ObjectObject *obj = (ObjectObject *)items[i];
+        if (!obj->ptr) {
+            kmc_raise_message(KMC_EDOUBLE_FREE, self, NULL,
+                              "Object already free: item %zd was freed before", i);
+            goto fail;
+        }
+        if (obj->exports) {
+            PyErr_Format(PyExc_BufferError,
+                         "cannot free item %zd: %zd buffer view(s) of it exist", i,
+                         obj->exports);
+            goto fail;
+        }
+        int dup = PySet_Contains(seen, items[i]);
+        if (dup < 0 || (!dup && PySet_Add(seen, items[i]) < 0))
+            goto fail;
+        if (dup) {
+            kmc_raise_message(KMC_EDOUBLE_FREE, self, obj->ptr,
+                              "Object already free: item %zd appears twice", i);
+            goto fail;
+        }
+    }
+    for (Py_ssize_t i = 0; i < n; i++)
+        if (kmc_object_free((ObjectObject *)items[i]) < 0)
+            goto fail;
+    Py_DECREF(seen);
+    Py_DECREF(seq);
+    Py_RETURN_NONE;
+fail:
+    Py_XDECREF(seen);
+    Py_DECREF(seq);
+    return NULL;
+}
+
+static PyObject *cache_shrink(CacheObject *self, PyObject *Py_UNUSED(ignored))
+{
+    if (kmc_cache_check_alive(self) < 0)
+        return NULL;
+    return PyLong_FromSize_t(kmc_cache_shrink(self->cache));
+}
+
+static PyObject *cache_destroy(CacheObject *self, PyObject *Py_UNUSED(ignored))
+{
+    if (kmc_cache_check_alive(self) < 0)
+        return NULL;
+    kmc_status st = kmc_cache_destroy(self->cache);
+    if (st == KMC_EBUSY) {
+        kmc_raise(st);
+        return NULL;
+    }
+    self->cache = NULL;
+    if (st != KMC_OK && !kmc_raise(st))
+        return NULL; /* destroyed, but damage was found on the way */
+    Py_RETURN_NONE;
+}
+
+static PyObject *cache_validate(CacheObject *self, PyObject *Py_UNUSED(ignored))
+{
+    if (kmc_cache_check_alive(self) < 0)
+        return NULL;
+    size_t problems = 0;
+    kmc_status st = kmc_cache_validate(self->cache, &problems);
+    if (st != KMC_OK && !kmc_raise(st))
+        return NULL;
+    return PyLong_FromSize_t(problems);
+}
+
+static int put_stat(PyObject *d, const char *key, unsigned long long v)
+{
+    PyObject *o = PyLong_FromUnsignedLongLong(v);
+    if (!o)
+        return -1;
+    int rc = PyDict_SetItemString(d, key, o);
+    Py_DECREF(o);
+    return rc;
+}
+
+/* The engine's counters of @c as a dict (also used for every cache by
+ * the module's _caches()). */
+PyObject *kmc_stats_dict(kmc_cache_t *c)
+{
+    kmc_stats_t s;
+    kmc_cache_stats(c, &s);
+    PyObject *d = PyDict_New();
+    if (!d)
+        return NULL;
+    PyObject *name = PyUnicode_FromString(kmc_cache_name(c));
+    if (!name || PyDict_SetItemString(d, "name", name) < 0) {
+        Py_XDECREF(name);
+        Py_DECREF(d);
+        return NULL;
+    }
+    Py_DECREF(name);
+#define STAT(field) put_stat(d, #field, s.field) < 0 ||
+    if (STAT(active_objs) STAT(num_objs) STAT(objsize) STAT(objperslab) STAT(pagesperslab)
+            STAT(active_slabs) STAT(num_slabs) STAT(size) STAT(align) STAT(slab_size)
+                STAT(partial_slabs) STAT(empty_slabs) STAT(allocs) STAT(frees)
+                    STAT(slabs_created) STAT(slabs_released) STAT(committed_bytes)
+                        STAT(metadata_bytes) STAT(arenas) STAT(flags) 0) {
+        Py_DECREF(d);
+        return NULL;
+    }
+#undef STAT
+    return d;
+}
+
+static PyObject *cache_stats_raw(CacheObject *self, PyObject *Py_UNUSED(ignored))
+{
+    if (kmc_cache_check_alive(self) < 0)
+        return NULL;
+    return kmc_stats_dict(self->cache);
+}
+
+static void collect_address(void *object, void *arg)
+{
+    PyObject *addr = PyLong_FromVoidPtr(object);
+    if (!addr || PyList_Append((PyObject *)arg, addr) < 0)
+        PyErr_Clear(); /* a missed address only shortens a report */
+    Py_XDECREF(addr);
+}
+
+static PyObject *cache_live_addresses(CacheObject *self, PyObject *Py_UNUSED(ignored))
+{
+    if (kmc_cache_check_alive(self) < 0)
+        return NULL;
+    PyObject *list = PyList_New(0);
+    if (list)
+        kmc_cache_for_each_live(self->cache, collect_address, list);
+    return list;
+}
+
+static PyObject *cache_set_track(CacheObject *self, PyObject *arg)
+{
+    if (arg != Py_None && !PyCallable_Check(arg)) {
+        PyErr_SetString(PyExc_TypeError, "track must be callable or None");
+        return NULL;
+    }
+    Py_XSETREF(self->track, arg == Py_None ? NULL : Py_NewRef(arg));
+    Py_RETURN_NONE;
+}
+
+#define GETTER(field, expr)                                                                   \
+    static PyObject *cache_get_##field(CacheObject *self, void *Py_UNUSED(closure))         \
+    {                                                                                         \
+        if (kmc_cache_check_alive(self) < 0)                                                  \
+            return NULL;                                                                      \
+        return expr;                                                                          \
+    }
+GETTER(name, PyUnicode_FromString(kmc_cache_name(self->cache)))
+GETTER(size, PyLong_FromSize_t(kmc_cache_size(self->cache)))
+GETTER(align, PyLong_FromSize_t(kmc_cache_align(self->cache)))
+GETTER(flags, PyLong_FromUnsignedLong(kmc_cache_flags(self->cache)))
+#undef GETTER
+
+static PyObject *cache_get_destroyed(CacheObject *self, void *Py_UNUSED(closure))
+{
+    return PyBool_FromLong(self->cache == NULL);
+}
+
+static PyObject *cache_get_ctor(CacheObject *self, void *Py_UNUSED(closure))
+{
+    return Py_NewRef(self->ctor ? self->ctor : Py_None);
+}
+
+static PyMethodDef cache_methods[] = {
+    {"alloc", (PyCFunction)cache_alloc, METH_NOARGS,
+     "alloc()\n--\n\nOne object (contents undefined, or as the ctor left them)."},
+    {"zalloc", (PyCFunction)cache_zalloc, METH_NOARGS,
+     "zalloc()\n--\n\nOne zeroed object. ValueError on a cache with a ctor."},
+    {"alloc_bulk", (PyCFunction)(void (*)(void))cache_alloc_bulk, METH_VARARGS | METH_KEYWORDS,
+     "alloc_bulk(n, zero=False)\n--\n\nA list of n objects, all or nothing."},
+    {"free", (PyCFunction)cache_free, METH_O,
+     "free(obj)\n--\n\nGive obj back. DoubleFreeError, InvalidFreeError, BufferError."},
+    {"free_bulk", (PyCFunction)cache_free_bulk, METH_O,
+     "free_bulk(objs)\n--\n\nFree every object of a sequence; checks all first."},
+    {"shrink", (PyCFunction)cache_shrink, METH_NOARGS,
+     "shrink()\n--\n\nRelease every empty slab to the OS; return the bytes given back."},
+    {"destroy", (PyCFunction)cache_destroy, METH_NOARGS,
+     "destroy()\n--\n\nRelease the cache. CacheBusyError while objects are live."},
+    {"validate", (PyCFunction)cache_validate, METH_NOARGS,
+     "validate()\n--\n\nCheck every slab; raise on the first problem (see the on-error "
+     "policy), return how many were found."},
+    {"_stats", (PyCFunction)cache_stats_raw, METH_NOARGS, NULL},
+    {"_live_addresses", (PyCFunction)cache_live_addresses, METH_NOARGS, NULL},
+    {"_set_track", (PyCFunction)cache_set_track, METH_O, NULL},
+    {NULL, NULL, 0, NULL},
+};
+
+static PyGetSetDef cache_getset[] = {
+    {"name", (getter)cache_get_name, NULL, "The cache's name.", NULL},
+    {"size", (getter)cache_get_size, NULL, "Bytes per object, as asked for.", NULL},
+    {"align", (getter)cache_get_align, NULL, "The guaranteed alignment in bytes.", NULL},
+    {"flags", (getter)cache_get_flags, NULL, "The cache's flags, as an int.", NULL},
+    {"destroyed", (getter)cache_get_destroyed, NULL, "True once destroyed.", NULL},
+    {"ctor", (getter)cache_get_ctor, NULL, "The constructor, or None.", NULL},
+    {NULL, NULL, NULL, NULL, NULL},
+};
+
+PyTypeObject KmcCache_Type = {
+    PyVarObject_HEAD_INIT(NULL, 0)
+    .tp_name = "kmemcache._kmemcache.Cache",
+    .tp_basicsize = sizeof(CacheObject),
+    .tp_dealloc = (destructor)cache_dealloc,
+    .tp_flags = Py_TPFLAGS_DEFAULT | Py_TPFLAGS_BASETYPE | Py_TPFLAGS_HAVE_GC,
+    .tp_doc = "Cache(name, size, align=0, flags=0, ctor=None)\n--\n\n"
+              "A slab cache of objects of one size and alignment.",
+    .tp_traverse = (traverseproc)cache_traverse,
+    .tp_clear = (inquiry)cache_clear,
+    .tp_weaklistoffset = offsetof(CacheObject, weakrefs),
+    .tp_methods = cache_methods,
+    .tp_getset = cache_getset,
+    .tp_dictoffset = offsetof(CacheObject, dict),
+    .tp_init = (initproc)cache_init,
+    .tp_new = cache_new,
+};

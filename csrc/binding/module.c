@@ -1,0 +1,242 @@
+/*
+ * module.c - the extension module kmemcache._kmemcache: its types, its
+ * exception family, its constants, and the one error path.
+ *
+ * Errors: every engine failure becomes an exception made by a factory that
+ * the Python package registers (it formats the report and applies the
+ * on-error policy: raise, warn and go on, or abort). Without a factory the
+ * exception is made here from the engine's one-line message.
+ */
+#include "binding.h"
+
+PyObject *KmcSlabError;
+static PyObject *double_free_error, *invalid_free_error, *cache_busy_error, *redzone_error,
+    *poison_error, *corruption_error;
+static PyObject *error_factory; /* callable(kind, report_dict) -> exception or None */
+
+PyObject *kmc_stats_dict(kmc_cache_t *c); /* cache_type.c */
+
+PyObject *kmc_exception_for(kmc_status status)
+{
+    switch (status) {
+    case KMC_ENOMEM:
+        return PyExc_MemoryError;
+    case KMC_EINVAL:
+    case KMC_ECTOR:
+        return PyExc_ValueError;
+    case KMC_EDOUBLE_FREE:
+        return double_free_error;
+    case KMC_EINVALID_FREE:
+        return invalid_free_error;
+    case KMC_EBUSY:
+        return cache_busy_error;
+    case KMC_EREDZONE:
+        return redzone_error;
+    case KMC_EPOISON:
+        return poison_error;
+    case KMC_ECORRUPT:
+        return corruption_error;
+    case KMC_OK:
+        break;
+    }
+    return KmcSlabError;
+}
+
+static PyObject *report_dict(const kmc_report_t *r)
+{
+    PyObject *dump = PyBytes_FromStringAndSize((const char *)r->dump, (Py_ssize_t)r->dump_len);
+    if (!dump)
+        return NULL;
+    PyObject *d = Py_BuildValue(
+        "{s:s, s:s, s:s, s:K, s:n, s:n, s:n, s:i, s:i, s:K, s:N}", "kind",
+        kmc_status_name(r->status), "message", r->message, "cache", r->cache, "address",
+        (unsigned long long)r->object, "object_size", (Py_ssize_t)r->object_size, "offset",
+        (Py_ssize_t)r->offset, "length", (Py_ssize_t)r->length, "found", r->found, "expected",
+        r->expected, "dump_start", (unsigned long long)r->dump_start, "dump", dump);
+    return d;
+}
+
+static int raise_report(const kmc_report_t *r)
+{
+    PyObject *cls = kmc_exception_for(r->status);
+    if (!error_factory || cls == PyExc_MemoryError || cls == PyExc_ValueError) {
+        PyErr_SetString(cls, r->message[0] ? r->message : kmc_status_name(r->status));
+        return 0;
+    }
+    PyObject *d = report_dict(r);
+    if (!d)
+        return 0;
+    PyObject *exc = PyObject_CallFunctionObjArgs(error_factory, cls, d, NULL);
+    Py_DECREF(d);
+    if (!exc)
+        return 0; /* the factory raised (its own error, or a warning as error) */
+    if (exc == Py_None) {
+        Py_DECREF(exc);
+        return 1;
+    }
+    PyErr_SetObject((PyObject *)Py_TYPE(exc), exc);
+    Py_DECREF(exc);
+    return 0;
+}
+
+int kmc_raise(kmc_status status)
+{
+    kmc_report_t r = *kmc_last_report();
+    if (r.status != status) {
+        memset(&r, 0, sizeof(r));
+        r.status = status;
+        r.found = r.expected = -1;
+        snprintf(r.message, sizeof(r.message), "%s", kmc_status_name(status));
+    }
+    return raise_report(&r);
+}
+
+int kmc_raise_message(kmc_status status, CacheObject *cache, const void *object,
+                      const char *fmt, ...)
+{
+    kmc_report_t r;
+    memset(&r, 0, sizeof(r));
+    r.status = status;
+    r.found = r.expected = -1;
+    r.object = (uintptr_t)object;
+    if (cache && cache->cache) {
+        snprintf(r.cache, sizeof(r.cache), "%s", kmc_cache_name(cache->cache));
+        r.object_size = kmc_cache_size(cache->cache);
+    }
+    va_list ap;
+    va_start(ap, fmt);
+    PyOS_vsnprintf(r.message, sizeof(r.message), fmt, ap);
+    va_end(ap);
+    return raise_report(&r);
+}
+
+static PyObject *set_error_factory(PyObject *Py_UNUSED(module), PyObject *arg)
+{
+    if (arg != Py_None && !PyCallable_Check(arg)) {
+        PyErr_SetString(PyExc_TypeError, "the error factory must be callable or None");
+        return NULL;
+    }
+    Py_XSETREF(error_factory, arg == Py_None ? NULL : Py_NewRef(arg));
+    Py_RETURN_NONE;
+}
+
+static PyObject *caches(PyObject *Py_UNUSED(module), PyObject *Py_UNUSED(ignored))
+{
+    size_t n = kmc_caches(NULL, 0);
+    kmc_cache_t **all = PyMem_Malloc((n ? n : 1) * sizeof(*all));
+    if (!all)
+        return PyErr_NoMemory();
+    n = kmc_caches(all, n); /* none can go while we hold the GIL, but be sure */
+    PyObject *list = PyList_New(0);
+    for (size_t i = 0; list && i < n; i++) {
+        PyObject *d = kmc_stats_dict(all[i]);
+        if (!d || PyList_Append(list, d) < 0)
+            Py_CLEAR(list);
+        Py_XDECREF(d);
+    }
+    PyMem_Free(all);
+    return list;
+}
+
+static PyObject *os_fail_after(PyObject *Py_UNUSED(module), PyObject *arg)
+{
+    long n = PyLong_AsLong(arg);
+    if (n == -1 && PyErr_Occurred())
+        return NULL;
+    kmc_os_fail_after(n);
+    Py_RETURN_NONE;
+}
+
+static PyObject *owner_of(PyObject *Py_UNUSED(module), PyObject *arg)
+{
+    void *p = PyLong_AsVoidPtr(arg);
+    if (!p && PyErr_Occurred())
+        return NULL;
+    void *start = NULL;
+    kmc_cache_t *c = kmc_owner(p, &start);
+    if (!c)
+        Py_RETURN_NONE;
+    return Py_BuildValue("(sN)", kmc_cache_name(c), PyLong_FromVoidPtr(start));
+}
+
+static PyMethodDef module_methods[] = {
+    {"_set_error_factory", set_error_factory, METH_O, NULL},
+    {"_caches", caches, METH_NOARGS, "Every live cache's counters, oldest first."},
+    {"_os_fail_after", os_fail_after, METH_O,
+     "Test hook: the OS page source fails after n more requests (n < 0: never)."},
+    {"_owner_of", owner_of, METH_O,
+     "(cache name, object start) of the engine object holding an address, or None."},
+    {NULL, NULL, 0, NULL},
+};
+
+static struct PyModuleDef module_def = {
+    PyModuleDef_HEAD_INIT,
+    .m_name = "kmemcache._kmemcache",
+    .m_doc = "The C core of kmemcache: slab caches with guaranteed alignment.",
+    .m_size = -1,
+    .m_methods = module_methods,
+};
+
+static PyObject *new_error(PyObject *m, const char *name, PyObject *base, const char *doc)
+{
+    char qualified[96];
+    snprintf(qualified, sizeof(qualified), "kmemcache.%s", name);
+    PyObject *e = PyErr_NewExceptionWithDoc(qualified, doc, base, NULL);
+    if (e && PyModule_AddObjectRef(m, name, e) < 0)
+        Py_CLEAR(e);
+    return e;
+}
+
+PyMODINIT_FUNC PyInit__kmemcache(void)
+{
+    if (PyType_Ready(&KmcCache_Type) < 0 || PyType_Ready(&KmcObject_Type) < 0)
+        return NULL;
+    PyObject *m = PyModule_Create(&module_def);
+    if (!m)
+        return NULL;
+    if (PyModule_AddObjectRef(m, "Cache", (PyObject *)&KmcCache_Type) < 0 ||
+        PyModule_AddObjectRef(m, "Object", (PyObject *)&KmcObject_Type) < 0)
+        goto fail;
+    if (!(KmcSlabError = new_error(m, "SlabError", NULL,
+                                   "Base of the errors the allocator detects.")) ||
+        !(double_free_error = new_error(m, "DoubleFreeError", KmcSlabError,
+                                        "An object was freed twice.")) ||
+        !(invalid_free_error = new_error(m, "InvalidFreeError", KmcSlabError,
+                                         "Not an object of this cache, or of any.")) ||
+        !(cache_busy_error = new_error(m, "CacheBusyError", KmcSlabError,
+                                       "Destroy while objects are live.")) ||
+        !(redzone_error = new_error(m, "RedzoneError", KmcSlabError,
+                                    "A red zone or slab padding was overwritten.")) ||
+        !(poison_error = new_error(m, "PoisonError", KmcSlabError,
+                                   "A freed object was written to.")) ||
+        !(corruption_error = new_error(m, "CorruptionError", KmcSlabError,
+                                       "The allocator's metadata does not add up.")))
+        goto fail;
+    struct {
+        const char *name;
+        long long value;
+    } constants[] = {
+        {"MAX_SIZE", (long long)KMC_MAX_SIZE},
+        {"MAX_ALIGN", (long long)KMC_MAX_ALIGN},
+        {"MIN_ALIGN", (long long)KMC_MIN_ALIGN},
+        {"CACHE_LINE", (long long)KMC_CACHE_LINE},
+        {"PAGE_SIZE", (long long)kmc_page_size()},
+        {"FLAG_CONSISTENCY_CHECKS", KMC_CONSISTENCY_CHECKS},
+        {"FLAG_RED_ZONE", KMC_RED_ZONE},
+        {"FLAG_POISON", KMC_POISON},
+        {"FLAG_HWCACHE_ALIGN", KMC_HWCACHE_ALIGN},
+        {"FLAG_STORE_USER", KMC_STORE_USER},
+        {"POISON_INUSE", KMC_POISON_INUSE},
+        {"POISON_FREE", KMC_POISON_FREE},
+        {"POISON_END", KMC_POISON_END},
+        {"RED_INACTIVE", KMC_RED_INACTIVE},
+        {"RED_ACTIVE", KMC_RED_ACTIVE},
+    };
+    for (size_t i = 0; i < sizeof(constants) / sizeof(constants[0]); i++)
+        if (PyModule_AddIntConstant(m, constants[i].name, (long)constants[i].value) < 0)
+            goto fail;
+    return m;
+fail:
+    Py_DECREF(m);
+    return NULL;
+}

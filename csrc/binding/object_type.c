@@ -1,0 +1,213 @@
+/*
+ * object_type.c - the handle type: one object's memory, exported through
+ * the buffer protocol.
+ *
+ * A handle holds its cache alive. It refuses to free while views exist
+ * (BufferError, as bytearray refuses to resize) and refuses everything once
+ * freed (ValueError, as a released memoryview does). A handle dropped
+ * without free() gives its object back.
+ */
+#include "binding.h"
+
+/* Handles are made and dropped on every alloc/free: keep some for reuse. */
+#define FREE_HANDLES_MAX 256
+static ObjectObject *free_handles[FREE_HANDLES_MAX];
+static int nr_free_handles;
+
+ObjectObject *kmc_object_new(CacheObject *owner, void *ptr, Py_ssize_t size)
+{
+    ObjectObject *self;
+    if (nr_free_handles) {
+        self = free_handles[--nr_free_handles];
+        (void)PyObject_Init((PyObject *)self, &KmcObject_Type);
+    } else {
+        self = PyObject_New(ObjectObject, &KmcObject_Type);
+        if (!self)
+            return NULL;
+    }
+    self->ptr = ptr;
+    self->size = size;
+    self->exports = 0;
+    Py_INCREF(owner);
+    self->owner = owner;
+    return self;
+}
+
+static int check_live(ObjectObject *self)
+{
+    if (self->ptr)
+        return 0;
+    PyErr_SetString(PyExc_ValueError, "operation on a freed kmemcache object");
+    return -1;
+}
+
+/* Give the object back to its cache. The handle keeps its cache reference
+ * (for repr and .cache) until it dies. */
+int kmc_object_free(ObjectObject *self)
+{
+    CacheObject *owner = self->owner;
+    if (!self->ptr) {
+        kmc_raise_message(KMC_EDOUBLE_FREE, owner, NULL,
+                          "Object already free: this handle was freed before (cache %s)",
+                          owner->cache ? kmc_cache_name(owner->cache) : "(destroyed)");
+        return -1;
+    }
+    if (self->exports) {
+        PyErr_Format(PyExc_BufferError,
+                     "cannot free a kmemcache object while %zd buffer view%s of it exist%s",
+                     self->exports, self->exports == 1 ? "" : "s",
+                     self->exports == 1 ? "s" : "");
+        return -1;
+    }
+    for (;;) {
+        kmc_status st = kmc_cache_free(owner->cache, self->ptr);
+        if (st == KMC_OK)
+            break;
+        if (!kmc_raise(st))
+            return -1;
+        if (st == KMC_EDOUBLE_FREE || st == KMC_EINVALID_FREE)
+            break; /* told to go on: nothing to free */
+        /* damage reported and repaired: free it now */
+    }
+    if (owner->track && kmc_track(owner, "free", self->ptr) < 0) {
+        self->ptr = NULL;
+        return -1;
+    }
+    self->ptr = NULL;
+    return 0;
+}
+
+static PyObject *object_free(ObjectObject *self, PyObject *Py_UNUSED(ignored))
+{
+    if (kmc_object_free(self) < 0)
+        return NULL;
+    Py_RETURN_NONE;
+}
+
+static void object_dealloc(ObjectObject *self)
+{
+    if (self->ptr) {
+        /* dropped without free(): give the object back. Views keep the
+         * handle alive, so none exist here. */
+        PyObject *type, *value, *tb;
+        PyErr_Fetch(&type, &value, &tb);
+        if (kmc_object_free(self) < 0)
+            PyErr_WriteUnraisable((PyObject *)self);
+        PyErr_Restore(type, value, tb);
+    }
+    Py_CLEAR(self->owner);
+    if (nr_free_handles < FREE_HANDLES_MAX && Py_TYPE(self) == &KmcObject_Type)
+        free_handles[nr_free_handles++] = self;
+    else
+        Py_TYPE(self)->tp_free((PyObject *)self);
+}
+
+static int object_getbuffer(ObjectObject *self, Py_buffer *view, int flags)
+{
+    if (check_live(self) < 0) {
+        view->obj = NULL;
+        return -1;
+    }
+    if (PyBuffer_FillInfo(view, (PyObject *)self, self->ptr, self->size, 0, flags) < 0)
+        return -1;
+    self->exports++;
+    return 0;
+}
+
+static void object_releasebuffer(ObjectObject *self, Py_buffer *Py_UNUSED(view))
+{
+    self->exports--;
+}
+
+static PyBufferProcs object_as_buffer = {
+    .bf_getbuffer = (getbufferproc)object_getbuffer,
+    .bf_releasebuffer = (releasebufferproc)object_releasebuffer,
+};
+
+static Py_ssize_t object_length(ObjectObject *self)
+{
+    if (check_live(self) < 0)
+        return -1;
+    return self->size;
+}
+
+static PySequenceMethods object_as_sequence = {
+    .sq_length = (lenfunc)object_length,
+};
+
+static PyObject *object_get_address(ObjectObject *self, void *Py_UNUSED(closure))
+{
+    if (check_live(self) < 0)
+        return NULL;
+    return PyLong_FromVoidPtr(self->ptr);
+}
+
+static PyObject *object_get_cache(ObjectObject *self, void *Py_UNUSED(closure))
+{
+    return Py_NewRef((PyObject *)self->owner);
+}
+
+static PyObject *object_get_freed(ObjectObject *self, void *Py_UNUSED(closure))
+{
+    return PyBool_FromLong(self->ptr == NULL);
+}
+
+static PyObject *object_get_exports(ObjectObject *self, void *Py_UNUSED(closure))
+{
+    return PyLong_FromSsize_t(self->exports);
+}
+
+static PyObject *object_enter(ObjectObject *self, PyObject *Py_UNUSED(ignored))
+{
+    if (check_live(self) < 0)
+        return NULL;
+    return Py_NewRef((PyObject *)self);
+}
+
+static PyObject *object_exit(ObjectObject *self, PyObject *Py_UNUSED(args))
+{
+    if (self->ptr && kmc_object_free(self) < 0)
+        return NULL;
+    Py_RETURN_FALSE;
+}
+
+static PyObject *object_repr(ObjectObject *self)
+{
+    const char *name = self->owner->cache ? kmc_cache_name(self->owner->cache) : "?";
+    if (!self->ptr)
+        return PyUnicode_FromFormat("<kmemcache.Object of %s, freed>", name);
+    return PyUnicode_FromFormat("<kmemcache.Object of %s, %zd bytes at %p>", name, self->size,
+                                (void *)self->ptr);
+}
+
+static PyMethodDef object_methods[] = {
+    {"free", (PyCFunction)object_free, METH_NOARGS,
+     "free()\n--\n\nGive the object back to its cache. BufferError while views "
+     "exist; DoubleFreeError if already freed."},
+    {"__enter__", (PyCFunction)object_enter, METH_NOARGS, NULL},
+    {"__exit__", (PyCFunction)object_exit, METH_VARARGS, NULL},
+    {NULL, NULL, 0, NULL},
+};
+
+static PyGetSetDef object_getset[] = {
+    {"address", (getter)object_get_address, NULL, "The object's address, an int.", NULL},
+    {"cache", (getter)object_get_cache, NULL, "The cache the object belongs to.", NULL},
+    {"freed", (getter)object_get_freed, NULL, "True once freed.", NULL},
+    {"exports", (getter)object_get_exports, NULL, "Buffer views alive now.", NULL},
+    {NULL, NULL, NULL, NULL, NULL},
+};
+
+PyTypeObject KmcObject_Type = {
+    PyVarObject_HEAD_INIT(NULL, 0)
+    .tp_name = "kmemcache.Object",
+    .tp_basicsize = sizeof(ObjectObject),
+    .tp_dealloc = (destructor)object_dealloc,
+    .tp_repr = (reprfunc)object_repr,
+    .tp_as_sequence = &object_as_sequence,
+    .tp_as_buffer = &object_as_buffer,
+    .tp_flags = Py_TPFLAGS_DEFAULT,
+    .tp_doc = "One object of a kmemcache cache: writable memory with a guaranteed "
+              "alignment,\nexported through the buffer protocol (format 'B').",
+    .tp_methods = object_methods,
+    .tp_getset = object_getset,
+};

@@ -1,0 +1,213 @@
+/*
+ * kmc.h - the slab engine's whole interface.
+ *
+ * The engine hands out fixed-size objects from caches, each cache created once
+ * with a size and an alignment, as Linux's kmem_cache does. It knows nothing of
+ * Python: the CPython binding, C tests and fuzzers all call this header.
+ *
+ * Memory model
+ *   arena   ARENA_SIZE bytes of address space, aligned to ARENA_SIZE, owned by
+ *           one cache, reserved with no access and committed slab by slab.
+ *   slab    2^k pages inside an arena, aligned to its own size, cut into slots.
+ *   slot    slot_size bytes: the object (size bytes) then, in debug caches, its
+ *           red zone. slot_size is a multiple of the alignment and the slab
+ *           starts on a multiple of the alignment, so every object is aligned.
+ *
+ *   slab:  | slot 0          | slot 1          | ... | slot n-1        | pad |
+ *   slot:  | object (size)   | red zone (debug) / rounding to align    |
+ *
+ * The allocator's metadata (slab descriptors, free bitmaps) lives outside the
+ * arenas, so a stray write through an object cannot corrupt the allocator
+ * (SLUB keeps its free pointer inside the object; we do not). Metadata refers
+ * to memory by slab index and slot index, not by raw pointers.
+ *
+ * Finding an object's owner is O(1): a two-level table indexed by
+ * address >> ARENA_SHIFT gives the arena, the arena gives the cache, the
+ * offset gives the slab and the slot.
+ *
+ * Threads: every function is safe to call from any thread without the Python
+ * GIL. Each cache has its own lock; the owner table is read without a lock.
+ * Using a cache while another thread destroys it is the caller's error, as in
+ * the kernel.
+ *
+ * Errors: functions return a kmc_status (0 is success) or NULL, and leave the
+ * details of the last error of the calling thread in kmc_last_report().
+ */
+#ifndef KMC_H
+#define KMC_H
+
+#include <stddef.h>
+#include <stdint.h>
+
+#ifdef __cplusplus
+extern "C" {
+#endif
+
+/* Limits of a cache (the Python API documents the same). */
+#define KMC_MAX_SIZE   ((size_t)4 << 20) /* largest object: 4 MiB */
+#define KMC_MAX_ALIGN  ((size_t)2 << 20) /* largest alignment: 2 MiB */
+#define KMC_MIN_ALIGN  ((size_t)8)       /* what align=0 means */
+#define KMC_CACHE_LINE ((size_t)64)      /* what KMC_HWCACHE_ALIGN rounds to */
+#define KMC_NAME_MAX   64                /* bytes of a name, with its NUL */
+
+/* Cache flags: the values of Linux's SLAB_* flags, so that numbers read in
+ * kernel documentation mean the same here. */
+enum kmc_flags {
+    KMC_CONSISTENCY_CHECKS = 0x00000100u, /* F: verify metadata on every op */
+    KMC_RED_ZONE           = 0x00000400u, /* Z: guard bytes after each object */
+    KMC_POISON             = 0x00000800u, /* P: fill free objects, check on reuse */
+    KMC_HWCACHE_ALIGN      = 0x00002000u, /* align objects on the cache line */
+    KMC_STORE_USER         = 0x00010000u, /* U: the binding records owners */
+};
+#define KMC_DEBUG_FLAGS \
+    (KMC_CONSISTENCY_CHECKS | KMC_RED_ZONE | KMC_POISON | KMC_STORE_USER)
+#define KMC_VALID_FLAGS (KMC_DEBUG_FLAGS | KMC_HWCACHE_ALIGN)
+
+/* Fill bytes, as SLUB names them (include/linux/poison.h). */
+#define KMC_POISON_INUSE     0x5a /* uninitialised object; slab padding */
+#define KMC_POISON_FREE      0x6b /* freed object */
+#define KMC_POISON_END       0xa5 /* last byte of a freed object */
+#define KMC_RED_INACTIVE     0xbb /* red zone of a free object */
+#define KMC_RED_ACTIVE       0xcc /* red zone of a live object */
+
+typedef enum kmc_status {
+    KMC_OK = 0,
+    KMC_ENOMEM,         /* the OS refused memory; nothing changed */
+    KMC_EINVAL,         /* bad argument; nothing changed */
+    KMC_ECTOR,          /* the constructor failed; nothing changed */
+    KMC_EDOUBLE_FREE,   /* the object is already free */
+    KMC_EINVALID_FREE,  /* not an object of this cache (or of any cache) */
+    KMC_EBUSY,          /* destroy with live objects */
+    KMC_EREDZONE,       /* a red zone or the slab padding was overwritten */
+    KMC_EPOISON,        /* a free object was written to */
+    KMC_ECORRUPT,       /* metadata does not add up */
+} kmc_status;
+
+typedef struct kmc_cache_s kmc_cache_t;
+
+/* A constructor runs once per object when its slab is created, never on a
+ * plain alloc (Bonwick's object caching). It runs without any engine lock
+ * held, so it may call the engine. Non-zero return: the slab is given back
+ * and the allocation fails with KMC_ECTOR. */
+typedef int (*kmc_ctor_fn)(void *object, size_t size, void *arg);
+
+/* What went wrong, for the calling thread's last failed call. */
+typedef struct kmc_report_s {
+    kmc_status status;
+    char cache[KMC_NAME_MAX]; /* cache name, "" if none */
+    uintptr_t object;         /* object address, 0 if none */
+    size_t object_size;       /* its size (the cache's size) */
+    size_t offset;            /* first bad byte, from the object's start */
+    size_t length;            /* how many bytes are bad from there */
+    int found;                /* first bad byte found, -1 if n/a */
+    int expected;             /* what it should have been, -1 if n/a */
+    uintptr_t dump_start;     /* address of dump[0] */
+    size_t dump_len;          /* bytes valid in dump */
+    uint8_t dump[64];         /* bytes around the damage */
+    char message[256];        /* one line, in SLUB's words where they fit */
+} kmc_report_t;
+
+/* Per-cache counters; the first seven are /proc/slabinfo's. */
+typedef struct kmc_stats_s {
+    uint64_t active_objs;   /* objects handed out and not freed */
+    uint64_t num_objs;      /* object slots in committed slabs */
+    uint64_t objsize;       /* bytes between objects (slot size) */
+    uint64_t objperslab;
+    uint64_t pagesperslab;
+    uint64_t active_slabs;  /* committed slabs with at least one live object */
+    uint64_t num_slabs;     /* committed slabs */
+    uint64_t size;          /* requested object size */
+    uint64_t align;         /* guaranteed alignment */
+    uint64_t slab_size;     /* bytes per slab */
+    uint64_t partial_slabs; /* slabs with live and free objects */
+    uint64_t empty_slabs;   /* committed slabs kept in reserve */
+    uint64_t allocs;        /* objects handed out, ever */
+    uint64_t frees;         /* objects given back, ever */
+    uint64_t slabs_created; /* slabs committed, ever */
+    uint64_t slabs_released;/* slabs given back to the OS, ever */
+    uint64_t committed_bytes;  /* object memory the OS backs now, at most */
+    uint64_t metadata_bytes;   /* descriptor and bitmap memory mapped */
+    uint64_t arenas;        /* arenas reserved */
+    uint32_t flags;
+} kmc_stats_t;
+
+/* --- caches ------------------------------------------------------------- */
+
+/* kmc_cache_create - make a cache of objects of @size bytes.
+ * @name: printable, 1..KMC_NAME_MAX-1 bytes; names need not be unique.
+ * @size: 1..KMC_MAX_SIZE.  @align: 0 or a power of two <= KMC_MAX_ALIGN.
+ * @flags: kmc_flags.  @ctor: NULL or a constructor with @ctor_arg.
+ * Return: KMC_OK and *out, or KMC_EINVAL / KMC_ENOMEM. */
+kmc_status kmc_cache_create(const char *name, size_t size, size_t align,
+                            unsigned flags, kmc_ctor_fn ctor, void *ctor_arg,
+                            kmc_cache_t **out);
+
+/* kmc_cache_destroy - give everything back. KMC_EBUSY (and nothing changes)
+ * while objects are live. With red zones or poison, the free objects are
+ * checked first and damage is reported (KMC_EREDZONE / KMC_EPOISON) but the
+ * cache is destroyed all the same. */
+kmc_status kmc_cache_destroy(kmc_cache_t *cache);
+
+/* kmc_cache_alloc - one object; zeroed when @zero. NULL on failure. */
+void *kmc_cache_alloc(kmc_cache_t *cache, int zero);
+
+/* kmc_cache_alloc_bulk - @n objects into @out, all or nothing. */
+kmc_status kmc_cache_alloc_bulk(kmc_cache_t *cache, size_t n, void **out,
+                                int zero);
+
+/* kmc_cache_free - give @object back to @cache. Double and foreign frees are
+ * always detected and change nothing. */
+kmc_status kmc_cache_free(kmc_cache_t *cache, void *object);
+
+/* kmc_cache_check_free - would kmc_cache_free(@cache, @object) be accepted?
+ * Changes nothing (used to make bulk frees all or nothing). */
+kmc_status kmc_cache_check_free(kmc_cache_t *cache, const void *object);
+
+/* kmc_cache_shrink - release every empty slab (and every arena left empty)
+ * to the OS. Return: the bytes given back. */
+size_t kmc_cache_shrink(kmc_cache_t *cache);
+
+/* kmc_cache_validate - walk every slab: counters against bitmaps, red zones,
+ * poison, padding. Return the first problem found (details in the report);
+ * *@problems, when not NULL, counts all of them. */
+kmc_status kmc_cache_validate(kmc_cache_t *cache, size_t *problems);
+
+void kmc_cache_stats(kmc_cache_t *cache, kmc_stats_t *out);
+const char *kmc_cache_name(const kmc_cache_t *cache);
+size_t kmc_cache_size(const kmc_cache_t *cache);
+size_t kmc_cache_align(const kmc_cache_t *cache);
+unsigned kmc_cache_flags(const kmc_cache_t *cache);
+
+/* kmc_cache_for_each_live - call @fn for every live object, in address
+ * order, with the cache locked (@fn must not call the engine). */
+void kmc_cache_for_each_live(kmc_cache_t *cache,
+                             void (*fn)(void *object, void *arg), void *arg);
+
+/* --- any object --------------------------------------------------------- */
+
+/* kmc_owner - the cache that owns @address, or NULL; when @object_start is
+ * not NULL it receives the start of the slot holding @address. O(1). */
+kmc_cache_t *kmc_owner(const void *address, void **object_start);
+
+/* kmc_free - free an object of any cache (what kfree does). */
+kmc_status kmc_free(void *object);
+
+/* --- the process -------------------------------------------------------- */
+
+/* kmc_caches - up to @max live caches into @out, oldest first; returns how
+ * many exist. Caches are not pinned: use them only while none is destroyed. */
+size_t kmc_caches(kmc_cache_t **out, size_t max);
+
+/* The calling thread's last error. */
+const kmc_report_t *kmc_last_report(void);
+const char *kmc_status_name(kmc_status status);
+
+/* Test hook: make the OS page source fail after @n more successful requests
+ * (n < 0 turns failure injection off). */
+void kmc_os_fail_after(long n);
+size_t kmc_page_size(void);
+
+#ifdef __cplusplus
+}
+#endif
+#endif /* KMC_H */

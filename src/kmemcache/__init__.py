@@ -1,0 +1,53 @@
+"""kmemcache: Linux's slab object caches (kmem_cache) for Python.
+
+Memory that is aligned, pooled, checked and inspectable::
+
+    from kmemcache import Cache
+
+    with Cache("task_ctx", 1512, align=64) as cache:
+        ctx = cache.zalloc()          # 1512 zeroed bytes on a 64-byte boundary
+        view = memoryview(ctx)        # no copy; numpy.frombuffer(ctx) works too
+        ...
+        view.release()
+        ctx.free()
+"""
+
+from __future__ import annotations
+
+from . import _kmemcache as _core
+from .cache import MAX_ALIGN, MAX_SIZE, MIN_ALIGN, PAGE_SIZE, Cache, Object, SlabStats
+from .errors import (
+    CacheBusyError,
+    CorruptionError,
+    DoubleFreeError,
+    InvalidFreeError,
+    PoisonError,
+    RedzoneError,
+    SlabError,
+    make_error,
+)
+from .flags import Flags
+from .slabinfo import slabinfo
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "MAX_ALIGN",
+    "MAX_SIZE",
+    "MIN_ALIGN",
+    "PAGE_SIZE",
+    "Cache",
+    "CacheBusyError",
+    "CorruptionError",
+    "DoubleFreeError",
+    "Flags",
+    "InvalidFreeError",
+    "Object",
+    "PoisonError",
+    "RedzoneError",
+    "SlabError",
+    "SlabStats",
+    "slabinfo",
+]
+
+_core._set_error_factory(make_error)
