@@ -19,6 +19,24 @@
 static pthread_mutex_t caches_lock = PTHREAD_MUTEX_INITIALIZER;
 static kmc_cache_t *caches_first, *caches_last; /* guarded by caches_lock */
 
+void kmc__lock_wait(kmc_lock_t *lock)
+{
+    for (unsigned spins = 0;; spins++) {
+        if (!atomic_load_explicit(&lock->locked, memory_order_relaxed) &&
+            !atomic_exchange_explicit(&lock->locked, 1, memory_order_acquire))
+            return;
+        if (spins < 64) {
+#if defined(__x86_64__) || defined(__i386__)
+            __builtin_ia32_pause();
+#elif defined(__aarch64__)
+            __asm__ __volatile__("yield");
+#endif
+        } else {
+            sched_yield();
+        }
+    }
+}
+
 static bool is_pow2(size_t x) { return x && !(x & (x - 1)); }
 static size_t round_up(size_t x, size_t a) { return (x + a - 1) & ~(a - 1); }
 static unsigned log2_of(size_t pow2) { return (unsigned)__builtin_ctzll(pow2); }
@@ -58,6 +76,8 @@ static void choose_layout(kmc_cache_t *c)
         }
     }
     c->slot_size = slot;
+    /* exact for offsets below 2^24 (the largest slab) and slots below 2^24 */
+    c->slot_recip = (UINT64_C(1) << 48) / slot + 1;
     c->slab_shift = best;
     c->slab_size = (size_t)1 << best;
     c->objperslab = (uint32_t)(c->slab_size / slot);
@@ -115,10 +135,6 @@ kmc_status kmc_cache_create(const char *name, size_t size, size_t align, unsigne
     kmc_cache_t *c = calloc(1, sizeof(*c));
     if (!c)
         return kmc__report(KMC_ENOMEM, NULL, NULL, "no memory for the cache");
-    if (pthread_mutex_init(&c->lock, NULL) != 0) {
-        free(c);
-        return kmc__report(KMC_ENOMEM, NULL, NULL, "no memory for the cache lock");
-    }
     memcpy(c->name, name, strlen(name) + 1);
     c->size = size;
     c->align = align < KMC_MIN_ALIGN ? KMC_MIN_ALIGN : align;
@@ -157,24 +173,24 @@ static void arena_release(kmc_cache_t *c, kmc_arena_t *a)
 kmc_status kmc_cache_destroy(kmc_cache_t *c)
 {
     kmc__report_clear();
-    pthread_mutex_lock(&c->lock);
+    kmc__lock(&c->lock);
     if (c->active_objs) {
         kmc_status st = kmc__report(KMC_EBUSY, c, NULL,
                                     "Objects remaining in %s on destroy: %llu live",
                                     c->name, (unsigned long long)c->active_objs);
-        pthread_mutex_unlock(&c->lock);
+        kmc__unlock(&c->lock);
         return st;
     }
     kmc_status first = KMC_OK;
     if (debug_fill(c)) {
-        pthread_mutex_unlock(&c->lock);
+        kmc__unlock(&c->lock);
         first = kmc_cache_validate(c, NULL);
-        pthread_mutex_lock(&c->lock);
+        kmc__lock(&c->lock);
     }
     for (uint32_t i = 0; i < c->nr_arenas; i++)
         if (c->arenas[i])
             arena_release(c, c->arenas[i]);
-    pthread_mutex_unlock(&c->lock);
+    kmc__unlock(&c->lock);
 
     pthread_mutex_lock(&caches_lock);
     if (c->prev_cache)
@@ -187,7 +203,6 @@ kmc_status kmc_cache_destroy(kmc_cache_t *c)
         caches_last = c->prev_cache;
     pthread_mutex_unlock(&caches_lock);
 
-    pthread_mutex_destroy(&c->lock);
     free(c->arenas);
     free(c);
     return first;
@@ -273,6 +288,33 @@ static kmc_status slab_slot(kmc_cache_t *c, uint32_t *out)
     return KMC_OK;
 }
 
+static void slab_release(kmc_cache_t *c, uint32_t id);
+
+/* Move an empty slab to the reserve, releasing one beyond it. Cache locked. */
+static void slab_retire(kmc_cache_t *c, uint32_t id)
+{
+    kmc__list_remove(c, &c->partial, id);
+    kmc__slab(c, id)->state = KMC_SLAB_EMPTY;
+    if (c->empty.count < c->reserve) {
+        kmc__list_push(c, &c->empty, id);
+        return;
+    }
+    c->num_slabs--;
+    c->slabs_released++;
+    slab_release(c, id);
+}
+
+/* Put a slab at the head of the partial list. An emptied slab that headed
+ * it (see put_object) goes to the reserve first. Cache locked. */
+static void partial_push(kmc_cache_t *c, uint32_t id)
+{
+    uint32_t head = c->partial.head;
+    if (head != KMC_NIL && kmc__slab(c, head)->inuse == 0)
+        slab_retire(c, head);
+    kmc__slab(c, id)->state = KMC_SLAB_PARTIAL;
+    kmc__list_push(c, &c->partial, id);
+}
+
 /* Give a slab's memory back and keep its slot for reuse. Cache locked. */
 static void slab_release(kmc_cache_t *c, uint32_t id)
 {
@@ -287,14 +329,14 @@ static void slab_release(kmc_cache_t *c, uint32_t id)
  * no other thread can reach. Called unlocked; returns unlocked. */
 static kmc_status grow(kmc_cache_t *c)
 {
-    pthread_mutex_lock(&c->lock);
+    kmc__lock(&c->lock);
     if (c->partial.head != KMC_NIL || c->empty.head != KMC_NIL) {
-        pthread_mutex_unlock(&c->lock); /* another thread grew it */
+        kmc__unlock(&c->lock); /* another thread grew it */
         return KMC_OK;
     }
     uint32_t id;
     kmc_status st = slab_slot(c, &id);
-    pthread_mutex_unlock(&c->lock);
+    kmc__unlock(&c->lock);
     if (st != KMC_OK)
         return st;
 
@@ -314,16 +356,15 @@ static kmc_status grow(kmc_cache_t *c)
             }
     }
 
-    pthread_mutex_lock(&c->lock);
+    kmc__lock(&c->lock);
     if (st == KMC_OK) {
-        kmc__slab(c, id)->state = KMC_SLAB_PARTIAL;
-        kmc__list_push(c, &c->partial, id);
+        partial_push(c, id);
         c->num_slabs++;
         c->slabs_created++;
     } else {
         slab_release(c, id);
     }
-    pthread_mutex_unlock(&c->lock);
+    kmc__unlock(&c->lock);
     return st;
 }
 
@@ -342,8 +383,10 @@ static uint8_t *take_object(kmc_cache_t *c)
         kmc__slab(c, id)->state = KMC_SLAB_PARTIAL;
         kmc__list_push(c, &c->partial, id);
     }
-    kmc_slab_t *s = kmc__slab(c, id);
-    uint64_t *bits = kmc__slab_bitmap(c, id);
+    kmc_arena_t *a = kmc__slab_arena(c, id);
+    uint32_t sidx = id & (c->slabs_per_arena - 1);
+    kmc_slab_t *s = &a->slabs[sidx];
+    uint64_t *bits = &a->bitmaps[(size_t)sidx * c->bitmap_words];
     uint32_t w = s->hint;
     while (!bits[w])
         w++;
@@ -356,7 +399,8 @@ static uint8_t *take_object(kmc_cache_t *c)
     }
     c->active_objs++;
     c->allocs++;
-    return kmc__slab_mem(c, id) + (size_t)(w * 64 + b) * c->slot_size;
+    return (uint8_t *)a->base + ((size_t)sidx << c->slab_shift) +
+           (size_t)(w * 64 + b) * c->slot_size;
 }
 
 /* Find @p's slab and slot in @c, checking that it is a live object of @c.
@@ -379,8 +423,8 @@ static kmc_status locate(kmc_cache_t *c, const void *p, uint32_t *id_out, uint32
     uint32_t sidx = (uint32_t)(off >> c->slab_shift);
     kmc_slab_t *s = &a->slabs[sidx];
     size_t in_slab = off & (c->slab_size - 1);
-    uint32_t idx = (uint32_t)(in_slab / c->slot_size);
-    size_t rem = in_slab % c->slot_size;
+    uint32_t idx = (uint32_t)(((unsigned __int128)in_slab * c->slot_recip) >> 48);
+    size_t rem = in_slab - (size_t)idx * c->slot_size;
     bool committed = s->state == KMC_SLAB_PARTIAL || s->state == KMC_SLAB_FULL ||
                      s->state == KMC_SLAB_EMPTY;
     if (!committed || idx >= c->objperslab || rem != 0) {
@@ -393,7 +437,7 @@ static kmc_status locate(kmc_cache_t *c, const void *p, uint32_t *id_out, uint32
                            (unsigned long long)addr, c->name);
     }
     uint32_t id = (a->index << c->spa_shift) | sidx;
-    if (kmc__slab_bitmap(c, id)[idx / 64] & (UINT64_C(1) << (idx % 64)))
+    if (a->bitmaps[(size_t)sidx * c->bitmap_words + idx / 64] & (UINT64_C(1) << (idx % 64)))
         return kmc__report(KMC_EDOUBLE_FREE, c, p, "Object already free: 0x%llx in %s",
                            (unsigned long long)addr, c->name);
     *id_out = id;
@@ -401,33 +445,25 @@ static kmc_status locate(kmc_cache_t *c, const void *p, uint32_t *id_out, uint32
     return KMC_OK;
 }
 
-/* Mark a located object free, moving its slab between lists. Cache locked. */
+/* Mark a located object free, moving its slab between lists. Cache locked.
+ * A slab that empties while it heads the partial list stays there: the next
+ * allocation takes from it again, so alloc/free churn on one object moves
+ * no slab between lists. */
 static void put_object(kmc_cache_t *c, uint32_t id, uint32_t idx)
 {
-    kmc_slab_t *s = kmc__slab(c, id);
+    kmc_arena_t *a = kmc__slab_arena(c, id);
+    uint32_t sidx = id & (c->slabs_per_arena - 1);
+    kmc_slab_t *s = &a->slabs[sidx];
     uint32_t w = idx / 64;
-    kmc__slab_bitmap(c, id)[w] |= UINT64_C(1) << (idx % 64);
+    a->bitmaps[(size_t)sidx * c->bitmap_words + w] |= UINT64_C(1) << (idx % 64);
     if (w < s->hint)
         s->hint = (uint16_t)w;
-    if (s->state == KMC_SLAB_FULL) {
-        s->state = KMC_SLAB_PARTIAL;
-        kmc__list_push(c, &c->partial, id);
-    }
     c->active_objs--;
     c->frees++;
-    if (--s->inuse == 0) {
-        kmc__list_remove(c, &c->partial, id);
-        s->state = KMC_SLAB_EMPTY;
-        kmc__list_push(c, &c->empty, id);
-        if (c->empty.count > c->reserve) {
-            /* release the slab kept longest: the list's tail would need a
-             * walk, so release this one, which is as cold as any. */
-            kmc__list_remove(c, &c->empty, id);
-            c->num_slabs--;
-            c->slabs_released++;
-            slab_release(c, id);
-        }
-    }
+    if (s->state == KMC_SLAB_FULL)
+        partial_push(c, id);
+    if (--s->inuse == 0 && c->partial.head != id)
+        slab_retire(c, id);
 }
 
 /* --- public alloc and free ---------------------------------------------------- */
@@ -457,13 +493,13 @@ void *kmc_cache_alloc(kmc_cache_t *c, int zero)
         return NULL;
     }
     for (;;) {
-        pthread_mutex_lock(&c->lock);
+        kmc__lock(&c->lock);
         uint8_t *p;
         if (c->flags & KMC_DEBUG_FLAGS) {
             kmc_status st = KMC_OK;
             p = alloc_locked_debug(c, &st);
             if (st != KMC_OK) {
-                pthread_mutex_unlock(&c->lock);
+                kmc__unlock(&c->lock);
                 return NULL;
             }
             if (p)
@@ -471,7 +507,7 @@ void *kmc_cache_alloc(kmc_cache_t *c, int zero)
         } else {
             p = take_object(c);
         }
-        pthread_mutex_unlock(&c->lock);
+        kmc__unlock(&c->lock);
         if (p) {
             if (zero)
                 memset(p, 0, c->size);
@@ -491,7 +527,7 @@ kmc_status kmc_cache_alloc_bulk(kmc_cache_t *c, size_t n, void **out, int zero)
     size_t got = 0;
     kmc_status st = KMC_OK;
     while (got < n) {
-        pthread_mutex_lock(&c->lock);
+        kmc__lock(&c->lock);
         while (got < n) {
             uint8_t *p;
             if (c->flags & KMC_DEBUG_FLAGS) {
@@ -505,7 +541,7 @@ kmc_status kmc_cache_alloc_bulk(kmc_cache_t *c, size_t n, void **out, int zero)
                 break;
             out[got++] = p;
         }
-        pthread_mutex_unlock(&c->lock);
+        kmc__unlock(&c->lock);
         if (st != KMC_OK)
             break;
         if (got < n && (st = grow(c)) != KMC_OK)
@@ -528,7 +564,7 @@ kmc_status kmc_cache_alloc_bulk(kmc_cache_t *c, size_t n, void **out, int zero)
 kmc_status kmc_cache_free(kmc_cache_t *c, void *p)
 {
     uint32_t id, idx;
-    pthread_mutex_lock(&c->lock);
+    kmc__lock(&c->lock);
     kmc_status st = locate(c, p, &id, &idx);
     if (st == KMC_OK && (c->flags & KMC_DEBUG_FLAGS))
         st = kmc__debug_check_free(c, p);
@@ -537,16 +573,16 @@ kmc_status kmc_cache_free(kmc_cache_t *c, void *p)
             kmc__debug_on_free(c, p);
         put_object(c, id, idx);
     }
-    pthread_mutex_unlock(&c->lock);
+    kmc__unlock(&c->lock);
     return st;
 }
 
 kmc_status kmc_cache_check_free(kmc_cache_t *c, const void *p)
 {
     uint32_t id, idx;
-    pthread_mutex_lock(&c->lock);
+    kmc__lock(&c->lock);
     kmc_status st = locate(c, p, &id, &idx);
-    pthread_mutex_unlock(&c->lock);
+    kmc__unlock(&c->lock);
     return st;
 }
 
@@ -558,7 +594,7 @@ kmc_cache_t *kmc_owner(const void *address, void **object_start)
         return NULL;
     size_t off = (uintptr_t)address - a->base;
     size_t in_slab = off & (c->slab_size - 1);
-    uint32_t idx = (uint32_t)(in_slab / c->slot_size);
+    uint32_t idx = (uint32_t)(((unsigned __int128)in_slab * c->slot_recip) >> 48);
     if (idx >= c->objperslab)
         return NULL; /* slab padding */
     if (object_start)
@@ -583,8 +619,13 @@ kmc_status kmc_free(void *p)
 size_t kmc_cache_shrink(kmc_cache_t *c)
 {
     size_t bytes = 0;
-    pthread_mutex_lock(&c->lock);
-    uint32_t id;
+    kmc__lock(&c->lock);
+    uint32_t id = c->partial.head;
+    if (id != KMC_NIL && kmc__slab(c, id)->inuse == 0) {
+        kmc__list_remove(c, &c->partial, id);
+        kmc__slab(c, id)->state = KMC_SLAB_EMPTY;
+        kmc__list_push(c, &c->empty, id);
+    }
     while ((id = kmc__list_pop(c, &c->empty)) != KMC_NIL) {
         c->num_slabs--;
         c->slabs_released++;
@@ -607,7 +648,7 @@ size_t kmc_cache_shrink(kmc_cache_t *c)
     }
     while (c->nr_arenas && !c->arenas[c->nr_arenas - 1])
         c->nr_arenas--;
-    pthread_mutex_unlock(&c->lock);
+    kmc__unlock(&c->lock);
     return bytes;
 }
 
@@ -618,7 +659,7 @@ kmc_status kmc_cache_validate(kmc_cache_t *c, size_t *problems)
     kmc_status first = KMC_OK;
     uint64_t live = 0, partial = 0, empty = 0, committed = 0;
     kmc_report_t first_report;
-    pthread_mutex_lock(&c->lock);
+    kmc__lock(&c->lock);
     for (uint32_t i = 0; i < c->nr_arenas; i++) {
         kmc_arena_t *a = c->arenas[i];
         if (!a)
@@ -655,7 +696,7 @@ kmc_status kmc_cache_validate(kmc_cache_t *c, size_t *problems)
         }
         count++;
     }
-    pthread_mutex_unlock(&c->lock);
+    kmc__unlock(&c->lock);
     if (first != KMC_OK)
         *kmc__report_slot() = first_report;
     if (problems)
@@ -666,13 +707,15 @@ kmc_status kmc_cache_validate(kmc_cache_t *c, size_t *problems)
 void kmc_cache_stats(kmc_cache_t *c, kmc_stats_t *o)
 {
     memset(o, 0, sizeof(*o));
-    pthread_mutex_lock(&c->lock);
+    kmc__lock(&c->lock);
     o->active_objs = c->active_objs;
     o->num_objs = c->num_slabs * c->objperslab;
     o->objsize = c->slot_size;
     o->objperslab = c->objperslab;
     o->pagesperslab = c->slab_size / kmc_page_size();
     o->active_slabs = c->num_slabs - c->empty.count;
+    if (c->partial.head != KMC_NIL && kmc__slab(c, c->partial.head)->inuse == 0)
+        o->active_slabs--; /* an emptied slab kept at the head of the list */
     o->num_slabs = c->num_slabs;
     o->size = c->size;
     o->align = c->align;
@@ -689,12 +732,12 @@ void kmc_cache_stats(kmc_cache_t *c, kmc_stats_t *o)
             o->metadata_bytes += c->arenas[i]->meta_bytes;
     o->arenas = c->live_arenas;
     o->flags = c->flags;
-    pthread_mutex_unlock(&c->lock);
+    kmc__unlock(&c->lock);
 }
 
 void kmc_cache_for_each_live(kmc_cache_t *c, void (*fn)(void *, void *), void *arg)
 {
-    pthread_mutex_lock(&c->lock);
+    kmc__lock(&c->lock);
     for (uint32_t i = 0; i < c->nr_arenas; i++) {
         kmc_arena_t *a = c->arenas[i];
         if (!a)
@@ -710,7 +753,7 @@ void kmc_cache_for_each_live(kmc_cache_t *c, void (*fn)(void *, void *), void *a
                     fn(mem + (size_t)o * c->slot_size, arg);
         }
     }
-    pthread_mutex_unlock(&c->lock);
+    kmc__unlock(&c->lock);
 }
 
 const char *kmc_cache_name(const kmc_cache_t *c) { return c->name; }

@@ -7,6 +7,8 @@
 #define KMC_INTERNAL_H
 
 #include <pthread.h>
+#include <sched.h>
+#include <stdatomic.h>
 #include <stdbool.h>
 #include <stdint.h>
 
@@ -26,11 +28,33 @@ _Static_assert(((size_t)1 << KMC_MAX_SLAB_SHIFT) <= KMC_ARENA_SIZE,
 _Static_assert(KMC_MAX_SIZE <= ((size_t)1 << KMC_MAX_SLAB_SHIFT),
                "the largest object fits in the largest slab");
 
+/* The cache lock: a test-and-set lock. Taking it free is one atomic
+ * exchange and giving it back one release store, half the atomic work of a
+ * pthread mutex; critical sections are a few dozen instructions, so a waiter
+ * spins briefly, then yields the CPU. */
+typedef struct kmc_lock_s {
+    _Atomic int locked;
+} kmc_lock_t;
+
+void kmc__lock_wait(kmc_lock_t *lock); /* cache.c: the contended case */
+
+static inline void kmc__lock(kmc_lock_t *lock)
+{
+    if (atomic_exchange_explicit(&lock->locked, 1, memory_order_acquire))
+        kmc__lock_wait(lock);
+}
+
+static inline void kmc__unlock(kmc_lock_t *lock)
+{
+    atomic_store_explicit(&lock->locked, 0, memory_order_release);
+}
+
 /* Slab states. A slab is on exactly the list its state names (none for
  * FULL, NEW and UNUSED):
  *   UNUSED   never committed (beyond the arena's bump index)
  *   NEW      taken by one thread that commits and builds it, lock released
  *   PARTIAL  committed, live and free objects        -> cache->partial
+ *            (the list's head may have no live object: see put_object)
  *   FULL     committed, no free object                (no list)
  *   EMPTY    committed, no live object, in reserve   -> cache->empty
  *   RELEASED memory given back to the OS, slot reusable -> cache->released */
@@ -71,11 +95,12 @@ typedef struct kmc_list_s {
 } kmc_list_t;
 
 struct kmc_cache_s {
-    pthread_mutex_t lock;         /* guards everything below that changes */
+    kmc_lock_t lock;              /* guards everything below that changes */
     char name[KMC_NAME_MAX];
     size_t size;                  /* requested object size */
     size_t align;                 /* guaranteed alignment, power of two */
     size_t slot_size;             /* object + red zone, multiple of align */
+    uint64_t slot_recip;          /* 2^48 / slot_size + 1: offset -> slot index */
     size_t slab_size;             /* 1 << slab_shift */
     unsigned slab_shift;
     uint32_t objperslab;
