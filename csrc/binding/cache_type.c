@@ -149,7 +149,8 @@ static int cache_traverse(CacheObject *self, visitproc visit, void *arg)
     Py_VISIT(self->track);
     Py_VISIT(self->ctor_error);
     Py_VISIT(self->dict);
-    Py_VISIT(Py_TYPE(self));
+    /* not Py_TYPE(self): the type is static, and a Python subclass's
+     * subtype_traverse visits its heap type itself */
     return 0;
 }
 
@@ -164,7 +165,6 @@ static int cache_clear(CacheObject *self)
 
 static void cache_dealloc(CacheObject *self)
 {
-    PyTypeObject *type = Py_TYPE(self);
     PyObject_GC_UnTrack(self);
     if (self->weakrefs)
         PyObject_ClearWeakRefs((PyObject *)self);
@@ -178,9 +178,9 @@ static void cache_dealloc(CacheObject *self)
         self->cache = NULL;
     }
     cache_clear(self);
-    type->tp_free((PyObject *)self);
-    if (type->tp_flags & Py_TPFLAGS_HEAPTYPE)
-        Py_DECREF(type);
+    /* no Py_DECREF(type) for a heap subclass: subtype_dealloc does it,
+     * since this base type is static */
+    Py_TYPE(self)->tp_free((PyObject *)self);
 }
 
 static PyObject *alloc_one(CacheObject *self, int zero)
