@@ -29,24 +29,40 @@ int kmc_track(CacheObject *cache, const char *event, const void *address)
 }
 
 /* The engine's constructor hook: run the Python ctor on a memoryview of the
- * object, then release the view so that no reference to object memory
- * outlives the call. */
+ * object. The view is taken through a handle, so that every view made from
+ * it (a slice, memoryview(view), numpy.frombuffer(view)) counts in the
+ * handle's exports: when the ctor returns, none may be left, or it would
+ * point into memory that the engine hands out and gives back to the OS.
+ * Returns 0, -1 (the ctor raised), or 1 (a view was kept: the engine must
+ * never reuse or unmap this slab's memory). */
 static int call_ctor(void *object, size_t size, void *arg)
 {
     CacheObject *self = arg;
     PyGILState_STATE gil = PyGILState_Ensure();
     int rc = -1;
-    PyObject *view = PyMemoryView_FromMemory(object, (Py_ssize_t)size, PyBUF_WRITE);
+    ObjectObject *handle = kmc_object_new(self, object, (Py_ssize_t)size);
+    PyObject *view = handle ? PyMemoryView_FromObject((PyObject *)handle) : NULL;
     if (view) {
         PyObject *r = PyObject_CallOneArg(self->ctor, view);
         Py_XDECREF(r);
+        PyObject *type, *value, *tb;
+        PyErr_Fetch(&type, &value, &tb); /* release() must not run with it set */
         PyObject *released = PyObject_CallMethod(view, "release", NULL);
-        if (r && !released)
-            PyErr_SetString(PyExc_ValueError,
-                            "the ctor kept a view of the object's memory; it must not");
         Py_XDECREF(released);
+        PyErr_Clear(); /* a view made from ours fails release(): seen below */
+        PyErr_Restore(type, value, tb);
         Py_DECREF(view);
-        rc = r && released ? 0 : -1;
+        rc = r ? 0 : -1;
+        if (handle->exports) {
+            if (r)
+                PyErr_SetString(PyExc_ValueError,
+                                "the ctor kept a view of the object's memory; it must not");
+            rc = 1;
+        }
+    }
+    if (handle) {
+        handle->ptr = NULL; /* not an object: nothing to free when it dies */
+        Py_DECREF(handle);
     }
     if (rc != 0) {
         /* keep the ctor's exception to raise it from the allocation */

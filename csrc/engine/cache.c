@@ -163,7 +163,15 @@ kmc_status kmc_cache_create(const char *name, size_t size, size_t align, unsigne
 static void arena_release(kmc_cache_t *c, kmc_arena_t *a)
 {
     kmc__registry_remove(a);
-    kmc__os_unreserve((void *)a->base, KMC_ARENA_SIZE);
+    if (!a->pinned) {
+        kmc__os_unreserve((void *)a->base, KMC_ARENA_SIZE);
+    } else {
+        /* leave the pinned slabs mapped (and the range reserved) for good */
+        for (uint32_t s = 0; s < a->bump; s++)
+            if (a->slabs[s].state != KMC_SLAB_PINNED)
+                kmc__os_decommit((uint8_t *)a->base + ((size_t)s << c->slab_shift),
+                                 c->slab_size);
+    }
     kmc__os_unmap_meta(a->slabs, a->meta_bytes);
     c->arenas[a->index] = NULL;
     c->live_arenas--;
@@ -341,6 +349,7 @@ static kmc_status grow(kmc_cache_t *c)
         return st;
 
     uint8_t *mem = kmc__slab_mem(c, id);
+    int ctor_rc = 0;
     if (kmc__os_commit(mem, c->slab_size) != 0) {
         st = kmc__report(KMC_ENOMEM, c, NULL, "the OS refused %zu bytes for a slab",
                          c->slab_size);
@@ -348,12 +357,13 @@ static kmc_status grow(kmc_cache_t *c)
         kmc__slab_init_free(c, id);
         if (debug_fill(c))
             kmc__debug_init_slab(c, mem);
-        for (uint32_t i = 0; c->ctor && i < c->objperslab; i++)
-            if (c->ctor(mem + (size_t)i * c->slot_size, c->size, c->ctor_arg) != 0) {
-                st = kmc__report(KMC_ECTOR, c, mem + (size_t)i * c->slot_size,
-                                 "the constructor of %s failed", c->name);
+        for (uint32_t i = 0; c->ctor && i < c->objperslab; i++) {
+            uint8_t *obj = mem + (size_t)i * c->slot_size;
+            if ((ctor_rc = c->ctor(obj, c->size, c->ctor_arg)) != 0) {
+                st = kmc__report(KMC_ECTOR, c, obj, "the constructor of %s failed", c->name);
                 break;
             }
+        }
     }
 
     kmc__lock(&c->lock);
@@ -361,6 +371,9 @@ static kmc_status grow(kmc_cache_t *c)
         partial_push(c, id);
         c->num_slabs++;
         c->slabs_created++;
+    } else if (ctor_rc > 0) {
+        kmc__slab(c, id)->state = KMC_SLAB_PINNED; /* live_slabs keeps counting it */
+        kmc__slab_arena(c, id)->pinned++;
     } else {
         slab_release(c, id);
     }

@@ -57,7 +57,9 @@ static inline void kmc__unlock(kmc_lock_t *lock)
  *            (the list's head may have no live object: see put_object)
  *   FULL     committed, no free object                (no list)
  *   EMPTY    committed, no live object, in reserve   -> cache->empty
- *   RELEASED memory given back to the OS, slot reusable -> cache->released */
+ *   RELEASED memory given back to the OS, slot reusable -> cache->released
+ *   PINNED   a constructor left a reference into it: mapped, never used (no
+ *            list), and its arena never unmapped */
 enum kmc_slab_state {
     KMC_SLAB_UNUSED = 0,
     KMC_SLAB_NEW,
@@ -65,6 +67,7 @@ enum kmc_slab_state {
     KMC_SLAB_FULL,
     KMC_SLAB_EMPTY,
     KMC_SLAB_RELEASED,
+    KMC_SLAB_PINNED,
 };
 
 typedef struct kmc_slab_s {
@@ -83,6 +86,7 @@ typedef struct kmc_arena_s {
     uint32_t index;        /* position in cache->arenas */
     uint32_t bump;         /* slabs below this index have been used */
     uint32_t live_slabs;   /* slabs not UNUSED or RELEASED */
+    uint32_t pinned;       /* PINNED slabs: the arena stays mapped */
     kmc_slab_t *slabs;     /* slabs_per_arena descriptors */
     uint64_t *bitmaps;     /* per slab bitmap_words words, bit set = free */
     size_t meta_bytes;     /* mapped for slabs + bitmaps */

@@ -87,8 +87,10 @@ typedef struct kmc_cache_s kmc_cache_t;
 
 /* A constructor runs once per object when its slab is created, never on a
  * plain alloc (Bonwick's object caching). It runs without any engine lock
- * held, so it may call the engine. Non-zero return: the slab is given back
- * and the allocation fails with KMC_ECTOR. */
+ * held, so it may call the engine. Non-zero return: the allocation fails with
+ * KMC_ECTOR; a negative one gives the slab back, a positive one says that
+ * something still points into the object (a view its caller could not take
+ * back), so the slab's memory stays mapped and unused for good. */
 typedef int (*kmc_ctor_fn)(void *object, size_t size, void *arg);
 
 /* What went wrong, for the calling thread's last failed call. */
