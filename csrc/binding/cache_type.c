@@ -102,27 +102,51 @@ static PyObject *cache_new(PyTypeObject *type, PyObject *Py_UNUSED(args),
     return (PyObject *)self;
 }
 
+/* "O&" converter: an int argument as a Py_ssize_t. An int too large for one
+ * is out of range like any other bad value: ValueError, not OverflowError. */
+static int ssize_arg(PyObject *arg, void *out)
+{
+    PyObject *index = PyNumber_Index(arg);
+    if (!index)
+        return 0;
+    Py_ssize_t v = PyLong_AsSsize_t(index);
+    Py_DECREF(index);
+    if (v == -1 && PyErr_Occurred()) {
+        if (PyErr_ExceptionMatches(PyExc_OverflowError)) {
+            PyErr_Clear();
+            PyErr_Format(PyExc_ValueError, "%R is out of range", arg);
+        }
+        return 0;
+    }
+    *(Py_ssize_t *)out = v;
+    return 1;
+}
+
 static int cache_init(CacheObject *self, PyObject *args, PyObject *kwds)
 {
     static char *kwlist[] = {"name", "size", "align", "flags", "ctor", NULL};
     PyObject *name, *ctor = Py_None;
-    Py_ssize_t size, align = 0;
-    unsigned long flags = 0;
+    Py_ssize_t size, align = 0, flags = 0;
     if (self->cache) {
         PyErr_SetString(PyExc_TypeError, "a kmemcache cache cannot be initialised twice");
         return -1;
     }
-    if (!PyArg_ParseTupleAndKeywords(args, kwds, "On|nkO:Cache", kwlist, &name, &size,
-                                     &align, &flags, &ctor))
+    if (!PyArg_ParseTupleAndKeywords(args, kwds, "OO&|O&O&O:Cache", kwlist, &name, ssize_arg,
+                                     &size, ssize_arg, &align, ssize_arg, &flags, &ctor))
         return -1;
     if (!PyUnicode_Check(name)) {
         PyErr_Format(PyExc_TypeError, "cache name must be a str, not %.100s",
                      Py_TYPE(name)->tp_name);
         return -1;
     }
-    const char *cname = PyUnicode_AsUTF8(name);
+    Py_ssize_t name_len;
+    const char *cname = PyUnicode_AsUTF8AndSize(name, &name_len);
     if (!cname)
         return -1;
+    if (strlen(cname) != (size_t)name_len) {
+        PyErr_SetString(PyExc_ValueError, "cache name must not contain NUL characters");
+        return -1;
+    }
     if (ctor != Py_None && !PyCallable_Check(ctor)) {
         PyErr_Format(PyExc_TypeError, "ctor must be callable or None, not %.100s",
                      Py_TYPE(ctor)->tp_name);
@@ -139,9 +163,9 @@ static int cache_init(CacheObject *self, PyObject *args, PyObject *kwds)
                      (size_t)KMC_MAX_ALIGN, align);
         return -1;
     }
-    if (flags & ~(unsigned long)KMC_VALID_FLAGS) {
-        PyErr_Format(PyExc_ValueError, "unknown flags 0x%lx",
-                     flags & ~(unsigned long)KMC_VALID_FLAGS);
+    if (flags < 0 || (flags & ~(Py_ssize_t)KMC_VALID_FLAGS)) {
+        PyErr_Format(PyExc_ValueError, "unknown flags 0x%llx",
+                     (unsigned long long)flags & ~(unsigned long long)KMC_VALID_FLAGS);
         return -1;
     }
     if (ctor != Py_None)
@@ -240,7 +264,8 @@ static PyObject *cache_alloc_bulk(CacheObject *self, PyObject *args, PyObject *k
     static char *kwlist[] = {"n", "zero", NULL};
     Py_ssize_t n;
     int zero = 0;
-    if (!PyArg_ParseTupleAndKeywords(args, kwds, "n|p:alloc_bulk", kwlist, &n, &zero))
+    if (!PyArg_ParseTupleAndKeywords(args, kwds, "O&|p:alloc_bulk", kwlist, ssize_arg, &n,
+                                     &zero))
         return NULL;
     if (kmc_cache_check_alive(self) < 0)
         return NULL;
