@@ -6,11 +6,14 @@ Every benchmark measures zero-argument callables ("ops") with the same recipe:
   loop lasts about ``target_ms`` (or a fixed ``--number``);
 * ``repeats`` timed loops are run per op, the ops taking turns round-robin within each
   repeat (the starting op rotates) so that drift on a shared machine hits every op alike;
+  loops are short (10 ms by default) so that a whole round is short too, and a burst
+  of load from elsewhere lands on every op of the round rather than on one;
 * a loop is ``for _ in itertools.repeat(None, n): op()`` timed with
   ``time.perf_counter_ns``, with the cyclic garbage collector paused as ``timeit`` does;
 * results are the median ns/op with min, max and quartiles; nothing is subtracted,
   but the cost of the loop itself (bare, and calling an empty op) is measured once and
-  reported so readers can see how much of a small number it is.
+  reported so readers can see how much of a small number it is; the share of each
+  loop the thread actually spent on a CPU is recorded too, as a noise gauge.
 
 Ratios are only ever taken between ops measured in the same run.
 """
@@ -51,6 +54,7 @@ class Candidate:
     note: str = ""  # why it is not "ok"
     number: int = 0  # iterations per timed loop
     samples_ns: list[float] = field(default_factory=list)  # ns/op, one per repeat
+    cpu_share: list[float] = field(default_factory=list)  # thread CPU time / wall time
 
     @property
     def ok(self) -> bool:
@@ -60,6 +64,7 @@ class Candidate:
         self.status = "failed"
         self.note = f"{type(exc).__name__}: {exc}"
         self.samples_ns.clear()
+        self.cpu_share.clear()
 
 
 class Progress:
@@ -99,22 +104,33 @@ class Progress:
             sys.stderr.flush()
 
 
-def time_loop(op: Op, number: int) -> int:
-    """Call ``op`` ``number`` times in a tight loop; return the elapsed ns."""
+def timed_loop(op: Op, number: int) -> tuple[int, int]:
+    """Call ``op`` ``number`` times in a tight loop; return (elapsed ns, thread CPU ns).
+
+    The elapsed time is what is reported; the CPU time only tells how much of the
+    loop this thread actually ran, i.e. how much the machine's other load stole.
+    """
     loop = itertools.repeat(None, number)
-    clock = time.perf_counter_ns
+    clock, cpu_clock = time.perf_counter_ns, time.thread_time_ns
     gc_was_enabled = gc.isenabled()
     # A collection triggered by someone else's garbage would land on whichever op
     # happens to be running; timeit pauses the collector for the same reason.
     gc.disable()
     try:
+        cpu_start = cpu_clock()
         start = clock()
         for _ in loop:
             op()
-        return clock() - start
+        elapsed = clock() - start
+        return elapsed, cpu_clock() - cpu_start
     finally:
         if gc_was_enabled:
             gc.enable()
+
+
+def time_loop(op: Op, number: int) -> int:
+    """Call ``op`` ``number`` times in a tight loop; return the elapsed ns."""
+    return timed_loop(op, number)[0]
 
 
 def time_bare_loop(number: int) -> int:
@@ -214,11 +230,12 @@ def run_round_robin(
                 continue
             assert cand.op is not None
             try:
-                elapsed = time_loop(cand.op, cand.number)
+                elapsed, cpu = timed_loop(cand.op, cand.number)
             except Exception as exc:
                 cand.fail(exc)
                 continue
             cand.samples_ns.append(elapsed / cand.number)
+            cand.cpu_share.append(min(cpu / elapsed, 1.0) if elapsed > 0 else 1.0)
 
 
 def release(candidates: Sequence[Candidate]) -> None:
@@ -255,10 +272,14 @@ def candidate_record(cand: Candidate, base: Candidate | None) -> dict[str, Any]:
     record["number"] = cand.number
     record["samples_ns"] = cand.samples_ns
     record.update(summarize(cand.samples_ns))
+    record["cpu_share_min"] = min(cand.cpu_share, default=1.0)
     if base is not None and base.samples_ns:
         record["ratio"] = record["median_ns"] / statistics.median(base.samples_ns)
         pairs = paired_ratios(cand, base)
         if pairs:
+            # The same ratio taken repeat by repeat: its spread shows how far drift
+            # between rounds could move the headline ratio.
+            record["ratio_paired_median"] = statistics.median(pairs)
             record["ratio_min"] = min(pairs)
             record["ratio_max"] = max(pairs)
     return record
@@ -333,8 +354,8 @@ def argument_parser(description: str) -> argparse.ArgumentParser:
     parser.add_argument(
         "--target-ms",
         type=float,
-        default=40.0,
-        help="duration of one calibrated timed loop in ms (default 40)",
+        default=10.0,
+        help="duration of one calibrated timed loop in ms (default 10)",
     )
     parser.add_argument("--no-progress", action="store_true", help="no progress line on stderr")
     return parser

@@ -23,7 +23,7 @@ are listed as "not installed"::
     python benchmarks/bench_alloc.py --json out.json  # also machine-readable results
     python benchmarks/bench_alloc.py --quick          # tiny counts: checks it runs
 
-It takes about half a minute; progress goes to stderr. Only the ratios mean anything
+It takes a few seconds; progress goes to stderr. Only the ratios mean anything
 beyond the machine they were measured on.
 """
 
@@ -140,6 +140,12 @@ def render(data: dict[str, Any]) -> str:
         f"{env['implementation']} {env['python']}, {env['system']} {env['machine']}, "
         f"{env['cpu_count']} CPUs; {pkgs}.",
     ]
+    if data["cpu_share_min"] < 0.8:
+        lines.append(
+            f"\nOther load took the CPU away for up to {1 - data['cpu_share_min']:.0%} of "
+            "a timed loop in this run; ratios compare ops timed side by side, but "
+            "consider running again on a quieter machine."
+        )
     if data["quick"]:
         lines.append("\n(--quick: counts far too small for the numbers to mean anything.)")
     lines += ["", h.markdown_table(headers, rows, right), ""]
@@ -211,6 +217,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         "environment": h.environment(["kmemcache", "numpy", "pyfftw", "numpy-allocator"]),
         "results": {str(size): recs for size, recs in results.items()},
         "targets": evaluate_targets(results, args.align),
+        "cpu_share_min": min(
+            (r["cpu_share_min"] for recs in results.values() for r in recs if "cpu_share_min" in r),
+            default=1.0,
+        ),
     }
     if args.json:
         h.write_json(args.json, data)
