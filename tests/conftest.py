@@ -1,0 +1,63 @@
+"""Shared test set-up: hypothesis profiles and a cache factory that cleans up.
+
+Hypothesis profiles: "default" is quick (the normal run); "ci" runs many more
+examples. Pick one with HYPOTHESIS_PROFILE=ci.
+"""
+
+from __future__ import annotations
+
+import gc
+import os
+from collections.abc import Callable, Iterator
+from typing import Any
+
+import pytest
+from hypothesis import HealthCheck, settings
+
+import kmemcache
+from kmemcache import _kmemcache as _core
+
+settings.register_profile(
+    "default",
+    max_examples=40,
+    stateful_step_count=40,
+    deadline=None,
+    suppress_health_check=[HealthCheck.too_slow],
+)
+settings.register_profile(
+    "ci",
+    max_examples=400,
+    stateful_step_count=100,
+    deadline=None,
+    suppress_health_check=[HealthCheck.too_slow],
+)
+settings.load_profile(os.environ.get("HYPOTHESIS_PROFILE", "default"))
+
+
+@pytest.fixture(autouse=True)
+def _no_injected_failures() -> Iterator[None]:
+    """No test leaves OS failure injection switched on for the next one."""
+    _core._os_fail_after(-1)
+    yield
+    _core._os_fail_after(-1)
+
+
+@pytest.fixture
+def make_cache() -> Iterator[Callable[..., kmemcache.Cache]]:
+    """Make caches that are destroyed at the end of the test.
+
+    A test that leaves objects live has failed already; the handles are
+    dropped (giving the objects back) before the destroy.
+    """
+    made: list[kmemcache.Cache] = []
+
+    def make(name: str, size: int, *args: Any, **kwargs: Any) -> kmemcache.Cache:
+        cache = kmemcache.Cache(name, size, *args, **kwargs)
+        made.append(cache)
+        return cache
+
+    yield make
+    gc.collect()
+    for cache in made:
+        if not cache.destroyed:
+            cache.destroy()
