@@ -181,6 +181,9 @@ static void arena_release(kmc_cache_t *c, kmc_arena_t *a)
 kmc_status kmc_cache_destroy(kmc_cache_t *c)
 {
     kmc__report_clear();
+    if (kmc__kmalloc_pinned(c))
+        return kmc__report(KMC_EBUSY, c, NULL, "%s serves kmalloc: it is never destroyed",
+                           c->name);
     kmc__lock(&c->lock);
     if (c->active_objs) {
         kmc_status st = kmc__report(KMC_EBUSY, c, NULL,

@@ -137,6 +137,9 @@ int kmc__os_commit(void *addr, size_t size);       /* make read-write */
 void kmc__os_decommit(void *addr, size_t size);    /* back to the OS, no access */
 void *kmc__os_map_meta(size_t size);               /* zeroed read-write, or NULL */
 void kmc__os_unmap_meta(void *addr, size_t size);
+void *kmc__os_map_pages(size_t size, size_t align); /* zeroed read-write, aligned
+                                                      (power of two), charged; NULL */
+void kmc__os_unmap_pages(void *addr, size_t size);
 
 /* --- registry.c: address -> arena, lock-free reads. */
 int kmc__registry_insert(kmc_arena_t *arena);      /* 0 or -1 (no memory) */
@@ -184,5 +187,8 @@ kmc_status kmc__report_bytes(kmc_status status, const kmc_cache_t *c,
                              int expected, const char *what);
 void kmc__report_clear(void);
 kmc_report_t *kmc__report_slot(void);      /* the calling thread's report */
+
+/* --- kmalloc.c: the size classes. */
+bool kmc__kmalloc_pinned(const kmc_cache_t *c); /* a class's cache: never destroyed */
 
 #endif /* KMC_INTERNAL_H */

@@ -209,6 +209,124 @@ const char *kmc_status_name(kmc_status status);
 void kmc_os_fail_after(long n);
 size_t kmc_page_size(void);
 
+/* --- kmalloc family -------------------------------------------------------
+ *
+ * General-purpose allocation on top of the caches, as Linux's kmalloc.
+ * Requests of 1..KMC_KMALLOC_MAX_CACHE_SIZE bytes are served by size
+ * classes, each an ordinary cache named as Linux names them ("kmalloc-64",
+ * "kmalloc-1k"), made on first use. Alignment, the guarantee Linux gives
+ * since 5.4 (power-of-two sizes) and 6.11 (the others):
+ *
+ *   every object of 16 bytes or more is at least 16-byte aligned, smaller
+ *   ones at least 8; a class whose size is a power of two is aligned to its
+ *   size; kmalloc-96 to 32 and kmalloc-192 to 64 (their largest power-of-
+ *   two divisor).
+ *
+ * @align asks for more: the request goes to the first class whose size and
+ * alignment are both large enough (kmalloc(100, 64) is a kmalloc-128
+ * object). That costs nothing a dedicated cache per alignment would save:
+ * when @align is at least the size, the class is exactly @align bytes, and
+ * an object aligned to @align occupies that much in any slab; below the
+ * size, the class kmalloc(size) picks already has the alignment, except
+ * kmalloc-96 and kmalloc-192, which give way to the next class, again
+ * round_up(size, align) bytes. When no class is aligned enough (@align
+ * above 8 KiB) the request is served like a large one: pages straight from
+ * the OS at that alignment, round_up(size, page) bytes where a slab would
+ * spend @align bytes per object.
+ *
+ * Large requests (above KMC_KMALLOC_MAX_CACHE_SIZE) are whole pages from
+ * the OS, aligned to the page, to @align, and to their size when that is a
+ * power of two. They are found from their address in O(1) by an
+ * open-addressing hash table kept outside object memory; their usable size
+ * is the size rounded up to pages.
+ *
+ * Size 0 gives KMC's ZERO_SIZE_PTR (kmc_kmalloc(0, 0) == kmc_kmalloc(0, 64)):
+ * one page of address space with no access, aligned to KMC_MAX_ALIGN and
+ * owned by nothing else. It is not NULL, so it does not read as a failure;
+ * kmc_kfree accepts it (and does nothing) and kmc_ksize says 0.
+ *
+ * The size-class caches can be made by the caller (the Python package makes
+ * them through its Cache class so that they take its debug flags) and
+ * installed with kmc_kmalloc_install; a class with no cache installed when
+ * first used gets one made here with no flags. An installed cache is never
+ * destroyed (kmc_cache_destroy says KMC_EBUSY).
+ *
+ * All functions are thread-safe without the Python GIL. */
+
+#define KMC_KMALLOC_CLASSES        13
+#define KMC_KMALLOC_MAX_CACHE_SIZE ((size_t)8192)     /* largest size class */
+#define KMC_KMALLOC_MAX_SIZE       ((size_t)1 << 46)  /* largest request: 64 TiB,
+                                                         so rounding never overflows */
+
+typedef struct kmc_kmalloc_class_s {
+    const char *name;   /* the cache's name, Linux's: "kmalloc-96", "kmalloc-2k" */
+    size_t size;        /* object size */
+    size_t align;       /* guaranteed alignment */
+} kmc_kmalloc_class_t;
+
+/* The size classes, smallest first. */
+extern const kmc_kmalloc_class_t kmc_kmalloc_classes[KMC_KMALLOC_CLASSES];
+
+/* kmc_kmalloc_index - the size class serving @size bytes at @align (0 or a
+ * power of two): its index in kmc_kmalloc_classes, or -1 when none does
+ * (@size is 0 or above KMC_KMALLOC_MAX_CACHE_SIZE, or @align is above every
+ * class's alignment). O(1). */
+int kmc_kmalloc_index(size_t size, size_t align);
+
+/* kmc_kmalloc_cache - the cache of size class @index, made with no flags
+ * if none is installed yet. NULL (and a report) if it cannot be made. */
+kmc_cache_t *kmc_kmalloc_cache(unsigned index);
+
+/* kmc_kmalloc_install - serve size class @index from @cache from now on.
+ * @cache must have the class's size, at least its alignment, and no
+ * constructor (KMC_EINVAL otherwise). A cache it replaces keeps working
+ * for the objects it holds. @cache can no longer be destroyed. */
+kmc_status kmc_kmalloc_install(unsigned index, kmc_cache_t *cache);
+
+/* kmc_kmalloc - @size bytes (contents undefined) aligned as above and to
+ * @align (0 or a power of two up to KMC_MAX_ALIGN).
+ * Return: the object, ZERO_SIZE_PTR for size 0, or NULL with a report
+ * (KMC_EINVAL: bad @align; KMC_ENOMEM: no memory, or @size above
+ * KMC_KMALLOC_MAX_SIZE). */
+void *kmc_kmalloc(size_t size, size_t align);
+
+/* kmc_kzalloc - kmc_kmalloc, zeroed. */
+void *kmc_kzalloc(size_t size, size_t align);
+
+/* kmc_kcalloc - @n zeroed elements of @size bytes; KMC_ENOMEM (NULL) when
+ * @n * @size overflows. */
+void *kmc_kcalloc(size_t n, size_t size);
+
+/* kmc_krealloc - resize @object (NULL: a new one) to @new_size bytes at
+ * @align, keeping its contents up to the smaller size.
+ * The same object comes back when it already holds @new_size bytes at the
+ * alignment a fresh kmc_kmalloc(@new_size, @align) would have (a large one
+ * gives its tail pages back); otherwise a new object gets the contents and
+ * @object is freed. @new_size 0 frees @object and returns ZERO_SIZE_PTR.
+ * Return: the object, or NULL with a report and @object untouched. */
+void *kmc_krealloc(void *object, size_t new_size, size_t align);
+
+/* kmc_krealloc_in_place - the first half of kmc_krealloc: 1 when @object
+ * now serves @new_size bytes at @align where it is (a large object may have
+ * given its tail pages back), 0 when a new object is needed (nothing
+ * changed). For callers that move the contents themselves. */
+int kmc_krealloc_in_place(void *object, size_t new_size, size_t align);
+
+/* kmc_ksize - the usable size of a live object of any cache (the cache's
+ * object size) or large allocation (its pages); 0 for NULL and
+ * ZERO_SIZE_PTR. 0 with a report for anything else. */
+size_t kmc_ksize(const void *object);
+
+/* kmc_kfree - free what kmc_kmalloc (or any cache) returned, finding the
+ * owner from the address in O(1). NULL and ZERO_SIZE_PTR: nothing to do.
+ * A slab object freed twice is KMC_EDOUBLE_FREE. A large allocation's pages
+ * go back to the OS at once, so a second kmc_kfree of it is
+ * KMC_EINVALID_FREE, as is any address that is not an object's start. */
+kmc_status kmc_kfree(void *object);
+
+/* kmc_kmalloc_large_stats - large allocations live now and their bytes. */
+void kmc_kmalloc_large_stats(uint64_t *objects, uint64_t *bytes);
+
 #ifdef __cplusplus
 }
 #endif

@@ -41,11 +41,10 @@ size_t kmc_page_size(void)
     return page;
 }
 
-void *kmc__os_reserve(size_t size, size_t align)
+/* Address space only (no access), aligned: over-reserve, then trim both
+ * ends to get the alignment. */
+static void *reserve_aligned(size_t size, size_t align)
 {
-    if (injected_failure())
-        return NULL;
-    /* Over-reserve, then trim both ends to get the alignment. */
     size_t span = size + align;
     uint8_t *p = mmap(NULL, span, PROT_NONE,
                       MAP_PRIVATE | MAP_ANONYMOUS | MAP_NORESERVE, -1, 0);
@@ -58,6 +57,13 @@ void *kmc__os_reserve(size_t size, size_t align)
     if (tail)
         munmap((uint8_t *)start + size, tail);
     return (void *)start;
+}
+
+void *kmc__os_reserve(size_t size, size_t align)
+{
+    if (injected_failure())
+        return NULL;
+    return reserve_aligned(size, align);
 }
 
 void kmc__os_unreserve(void *addr, size_t size) { munmap(addr, size); }
@@ -78,6 +84,32 @@ void kmc__os_decommit(void *addr, size_t size)
     if (p == MAP_FAILED)
         madvise(addr, size, MADV_DONTNEED);
 }
+
+void *kmc__os_map_pages(size_t size, size_t align)
+{
+    if (injected_failure())
+        return NULL;
+    /* Without MAP_NORESERVE: the kernel's overcommit policy may refuse a
+     * request far beyond memory, as it does malloc's big blocks. */
+    if (align <= kmc_page_size()) {
+        void *p = mmap(NULL, size, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
+        return p == MAP_FAILED ? NULL : p;
+    }
+    /* Reserve an aligned range with no access (free of charge), then map
+     * read-write pages over it: only @size bytes are charged. */
+    void *r = reserve_aligned(size, align);
+    if (!r)
+        return NULL;
+    void *p = mmap(r, size, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS | MAP_FIXED,
+                   -1, 0);
+    if (p == MAP_FAILED) {
+        munmap(r, size);
+        return NULL;
+    }
+    return p;
+}
+
+void kmc__os_unmap_pages(void *addr, size_t size) { munmap(addr, size); }
 
 void *kmc__os_map_meta(size_t size)
 {
