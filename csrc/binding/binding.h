@@ -31,7 +31,8 @@ typedef struct ObjectObject {
     char *ptr;             /* NULL once freed */
     Py_ssize_t size;       /* len(); at most the cache's size */
     Py_ssize_t exports;    /* live buffer views */
-    CacheObject *owner;    /* strong reference */
+    CacheObject *owner;    /* strong reference; NULL for kmalloc's pages and
+                              zero-size objects, which no cache holds */
 } ObjectObject;
 
 extern PyTypeObject KmcCache_Type;

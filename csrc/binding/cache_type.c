@@ -326,7 +326,9 @@ static int check_freeable(CacheObject *self, PyObject *arg)
     }
     ObjectObject *obj = (ObjectObject *)arg;
     if (obj->owner != self && obj->ptr) {
-        const char *other = obj->owner->cache ? kmc_cache_name(obj->owner->cache) : "?";
+        const char *other = !obj->owner        ? "none (kmalloc pages)"
+                            : obj->owner->cache ? kmc_cache_name(obj->owner->cache)
+                                                : "?";
         kmc_raise_message(KMC_EINVALID_FREE, self, obj->ptr,
                           "Invalid free of %p in %s: it belongs to cache %s", (void *)obj->ptr,
                           kmc_cache_name(self->cache), other);

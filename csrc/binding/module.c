@@ -15,6 +15,7 @@ static PyObject *double_free_error, *invalid_free_error, *cache_busy_error, *red
 static PyObject *error_factory; /* callable(kind, report_dict) -> exception or None */
 
 PyObject *kmc_stats_dict(kmc_cache_t *c); /* cache_type.c */
+extern PyMethodDef kmc_kmalloc_methods[]; /* kmalloc_funcs.c: kmalloc, kfree, ... */
 
 PyObject *kmc_exception_for(kmc_status status)
 {
@@ -195,7 +196,8 @@ PyMODINIT_FUNC PyInit__kmemcache(void)
     if (!m)
         return NULL;
     if (PyModule_AddObjectRef(m, "Cache", (PyObject *)&KmcCache_Type) < 0 ||
-        PyModule_AddObjectRef(m, "Object", (PyObject *)&KmcObject_Type) < 0)
+        PyModule_AddObjectRef(m, "Object", (PyObject *)&KmcObject_Type) < 0 ||
+        PyModule_AddFunctions(m, kmc_kmalloc_methods) < 0)
         goto fail;
     if (!(KmcSlabError = new_error(m, "SlabError", NULL,
                                    "Base of the errors the allocator detects.")) ||

@@ -28,9 +28,15 @@ ObjectObject *kmc_object_new(CacheObject *owner, void *ptr, Py_ssize_t size)
     self->ptr = ptr;
     self->size = size;
     self->exports = 0;
-    Py_INCREF(owner);
+    Py_XINCREF(owner);
     self->owner = owner;
     return self;
+}
+
+/* What a handle without a cache holds: kmalloc's pages or size 0. */
+static const char *no_cache_name(const ObjectObject *self)
+{
+    return self->size ? "kmalloc pages" : "kmalloc(0)";
 }
 
 static int check_live(ObjectObject *self)
@@ -49,7 +55,9 @@ int kmc_object_free(ObjectObject *self)
     if (!self->ptr) {
         kmc_raise_message(KMC_EDOUBLE_FREE, owner, NULL,
                           "Object already free: this handle was freed before (cache %s)",
-                          owner->cache ? kmc_cache_name(owner->cache) : "(destroyed)");
+                          !owner         ? no_cache_name(self)
+                          : owner->cache ? kmc_cache_name(owner->cache)
+                                         : "(destroyed)");
         return -1;
     }
     if (self->exports) {
@@ -60,7 +68,7 @@ int kmc_object_free(ObjectObject *self)
         return -1;
     }
     for (;;) {
-        kmc_status st = kmc_cache_free(owner->cache, self->ptr);
+        kmc_status st = owner ? kmc_cache_free(owner->cache, self->ptr) : kmc_kfree(self->ptr);
         if (st == KMC_OK)
             break;
         if (!kmc_raise(st))
@@ -69,7 +77,7 @@ int kmc_object_free(ObjectObject *self)
             break; /* told to go on: nothing to free */
         /* damage reported and repaired: free it now */
     }
-    if (owner->track && kmc_track(owner, "free", self->ptr) < 0) {
+    if (owner && owner->track && kmc_track(owner, "free", self->ptr) < 0) {
         self->ptr = NULL;
         return -1;
     }
@@ -144,7 +152,7 @@ static PyObject *object_get_address(ObjectObject *self, void *Py_UNUSED(closure)
 
 static PyObject *object_get_cache(ObjectObject *self, void *Py_UNUSED(closure))
 {
-    return Py_NewRef((PyObject *)self->owner);
+    return Py_NewRef(self->owner ? (PyObject *)self->owner : Py_None);
 }
 
 static PyObject *object_get_freed(ObjectObject *self, void *Py_UNUSED(closure))
@@ -173,7 +181,9 @@ static PyObject *object_exit(ObjectObject *self, PyObject *Py_UNUSED(args))
 
 static PyObject *object_repr(ObjectObject *self)
 {
-    const char *name = self->owner->cache ? kmc_cache_name(self->owner->cache) : "?";
+    const char *name = !self->owner        ? no_cache_name(self)
+                       : self->owner->cache ? kmc_cache_name(self->owner->cache)
+                                            : "?";
     if (!self->ptr)
         return PyUnicode_FromFormat("<kmemcache.Object of %s, freed>", name);
     return PyUnicode_FromFormat("<kmemcache.Object of %s, %zd bytes at %p>", name, self->size,
@@ -191,7 +201,7 @@ static PyMethodDef object_methods[] = {
 
 static PyGetSetDef object_getset[] = {
     {"address", (getter)object_get_address, NULL, "The object's address, an int.", NULL},
-    {"cache", (getter)object_get_cache, NULL, "The cache the object belongs to.", NULL},
+    {"cache", (getter)object_get_cache, NULL, "The cache the object belongs to (None for kmalloc's pages and size 0).", NULL},
     {"freed", (getter)object_get_freed, NULL, "True once freed.", NULL},
     {"exports", (getter)object_get_exports, NULL, "Buffer views alive now.", NULL},
     {NULL, NULL, NULL, NULL, NULL},

@@ -27,6 +27,7 @@ from .errors import (
     make_error,
 )
 from .flags import Flags
+from .kmalloc import kcalloc, kfree, kmalloc, krealloc, ksize, kzalloc
 from .slabinfo import slabinfo
 
 __version__ = "0.1.0"
@@ -47,6 +48,12 @@ __all__ = [
     "RedzoneError",
     "SlabError",
     "SlabStats",
+    "kcalloc",
+    "kfree",
+    "kmalloc",
+    "krealloc",
+    "ksize",
+    "kzalloc",
     "slabinfo",
 ]
 
