@@ -315,33 +315,39 @@ static PyObject *cache_alloc_bulk(CacheObject *self, PyObject *args, PyObject *k
     return list;
 }
 
-/* Check that @arg is a live handle of this cache that may be freed now. */
+/* Check that @arg is a live handle of this cache that may be freed now:
+ * 0 if so, -1 with an exception set, 1 when the error factory chose to go on
+ * (the caller skips the object). */
 static int check_freeable(CacheObject *self, PyObject *arg)
 {
-    if (!PyObject_TypeCheck(arg, &KmcObject_Type)) {
-        kmc_raise_message(KMC_EINVALID_FREE, self, NULL,
-                          "Invalid free in %s: %.100s is not a kmemcache object",
-                          kmc_cache_name(self->cache), Py_TYPE(arg)->tp_name);
-        return -1;
-    }
+    if (!PyObject_TypeCheck(arg, &KmcObject_Type))
+        return kmc_raise_message(KMC_EINVALID_FREE, self, NULL,
+                                 "Invalid free in %s: %.100s is not a kmemcache object",
+                                 kmc_cache_name(self->cache), Py_TYPE(arg)->tp_name)
+                   ? 1
+                   : -1;
     ObjectObject *obj = (ObjectObject *)arg;
     if (obj->owner != self && obj->ptr) {
         const char *other = !obj->owner        ? "none (kmalloc pages)"
                             : obj->owner->cache ? kmc_cache_name(obj->owner->cache)
                                                 : "?";
-        kmc_raise_message(KMC_EINVALID_FREE, self, obj->ptr,
-                          "Invalid free of %p in %s: it belongs to cache %s", (void *)obj->ptr,
-                          kmc_cache_name(self->cache), other);
-        return -1;
+        return kmc_raise_message(KMC_EINVALID_FREE, self, obj->ptr,
+                                 "Invalid free of %p in %s: it belongs to cache %s",
+                                 (void *)obj->ptr, kmc_cache_name(self->cache), other)
+                   ? 1
+                   : -1;
     }
     return 0;
 }
 
 static PyObject *cache_free(CacheObject *self, PyObject *arg)
 {
-    if (kmc_cache_check_alive(self) < 0 || check_freeable(self, arg) < 0)
+    if (kmc_cache_check_alive(self) < 0)
         return NULL;
-    if (kmc_object_free((ObjectObject *)arg) < 0)
+    int r = check_freeable(self, arg);
+    if (r < 0)
+        return NULL;
+    if (r == 0 && kmc_object_free((ObjectObject *)arg) < 0)
         return NULL;
     Py_RETURN_NONE;
 }
@@ -356,17 +362,29 @@ static PyObject *cache_free_bulk(CacheObject *self, PyObject *arg)
     Py_ssize_t n = PySequence_Fast_GET_SIZE(seq);
     PyObject **items = PySequence_Fast_ITEMS(seq);
     PyObject *seen = PySet_New(NULL);
-    if (!seen)
+    /* items the error factory chose to go on past: not freed */
+    char *skip = n ? PyMem_Calloc((size_t)n, 1) : NULL;
+    if (!seen || (n && !skip)) {
+        if (seen)
+            PyErr_NoMemory();
         goto fail;
+    }
     /* all or nothing: every check before the first free */
     for (Py_ssize_t i = 0; i < n; i++) {
-        if (check_freeable(self, items[i]) < 0)
+        int r = check_freeable(self, items[i]);
+        if (r < 0)
             goto fail;
+        if (r > 0) {
+            skip[i] = 1;
+            continue;
+        }
         ObjectObject *obj = (ObjectObject *)items[i];
         if (!obj->ptr) {
-            kmc_raise_message(KMC_EDOUBLE_FREE, self, NULL,
-                              "Object already free: item %zd was freed before", i);
-            goto fail;
+            if (!kmc_raise_message(KMC_EDOUBLE_FREE, self, NULL,
+                                   "Object already free: item %zd was freed before", i))
+                goto fail;
+            skip[i] = 1;
+            continue;
         }
         if (obj->exports) {
             PyErr_Format(PyExc_BufferError,
@@ -378,18 +396,21 @@ static PyObject *cache_free_bulk(CacheObject *self, PyObject *arg)
         if (dup < 0 || (!dup && PySet_Add(seen, items[i]) < 0))
             goto fail;
         if (dup) {
-            kmc_raise_message(KMC_EDOUBLE_FREE, self, obj->ptr,
-                              "Object already free: item %zd appears twice", i);
-            goto fail;
+            if (!kmc_raise_message(KMC_EDOUBLE_FREE, self, obj->ptr,
+                                   "Object already free: item %zd appears twice", i))
+                goto fail;
+            skip[i] = 1;
         }
     }
     for (Py_ssize_t i = 0; i < n; i++)
-        if (kmc_object_free((ObjectObject *)items[i]) < 0)
+        if (!skip[i] && kmc_object_free((ObjectObject *)items[i]) < 0)
             goto fail;
+    PyMem_Free(skip);
     Py_DECREF(seen);
     Py_DECREF(seq);
     Py_RETURN_NONE;
 fail:
+    PyMem_Free(skip);
     Py_XDECREF(seen);
     Py_DECREF(seq);
     return NULL;
@@ -408,8 +429,9 @@ static PyObject *cache_destroy(CacheObject *self, PyObject *Py_UNUSED(ignored))
         return NULL;
     kmc_status st = kmc_cache_destroy(self->cache);
     if (st == KMC_EBUSY) {
-        kmc_raise(st);
-        return NULL;
+        if (!kmc_raise(st))
+            return NULL;
+        Py_RETURN_NONE; /* told to go on: the cache stays, as SLUB leaves it */
     }
     self->cache = NULL;
     if (st != KMC_OK && !kmc_raise(st))

@@ -49,11 +49,12 @@ static PyObject *report_dict(const kmc_report_t *r)
     if (!dump)
         return NULL;
     PyObject *d = Py_BuildValue(
-        "{s:s, s:s, s:s, s:K, s:n, s:n, s:n, s:i, s:i, s:K, s:N}", "kind",
+        "{s:s, s:s, s:s, s:K, s:n, s:n, s:n, s:n, s:i, s:i, s:K, s:N}", "kind",
         kmc_status_name(r->status), "message", r->message, "cache", r->cache, "address",
         (unsigned long long)r->object, "object_size", (Py_ssize_t)r->object_size, "offset",
-        (Py_ssize_t)r->offset, "length", (Py_ssize_t)r->length, "found", r->found, "expected",
-        r->expected, "dump_start", (unsigned long long)r->dump_start, "dump", dump);
+        (Py_ssize_t)r->offset, "length", (Py_ssize_t)r->length, "problems",
+        (Py_ssize_t)r->problems, "found", r->found, "expected", r->expected, "dump_start",
+        (unsigned long long)r->dump_start, "dump", dump);
     return d;
 }
 
@@ -160,6 +161,19 @@ static PyObject *owner_of(PyObject *Py_UNUSED(module), PyObject *arg)
     return Py_BuildValue("(sN)", kmc_cache_name(c), PyLong_FromVoidPtr(start));
 }
 
+static PyObject *flip_free_bit(PyObject *Py_UNUSED(module), PyObject *arg)
+{
+    void *p = PyLong_AsVoidPtr(arg);
+    if (!p && PyErr_Occurred())
+        return NULL;
+    kmc_status st = kmc_debug_flip_free_bit(p);
+    if (st != KMC_OK) {
+        PyErr_SetString(PyExc_ValueError, kmc_last_report()->message);
+        return NULL;
+    }
+    Py_RETURN_NONE;
+}
+
 static PyMethodDef module_methods[] = {
     {"_set_error_factory", set_error_factory, METH_O, NULL},
     {"_caches", caches, METH_NOARGS, "Every live cache's counters, oldest first."},
@@ -167,6 +181,8 @@ static PyMethodDef module_methods[] = {
      "Test hook: the OS page source fails after n more requests (n < 0: never)."},
     {"_owner_of", owner_of, METH_O,
      "(cache name, object start) of the engine object holding an address, or None."},
+    {"_flip_free_bit", flip_free_bit, METH_O,
+     "Test hook: corrupt the free bitmap bit of the slot holding an address."},
     {NULL, NULL, 0, NULL},
 };
 

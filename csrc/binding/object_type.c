@@ -53,12 +53,14 @@ int kmc_object_free(ObjectObject *self)
 {
     CacheObject *owner = self->owner;
     if (!self->ptr) {
-        kmc_raise_message(KMC_EDOUBLE_FREE, owner, NULL,
-                          "Object already free: this handle was freed before (cache %s)",
-                          !owner         ? no_cache_name(self)
-                          : owner->cache ? kmc_cache_name(owner->cache)
-                                         : "(destroyed)");
-        return -1;
+        /* told to go on: there is nothing to free */
+        return kmc_raise_message(KMC_EDOUBLE_FREE, owner, NULL,
+                                 "Object already free: this handle was freed before (cache %s)",
+                                 !owner         ? no_cache_name(self)
+                                 : owner->cache ? kmc_cache_name(owner->cache)
+                                                : "(destroyed)")
+                   ? 0
+                   : -1;
     }
     if (self->exports) {
         PyErr_Format(PyExc_BufferError,

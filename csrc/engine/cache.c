@@ -178,6 +178,24 @@ static void arena_release(kmc_cache_t *c, kmc_arena_t *a)
     kmc__arena_put(a);
 }
 
+/* The live object at the lowest address, for reports. Cache locked. */
+static void *first_live(kmc_cache_t *c)
+{
+    for (uint32_t i = 0; i < c->nr_arenas; i++) {
+        kmc_arena_t *a = c->arenas[i];
+        for (uint32_t s = 0; a && s < a->bump; s++) {
+            if (a->slabs[s].state != KMC_SLAB_PARTIAL && a->slabs[s].state != KMC_SLAB_FULL)
+                continue;
+            uint32_t id = (i << c->spa_shift) | s;
+            const uint64_t *bits = kmc__slab_bitmap(c, id);
+            for (uint32_t o = 0; o < c->objperslab; o++)
+                if (!(bits[o / 64] & (UINT64_C(1) << (o % 64))))
+                    return kmc__slab_mem(c, id) + (size_t)o * c->slot_size;
+        }
+    }
+    return NULL;
+}
+
 kmc_status kmc_cache_destroy(kmc_cache_t *c)
 {
     kmc__report_clear();
@@ -186,8 +204,9 @@ kmc_status kmc_cache_destroy(kmc_cache_t *c)
                            c->name);
     kmc__lock(&c->lock);
     if (c->active_objs) {
-        kmc_status st = kmc__report(KMC_EBUSY, c, NULL,
-                                    "Objects remaining in %s on destroy: %llu live",
+        kmc_status st = kmc__report(KMC_EBUSY, c, first_live(c),
+                                    "Objects remaining in %s on __kmem_cache_shutdown(): "
+                                    "%llu live",
                                     c->name, (unsigned long long)c->active_objs);
         kmc__unlock(&c->lock);
         return st;
@@ -484,8 +503,48 @@ static void put_object(kmc_cache_t *c, uint32_t id, uint32_t idx)
 
 /* --- public alloc and free ---------------------------------------------------- */
 
+/* --- consistency checks ------------------------------------------------------ */
+
+/* A slab whose counter and bitmap disagree cannot tell which of its slots are
+ * free: mark every object used, as SLUB does, so that none is handed out
+ * twice. Its free slots are lost; its live objects can still be freed.
+ * Cache locked. */
+static void isolate_slab(kmc_cache_t *c, uint32_t id)
+{
+    kmc_slab_t *s = kmc__slab(c, id);
+    if (s->state == KMC_SLAB_PARTIAL)
+        kmc__list_remove(c, &c->partial, id);
+    else if (s->state == KMC_SLAB_EMPTY)
+        kmc__list_remove(c, &c->empty, id);
+    uint64_t *bits = kmc__slab_bitmap(c, id);
+    for (uint32_t o = 0; debug_fill(c) && o < c->objperslab; o++)
+        if (bits[o / 64] & (UINT64_C(1) << (o % 64))) /* now used: live red zone */
+            kmc__debug_on_alloc(c, kmc__slab_mem(c, id) + (size_t)o * c->slot_size, 1);
+    memset(bits, 0, (size_t)c->bitmap_words * sizeof(uint64_t));
+    c->active_objs = c->active_objs - s->inuse + c->objperslab;
+    s->inuse = c->objperslab;
+    s->hint = 0;
+    s->state = KMC_SLAB_FULL;
+}
+
+/* CONSISTENCY_CHECKS: the slab's counter against its bitmap, isolating the
+ * slab on a mismatch. Cache locked. */
+static kmc_status check_counts(kmc_cache_t *c, uint32_t id)
+{
+    kmc_status st = kmc__debug_check_counts(c, id);
+    if (st != KMC_OK)
+        isolate_slab(c, id);
+    return st;
+}
+
 static uint8_t *alloc_locked_debug(kmc_cache_t *c, kmc_status *st)
 {
+    if (c->flags & KMC_CONSISTENCY_CHECKS) {
+        /* the slab take_object is about to use */
+        uint32_t id = c->partial.head != KMC_NIL ? c->partial.head : c->empty.head;
+        if (id != KMC_NIL && (*st = check_counts(c, id)) != KMC_OK)
+            return NULL;
+    }
     uint8_t *p = take_object(c);
     if (!p)
         return NULL;
@@ -582,6 +641,8 @@ kmc_status kmc_cache_free(kmc_cache_t *c, void *p)
     uint32_t id, idx;
     kmc__lock(&c->lock);
     kmc_status st = locate(c, p, &id, &idx);
+    if (st == KMC_OK && (c->flags & KMC_CONSISTENCY_CHECKS))
+        st = check_counts(c, id);
     if (st == KMC_OK && (c->flags & KMC_DEBUG_FLAGS))
         st = kmc__debug_check_free(c, p);
     if (st == KMC_OK) {
@@ -683,19 +744,23 @@ kmc_status kmc_cache_validate(kmc_cache_t *c, size_t *problems)
         for (uint32_t s = 0; s < a->bump; s++) {
             uint32_t id = (i << c->spa_shift) | s;
             kmc_slab_t *slab = &a->slabs[s];
-            if (slab->state == KMC_SLAB_PARTIAL)
-                partial++;
-            else if (slab->state == KMC_SLAB_EMPTY)
-                empty++;
-            else if (slab->state != KMC_SLAB_FULL)
+            if (slab->state != KMC_SLAB_PARTIAL && slab->state != KMC_SLAB_EMPTY &&
+                slab->state != KMC_SLAB_FULL)
                 continue;
-            committed++;
-            live += slab->inuse;
-            kmc_status st = kmc__debug_check_slab(c, id, &count);
+            kmc_status st = check_counts(c, id);
+            if (st != KMC_OK)
+                count++;
+            else
+                st = kmc__debug_check_slab(c, id, &count);
             if (st != KMC_OK && first == KMC_OK) {
                 first = st;
                 first_report = *kmc__report_slot();
             }
+            /* counted after the checks, which may isolate the slab */
+            partial += slab->state == KMC_SLAB_PARTIAL;
+            empty += slab->state == KMC_SLAB_EMPTY;
+            committed++;
+            live += slab->inuse;
         }
     }
     if (live != c->active_objs || partial != c->partial.count || empty != c->empty.count ||
@@ -713,8 +778,10 @@ kmc_status kmc_cache_validate(kmc_cache_t *c, size_t *problems)
         count++;
     }
     kmc__unlock(&c->lock);
-    if (first != KMC_OK)
+    if (first != KMC_OK) {
+        first_report.problems = count;
         *kmc__report_slot() = first_report;
+    }
     if (problems)
         *problems = count;
     return first;

@@ -8,6 +8,8 @@
  *     free + POISON: 0x6b ... 0x6b 0xa5    free: 0xbb       live: 0xcc
  *     alloc (not zeroed) + POISON: 0x5a
  *
+ *   POISON without RED_ZONE: the slot's tail (rounding to the alignment) is
+ *   0x5a, free or live ("Object padding overwritten" if not).
  *   slab tail after the last slot: 0x5a ("Padding overwritten" if not).
  *
  * Every byte of a slab is thus either inside a live object or has a known
@@ -151,8 +153,12 @@ static kmc_status check_poison(const kmc_cache_t *c, uint8_t *obj)
 
 void kmc__debug_init_slab(kmc_cache_t *c, uint8_t *mem)
 {
-    for (uint32_t i = 0; i < c->objperslab; i++)
-        kmc__debug_on_free(c, mem + (size_t)i * c->slot_size);
+    for (uint32_t i = 0; i < c->objperslab; i++) {
+        uint8_t *obj = mem + (size_t)i * c->slot_size;
+        kmc__debug_on_free(c, obj);
+        if ((c->flags & (KMC_RED_ZONE | KMC_POISON)) == KMC_POISON)
+            memset(obj + c->size, KMC_POISON_INUSE, c->slot_size - c->size);
+    }
     size_t used = (size_t)c->objperslab * c->slot_size;
     memset(mem + used, KMC_POISON_INUSE, c->slab_size - used);
 }
@@ -173,6 +179,20 @@ void kmc__debug_on_free(kmc_cache_t *c, uint8_t *obj)
         memset(obj + c->size, KMC_RED_INACTIVE, c->slot_size - c->size);
 }
 
+/* The bytes after the object: its red zone (0xcc live, 0xbb free), or with
+ * POISON alone the rounding to the alignment (0x5a). */
+static kmc_status check_tail(const kmc_cache_t *c, uint8_t *obj, bool live)
+{
+    if (c->flags & KMC_RED_ZONE)
+        return check_bytes(c, obj, c->size, c->slot_size,
+                           live ? KMC_RED_ACTIVE : KMC_RED_INACTIVE, KMC_EREDZONE,
+                           "Right Redzone overwritten");
+    if (c->flags & KMC_POISON)
+        return check_bytes(c, obj, c->size, c->slot_size, KMC_POISON_INUSE, KMC_EREDZONE,
+                           "Object padding overwritten");
+    return KMC_OK;
+}
+
 /* @obj was free and is about to be handed out. */
 kmc_status kmc__debug_check_alloc(kmc_cache_t *c, uint8_t *obj)
 {
@@ -181,19 +201,53 @@ kmc_status kmc__debug_check_alloc(kmc_cache_t *c, uint8_t *obj)
         if (st != KMC_OK)
             return st;
     }
-    if (c->flags & KMC_RED_ZONE)
-        return check_bytes(c, obj, c->size, c->slot_size, KMC_RED_INACTIVE, KMC_EREDZONE,
-                           "Redzone overwritten");
-    return KMC_OK;
+    return check_tail(c, obj, false);
 }
 
 /* @obj is live and about to be freed. */
 kmc_status kmc__debug_check_free(kmc_cache_t *c, uint8_t *obj)
 {
-    if (c->flags & KMC_RED_ZONE)
-        return check_bytes(c, obj, c->size, c->slot_size, KMC_RED_ACTIVE, KMC_EREDZONE,
-                           "Right Redzone overwritten");
-    return KMC_OK;
+    return check_tail(c, obj, true);
+}
+
+/* CONSISTENCY_CHECKS, on every alloc and free: the slab's live counter and
+ * its free bitmap must account for every slot. About objperslab/64 popcounts.
+ * Cache locked. */
+kmc_status kmc__debug_check_counts(kmc_cache_t *c, uint32_t id)
+{
+    const kmc_slab_t *s = kmc__slab(c, id);
+    uint32_t nfree = kmc__bitmap_popcount(c, id);
+    if ((uint64_t)s->inuse + nfree == c->objperslab)
+        return KMC_OK;
+    return kmc__report(KMC_ECORRUPT, c, kmc__slab_mem(c, id),
+                       "Wrong object count in slab 0x%llx of %s: counter is %u but counted "
+                       "were %u of %u. Marking all objects used",
+                       (unsigned long long)(uintptr_t)kmc__slab_mem(c, id), c->name, s->inuse,
+                       c->objperslab - nfree, c->objperslab);
+}
+
+kmc_status kmc_debug_flip_free_bit(const void *address)
+{
+    kmc__report_clear();
+    kmc_arena_t *a = kmc__registry_lookup((uintptr_t)address);
+    kmc_cache_t *c = a ? a->cache : NULL;
+    if (!c)
+        return kmc__report(KMC_EINVALID_FREE, NULL, address, "0x%llx is in no cache",
+                           (unsigned long long)(uintptr_t)address);
+    kmc__lock(&c->lock);
+    size_t off = (uintptr_t)address - a->base;
+    uint32_t sidx = (uint32_t)(off >> c->slab_shift);
+    uint32_t idx = (uint32_t)((off & (c->slab_size - 1)) / c->slot_size);
+    uint8_t state = a->slabs[sidx].state;
+    kmc_status st = KMC_OK;
+    if (idx >= c->objperslab ||
+        (state != KMC_SLAB_PARTIAL && state != KMC_SLAB_FULL && state != KMC_SLAB_EMPTY))
+        st = kmc__report(KMC_EINVALID_FREE, c, address, "0x%llx is not in a slot of %s",
+                         (unsigned long long)(uintptr_t)address, c->name);
+    else
+        a->bitmaps[(size_t)sidx * c->bitmap_words + idx / 64] ^= UINT64_C(1) << (idx % 64);
+    kmc__unlock(&c->lock);
+    return st;
 }
 
 /* Tally a check's result, keeping the report of the first problem. */
@@ -214,31 +268,21 @@ static void tally(tally_t *t, kmc_status st)
     t->problems++;
 }
 
-/* Every check on one committed slab. Cache locked. On return the report is
- * that of the slab's first problem. */
+/* Every byte check on one committed slab (its counters are checked by
+ * kmc__debug_check_counts). Cache locked. On return the report is that of
+ * the slab's first problem. */
 kmc_status kmc__debug_check_slab(kmc_cache_t *c, uint32_t id, size_t *problems)
 {
     tally_t t = {.first = KMC_OK};
-    kmc_slab_t *s = kmc__slab(c, id);
-    uint32_t nfree = kmc__bitmap_popcount(c, id);
-    if (s->inuse + nfree != c->objperslab)
-        tally(&t, kmc__report(KMC_ECORRUPT, c, kmc__slab_mem(c, id),
-                              "slab of %s: %u live + %u free objects, not %u", c->name,
-                              s->inuse, nfree, c->objperslab));
     if (c->flags & (KMC_RED_ZONE | KMC_POISON)) {
         const uint64_t *bits = kmc__slab_bitmap(c, id);
         uint8_t *mem = kmc__slab_mem(c, id);
         for (uint32_t i = 0; i < c->objperslab; i++) {
             uint8_t *obj = mem + (size_t)i * c->slot_size;
-            if (!(bits[i / 64] & (UINT64_C(1) << (i % 64)))) {
-                tally(&t, kmc__debug_check_free(c, obj));
-                continue;
-            }
-            if (c->flags & KMC_POISON)
+            bool live = !(bits[i / 64] & (UINT64_C(1) << (i % 64)));
+            if (!live && (c->flags & KMC_POISON))
                 tally(&t, check_poison(c, obj));
-            if (c->flags & KMC_RED_ZONE)
-                tally(&t, check_bytes(c, obj, c->size, c->slot_size, KMC_RED_INACTIVE,
-                                      KMC_EREDZONE, "Redzone overwritten"));
+            tally(&t, check_tail(c, obj, live));
         }
         size_t used = (size_t)c->objperslab * c->slot_size;
         tally(&t, check_bytes(c, mem, used, c->slab_size, KMC_POISON_INUSE, KMC_EREDZONE,

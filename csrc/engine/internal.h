@@ -180,6 +180,7 @@ void kmc__debug_on_free(kmc_cache_t *c, uint8_t *obj);
 kmc_status kmc__debug_check_alloc(kmc_cache_t *c, uint8_t *obj);
 kmc_status kmc__debug_check_free(kmc_cache_t *c, uint8_t *obj);
 kmc_status kmc__debug_check_slab(kmc_cache_t *c, uint32_t id, size_t *problems);
+kmc_status kmc__debug_check_counts(kmc_cache_t *c, uint32_t id);
 kmc_status kmc__report(kmc_status status, const kmc_cache_t *c, const void *obj,
                        const char *fmt, ...) __attribute__((format(printf, 4, 5)));
 kmc_status kmc__report_bytes(kmc_status status, const kmc_cache_t *c,

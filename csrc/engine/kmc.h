@@ -53,7 +53,7 @@ extern "C" {
 /* Cache flags: the values of Linux's SLAB_* flags, so that numbers read in
  * kernel documentation mean the same here. */
 enum kmc_flags {
-    KMC_CONSISTENCY_CHECKS = 0x00000100u, /* F: verify metadata on every op */
+    KMC_CONSISTENCY_CHECKS = 0x00000100u, /* F: check the slab of every op */
     KMC_RED_ZONE           = 0x00000400u, /* Z: guard bytes after each object */
     KMC_POISON             = 0x00000800u, /* P: fill free objects, check on reuse */
     KMC_HWCACHE_ALIGN      = 0x00002000u, /* align objects on the cache line */
@@ -101,6 +101,7 @@ typedef struct kmc_report_s {
     size_t object_size;       /* its size (the cache's size) */
     size_t offset;            /* first bad byte, from the object's start */
     size_t length;            /* how many bytes are bad from there */
+    size_t problems;          /* kmc_cache_validate: all problems found */
     int found;                /* first bad byte found, -1 if n/a */
     int expected;             /* what it should have been, -1 if n/a */
     uintptr_t dump_start;     /* address of dump[0] */
@@ -145,7 +146,8 @@ kmc_status kmc_cache_create(const char *name, size_t size, size_t align,
                             kmc_cache_t **out);
 
 /* kmc_cache_destroy - give everything back. KMC_EBUSY (and nothing changes)
- * while objects are live. With red zones or poison, the free objects are
+ * while objects are live; the report's object is the first live one. With
+ * red zones or poison, the free objects are
  * checked first and damage is reported (KMC_EREDZONE / KMC_EPOISON) but the
  * cache is destroyed all the same. */
 kmc_status kmc_cache_destroy(kmc_cache_t *cache);
@@ -170,8 +172,11 @@ kmc_status kmc_cache_check_free(kmc_cache_t *cache, const void *object);
 size_t kmc_cache_shrink(kmc_cache_t *cache);
 
 /* kmc_cache_validate - walk every slab: counters against bitmaps, red zones,
- * poison, padding. Return the first problem found (details in the report);
- * *@problems, when not NULL, counts all of them. */
+ * poison, padding. Return the first problem found (details in the report,
+ * whose problems field counts all of them, as *@problems does when not
+ * NULL). Damaged bytes are restored; a slab whose counter disagrees with its
+ * bitmap has all its objects marked used, so none can be handed out twice
+ * (SLUB's "Marking all objects used"). */
 kmc_status kmc_cache_validate(kmc_cache_t *cache, size_t *problems);
 
 void kmc_cache_stats(kmc_cache_t *cache, kmc_stats_t *out);
@@ -207,6 +212,12 @@ const char *kmc_status_name(kmc_status status);
 /* Test hook: make the OS page source fail after @n more successful requests
  * (n < 0 turns failure injection off). */
 void kmc_os_fail_after(long n);
+
+/* Test hook: flip the free bit of the slot holding @address in its slab's
+ * bitmap, touching nothing else: the metadata corruption that a stray write
+ * into SLUB's in-object free pointer causes. KMC_OK, or KMC_EINVALID_FREE
+ * when @address is in no slot of a committed slab. */
+kmc_status kmc_debug_flip_free_bit(const void *address);
 size_t kmc_page_size(void);
 
 /* --- kmalloc family -------------------------------------------------------
