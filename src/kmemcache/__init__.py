@@ -15,6 +15,7 @@ Memory that is aligned, pooled, checked and inspectable::
 from __future__ import annotations
 
 from . import _kmemcache as _core
+from . import debug
 from .cache import MAX_ALIGN, MAX_SIZE, MIN_ALIGN, PAGE_SIZE, Cache, Object, SlabStats
 from .errors import (
     CacheBusyError,
@@ -24,7 +25,7 @@ from .errors import (
     PoisonError,
     RedzoneError,
     SlabError,
-    make_error,
+    SlabWarning,
 )
 from .flags import Flags
 from .kmalloc import kcalloc, kfree, kmalloc, krealloc, ksize, kzalloc
@@ -48,6 +49,8 @@ __all__ = [
     "RedzoneError",
     "SlabError",
     "SlabStats",
+    "SlabWarning",
+    "debug",
     "kcalloc",
     "kfree",
     "kmalloc",
@@ -57,4 +60,5 @@ __all__ = [
     "slabinfo",
 ]
 
-_core._set_error_factory(make_error)
+# Reports with owner tracking, under the on-error policy (kmemcache.debug).
+_core._set_error_factory(debug.report_error)

@@ -11,6 +11,7 @@ from collections.abc import Callable
 from typing import Any
 
 from . import _kmemcache as _core
+from . import debug as _debug
 from .flags import Flags
 
 Object = _core.Object
@@ -90,11 +91,18 @@ class Cache(_core.Cache):
                 raise TypeError(f"{arg} must be an int, not {type(value).__name__}")
         if flags < 0:
             raise ValueError(f"flags must not be negative: {flags}")
-        super().__init__(name, size, align, int(flags), ctor)
+        # KMEMCACHE_DEBUG's options for this name join the flags given
+        super().__init__(name, size, align, _debug.cache_flags(name, flags), ctor)
+        _debug.attach(self)
 
     def stats(self) -> SlabStats:
         """The cache's counters now."""
         return SlabStats.from_dict(self._stats())
+
+    def leaks(self) -> list[_debug.LiveObject]:
+        """The live objects, lowest address first, each with where it was
+        allocated when the cache has ``Flags.STORE_USER``."""
+        return _debug.leaks(self)
 
     def __enter__(self) -> Cache:
         if self.destroyed:

@@ -27,9 +27,16 @@ __all__ = [
     "PoisonError",
     "RedzoneError",
     "SlabError",
+    "SlabWarning",
     "hexdump",
     "make_error",
 ]
+
+
+class SlabWarning(RuntimeWarning):
+    """An error the allocator detected, reported as a warning because the
+    on-error policy is "warn" (``kmemcache.debug.set_on_error``). ``report``
+    is the engine's report and ``error`` the exception that was not raised."""
 
 
 def hexdump(data: bytes, start: int, mark: int | None = None) -> str:
@@ -59,11 +66,17 @@ def format_report(report: dict[str, Any], extra: list[str] | None = None) -> str
     return "\n".join(lines)
 
 
-def make_error(cls: type[SlabError], report: dict[str, Any]) -> SlabError:
-    """Build the exception for an engine report, with the report attached."""
-    exc = cls(format_report(report))
+def make_error(
+    cls: type[SlabError], report: dict[str, Any], extra: list[str] | None = None
+) -> SlabError:
+    """Build the exception for an engine report, with the report attached.
+
+    ``extra`` lines (owner tracking, for one) follow the hex dump.
+    """
+    exc = cls(format_report(report, extra))
     exc.report = report  # type: ignore[attr-defined]
     exc.cache = report.get("cache")  # type: ignore[attr-defined]
     exc.address = report.get("address")  # type: ignore[attr-defined]
     exc.offset = report.get("offset")  # type: ignore[attr-defined]
+    exc.problems = report.get("problems", 0)  # type: ignore[attr-defined]
     return exc
