@@ -101,10 +101,18 @@ kmc_status kmc__report_bytes(kmc_status status, const kmc_cache_t *c, const uint
     return status;
 }
 
-/* First byte in [from, to) of @obj that is not @value, or @to. */
+/* First byte in [from, to) of @obj that is not @value, or @to. Eight bytes
+ * per compare while they match: poison checks read whole objects. */
 static size_t first_not(const uint8_t *obj, size_t from, size_t to, uint8_t value)
 {
-    for (size_t i = from; i < to; i++)
+    const uint64_t pattern = UINT64_C(0x0101010101010101) * value;
+    size_t i = from;
+    for (uint64_t word; i + 8 <= to; i += 8) {
+        memcpy(&word, obj + i, sizeof(word));
+        if (word != pattern)
+            break;
+    }
+    for (; i < to; i++)
         if (obj[i] != value)
             return i;
     return to;
