@@ -365,18 +365,24 @@ static kmc_status grow(kmc_cache_t *c)
         return KMC_OK;
     }
     uint32_t id;
+    uint8_t *mem = NULL;
     kmc_status st = slab_slot(c, &id);
+    if (st == KMC_OK) {
+        /* once the lock is dropped another thread's grow may reallocate
+         * c->arenas: look the slab up and set up its bitmap (metadata,
+         * already mapped) now */
+        mem = kmc__slab_mem(c, id);
+        kmc__slab_init_free(c, id);
+    }
     kmc__unlock(&c->lock);
     if (st != KMC_OK)
         return st;
 
-    uint8_t *mem = kmc__slab_mem(c, id);
     int ctor_rc = 0;
     if (kmc__os_commit(mem, c->slab_size) != 0) {
         st = kmc__report(KMC_ENOMEM, c, NULL, "the OS refused %zu bytes for a slab",
                          c->slab_size);
     } else {
-        kmc__slab_init_free(c, id);
         if (debug_fill(c))
             kmc__debug_init_slab(c, mem);
         for (uint32_t i = 0; c->ctor && i < c->objperslab; i++) {
