@@ -1,0 +1,212 @@
+"""The ``kmemcache`` command: ``demo``, ``slabinfo`` and ``bench``.
+
+``kmemcache demo`` runs perf's task context workload with the four allocation
+options and prints what each costs (see :mod:`kmemcache.demo`);
+``kmemcache slabinfo`` prints the live caches as /proc/slabinfo does;
+``kmemcache bench`` runs the benchmarks of a source checkout.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib.util
+import subprocess
+import sys
+import time
+from collections.abc import Sequence
+from pathlib import Path
+
+from . import demo as _demo
+from .cache import MAX_ALIGN
+from .slabinfo import slabinfo
+
+#: Largest --size and --live the demo accepts: enough for any experiment, small
+#: enough that a typo cannot ask for all the machine's memory.
+MAX_DEMO_SIZE = 1 << 20
+MAX_DEMO_LIVE = 1 << 20
+MAX_DEMO_BYTES = 4 << 30
+
+
+def _int_arg(low: int, high: int, power_of_two: bool = False):
+    def parse(text: str) -> int:
+        try:
+            value = int(text, 0)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"not an integer: {text!r}") from None
+        if not low <= value <= high:
+            raise argparse.ArgumentTypeError(f"must be from {low} to {high}, not {value}")
+        if power_of_two and value & (value - 1):
+            raise argparse.ArgumentTypeError(f"must be a power of two, not {value}")
+        return value
+
+    return parse
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="kmemcache",
+        description="Linux-style slab object caches for Python: the perf demo, "
+        "slabinfo and the benchmarks.",
+    )
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+
+    d = sub.add_parser(
+        "demo",
+        help="perf's task context data under task churn, allocated four ways",
+        description="Run a task churn workload (many tasks alive, many more created "
+        "and exiting), each task holding perf's PMU context data, with the four "
+        "options Linux weighed: kzalloc, over-allocate and round up, per-PMU "
+        "callbacks, and an aligned kmem_cache. Prints memory per context, ns per "
+        "alloc+free, misaligned contexts and a real XSAVE check.",
+    )
+    d.add_argument(
+        "--size",
+        type=_int_arg(1, MAX_DEMO_SIZE),
+        default=_demo.DEFAULT_SIZE,
+        help="bytes of PMU data per task context (default: %(default)s, Linux's x86_lbr)",
+    )
+    d.add_argument(
+        "--align",
+        type=_int_arg(8, min(MAX_ALIGN, 1 << 16), power_of_two=True),
+        default=_demo.DEFAULT_ALIGN,
+        help="alignment the contexts need (default: %(default)s, what XSAVE needs)",
+    )
+    d.add_argument(
+        "--live",
+        type=_int_arg(1, MAX_DEMO_LIVE),
+        default=_demo.DEFAULT_LIVE,
+        help="tasks alive at once, per option (default: %(default)s)",
+    )
+    d.add_argument(
+        "--tasks",
+        type=_int_arg(1, 1 << 30),
+        default=_demo.DEFAULT_TASKS,
+        help="tasks created and exited per option, over all rounds (default: %(default)s)",
+    )
+    d.add_argument(
+        "--rounds",
+        type=_int_arg(1, 1000),
+        default=_demo.DEFAULT_ROUNDS,
+        help="timed rounds, options taking turns; medians are reported (default: %(default)s)",
+    )
+    d.add_argument("--seed", type=_int_arg(0, 2**63), default=0, help="random seed")
+    d.add_argument("--json", action="store_true", help="print JSON instead of the table")
+    d.add_argument("--plot", metavar="FILE.png", help="also draw the comparison (needs matplotlib)")
+    d.add_argument("--no-progress", action="store_true", help="no progress bar on stderr")
+
+    sub.add_parser("slabinfo", help="print the live caches in /proc/slabinfo format")
+
+    b = sub.add_parser(
+        "bench",
+        help="run the benchmarks of a source checkout (benchmarks/bench_*.py)",
+        description="Run every benchmarks/bench_*.py of the source checkout, passing "
+        "ARGS on to each (e.g. --quick, --json FILE).",
+    )
+    b.add_argument("args", nargs=argparse.REMAINDER, help="arguments for each benchmark")
+    return parser
+
+
+def _cmd_demo(parser: argparse.ArgumentParser, ns: argparse.Namespace) -> int:
+    if ns.plot is not None:
+        if importlib.util.find_spec("matplotlib") is None:
+            parser.error(
+                "--plot needs matplotlib, which is not installed: "
+                "pip install 'kmemcache[plot]' (or pip install matplotlib)"
+            )
+        if not ns.plot.lower().endswith(".png"):
+            parser.error(f"--plot writes a PNG: the file name must end in .png, not {ns.plot!r}")
+    # Every option keeps its live tasks at once, and option 1 asks for size + align.
+    need = 4 * ns.live * (ns.size + ns.align)
+    if need > MAX_DEMO_BYTES:
+        parser.error(
+            f"--live {ns.live} with --size {ns.size} needs about {need >> 20} MiB "
+            f"(the limit is {MAX_DEMO_BYTES >> 20} MiB)"
+        )
+    config = _demo.DemoConfig(
+        size=ns.size,
+        align=ns.align,
+        live=ns.live,
+        tasks=ns.tasks,
+        rounds=ns.rounds,
+        seed=ns.seed,
+    )
+    progress = _demo.Progress(_demo.progress_steps(config), enabled=not ns.no_progress)
+    try:
+        result = _demo.run(config, progress)
+    finally:
+        progress.close()
+    if ns.json:
+        print(_demo.to_json(result))
+    else:
+        print(f"$ kmemcache demo{_flags_text(ns)}")
+        print(_demo.format_table(result))
+        print(f"({result.seconds:.1f} s)")
+    if ns.plot is not None:
+        _demo.plot(result, ns.plot)
+        print(f"plot written to {ns.plot}", file=sys.stderr)
+    return 0
+
+
+def _flags_text(ns: argparse.Namespace) -> str:
+    parts = []
+    for flag, default in (
+        ("size", _demo.DEFAULT_SIZE),
+        ("align", _demo.DEFAULT_ALIGN),
+        ("live", _demo.DEFAULT_LIVE),
+        ("tasks", _demo.DEFAULT_TASKS),
+        ("rounds", _demo.DEFAULT_ROUNDS),
+        ("seed", 0),
+    ):
+        value = getattr(ns, flag)
+        if value != default:
+            parts.append(f" --{flag} {value}")
+    return "".join(parts)
+
+
+def _find_benchmarks() -> Path | None:
+    here = Path(__file__).resolve()
+    candidates = [Path.cwd() / "benchmarks"] + [p / "benchmarks" for p in here.parents[1:4]]
+    for folder in candidates:
+        if folder.is_dir() and any(folder.glob("bench_*.py")):
+            return folder
+    return None
+
+
+def _cmd_bench(args: Sequence[str]) -> int:
+    folder = _find_benchmarks()
+    if folder is None:
+        print(
+            "kmemcache bench: no benchmarks found. They are not installed with the "
+            "package: they live in the benchmarks/ folder of the kmemcache source "
+            "repository. Run `kmemcache bench` from a checkout, or "
+            "`python benchmarks/bench_alloc.py` there.",
+            file=sys.stderr,
+        )
+        return 1
+    status = 0
+    for script in sorted(folder.glob("bench_*.py")):
+        print(f"== {script.name}", flush=True)
+        started = time.perf_counter()
+        rc = subprocess.call([sys.executable, str(script), *args], cwd=folder.parent)
+        print(f"== {script.name}: exit {rc}, {time.perf_counter() - started:.1f} s", flush=True)
+        status = status or rc
+    return status
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Run the ``kmemcache`` command; return its exit status."""
+    parser = _parser()
+    ns = parser.parse_args(argv)
+    if ns.command == "demo":
+        return _cmd_demo(parser, ns)
+    if ns.command == "slabinfo":
+        sys.stdout.write(slabinfo())
+        return 0
+    if ns.command == "bench":
+        return _cmd_bench(ns.args)
+    parser.print_help(sys.stderr)
+    return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())
