@@ -195,3 +195,27 @@ def test_entry_point_is_declared() -> None:
 
     scripts = {ep.name: ep.value for ep in entry_points(group="console_scripts")}
     assert scripts.get("kmemcache") == "kmemcache.cli:main"
+
+
+# --- the demo's arithmetic, in process ------------------------------------------
+
+
+def test_paired_ratio() -> None:
+    from kmemcache.demo import paired_ratio
+
+    assert paired_ratio([2.0, 4.0, 6.0], [1.0, 2.0, 3.0]) == (2.0, 2.0, 2.0)
+    median, q1, q3 = paired_ratio([1.0, 2.0, 3.0, 4.0, 5.0], [1.0] * 5)
+    assert (median, q1, q3) == (3.0, 2.0, 4.0)
+    assert paired_ratio([3.0], [2.0]) == (1.5, 1.5, 1.5)
+
+
+def test_demo_config_rejects_bad_values() -> None:
+    from kmemcache.demo import DemoConfig
+
+    with pytest.raises(ValueError):
+        DemoConfig(align=48)
+    with pytest.raises(ValueError):
+        DemoConfig(live=0)
+    with pytest.raises(TypeError):
+        DemoConfig(size=1.5)  # type: ignore[arg-type]
+    assert DemoConfig(tasks=10, rounds=3).steps_per_round == 3
