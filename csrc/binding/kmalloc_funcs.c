@@ -369,9 +369,21 @@ static PyObject *kmalloc_caches(PyObject *Py_UNUSED(m), PyObject *Py_UNUSED(igno
 
 static PyObject *kmalloc_large_stats(PyObject *Py_UNUSED(m), PyObject *Py_UNUSED(ignored))
 {
-    uint64_t objects, bytes;
-    kmc_kmalloc_large_stats(&objects, &bytes);
-    return Py_BuildValue("(KK)", (unsigned long long)objects, (unsigned long long)bytes);
+    kmc_kmalloc_large_stats_t s;
+    kmc_kmalloc_large_stats(&s);
+    return Py_BuildValue("{s:K, s:K, s:K, s:K, s:K}", "objects", (unsigned long long)s.objects,
+                         "bytes", (unsigned long long)s.bytes, "table_bytes",
+                         (unsigned long long)s.table_bytes, "kept", (unsigned long long)s.kept,
+                         "kept_bytes", (unsigned long long)s.kept_bytes);
+}
+
+static PyObject *kmalloc_shrink(PyObject *Py_UNUSED(m), PyObject *Py_UNUSED(ignored))
+{
+    size_t bytes;
+    Py_BEGIN_ALLOW_THREADS
+    bytes = kmc_kmalloc_shrink();
+    Py_END_ALLOW_THREADS
+    return PyLong_FromSize_t(bytes);
 }
 
 #define FASTCALL_KW (METH_FASTCALL | METH_KEYWORDS)
@@ -406,6 +418,8 @@ PyMethodDef kmc_kmalloc_methods[] = {
     {"_kmalloc_caches", kmalloc_caches, METH_NOARGS,
      "Each size class's Cache, or None before its first use."},
     {"_kmalloc_large_stats", kmalloc_large_stats, METH_NOARGS,
-     "(objects, bytes) of the large allocations live now."},
+     "The large allocations' counters: objects, bytes, table_bytes, kept, kept_bytes."},
+    {"_kmalloc_shrink", kmalloc_shrink, METH_NOARGS,
+     "Give the freed large runs kept for reuse back to the OS; return their bytes."},
     {NULL, NULL, 0, NULL},
 };

@@ -22,7 +22,8 @@
  * Large allocations are kept in an open-addressing hash table (linear
  * probing, backward-shift deletion, load at most 1/2) mapped apart from
  * object memory, so kfree of a large object is O(1) and no allocator word
- * sits next to the object.
+ * sits next to the object. A few freed runs (up to 1 MiB) are kept for
+ * reuse, as a cache keeps a few empty slabs.
  */
 #include <string.h>
 
@@ -173,12 +174,24 @@ typedef struct large_s {
     size_t bytes;   /* mapped bytes, a page multiple */
 } large_t;
 
+/* Freed runs kept for reuse, as a cache keeps a few empty slabs: churn on
+ * one large size then costs no system call. A run of at most LARGE_KEEP_MAX
+ * bytes is kept, the oldest kept runs going back to the OS when the reserve
+ * would pass LARGE_KEEP runs or LARGE_KEEP_BYTES; kmc_kmalloc_shrink gives
+ * them all back. */
+#define LARGE_KEEP       16
+#define LARGE_KEEP_MAX   ((size_t)256 << 10)
+#define LARGE_KEEP_BYTES ((size_t)1 << 20)
+
 static struct {
     pthread_mutex_t lock;
-    large_t *slots; /* cap entries, mapped apart from object memory */
-    size_t cap;     /* a power of two, 0 before first use */
-    size_t count;   /* live large allocations; count * 2 <= cap */
-    uint64_t bytes; /* their mapped bytes */
+    large_t *slots;     /* cap entries, mapped apart from object memory */
+    size_t cap;         /* a power of two, 0 before first use */
+    size_t count;       /* live large allocations; count * 2 <= cap */
+    uint64_t bytes;     /* their mapped bytes */
+    large_t kept[LARGE_KEEP]; /* freed runs, oldest first */
+    unsigned nkept;
+    size_t kept_bytes;
 } large = {.lock = PTHREAD_MUTEX_INITIALIZER};
 
 static size_t large_min_slots(void) { return kmc_page_size() / sizeof(large_t); }
@@ -246,15 +259,50 @@ static void large_remove_at(size_t i)
         (void)large_resize(large.cap / 2); /* without memory, stay larger */
 }
 
-static void *large_alloc(size_t size, size_t align)
+/* The newest kept run of exactly @bytes aligned to @align, taken out; 0 if
+ * none. Table locked. */
+static uintptr_t large_take_kept(size_t bytes, size_t align)
+{
+    for (unsigned k = large.nkept; k-- > 0;)
+        if (large.kept[k].bytes == bytes && !(large.kept[k].addr & (align - 1))) {
+            uintptr_t addr = large.kept[k].addr;
+            memmove(&large.kept[k], &large.kept[k + 1], (large.nkept - k - 1) * sizeof(large_t));
+            large.nkept--;
+            large.kept_bytes -= bytes;
+            return addr;
+        }
+    return 0;
+}
+
+/* Keep the freed run @run, moving the oldest runs that no longer fit to
+ * @evicted (returns how many). Table locked. */
+static unsigned large_keep(large_t run, large_t evicted[LARGE_KEEP])
+{
+    unsigned n = 0;
+    while (large.nkept && (large.nkept == LARGE_KEEP ||
+                           large.kept_bytes + run.bytes > LARGE_KEEP_BYTES)) {
+        evicted[n] = large.kept[0];
+        large.kept_bytes -= evicted[n++].bytes;
+        memmove(&large.kept[0], &large.kept[1], --large.nkept * sizeof(large_t));
+    }
+    large.kept[large.nkept++] = run;
+    large.kept_bytes += run.bytes;
+    return n;
+}
+
+static void *large_alloc(size_t size, size_t align, int zero)
 {
     size_t page = kmc_page_size();
     size_t bytes = (size + page - 1) & ~(page - 1);
     size_t a = align > page ? align : page;
     if (is_pow2(size) && size > a)
         a = size; /* natural alignment, as the kernel's page allocator gives */
-    void *p = kmc__os_map_pages(bytes, a);
-    if (!p) {
+    pthread_mutex_lock(&large.lock);
+    uint8_t *p = (uint8_t *)large_take_kept(bytes, a);
+    pthread_mutex_unlock(&large.lock);
+    if (p && zero)
+        memset(p, 0, size); /* fresh pages read as zero; kept ones do not */
+    if (!p && !(p = kmc__os_map_pages(bytes, a))) {
         kmc__report(KMC_ENOMEM, NULL, NULL, "the OS refused %zu bytes for a large kmalloc",
                     bytes);
         return NULL;
@@ -289,8 +337,17 @@ static bool large_free(void *p)
     large.count--;
     large.bytes -= bytes;
     large_remove_at(i);
+    large_t evicted[LARGE_KEEP];
+    unsigned n = 0;
+    bool keep = bytes <= LARGE_KEEP_MAX;
+    if (keep)
+        n = large_keep((large_t){(uintptr_t)p, bytes}, evicted);
     pthread_mutex_unlock(&large.lock);
-    kmc__os_unmap_pages(p, bytes); /* out of the table first: no one can find it */
+    /* out of the table first: no one can find them */
+    if (!keep)
+        kmc__os_unmap_pages(p, bytes);
+    for (unsigned k = 0; k < n; k++)
+        kmc__os_unmap_pages((void *)evicted[k].addr, evicted[k].bytes);
     return true;
 }
 
@@ -324,14 +381,30 @@ static bool large_shrink(void *p, size_t size)
     return true;
 }
 
-void kmc_kmalloc_large_stats(uint64_t *objects, uint64_t *bytes)
+void kmc_kmalloc_large_stats(kmc_kmalloc_large_stats_t *out)
 {
     pthread_mutex_lock(&large.lock);
-    if (objects)
-        *objects = large.count;
-    if (bytes)
-        *bytes = large.bytes;
+    out->objects = large.count;
+    out->bytes = large.bytes;
+    out->table_bytes = large.cap * sizeof(large_t);
+    out->kept = large.nkept;
+    out->kept_bytes = large.kept_bytes;
     pthread_mutex_unlock(&large.lock);
+}
+
+size_t kmc_kmalloc_shrink(void)
+{
+    large_t runs[LARGE_KEEP];
+    pthread_mutex_lock(&large.lock);
+    unsigned n = large.nkept;
+    size_t bytes = large.kept_bytes;
+    memcpy(runs, large.kept, n * sizeof(large_t));
+    large.nkept = 0;
+    large.kept_bytes = 0;
+    pthread_mutex_unlock(&large.lock);
+    for (unsigned k = 0; k < n; k++)
+        kmc__os_unmap_pages((void *)runs[k].addr, runs[k].bytes);
+    return bytes;
 }
 
 /* --- the family --------------------------------------------------------------- */
@@ -358,7 +431,7 @@ static void *do_kmalloc(size_t size, size_t align, int zero)
                     (size_t)KMC_KMALLOC_MAX_SIZE);
         return NULL;
     }
-    return large_alloc(size, align); /* fresh pages read as zero */
+    return large_alloc(size, align, zero);
 }
 
 void *kmc_kmalloc(size_t size, size_t align) { return do_kmalloc(size, align, 0); }

@@ -249,7 +249,10 @@ size_t kmc_page_size(void);
  * the OS, aligned to the page, to @align, and to their size when that is a
  * power of two. They are found from their address in O(1) by an
  * open-addressing hash table kept outside object memory; their usable size
- * is the size rounded up to pages.
+ * is the size rounded up to pages. As a cache keeps a few empty slabs, the
+ * last freed runs of 256 KiB or less (16 runs and 1 MiB at most) are kept
+ * to serve the next request of the same size and alignment without a
+ * system call; kmc_kmalloc_shrink gives them back.
  *
  * Size 0 gives KMC's ZERO_SIZE_PTR (kmc_kmalloc(0, 0) == kmc_kmalloc(0, 64)):
  * one page of address space with no access, aligned to KMC_MAX_ALIGN and
@@ -335,8 +338,20 @@ size_t kmc_ksize(const void *object);
  * KMC_EINVALID_FREE, as is any address that is not an object's start. */
 kmc_status kmc_kfree(void *object);
 
-/* kmc_kmalloc_large_stats - large allocations live now and their bytes. */
-void kmc_kmalloc_large_stats(uint64_t *objects, uint64_t *bytes);
+/* Large allocations now. */
+typedef struct kmc_kmalloc_large_stats_s {
+    uint64_t objects;     /* live large allocations */
+    uint64_t bytes;       /* their pages */
+    uint64_t table_bytes; /* the table that finds them from their address */
+    uint64_t kept;        /* freed runs kept for reuse */
+    uint64_t kept_bytes;  /* their pages */
+} kmc_kmalloc_large_stats_t;
+
+void kmc_kmalloc_large_stats(kmc_kmalloc_large_stats_t *out);
+
+/* kmc_kmalloc_shrink - give the kept runs back to the OS (the size-class
+ * caches shrink with kmc_cache_shrink). Return: the bytes given back. */
+size_t kmc_kmalloc_shrink(void);
 
 #ifdef __cplusplus
 }

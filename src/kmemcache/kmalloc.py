@@ -56,6 +56,11 @@ signatures and full documentation:
     InvalidFreeError for anything that is not a kmemcache object,
     DoubleFreeError for one already freed, BufferError while views exist.
 
+Large requests are whole pages from the OS, aligned to the page (and to their size
+when that is a power of two). As a cache keeps a few empty slabs, up to 1 MiB of freed
+runs (16 runs of 256 KiB or less) is kept to serve the next request of the same size
+without a system call; ``shrink()`` gives it back with the size classes' empty slabs.
+
 Alignment, the guarantee Linux gives since 5.4 and 6.11: every object of 16
 bytes or more is at least 16-byte aligned (8 below); a power-of-two size is
 aligned to itself (64 to 64, 4096 to the page, 16 KiB to 16 KiB); the other
@@ -76,6 +81,7 @@ from .cache import Cache
 __all__ = [
     "LARGE_THRESHOLD",
     "SIZE_CLASSES",
+    "LargeStats",
     "SizeClass",
     "kcalloc",
     "kfree",
@@ -84,6 +90,7 @@ __all__ = [
     "ksize",
     "kzalloc",
     "large_stats",
+    "shrink",
     "size_class",
 ]
 
@@ -115,10 +122,30 @@ def size_class(size: int, align: int = 0) -> SizeClass | None:
     return None
 
 
-def large_stats() -> tuple[int, int]:
-    """(objects, bytes) of the large allocations (pages from the OS) live now."""
-    objects, nbytes = _core._kmalloc_large_stats()
-    return objects, nbytes
+class LargeStats(NamedTuple):
+    """The large allocations (pages from the OS) now."""
+
+    objects: int  #: live large objects
+    bytes: int  #: their pages
+    table_bytes: int  #: the table that finds them from their address
+    kept: int  #: freed runs kept to serve the next request of their size
+    kept_bytes: int  #: their pages (1 MiB at most)
+
+
+def large_stats() -> LargeStats:
+    """The large allocations' counters now."""
+    return LargeStats(**_core._kmalloc_large_stats())
+
+
+def shrink() -> int:
+    """Give back to the OS every page kmalloc holds without a live object in it:
+    the kept large runs, and the empty slabs of every size class. Returns the bytes
+    given back."""
+    given = _core._kmalloc_shrink()
+    for cache in _core._kmalloc_caches():
+        if cache is not None:
+            given += cache.shrink()
+    return given
 
 
 def _make_class_cache(name: str, size: int, align: int) -> Cache:
