@@ -203,7 +203,8 @@ static PyMethodDef object_methods[] = {
 
 static PyGetSetDef object_getset[] = {
     {"address", (getter)object_get_address, NULL, "The object's address, an int.", NULL},
-    {"cache", (getter)object_get_cache, NULL, "The cache the object belongs to (None for kmalloc's pages and size 0).", NULL},
+    {"cache", (getter)object_get_cache, NULL,
+     "The cache the object belongs to (None for kmalloc's pages and size 0).", NULL},
     {"freed", (getter)object_get_freed, NULL, "True once freed.", NULL},
     {"exports", (getter)object_get_exports, NULL, "Buffer views alive now.", NULL},
     {NULL, NULL, NULL, NULL, NULL},
