@@ -11,12 +11,14 @@ from __future__ import annotations
 
 import gc
 import json
+import os
 import random
 import subprocess
 import sys
 import textwrap
 import threading
 from collections.abc import Callable, Iterator
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -102,7 +104,7 @@ def pattern(n: int, seed: int) -> bytes:
     return bytes((seed + i * 7) & 0xFF for i in range(n))
 
 
-def class_cache(name: str) -> Cache:
+def class_cache(name: str) -> _core.Cache:
     for cache in _core._kmalloc_caches():
         if cache is not None and cache.name == name:
             return cache
@@ -126,8 +128,6 @@ def objects() -> Iterator[list[Object]]:
 
 
 def run_python(code: str, **env: str) -> subprocess.CompletedProcess[str]:
-    import os
-
     return subprocess.run(
         [sys.executable, "-c", textwrap.dedent(code)],
         capture_output=True,
@@ -822,3 +822,49 @@ def test_threads_allocating_and_freeing_together() -> None:
     assert large_stats()[:2] == large_before[:2]
     for name in baseline:
         assert class_cache(name).validate() == 0
+
+
+# --- the stub ---------------------------------------------------------------------
+
+
+def test_the_stub_names_every_name_of_the_extension_module() -> None:
+    import ast
+
+    stub = Path(_core.__file__).parent / "_kmemcache.pyi"
+    tree = ast.parse(stub.read_text())
+    declared = set()
+    for node in tree.body:
+        if isinstance(node, ast.FunctionDef | ast.ClassDef):
+            declared.add(node.name)
+        elif isinstance(node, ast.AnnAssign) and isinstance(node.target, ast.Name):
+            declared.add(node.target.id)
+    public = {name for name in dir(_core) if not name.startswith("__")}
+    assert declared == public
+
+
+# --- the benchmark ----------------------------------------------------------------
+
+
+def test_bench_kmalloc_runs(tmp_path: Path) -> None:
+    bench = Path(__file__).resolve().parent.parent / "benchmarks" / "bench_kmalloc.py"
+    out = tmp_path / "kmalloc.json"
+    env = {"PYTHONPATH": os.pathsep.join(p for p in sys.path if p)}
+    done = subprocess.run(
+        [sys.executable, str(bench), "--quick", "--no-progress", "--json", str(out)],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        env={**os.environ, **env},
+    )
+    assert done.returncode == 0, done.stderr
+    data = json.loads(out.read_text())
+    assert data["benchmark"] == "kmalloc" and data["quick"] is True
+    for size in data["sizes"]:
+        records = {r["key"]: r for r in data["results"][str(size)]}
+        assert {"kzalloc", "kmalloc", "bytearray", "posix_memalign"} <= set(records)
+        assert records["kzalloc"]["status"] == "ok" and records["kzalloc"]["aligned"] is True
+    classes = [m["class"] for m in data["memory"]]
+    assert [c for c in dict.fromkeys(classes) if c != "pages"] == [c[0] for c in LINUX_CLASSES]
+    for m in data["memory"]:
+        assert m["bytes_per_object"] >= m["request"]
+    assert "| size" in done.stdout and "| requested" in done.stdout
