@@ -181,17 +181,12 @@ static PyObject *new_object(size_t size, size_t align, int zero)
         }
         return (PyObject *)obj;
     }
-    /* size 0, or pages from the OS: system calls, so without the GIL */
+    /* size 0, or pages: a kept run, else a few system calls (kept under the
+     * GIL, as malloc's are: releasing it would cost more than most of them) */
     void *p;
-    for (;;) {
-        Py_BEGIN_ALLOW_THREADS
-        p = zero ? kmc_kzalloc(size, align) : kmc_kmalloc(size, align);
-        Py_END_ALLOW_THREADS
-        if (p)
-            break;
+    while (!(p = zero ? kmc_kzalloc(size, align) : kmc_kmalloc(size, align)))
         if (!raise_alloc_failure())
             return NULL;
-    }
     ObjectObject *obj = kmc_object_new(NULL, p, (Py_ssize_t)size);
     if (!obj)
         kmc_kfree(p);
@@ -206,10 +201,11 @@ static PyObject *alloc_call(const char *fname, PyObject *const *args, Py_ssize_t
                             PyObject *kwnames, int zero)
 {
     size_t size, align = 0;
-    if (nargs == 1 && !kwnames) { /* the common call, kmalloc(n) */
-        if (size_arg(args[0], "size", &size) < 0)
+    if (!kwnames && (nargs == 1 || nargs == 2)) { /* the common calls: no keywords */
+        if (size_arg(args[0], "size", &size) < 0 ||
+            (nargs == 2 && align_arg(args[1], &align) < 0))
             return NULL;
-        return new_object(size, 0, zero);
+        return new_object(size, align, zero);
     }
     PyObject *a[2];
     if (unpack(fname, args, nargs, kwnames, size_align_names, 2, 1, a) < 0 ||
