@@ -255,6 +255,29 @@ def ratio_cell(rec: dict[str, Any] | None) -> str:
     return h.fmt_ratio(rec.get("ratio")) + mark
 
 
+def memory_markdown(memory: Sequence[dict[str, Any]]) -> str:
+    """One row per class (its worst and best fit), one per large size."""
+    groups: dict[str, list[dict[str, Any]]] = {}
+    for m in memory:
+        key = m["class"] if m["class"] != "pages" else f"pages ({fmt_size(m['request'])})"
+        groups.setdefault(key, []).append(m)
+    headers = ["served by", "slot", "bytes/object", "metadata/object", "worst fit", "best fit"]
+    rows = []
+    for name, ms in groups.items():
+        worst, best = ms[0], ms[-1]
+        rows.append(
+            [
+                name,
+                fmt_size(best["objsize"]),
+                f"{best['bytes_per_object']:,.1f}",
+                f"{best['metadata_per_object']:.2f}",
+                f"{fmt_size(worst['request'])}: {h.fmt_ratio(worst['ratio'])}",
+                f"{fmt_size(best['request'])}: {h.fmt_ratio(best['ratio'])}",
+            ]
+        )
+    return h.markdown_table(headers, rows, {1, 2, 3, 4, 5})
+
+
 def render(data: dict[str, Any]) -> str:
     env, loop = data["environment"], data["loop_overhead"]
     pkgs = ", ".join(f"{k} {v}" for k, v in env["packages"].items() if v)
@@ -280,22 +303,12 @@ def render(data: dict[str, Any]) -> str:
     lines += ["", h.markdown_table(headers, rows, set(range(1, len(headers)))), ""]
 
     lines.append(
-        "Memory held per live object with many live, against the size asked for "
-        "(slab bytes from the engine's counters, metadata outside object memory):"
+        "Memory held per live object with many live: slab bytes (for large objects, "
+        "pages) and allocator metadata outside object memory, from the engine's "
+        "counters; ratio = (bytes + metadata) / size asked for, at the class's smallest "
+        "request (its worst fit) and at its own size (its best):"
     )
-    headers = ["requested", "served by", "slot", "bytes/object", "metadata/object", "ratio"]
-    rows = [
-        [
-            fmt_size(m["request"]),
-            m["class"],
-            fmt_size(m["objsize"]),
-            f"{m['bytes_per_object']:,.1f}",
-            f"{m['metadata_per_object']:.2f}",
-            h.fmt_ratio(m["ratio"]),
-        ]
-        for m in data["memory"]
-    ]
-    lines += ["", h.markdown_table(headers, rows, {2, 3, 4, 5})]
+    lines += ["", memory_markdown(data["memory"])]
     notes = sorted(
         {
             f"{rec['label']}: {rec['status']}: {rec['note']}"
