@@ -867,4 +867,4 @@ def test_bench_kmalloc_runs(tmp_path: Path) -> None:
     assert [c for c in dict.fromkeys(classes) if c != "pages"] == [c[0] for c in LINUX_CLASSES]
     for m in data["memory"]:
         assert m["bytes_per_object"] >= m["request"]
-    assert "| size" in done.stdout and "| requested" in done.stdout
+    assert "| size" in done.stdout and "| served by" in done.stdout
