@@ -23,6 +23,7 @@ typedef struct CacheObject {
     PyObject *dict;        /* instance attributes of Python subclasses */
     PyObject *weakrefs;
     Py_ssize_t size;       /* the object size, cached for handle creation */
+    int in_ctor;           /* ctor calls running: a slab is being built */
 } CacheObject;
 
 /* A handle: one object of one cache. */

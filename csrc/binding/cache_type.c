@@ -43,7 +43,9 @@ static int call_ctor(void *object, size_t size, void *arg)
     ObjectObject *handle = kmc_object_new(self, object, (Py_ssize_t)size);
     PyObject *view = handle ? PyMemoryView_FromObject((PyObject *)handle) : NULL;
     if (view) {
+        self->in_ctor++;
         PyObject *r = PyObject_CallOneArg(self->ctor, view);
+        self->in_ctor--;
         Py_XDECREF(r);
         PyObject *type, *value, *tb;
         PyErr_Fetch(&type, &value, &tb); /* release() must not run with it set */
@@ -427,6 +429,15 @@ static PyObject *cache_destroy(CacheObject *self, PyObject *Py_UNUSED(ignored))
 {
     if (kmc_cache_check_alive(self) < 0)
         return NULL;
+    if (self->in_ctor) {
+        /* the engine is building a slab of this cache and would go on
+         * using it after the destroy */
+        if (!kmc_raise_message(KMC_EBUSY, self, NULL,
+                               "Cannot destroy %s while its ctor runs: a slab is being built",
+                               kmc_cache_name(self->cache)))
+            return NULL;
+        Py_RETURN_NONE;
+    }
     kmc_status st = kmc_cache_destroy(self->cache);
     if (st == KMC_EBUSY) {
         if (!kmc_raise(st))
