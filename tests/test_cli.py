@@ -102,7 +102,8 @@ def test_table_output() -> None:
     proc = run_cli("demo", *TINY)
     assert proc.returncode == 0, proc.stderr
     out = proc.stdout
-    assert out.startswith("$ kmemcache demo --live 24 --tasks 96 --rounds 2")
+    assert out.startswith("perf task context data: 1512 bytes, 64-byte aligned")
+    assert "24 tasks alive per option" in out
     for label in ("kzalloc(size)", "round up", "callbacks", "kmem_cache_zalloc"):
         assert label in out
     assert "memory per context" in out and "ns per alloc+free" in out

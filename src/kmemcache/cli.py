@@ -138,29 +138,12 @@ def _cmd_demo(parser: argparse.ArgumentParser, ns: argparse.Namespace) -> int:
     if ns.json:
         print(_demo.to_json(result))
     else:
-        print(f"$ kmemcache demo{_flags_text(ns)}")
         print(_demo.format_table(result))
         print(f"({result.seconds:.1f} s)")
     if ns.plot is not None:
         _demo.plot(result, ns.plot)
         print(f"plot written to {ns.plot}", file=sys.stderr)
     return 0
-
-
-def _flags_text(ns: argparse.Namespace) -> str:
-    parts = []
-    for flag, default in (
-        ("size", _demo.DEFAULT_SIZE),
-        ("align", _demo.DEFAULT_ALIGN),
-        ("live", _demo.DEFAULT_LIVE),
-        ("tasks", _demo.DEFAULT_TASKS),
-        ("rounds", _demo.DEFAULT_ROUNDS),
-        ("seed", 0),
-    ):
-        value = getattr(ns, flag)
-        if value != default:
-            parts.append(f" --{flag} {value}")
-    return "".join(parts)
 
 
 def _find_benchmarks() -> Path | None:

@@ -66,7 +66,7 @@ from .slabinfo import all_stats
 DEFAULT_SIZE = X86_LBR_CACHE_SIZE
 DEFAULT_ALIGN = X86_LBR_CACHE_ALIGN
 DEFAULT_LIVE = 4096
-DEFAULT_TASKS = 450_000
+DEFAULT_TASKS = 600_000
 DEFAULT_ROUNDS = 30
 #: How far past a 64-byte boundary the stand-alone fault check puts its buffer.
 FAULT_CHECK_MISALIGN = 8
