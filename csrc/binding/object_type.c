@@ -5,7 +5,10 @@
  * A handle holds its cache alive. It refuses to free while views exist
  * (BufferError, as bytearray refuses to resize) and refuses everything once
  * freed (ValueError, as a released memoryview does). A handle dropped
- * without free() gives its object back.
+ * without free() gives its object back. Handles take part in garbage
+ * collection (each refers to its cache), so that a cycle through a cache,
+ * such as an object kept in one of its attributes, is collected and its
+ * objects given back.
  */
 #include "binding.h"
 
@@ -21,7 +24,7 @@ ObjectObject *kmc_object_new(CacheObject *owner, void *ptr, Py_ssize_t size)
         self = free_handles[--nr_free_handles];
         (void)PyObject_Init((PyObject *)self, &KmcObject_Type);
     } else {
-        self = PyObject_New(ObjectObject, &KmcObject_Type);
+        self = PyObject_GC_New(ObjectObject, &KmcObject_Type);
         if (!self)
             return NULL;
     }
@@ -30,6 +33,7 @@ ObjectObject *kmc_object_new(CacheObject *owner, void *ptr, Py_ssize_t size)
     self->exports = 0;
     Py_XINCREF(owner);
     self->owner = owner;
+    PyObject_GC_Track(self);
     return self;
 }
 
@@ -94,8 +98,15 @@ static PyObject *object_free(ObjectObject *self, PyObject *Py_UNUSED(ignored))
     Py_RETURN_NONE;
 }
 
+static int object_traverse(ObjectObject *self, visitproc visit, void *arg)
+{
+    Py_VISIT(self->owner);
+    return 0;
+}
+
 static void object_dealloc(ObjectObject *self)
 {
+    PyObject_GC_UnTrack(self);
     if (self->ptr) {
         /* dropped without free(): give the object back. Views keep the
          * handle alive, so none exist here. */
@@ -218,7 +229,8 @@ PyTypeObject KmcObject_Type = {
     .tp_repr = (reprfunc)object_repr,
     .tp_as_sequence = &object_as_sequence,
     .tp_as_buffer = &object_as_buffer,
-    .tp_flags = Py_TPFLAGS_DEFAULT,
+    .tp_flags = Py_TPFLAGS_DEFAULT | Py_TPFLAGS_HAVE_GC,
+    .tp_traverse = (traverseproc)object_traverse,
     .tp_doc = "One object of a kmemcache cache: writable memory with a guaranteed "
               "alignment,\nexported through the buffer protocol (format 'B').",
     .tp_methods = object_methods,
