@@ -191,6 +191,22 @@ def test_bench_without_benchmarks_says_where_they_are(monkeypatch, capsys) -> No
     assert "benchmarks/" in err and "source repository" in err
 
 
+def test_bench_runs_each_benchmark_with_the_arguments(tmp_path, monkeypatch, capfd) -> None:  # type: ignore[no-untyped-def]
+    folder = tmp_path / "benchmarks"
+    folder.mkdir()
+    for name in ("bench_a.py", "bench_b.py"):
+        (folder / name).write_text("import sys; print('ran', sys.argv[1:])\n")
+    monkeypatch.setattr(cli, "_find_benchmarks", lambda: folder)
+    assert cli.main(["bench", "--quick", "--json", "x.json"]) == 0
+    out = capfd.readouterr().out
+    assert out.count("ran ['--quick', '--json', 'x.json']") == 2
+    assert "== bench_a.py" in out and "== bench_b.py" in out
+    (folder / "run_all.py").write_text("import sys; print('all', sys.argv[1:]); sys.exit(3)\n")
+    assert cli.main(["bench"]) == 3  # a runner, when there is one, runs instead
+    out = capfd.readouterr().out
+    assert "all []" in out and "ran" not in out
+
+
 def test_entry_point_is_declared() -> None:
     from importlib.metadata import entry_points
 

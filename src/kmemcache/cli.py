@@ -96,13 +96,14 @@ def _parser() -> argparse.ArgumentParser:
 
     sub.add_parser("slabinfo", help="print the live caches in /proc/slabinfo format")
 
-    b = sub.add_parser(
+    sub.add_parser(
         "bench",
-        help="run the benchmarks of a source checkout (benchmarks/bench_*.py)",
-        description="Run every benchmarks/bench_*.py of the source checkout, passing "
-        "ARGS on to each (e.g. --quick, --json FILE).",
+        help="run the benchmarks of a source checkout (benchmarks/)",
+        description="Run the benchmarks of the source checkout: benchmarks/run_all.py "
+        "when there is one, else every benchmarks/bench_*.py in turn. Any further "
+        "arguments (e.g. --quick) are passed on.",
+        usage="kmemcache bench [-h] [ARGS ...]",
     )
-    b.add_argument("args", nargs=argparse.REMAINDER, help="arguments for each benchmark")
     return parser
 
 
@@ -166,9 +167,11 @@ def _cmd_bench(args: Sequence[str]) -> int:
             file=sys.stderr,
         )
         return 1
+    runner = folder / "run_all.py"
+    scripts = [runner] if runner.is_file() else sorted(folder.glob("bench_*.py"))
     status = 0
-    for script in sorted(folder.glob("bench_*.py")):
-        print(f"== {script.name}", flush=True)
+    for script in scripts:
+        print(f"== {script.name} {' '.join(args)}".rstrip(), flush=True)
         started = time.perf_counter()
         rc = subprocess.call([sys.executable, str(script), *args], cwd=folder.parent)
         print(f"== {script.name}: exit {rc}, {time.perf_counter() - started:.1f} s", flush=True)
@@ -179,14 +182,16 @@ def _cmd_bench(args: Sequence[str]) -> int:
 def main(argv: Sequence[str] | None = None) -> int:
     """Run the ``kmemcache`` command; return its exit status."""
     parser = _parser()
-    ns = parser.parse_args(argv)
+    ns, extra = parser.parse_known_args(argv)
+    if ns.command == "bench":
+        return _cmd_bench(extra)
+    if extra:
+        parser.error(f"unrecognized arguments: {' '.join(extra)}")
     if ns.command == "demo":
         return _cmd_demo(parser, ns)
     if ns.command == "slabinfo":
         sys.stdout.write(slabinfo())
         return 0
-    if ns.command == "bench":
-        return _cmd_bench(ns.args)
     parser.print_help(sys.stderr)
     return 2
 
