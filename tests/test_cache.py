@@ -16,6 +16,7 @@ import re
 import subprocess
 import sys
 import textwrap
+import weakref
 from collections.abc import Callable
 
 import numpy as np
@@ -551,6 +552,16 @@ def test_dropped_objects_go_back_to_the_cache(make_cache: MakeCache) -> None:
     gc.collect()
     assert cache.stats().active_objs == 0
     assert cache.stats().frees == cache.stats().allocs
+
+
+def test_objects_in_a_cycle_through_their_cache_go_back() -> None:
+    cache = Cache("cycle", 64)
+    cache.keep = cache.alloc_bulk(5)  # cache -> its __dict__ -> objects -> cache
+    ref = weakref.ref(cache)
+    del cache
+    gc.collect()
+    assert ref() is None
+    assert "cycle" not in live_cache_names()
 
 
 def test_a_handle_keeps_its_cache_alive() -> None:
