@@ -31,8 +31,11 @@ How each number is measured
   timed loop; ``ns_per_task``: a task, chosen at random, exits and a new task
   is created in its place (the perf model's bookkeeping included). Both loops
   run for every option in each round, options taking turns in a rotating
-  order, with the cyclic garbage collector paused; the numbers are medians
-  over the rounds, with quartiles in the JSON.
+  order, with the cyclic garbage collector paused, timed by the CPU time of the
+  thread (``time.thread_time_ns``), so time spent descheduled on a busy machine
+  is not counted. The numbers are medians over the rounds, with quartiles in
+  the JSON; ``alloc_free_vs_option_3`` is the median over rounds of each
+  round's ratio to option 3, measured moments apart, so drift cancels.
 * ``misaligned``: live contexts at the end of the churn whose first byte is
   not on a multiple of ``align``, read from the buffer's address.
 * ``xsave``: a real XSAVE/XRSTOR (:mod:`kmemcache.xsave`) into the XSAVE area
