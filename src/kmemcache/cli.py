@@ -13,7 +13,7 @@ import importlib.util
 import subprocess
 import sys
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 
 from . import demo as _demo
@@ -27,7 +27,7 @@ MAX_DEMO_LIVE = 1 << 20
 MAX_DEMO_BYTES = 4 << 30
 
 
-def _int_arg(low: int, high: int, power_of_two: bool = False):
+def _int_arg(low: int, high: int, power_of_two: bool = False) -> Callable[[str], int]:
     def parse(text: str) -> int:
         try:
             value = int(text, 0)

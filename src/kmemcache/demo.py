@@ -109,6 +109,7 @@ class DemoConfig:
 
     @property
     def steps_per_round(self) -> int:
+        """Tasks created and exited (and alloc+free pairs) per option in one round."""
         return max(1, self.tasks // self.rounds)
 
 
@@ -135,6 +136,7 @@ class OptionResult:
     task_samples: list[float] = dataclasses.field(default_factory=list)
 
     def as_json(self) -> dict[str, Any]:
+        """The fields as JSON values, with quartiles instead of the raw samples."""
         out = {
             k: v
             for k, v in dataclasses.asdict(self).items()
@@ -157,9 +159,11 @@ class DemoResult:
     seconds: float = 0.0
 
     def option(self, index: int) -> OptionResult:
+        """The result of option ``index`` (0 to 3)."""
         return next(o for o in self.options if o.option == index)
 
     def as_json(self) -> dict[str, Any]:
+        """``{"options": [...], "config", "xsave", "claims", "seconds"}``."""
         return {
             "options": [o.as_json() for o in self.options],
             "config": dataclasses.asdict(self.config),
@@ -195,6 +199,7 @@ class Progress:
         self.shown = 0
 
     def step(self, label: str) -> None:
+        """One step done; ``label`` says what is running."""
         self.done = min(self.done + 1, self.total)
         if not self.enabled:
             return
@@ -208,6 +213,7 @@ class Progress:
         self.shown = len(line)
 
     def close(self) -> None:
+        """Erase the bar."""
         if self.enabled and self.shown:
             sys.stderr.write("\r" + " " * self.shown + "\r")
             sys.stderr.flush()
