@@ -109,13 +109,13 @@ def _parser() -> argparse.ArgumentParser:
 
 def _cmd_demo(parser: argparse.ArgumentParser, ns: argparse.Namespace) -> int:
     if ns.plot is not None:
+        if not ns.plot.lower().endswith(".png"):
+            parser.error(f"--plot writes a PNG: the file name must end in .png, not {ns.plot!r}")
         if importlib.util.find_spec("matplotlib") is None:
             parser.error(
                 "--plot needs matplotlib, which is not installed: "
                 "pip install 'kmemcache[plot]' (or pip install matplotlib)"
             )
-        if not ns.plot.lower().endswith(".png"):
-            parser.error(f"--plot writes a PNG: the file name must end in .png, not {ns.plot!r}")
     # Every option keeps its live tasks at once, and option 1 asks for size + align.
     need = 4 * ns.live * (ns.size + ns.align)
     if need > MAX_DEMO_BYTES:
