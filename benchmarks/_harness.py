@@ -28,6 +28,7 @@ import json
 import os
 import platform
 import statistics
+import subprocess
 import sys
 import time
 from collections.abc import Callable, Sequence
@@ -302,7 +303,84 @@ def environment(packages: Sequence[str]) -> dict[str, Any]:
         "machine": platform.machine(),
         "cpu_count": os.cpu_count(),
         "packages": {name: package_version(name) for name in packages},
+        # Debug options make every kmemcache number a debug number.
+        "kmemcache_debug": os.environ.get("KMEMCACHE_DEBUG"),
     }
+
+
+def environment_sentence(env: dict[str, Any]) -> str:
+    """The environment as one sentence for a report's header."""
+    pkgs = ", ".join(f"{k} {v}" for k, v in env["packages"].items() if v)
+    text = (
+        f"{env['implementation']} {env['python']}, {env['system']} {env['machine']}, "
+        f"{env['cpu_count']} CPUs; {pkgs}."
+    )
+    if env.get("kmemcache_debug") is not None:
+        text += f" KMEMCACHE_DEBUG={env['kmemcache_debug']!r}: debug numbers."
+    return text
+
+
+def noise_lines(data: dict[str, Any]) -> list[str]:
+    """Warnings for a report: stolen CPU, --quick."""
+    lines = []
+    share = data.get("cpu_share_min", 1.0)
+    if share < 0.8:
+        lines.append(
+            f"\nOther load took the CPU away for up to {1 - share:.0%} of a timed loop in "
+            "this run; ratios compare ops timed side by side, but consider running again "
+            "on a quieter machine."
+        )
+    if data.get("quick"):
+        lines.append("\n(--quick: counts far too small for the numbers to mean anything.)")
+    return lines
+
+
+# --- targets ----------------------------------------------------------------------
+#
+# A target is a ratio measured in one run and a threshold it should reach. It is
+# reported as a PASS/MISS line, never asserted: a benchmark that misses still exits 0.
+
+
+def make_target(key: str, description: str, threshold: float, better: str) -> dict[str, Any]:
+    """A target not yet judged; ``better`` is "higher" or "lower"."""
+    assert better in ("higher", "lower")
+    return {
+        "key": key,
+        "description": description,
+        "threshold": threshold,
+        "better": better,
+        "ratio": None,
+        "status": "SKIP",
+    }
+
+
+def judge_target(target: dict[str, Any], ratio: float) -> None:
+    target["ratio"] = ratio
+    if target["better"] == "higher":
+        target["status"] = "PASS" if ratio >= target["threshold"] else "MISS"
+    else:
+        target["status"] = "PASS" if ratio <= target["threshold"] else "MISS"
+
+
+def skip_target(target: dict[str, Any], reason: str) -> None:
+    target["ratio"] = None
+    target["status"] = "SKIP"
+    target["reason"] = reason
+
+
+def target_line(target: dict[str, Any]) -> str:
+    """``- PASS: what: 1.17x (target >= 1x)``, with where and why when known."""
+    sign = ">=" if target["better"] == "higher" else "<="
+    ratio = "-" if target["ratio"] is None else fmt_ratio(target["ratio"])
+    line = f"- {target['status']}: {target['description']}: {ratio}"
+    if target.get("where"):
+        line += f" at {target['where']}"
+    line += f" (target {sign} {target['threshold']:g}x)"
+    if target.get("detail"):
+        line += f"; {target['detail']}"
+    if target["status"] == "SKIP":
+        line += f" [{target.get('reason', 'not measured')}]"
+    return line
 
 
 def fmt_ns(value: float) -> str:
@@ -316,6 +394,39 @@ def fmt_ns(value: float) -> str:
 
 def fmt_ratio(value: float | None) -> str:
     return "-" if value is None else f"{value:.2f}x"
+
+
+def fmt_size(n: int) -> str:
+    """Bytes as people write them: 8 B, 1472 B, 4 KiB, 1 MiB."""
+    for unit, shift in (("GiB", 30), ("MiB", 20), ("KiB", 10)):
+        if n >= 1 << shift and n % (1 << shift) == 0:
+            return f"{n >> shift} {unit}"
+    return f"{n} B"
+
+
+def fmt_count(n: int) -> str:
+    """1000 -> 1e3, 1000000 -> 1e6; other numbers as they are."""
+    exp = len(str(n)) - 1
+    return f"1e{exp}" if n == 10**exp and exp >= 3 else f"{n:,}"
+
+
+def int_list(text: str) -> list[int]:
+    """argparse type: ``8,64,4096`` -> [8, 64, 4096]; ``1e6`` is accepted."""
+    values = []
+    for part in text.split(","):
+        try:
+            values.append(int(part, 0))
+        except ValueError:
+            try:
+                value = float(part)
+            except ValueError:
+                value = float("nan")
+            if value != value or value != int(value):
+                raise argparse.ArgumentTypeError(
+                    f"not a comma-separated list of integers: {text!r}"
+                ) from None
+            values.append(int(value))
+    return values
 
 
 def markdown_table(headers: Sequence[str], rows: Sequence[Sequence[str]], right: set[int]) -> str:
@@ -370,6 +481,40 @@ def settings(args: argparse.Namespace) -> tuple[int, int | None, int]:
     if args.number is not None and args.number < 1:
         raise SystemExit("--number must be at least 1")
     return args.repeats, args.number, int(args.target_ms * 1e6)
+
+
+def rss_bytes() -> int:
+    """The process's resident set size now (Linux).
+
+    /proc/self/smaps_rollup counts the pages mapped now; /proc/self/statm, the
+    fallback, reads counters that kernels before 6.2 update only every 64 page
+    faults per thread, up to 256 KiB late.
+    """
+    try:
+        with open("/proc/self/smaps_rollup", encoding="ascii") as fh:
+            for line in fh:
+                if line.startswith("Rss:"):
+                    return int(line.split()[1]) * 1024
+    except OSError:
+        pass
+    with open("/proc/self/statm", encoding="ascii") as fh:
+        resident = int(fh.read().split()[1])
+    return resident * os.sysconf("SC_PAGE_SIZE")
+
+
+def run_child(argv: Sequence[str], timeout: float) -> dict[str, Any]:
+    """Run ``python argv...`` in a fresh process; return the JSON object it prints last.
+
+    Raises RuntimeError with the child's stderr when it fails.
+    """
+    proc = subprocess.run(
+        [sys.executable, *argv], capture_output=True, text=True, timeout=timeout, check=False
+    )
+    lines = proc.stdout.strip().splitlines()
+    if proc.returncode != 0 or not lines:
+        tail = " | ".join(proc.stderr.strip().splitlines()[-3:])
+        raise RuntimeError(f"exit {proc.returncode}: {tail or 'no output'}")
+    return json.loads(lines[-1])
 
 
 def write_json(path: str, data: dict[str, Any]) -> None:

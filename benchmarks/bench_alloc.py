@@ -1,30 +1,33 @@
-"""What one aligned, zeroed buffer costs: kmemcache zalloc+free against its peers.
+"""What one buffer costs: kmemcache alloc+free and zalloc+free against its peers.
 
-Measures, in one run, the ns per alloc+free of a single buffer of 64, 1472 and 4096
-bytes at alignment 64: kmemcache's ``o = cache.zalloc(); o.free()`` (the cache made
-once, outside the loop; plus its zalloc+drop and non-zeroing alloc+free variants)
-side by side with ``bytearray(n)`` create+drop, NumPy over-allocate-and-slice (and
-plain ``np.zeros`` / ``np.empty``), ``pyfftw.zeros_aligned`` / ``empty_aligned``,
-``posix_memalign`` + ``memset`` + ``free`` through ctypes, ``mmap.mmap(-1, n)``
-create+close, and an aligned numpy-allocator handler. Each row says whether the
-memory it returned was actually aligned and whether it comes zero-filled; the
-ratio is peer median / kmemcache zalloc+free median from the same run, so higher
-means kmemcache is faster.
+Measures, in one run, the ns per alloc+free of a single buffer for sizes from 8 B to
+1 MiB at alignments 8, 64 and 4096: kmemcache's ``o = cache.zalloc(); o.free()`` (the
+cache made once, outside the loop; plus zalloc+drop, the non-zeroing alloc+free and
+the kmalloc family) side by side with ``bytearray(n)`` create+drop, NumPy
+over-allocate-and-slice (and plain ``np.zeros`` / ``np.empty``),
+``pyfftw.zeros_aligned`` / ``empty_aligned``, ``posix_memalign`` (+ ``memset``) +
+``free`` through ctypes, ``mmap.mmap(-1, n)`` create+close, and an aligned
+numpy-allocator handler. Each row says whether the memory it returned was actually
+aligned. Zeroed buffers are compared with kmemcache zalloc+free, buffers with
+undefined contents with kmemcache alloc+free: the ratio is peer median / kmemcache
+median from the same run, so higher means kmemcache is faster.
 
-Two targets are checked and reported as PASS/MISS lines (never asserted): at 64 bytes,
-zalloc+free costs no more than ``bytearray(64)`` (ratio >= 1.0) and is at least 15x
-faster than ``pyfftw.zeros_aligned``.
+Two targets are checked and reported as PASS/MISS lines (never asserted): 64 B
+zalloc+free at alignment 64 costs no more than ``bytearray(64)`` (ratio >= 1.0),
+and it is at least 15x faster than ``pyfftw.zeros_aligned`` at every size up to
+64 KiB (at every alignment measured).
 
 Run from the repository root, with kmemcache installed (``pip install -e .``) and
 optionally the ``bench`` extra (``pip install -e .[bench]``); missing optional peers
 are listed as "not installed"::
 
-    python benchmarks/bench_alloc.py                  # Markdown table on stdout
+    python benchmarks/bench_alloc.py                  # Markdown tables on stdout
     python benchmarks/bench_alloc.py --json out.json  # also machine-readable results
     python benchmarks/bench_alloc.py --quick          # tiny counts: checks it runs
+    python benchmarks/bench_alloc.py --sizes 64,1472 --aligns 64
 
-It takes a few seconds; progress goes to stderr. Only the ratios mean anything
-beyond the machine they were measured on.
+The default run takes about a minute; progress goes to stderr. Only the ratios mean
+anything beyond the machine they were measured on.
 """
 
 from __future__ import annotations
@@ -36,16 +39,16 @@ from typing import Any
 import _harness as h
 import peers
 
-SIZES = (64, 1472, 4096)
-ALIGN = 64
+SIZES = (8, 64, 256, 1024, 4096, 16384, 65536, 262144, 1 << 20)
+ALIGNS = (8, 64, 4096)
+#: --quick: a small and a large size at two alignments, the targets' 64 B among them.
+QUICK_SIZES = (64, 65536)
+QUICK_ALIGNS = (64, 4096)
 
-
-# (peer key, minimum ratio peer/kmemcache, what it means) at TARGET_SIZE and ALIGN.
-TARGET_SIZE = 64
-TARGETS = (
-    ("bytearray", 1.0, "costs no more than bytearray({size}) create+drop"),
-    ("pyfftw_zeros", 15.0, "is at least 15x faster than pyfftw.zeros_aligned"),
-)
+#: 64 B zalloc+free at alignment 64 against bytearray(64).
+BYTEARRAY_SIZE, BYTEARRAY_ALIGN, BYTEARRAY_MIN = 64, 64, 1.0
+#: pyfftw.zeros_aligned, at every size up to this one.
+PYFFTW_MAX_SIZE, PYFFTW_MIN = 64 << 10, 15.0
 
 
 def build_candidates(size: int, align: int) -> list[h.Candidate]:
@@ -64,33 +67,86 @@ def build_candidates(size: int, align: int) -> list[h.Candidate]:
     return out
 
 
-def evaluate_targets(results: dict[int, list[dict[str, Any]]], align: int) -> list[dict[str, Any]]:
-    """PASS/MISS/SKIP for each target from the JSON records."""
+def records_for(cands: Sequence[h.Candidate]) -> list[dict[str, Any]]:
+    """JSON records, each with its ratio against the kmemcache op of its kind."""
+    by_key = {c.key: c for c in cands}
     out = []
-    for key, threshold, text in TARGETS:
-        target: dict[str, Any] = {
-            "description": f"{TARGET_SIZE} B zalloc+free at align {ALIGN} "
-            + text.format(size=TARGET_SIZE),
-            "size": TARGET_SIZE,
-            "align": ALIGN,
-            "peer": key,
-            "threshold": threshold,
-            "ratio": None,
-        }
-        records = {r["key"]: r for r in results.get(TARGET_SIZE, [])}
-        record, base = records.get(key), records.get(peers.BASELINE)
-        if align != ALIGN or not records:
-            target["status"], target["reason"] = "SKIP", "not measured in this run"
-        elif base is None or "median_ns" not in base:
-            target["status"], target["reason"] = "SKIP", f"kmemcache {base and base['status']}"
-        elif record is None or "ratio" not in record:
-            reason = record.get("note") or record["status"] if record else "no such peer"
-            target["status"], target["reason"] = "SKIP", reason
-        else:
-            target["ratio"] = record["ratio"]
-            target["status"] = "PASS" if record["ratio"] >= threshold else "MISS"
-        out.append(target)
+    for p, cand in zip(peers.PEERS, cands, strict=True):
+        base_key = peers.baseline_for(p)
+        base = by_key.get(base_key)
+        rec = h.candidate_record(cand, base if base is not None and base.samples_ns else None)
+        rec["baseline"] = base_key
+        out.append(rec)
     return out
+
+
+def _ratio_of(results: dict[int, dict[int, list[dict[str, Any]]]], align: int, size: int, key: str):
+    for rec in results.get(align, {}).get(size, []):
+        if rec["key"] == key:
+            return rec
+    return None
+
+
+def evaluate_targets(results: dict[int, dict[int, list[dict[str, Any]]]]) -> list[dict[str, Any]]:
+    """PASS/MISS/SKIP for each target from the JSON records."""
+    targets = []
+
+    t = h.make_target(
+        "alloc.bytearray_64",
+        f"{BYTEARRAY_SIZE} B zalloc+free at align {BYTEARRAY_ALIGN} costs no more than "
+        f"bytearray({BYTEARRAY_SIZE}) create+drop (ratio bytearray / kmemcache)",
+        BYTEARRAY_MIN,
+        "higher",
+    )
+    rec = _ratio_of(results, BYTEARRAY_ALIGN, BYTEARRAY_SIZE, "bytearray")
+    if rec is None:
+        h.skip_target(t, f"{BYTEARRAY_SIZE} B at align {BYTEARRAY_ALIGN} not measured")
+    elif "ratio" not in rec:
+        h.skip_target(t, rec.get("note") or "kmemcache or bytearray not measured")
+    else:
+        h.judge_target(t, rec["ratio"])
+    targets.append(t)
+
+    t = h.make_target(
+        "alloc.pyfftw_zeros",
+        f"zalloc+free is at least {PYFFTW_MIN:g}x faster than pyfftw.zeros_aligned at every "
+        f"size up to {h.fmt_size(PYFFTW_MAX_SIZE)} and every alignment measured (lowest ratio)",
+        PYFFTW_MIN,
+        "higher",
+    )
+    points = []
+    for align, by_size in results.items():
+        for size in by_size:
+            if size > PYFFTW_MAX_SIZE:
+                continue
+            rec = _ratio_of(results, align, size, "pyfftw_zeros")
+            if rec is not None and "ratio" in rec:
+                points.append({"size": size, "align": align, "ratio": rec["ratio"]})
+    t["points"] = points
+    if not points:
+        any_rec = next(
+            (
+                r
+                for by_size in results.values()
+                for recs in by_size.values()
+                for r in recs
+                if r["key"] == "pyfftw_zeros"
+            ),
+            None,
+        )
+        h.skip_target(t, (any_rec or {}).get("note") or "pyfftw.zeros_aligned not measured")
+    else:
+        worst = min(points, key=lambda p: p["ratio"])
+        h.judge_target(t, worst["ratio"])
+        t["where"] = f"{h.fmt_size(worst['size'])} at align {worst['align']}"
+        below = [p for p in points if p["ratio"] < PYFFTW_MIN]
+        if below:
+            t["detail"] = "below at " + ", ".join(
+                f"{h.fmt_size(p['size'])}/{p['align']} ({p['ratio']:.1f}x)"
+                for p in sorted(below, key=lambda p: (p["align"], p["size"]))
+            )
+    targets.append(t)
+    return targets
 
 
 def aligned_cell(records: Sequence[dict[str, Any]]) -> str:
@@ -101,66 +157,62 @@ def aligned_cell(records: Sequence[dict[str, Any]]) -> str:
         return "yes"
     if not any(seen.values()):
         return "no"
-    return "at " + ", ".join(f"{s} B" for s, ok in seen.items() if ok)
+    return "at " + ", ".join(h.fmt_size(s) for s, ok in seen.items() if ok)
 
 
-def time_cell(record: dict[str, Any]) -> str:
-    if "median_ns" not in record:
-        return record["status"]
-    low, high = h.fmt_ns(record["min_ns"]), h.fmt_ns(record["max_ns"])
-    return f"{h.fmt_ns(record['median_ns'])} ({low}-{high})"
+def ratio_cell(record: dict[str, Any]) -> str:
+    if record["key"] == record["baseline"] and "median_ns" in record:
+        return f"{h.fmt_ns(record['median_ns'])} ns"
+    if "ratio" in record:
+        return h.fmt_ratio(record["ratio"])
+    return "-"
+
+
+def render_table(data: dict[str, Any], align: int, zeroed: bool) -> str:
+    sizes = data["sizes"]
+    by_key: dict[str, list[dict[str, Any]]] = {}
+    for size in sizes:
+        for rec in data["results"][str(align)][str(size)]:
+            if rec["zeroed"] is zeroed and rec["status"] == "ok":
+                by_key.setdefault(rec["key"], []).append({**rec, "size": size})
+    headers = ["allocator", f"aligned to {align}"] + [h.fmt_size(s) for s in sizes]
+    rows = []
+    for recs in by_key.values():
+        cells = {r["size"]: ratio_cell(r) for r in recs}
+        rows.append([recs[0]["label"], aligned_cell(recs)] + [cells.get(s, "-") for s in sizes])
+    return h.markdown_table(headers, rows, set(range(2, len(headers))))
 
 
 def render(data: dict[str, Any]) -> str:
-    """The Markdown report: a sentence of context, the table, the target lines."""
-    sizes, align = data["sizes"], data["align"]
-    by_key: dict[str, list[dict[str, Any]]] = {}
-    for size in sizes:
-        for rec in data["results"][str(size)]:
-            by_key.setdefault(rec["key"], []).append({**rec, "size": size})
-
-    headers = ["allocator", "zeroed", f"aligned to {align}"]
-    for size in sizes:
-        headers += [f"{size} B: ns/op (min-max)", "ratio"]
-    right = set(range(3, len(headers)))
-    rows = []
-    for recs in by_key.values():
-        row = [recs[0]["label"], "yes" if recs[0]["zeroed"] else "no", aligned_cell(recs)]
-        for rec in recs:
-            row += [time_cell(rec), h.fmt_ratio(rec.get("ratio"))]
-        rows.append(row)
-
+    """The Markdown report: context, one table per alignment and kind, the targets."""
     env, loop = data["environment"], data["loop_overhead"]
-    pkgs = ", ".join(f"{k} {v}" for k, v in env["packages"].items() if v)
     lines = [
-        f"Median ns per alloc+free of one buffer at alignment {align}, "
-        f"{data['repeats']} repeats (min-max); ratio = peer median / kmemcache zalloc+free "
-        "median in the same run (higher: kmemcache faster). Every number includes "
+        "Median ns per alloc+free of one buffer, "
+        f"{data['repeats']} repeats, peers taking turns. The first row of each table is "
+        "kmemcache's median in ns; every other cell is peer median / kmemcache median "
+        "from the same run (higher: kmemcache faster). Zeroed buffers are compared with "
+        "zalloc+free, unzeroed ones with alloc+free. Every number includes "
         f"{h.fmt_ns(loop['empty_op_call_ns'])} ns of loop and call overhead. "
-        f"{env['implementation']} {env['python']}, {env['system']} {env['machine']}, "
-        f"{env['cpu_count']} CPUs; {pkgs}.",
+        + h.environment_sentence(env),
     ]
-    if data["cpu_share_min"] < 0.8:
-        lines.append(
-            f"\nOther load took the CPU away for up to {1 - data['cpu_share_min']:.0%} of "
-            "a timed loop in this run; ratios compare ops timed side by side, but "
-            "consider running again on a quieter machine."
-        )
-    if data["quick"]:
-        lines.append("\n(--quick: counts far too small for the numbers to mean anything.)")
-    lines += ["", h.markdown_table(headers, rows, right), ""]
-    for target in data["targets"]:
-        ratio = "-" if target["ratio"] is None else h.fmt_ratio(target["ratio"])
-        goal = f"target >= {target['threshold']:g}x"
-        line = f"- {target['status']}: {target['description']}: {ratio} ({goal})"
-        if target["status"] == "SKIP":
-            line += f" [{target['reason']}]"
-        lines.append(line)
+    lines.append(
+        "\nmmap gets zero pages from the kernel, which zeroes them at first touch, so "
+        "its large sizes do not include the zeroing that kmemcache's zalloc does up "
+        "front (nor may numpy.zeros, when calloc hands out fresh pages). No buffer is "
+        "touched here."
+    )
+    lines += h.noise_lines(data)
+    for align in data["aligns"]:
+        for zeroed in (True, False):
+            kind = "zalloc+free, zeroed buffers" if zeroed else "alloc+free, contents undefined"
+            lines += ["", f"#### Alignment {align}: {kind}", ""]
+            lines.append(render_table(data, align, zeroed))
+    lines += [""] + [h.target_line(t) for t in data["targets"]]
     notes = sorted(
         {
-            # Unavailable peers share one line per reason; failures name their row.
             f"{rec['label']}: " * (rec["status"] == "failed") + f"{rec['status']}: {rec['note']}"
-            for recs in by_key.values()
+            for by_size in data["results"].values()
+            for recs in by_size.values()
             for rec in recs
             if rec.get("note")
         }
@@ -170,55 +222,67 @@ def render(data: dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
-def parse_sizes(text: str) -> list[int]:
-    sizes = [int(s) for s in text.split(",") if s.strip()]
-    if not sizes or min(sizes) < 1:
-        raise SystemExit("--sizes needs positive integers, e.g. 64,1472,4096")
-    return sizes
-
-
 def main(argv: Sequence[str] | None = None) -> int:
     parser = h.argument_parser(__doc__.split("\n\n", 1)[0])
     parser.add_argument(
-        "--sizes", default=",".join(map(str, SIZES)), help="comma-separated buffer sizes in bytes"
+        "--sizes",
+        type=h.int_list,
+        help="comma-separated buffer sizes in bytes, 1 to 4 MiB "
+        f"(default: {','.join(map(str, SIZES))}; with --quick {','.join(map(str, QUICK_SIZES))})",
     )
-    parser.add_argument("--align", type=int, default=ALIGN, help=f"alignment (default {ALIGN})")
+    parser.add_argument(
+        "--aligns",
+        type=h.int_list,
+        help="comma-separated alignments, powers of two "
+        f"(default: {','.join(map(str, ALIGNS))}; with --quick {','.join(map(str, QUICK_ALIGNS))})",
+    )
     args = parser.parse_args(argv)
     repeats, number, target_ns = h.settings(args)
-    sizes = parse_sizes(args.sizes)
-    if args.align < 1 or args.align & (args.align - 1):
-        raise SystemExit("--align must be a power of two")
+    sizes = args.sizes or list(QUICK_SIZES if args.quick else SIZES)
+    aligns = args.aligns or list(QUICK_ALIGNS if args.quick else ALIGNS)
+    if min(sizes) < 1 or max(sizes) > 4 << 20:
+        parser.error("--sizes must be from 1 to 4194304")
+    if any(a < 1 or a & (a - 1) for a in aligns):
+        parser.error("--aligns must be powers of two")
 
     loop = h.measure_loop_overhead(repeats, number, target_ns)
-    groups = {size: build_candidates(size, args.align) for size in sizes}
-    steps = sum((repeats + 1) * sum(c.ok for c in cands) for cands in groups.values())
-    progress = h.Progress(steps, "bench_alloc", enabled=not args.no_progress)
-    results: dict[int, list[dict[str, Any]]] = {}
+    progress = h.Progress(len(aligns) * len(sizes), "bench_alloc", enabled=not args.no_progress)
+    results: dict[int, dict[int, list[dict[str, Any]]]] = {}
     try:
-        for size, cands in groups.items():
-            progress.prefix = f"bench_alloc {size} B"
-            h.run_round_robin(cands, repeats, number, target_ns, progress)
-            base = next((c for c in cands if c.key == peers.BASELINE and c.samples_ns), None)
-            results[size] = [h.candidate_record(c, base) for c in cands]
-            h.release(cands)
+        for align in aligns:
+            for size in sizes:
+                progress.update(f"{h.fmt_size(size)} at align {align}")
+                cands = build_candidates(size, align)
+                h.run_round_robin(cands, repeats, number, target_ns)
+                results.setdefault(align, {})[size] = records_for(cands)
+                h.release(cands)
     finally:
         progress.done()
 
     data: dict[str, Any] = {
         "benchmark": "alloc",
         "op": "alloc+free of one buffer",
-        "baseline": peers.BASELINE,
+        "baselines": {"zeroed": peers.BASELINE, "unzeroed": peers.BASELINE_UNZEROED},
         "unit": "ns/op",
         "sizes": sizes,
-        "align": args.align,
+        "aligns": aligns,
         "repeats": repeats,
         "quick": args.quick,
         "loop_overhead": loop,
         "environment": h.environment(["kmemcache", "numpy", "pyfftw", "numpy-allocator"]),
-        "results": {str(size): recs for size, recs in results.items()},
-        "targets": evaluate_targets(results, args.align),
+        "results": {
+            str(align): {str(size): recs for size, recs in by_size.items()}
+            for align, by_size in results.items()
+        },
+        "targets": evaluate_targets(results),
         "cpu_share_min": min(
-            (r["cpu_share_min"] for recs in results.values() for r in recs if "cpu_share_min" in r),
+            (
+                r["cpu_share_min"]
+                for by_size in results.values()
+                for recs in by_size.values()
+                for r in recs
+                if "cpu_share_min" in r
+            ),
             default=1.0,
         ),
     }

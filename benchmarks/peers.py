@@ -3,9 +3,10 @@
 Each peer has two functions:
 
 * ``make_<peer>(size, align)`` returns a zero-argument op doing ONE allocation of
-  ``size`` bytes (zero-filled where the peer has a zeroing variant) and dropping or
-  freeing it, so what is timed is alloc+free. Setup (caches, libc symbols, bound
-  methods) happens once in the factory, outside the timed loop.
+  ``size`` bytes and dropping or freeing it, so what is timed is alloc+free. Setup
+  (caches, libc symbols, bound methods) happens once in the factory, outside the
+  timed loop. Peers with a zeroing and a non-zeroing variant appear twice; a peer
+  that always zeroes (``bytearray``, ``mmap``) appears once, as zeroed.
 * ``aligned_<peer>(size, align)`` allocates a batch of samples, all alive at once so
   they get distinct addresses, and says whether every one starts on a multiple of
   ``align``: what the peer actually delivers, not what it promises.
@@ -148,6 +149,43 @@ def aligned_kmemcache(size: int, align: int) -> bool:
     return result
 
 
+def _kmalloc() -> Any:
+    kmemcache = _kmemcache()
+    if not hasattr(kmemcache, "kmalloc"):
+        raise PeerUnavailable("this kmemcache has no kmalloc family")
+    return kmemcache
+
+
+def make_kmalloc_kzalloc(size: int, align: int) -> Op:
+    km = _kmalloc()
+    kzalloc, kfree = km.kzalloc, km.kfree
+
+    def op() -> None:
+        kfree(kzalloc(size, align))
+
+    return op
+
+
+def make_kmalloc_kmalloc(size: int, align: int) -> Op:
+    km = _kmalloc()
+    kmalloc, kfree = km.kmalloc, km.kfree
+
+    def op() -> None:
+        kfree(kmalloc(size, align))
+
+    return op
+
+
+def aligned_kmalloc(size: int, align: int) -> bool:
+    km = _kmalloc()
+    objs = [km.kzalloc(size, align) for _ in range(ALIGN_SAMPLES)]
+    try:
+        return _all_aligned([o.address for o in objs], align)
+    finally:
+        for o in objs:
+            km.kfree(o)
+
+
 # --- bytearray --------------------------------------------------------------------
 
 
@@ -177,6 +215,21 @@ def make_numpy_slice(size: int, align: int) -> Op:
 
     def op() -> None:
         a = zeros(total, uint8)
+        off = (-a.ctypes.data) % align
+        a[off : off + size]
+
+    return op
+
+
+def make_numpy_slice_empty(size: int, align: int) -> Op:
+    """The same recipe with ``np.empty``: aligned, contents undefined."""
+    np = _require("numpy")
+    empty, uint8 = np.empty, np.uint8
+    align = max(align, 1)
+    total = size + align
+
+    def op() -> None:
+        a = empty(total, uint8)
         off = (-a.ctypes.data) % align
         a[off : off + size]
 
@@ -273,6 +326,21 @@ def make_posix_memalign(size: int, align: int) -> Op:
     return op
 
 
+def make_posix_memalign_nozero(size: int, align: int) -> Op:
+    libc = _libc()
+    posix_memalign, free = libc.posix_memalign, libc.free
+    boundary = _memalign_align(align)
+    ptr = ctypes.c_void_p()
+    out = ctypes.byref(ptr)
+
+    def op() -> None:
+        if posix_memalign(out, boundary, size):
+            raise MemoryError("posix_memalign failed")
+        free(ptr)
+
+    return op
+
+
 def aligned_posix_memalign(size: int, align: int) -> bool:
     libc = _libc()
     addresses = []
@@ -362,6 +430,18 @@ def make_numpy_allocator(size: int, align: int) -> Op:
     return op
 
 
+def make_numpy_allocator_empty(size: int, align: int) -> Op:
+    np = _require("numpy")
+    handler = _aligned_handler(align)
+    empty, uint8 = np.empty, np.uint8
+
+    def op() -> None:
+        with handler:
+            empty(size, uint8)
+
+    return op
+
+
 def aligned_numpy_allocator(size: int, align: int) -> bool:
     np = _require("numpy")
     with _aligned_handler(align):
@@ -384,6 +464,7 @@ class Peer:
 
 
 PEERS: tuple[Peer, ...] = (
+    # zeroed buffers; the first is the baseline of every zeroed peer
     Peer(
         "kmemcache_zalloc_free",
         "kmemcache zalloc+free",
@@ -398,13 +479,7 @@ PEERS: tuple[Peer, ...] = (
         aligned_kmemcache,
         True,
     ),
-    Peer(
-        "kmemcache_alloc_free",
-        "kmemcache alloc+free",
-        make_kmemcache_alloc_free,
-        aligned_kmemcache,
-        False,
-    ),
+    Peer("kmalloc_kzalloc", "kmemcache kzalloc+kfree", make_kmalloc_kzalloc, aligned_kmalloc, True),
     Peer("bytearray", "bytearray(n) create+drop", make_bytearray, aligned_bytearray, True),
     Peer(
         "numpy_slice",
@@ -414,9 +489,7 @@ PEERS: tuple[Peer, ...] = (
         True,
     ),
     Peer("numpy_zeros", "numpy zeros(n)", make_numpy_zeros, aligned_numpy_plain, True),
-    Peer("numpy_empty", "numpy empty(n)", make_numpy_empty, aligned_numpy_plain, False),
     Peer("pyfftw_zeros", "pyfftw.zeros_aligned", make_pyfftw_zeros, aligned_pyfftw, True),
-    Peer("pyfftw_empty", "pyfftw.empty_aligned", make_pyfftw_empty, aligned_pyfftw, False),
     Peer(
         "posix_memalign",
         "posix_memalign+memset+free (ctypes)",
@@ -432,9 +505,55 @@ PEERS: tuple[Peer, ...] = (
         aligned_numpy_allocator,
         True,
     ),
+    # contents undefined; the first is the baseline of every unzeroed peer
+    Peer(
+        "kmemcache_alloc_free",
+        "kmemcache alloc+free",
+        make_kmemcache_alloc_free,
+        aligned_kmemcache,
+        False,
+    ),
+    Peer(
+        "kmalloc_kmalloc",
+        "kmemcache kmalloc+kfree",
+        make_kmalloc_kmalloc,
+        aligned_kmalloc,
+        False,
+    ),
+    Peer(
+        "numpy_slice_empty",
+        "numpy empty(n+align) + slice",
+        make_numpy_slice_empty,
+        aligned_numpy_slice,
+        False,
+    ),
+    Peer("numpy_empty", "numpy empty(n)", make_numpy_empty, aligned_numpy_plain, False),
+    Peer("pyfftw_empty", "pyfftw.empty_aligned", make_pyfftw_empty, aligned_pyfftw, False),
+    Peer(
+        "posix_memalign_nozero",
+        "posix_memalign+free (ctypes)",
+        make_posix_memalign_nozero,
+        aligned_posix_memalign,
+        False,
+    ),
+    Peer(
+        "numpy_allocator_empty",
+        "numpy empty(n), numpy-allocator aligned handler",
+        make_numpy_allocator_empty,
+        aligned_numpy_allocator,
+        False,
+    ),
 )
 
+#: The ratio of a zeroed peer is taken against zalloc+free, of an unzeroed one
+#: against alloc+free: like against like.
 BASELINE = PEERS[0].key
+BASELINE_UNZEROED = "kmemcache_alloc_free"
+
+
+def baseline_for(p: Peer) -> str:
+    """The kmemcache op a peer's ratio is taken against."""
+    return BASELINE if p.zeroed else BASELINE_UNZEROED
 
 
 def peer(key: str) -> Peer:

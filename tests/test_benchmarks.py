@@ -16,115 +16,174 @@ from typing import Any
 import pytest
 
 BENCHMARKS = Path(__file__).resolve().parent.parent / "benchmarks"
-SIZES = [64, 1472, 4096]
+QUICK_SIZES = [64, 65536]
+QUICK_ALIGNS = [64, 4096]
 STATUSES = {"ok", "not installed", "failed"}
+TARGET_STATUSES = {"PASS", "MISS", "SKIP"}
 
 
 def installed(module: str) -> bool:
     return importlib.util.find_spec(module) is not None
 
 
-@pytest.fixture(scope="module")
-def bench_alloc(tmp_path_factory: pytest.TempPathFactory) -> tuple[dict[str, Any], str]:
-    out = tmp_path_factory.mktemp("bench") / "alloc.json"
+def run_quick(script: str, out: Path, *extra: str) -> tuple[dict[str, Any], str]:
+    """Run ``benchmarks/<script> --quick --json out`` in a fresh process."""
     # The child must see the same modules as this process (e.g. kmemcache from src/).
     env = {**os.environ, "PYTHONPATH": os.pathsep.join(p for p in sys.path if p)}
+    env.pop("KMEMCACHE_DEBUG", None)
     proc = subprocess.run(
-        [sys.executable, str(BENCHMARKS / "bench_alloc.py"), "--quick", "--json", str(out)],
+        [sys.executable, str(BENCHMARKS / script), "--quick", "--no-progress", "--json", str(out)]
+        + list(extra),
         capture_output=True,
         text=True,
         timeout=300,
         env=env,
+        cwd=BENCHMARKS.parent,
     )
     assert proc.returncode == 0, proc.stderr
     return json.loads(out.read_text()), proc.stdout
 
 
-def test_top_level_shape(bench_alloc: tuple[dict[str, Any], str]) -> None:
+def check_targets(targets: list[dict[str, Any]]) -> None:
+    for t in targets:
+        assert t["status"] in TARGET_STATUSES, t
+        assert (t["ratio"] is None) == (t["status"] == "SKIP"), t
+        assert t["better"] in ("higher", "lower") and t["threshold"] > 0
+        assert t["description"] and t["key"]
+
+
+def target_lines(stdout: str) -> list[str]:
+    return [ln for ln in stdout.splitlines() if ln.startswith(("- PASS", "- MISS", "- SKIP"))]
+
+
+def table_is_whole(stdout: str) -> None:
+    table = [ln for ln in stdout.splitlines() if ln.startswith("|")]
+    assert table
+    # every table's rows have as many cells as its header (tables are separated by text)
+    blocks: list[list[str]] = []
+    previous = False
+    for ln in stdout.splitlines():
+        is_row = ln.startswith("|")
+        if is_row and not previous:
+            blocks.append([])
+        if is_row:
+            blocks[-1].append(ln)
+        previous = is_row
+    for block in blocks:
+        assert len({ln.count("|") for ln in block}) == 1, block
+
+
+# --- bench_alloc ---------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def bench_alloc(tmp_path_factory: pytest.TempPathFactory) -> tuple[dict[str, Any], str]:
+    out = tmp_path_factory.mktemp("bench") / "alloc.json"
+    return run_quick("bench_alloc.py", out)
+
+
+def test_alloc_top_level_shape(bench_alloc: tuple[dict[str, Any], str]) -> None:
     data, _ = bench_alloc
     assert data["benchmark"] == "alloc"
-    assert data["sizes"] == SIZES
-    assert data["align"] == 64
+    assert data["sizes"] == QUICK_SIZES
+    assert data["aligns"] == QUICK_ALIGNS
     assert data["quick"] is True
-    assert data["baseline"] == "kmemcache_zalloc_free"
+    assert data["baselines"] == {
+        "zeroed": "kmemcache_zalloc_free",
+        "unzeroed": "kmemcache_alloc_free",
+    }
     overhead = data["loop_overhead"]
     assert overhead["bare_loop_ns"] > 0 and overhead["empty_op_call_ns"] > 0
-    assert set(data["results"]) == {str(s) for s in SIZES}
+    assert set(data["results"]) == {str(a) for a in QUICK_ALIGNS}
+    for by_size in data["results"].values():
+        assert set(by_size) == {str(s) for s in QUICK_SIZES}
 
 
-def test_every_peer_reported_for_every_size(bench_alloc: tuple[dict[str, Any], str]) -> None:
+def test_alloc_every_peer_reported_everywhere(bench_alloc: tuple[dict[str, Any], str]) -> None:
     data, _ = bench_alloc
     keys = None
-    for size in SIZES:
-        records = data["results"][str(size)]
-        if keys is None:
-            keys = [r["key"] for r in records]
-        assert [r["key"] for r in records] == keys  # same peers, same order
-        for rec in records:
-            assert rec["status"] in STATUSES, rec
-            assert rec["status"] != "failed", rec
-            if rec["status"] == "ok":
-                assert isinstance(rec["aligned"], bool)
-                assert len(rec["samples_ns"]) == data["repeats"]
-                assert rec["min_ns"] <= rec["median_ns"] <= rec["max_ns"]
-            else:
-                assert "median_ns" not in rec and rec["note"]
-    assert keys is not None and {"bytearray", "posix_memalign", "mmap"} <= set(keys)
+    for by_size in data["results"].values():
+        for records in by_size.values():
+            if keys is None:
+                keys = [r["key"] for r in records]
+            assert [r["key"] for r in records] == keys  # same peers, same order
+            for rec in records:
+                assert rec["status"] in STATUSES, rec
+                assert rec["status"] != "failed", rec
+                if rec["status"] == "ok":
+                    assert isinstance(rec["aligned"], bool)
+                    assert len(rec["samples_ns"]) == data["repeats"]
+                    assert rec["min_ns"] <= rec["median_ns"] <= rec["max_ns"]
+                else:
+                    assert "median_ns" not in rec and rec["note"]
+    assert keys is not None
+    assert {"bytearray", "posix_memalign", "posix_memalign_nozero", "mmap"} <= set(keys)
 
 
 @pytest.mark.parametrize(
     ("module", "keys"),
     [
-        ("numpy", ["numpy_slice", "numpy_zeros", "numpy_empty"]),
+        ("numpy", ["numpy_slice", "numpy_zeros", "numpy_empty", "numpy_slice_empty"]),
         ("pyfftw", ["pyfftw_zeros", "pyfftw_empty"]),
         ("kmemcache", ["kmemcache_zalloc_free", "kmemcache_zalloc_drop", "kmemcache_alloc_free"]),
     ],
 )
-def test_optional_peers_match_what_is_installed(
+def test_alloc_optional_peers_match_what_is_installed(
     bench_alloc: tuple[dict[str, Any], str], module: str, keys: list[str]
 ) -> None:
     data, _ = bench_alloc
     expected = "ok" if installed(module) else "not installed"
-    for size in SIZES:
-        records = {r["key"]: r for r in data["results"][str(size)]}
-        for key in keys:
-            assert records[key]["status"] == expected, records[key]
+    for by_size in data["results"].values():
+        for records in by_size.values():
+            by_key = {r["key"]: r for r in records}
+            for key in keys:
+                assert by_key[key]["status"] == expected, by_key[key]
 
 
-def test_always_aligned_peers_are_aligned(bench_alloc: tuple[dict[str, Any], str]) -> None:
+def test_alloc_always_aligned_peers_are_aligned(bench_alloc: tuple[dict[str, Any], str]) -> None:
     data, _ = bench_alloc
-    for size in SIZES:
-        for rec in data["results"][str(size)]:
-            if rec["key"].startswith(("kmemcache", "posix_memalign", "mmap", "numpy_slice")):
-                if rec["status"] == "ok":
+    prefixes = ("kmemcache", "kmalloc", "posix_memalign", "numpy_slice", "pyfftw")
+    for by_size in data["results"].values():
+        for records in by_size.values():
+            for rec in records:
+                if rec["key"].startswith(prefixes) and rec["status"] == "ok":
                     assert rec["aligned"] is True, rec
 
 
-def test_ratios_and_targets(bench_alloc: tuple[dict[str, Any], str]) -> None:
+def test_alloc_ratios_are_like_against_like(bench_alloc: tuple[dict[str, Any], str]) -> None:
     data, _ = bench_alloc
-    for size in SIZES:
-        records = data["results"][str(size)]
-        base = records[0]
-        assert base["key"] == data["baseline"]
-        for rec in records:
-            # A ratio exists exactly when both the peer and kmemcache were measured.
-            has_ratio = rec["status"] == "ok" and base["status"] == "ok"
-            assert ("ratio" in rec) == has_ratio, rec
-        if base["status"] == "ok":
-            assert base["ratio"] == pytest.approx(1.0)
-    assert [t["peer"] for t in data["targets"]] == ["bytearray", "pyfftw_zeros"]
-    for target in data["targets"]:
-        assert target["status"] in {"PASS", "MISS", "SKIP"}
-        assert (target["ratio"] is None) == (target["status"] == "SKIP")
+    for by_size in data["results"].values():
+        for records in by_size.values():
+            by_key = {r["key"]: r for r in records}
+            for rec in records:
+                want = "kmemcache_zalloc_free" if rec["zeroed"] else "kmemcache_alloc_free"
+                assert rec["baseline"] == want
+                base = by_key[want]
+                has_ratio = rec["status"] == "ok" and base["status"] == "ok"
+                assert ("ratio" in rec) == has_ratio, rec
+            for key in ("kmemcache_zalloc_free", "kmemcache_alloc_free"):
+                if by_key[key]["status"] == "ok":
+                    assert by_key[key]["ratio"] == pytest.approx(1.0)
+
+
+def test_alloc_targets(bench_alloc: tuple[dict[str, Any], str]) -> None:
+    data, stdout = bench_alloc
+    assert [t["key"] for t in data["targets"]] == ["alloc.bytearray_64", "alloc.pyfftw_zeros"]
+    check_targets(data["targets"])
     if installed("kmemcache"):
         assert data["targets"][0]["status"] != "SKIP"
+    pyfftw_target = data["targets"][1]
+    if installed("pyfftw"):
+        # quick sizes up to 64 KiB, at both alignments
+        assert {(p["size"], p["align"]) for p in pyfftw_target["points"]} == {
+            (s, a) for s in QUICK_SIZES for a in QUICK_ALIGNS
+        }
+        assert pyfftw_target["ratio"] == min(p["ratio"] for p in pyfftw_target["points"])
+    assert len(target_lines(stdout)) == 2
 
 
-def test_markdown_output(bench_alloc: tuple[dict[str, Any], str]) -> None:
+def test_alloc_markdown(bench_alloc: tuple[dict[str, Any], str]) -> None:
     _, stdout = bench_alloc
-    lines = stdout.splitlines()
-    table = [line for line in lines if line.startswith("|")]
-    assert table[0].startswith("| allocator")
-    assert len({line.count("|") for line in table}) == 1  # every row has every column
-    assert any("bytearray(n) create+drop" in line for line in table)
-    assert sum(line.startswith(("- PASS", "- MISS", "- SKIP")) for line in lines) == 2
+    table_is_whole(stdout)
+    assert stdout.count("| allocator") == 2 * len(QUICK_ALIGNS)  # zeroed and not, per align
+    assert any("bytearray(n) create+drop" in line for line in stdout.splitlines())
