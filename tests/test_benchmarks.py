@@ -187,3 +187,63 @@ def test_alloc_markdown(bench_alloc: tuple[dict[str, Any], str]) -> None:
     table_is_whole(stdout)
     assert stdout.count("| allocator") == 2 * len(QUICK_ALIGNS)  # zeroed and not, per align
     assert any("bytearray(n) create+drop" in line for line in stdout.splitlines())
+
+
+# --- bench_memory --------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def bench_memory(tmp_path_factory: pytest.TempPathFactory) -> tuple[dict[str, Any], str]:
+    out = tmp_path_factory.mktemp("bench") / "memory.json"
+    return run_quick("bench_memory.py", out)
+
+
+def test_memory_shape(bench_memory: tuple[dict[str, Any], str]) -> None:
+    data, stdout = bench_memory
+    assert data["benchmark"] == "memory" and data["quick"] is True
+    [cfg] = data["configs"]
+    assert (cfg["size"], cfg["align"], cfg["ideal"], cfg["ns"]) == (64, 64, 64, [1000])
+    assert {"kmemcache_engine", "kmemcache", "bytearray", "posix_memalign"} <= set(cfg["runs"])
+    for key, by_n in cfg["runs"].items():
+        rec = by_n["1000"]
+        assert rec["status"] in STATUSES | {"skipped"}, (key, rec)
+        assert rec["status"] != "failed", (key, rec)
+        if rec["status"] == "ok":
+            assert rec["rss_after"] >= rec["rss_before"] > 0
+            assert rec["bytes_per_object"] >= 0
+            assert isinstance(rec["aligned"], bool)
+            assert "handle_bytes" in rec
+    runs = cfg["runs"]
+    if installed("kmemcache"):
+        engine, handles = runs["kmemcache_engine"]["1000"], runs["kmemcache"]["1000"]
+        assert engine["status"] == "ok" and engine["aligned"] is True
+        assert engine["handle_bytes"] == 0
+        assert engine["engine"]["active_objs"] == 1000  # the ctypes view of kmc_stats_t
+        assert handles["status"] == "ok" and handles["handle_how"] == "measured"
+        assert handles["handle_sizeof"] > 0
+    assert runs["posix_memalign"]["1000"]["aligned"] is True
+    # no 1e6 run in --quick: the memory target is not evaluated
+    assert data["targets"] == []
+    assert data["layout"]["status"] in ("ok", "not installed")
+    if data["layout"]["status"] == "ok":
+        assert data["layout"]["checked"] > 1000
+        assert 1.0 <= data["layout"]["worst"]["ratio"] < 1.1
+    table_is_whole(stdout)
+
+
+def test_memory_child_refuses_nothing_silently(tmp_path: Path) -> None:
+    # an allocator too slow for big N is skipped with a reason, without a child
+    out = tmp_path / "memory.json"
+    data, _ = run_quick(
+        "bench_memory.py",
+        out,
+        "--config",
+        "64:64:1e3,2e4",
+        "--holders",
+        "mmap",
+        "--max-n",
+        "1e4",
+    )
+    runs = data["configs"][0]["runs"]["mmap"]
+    assert runs["1000"]["status"] == "ok"
+    assert runs["20000"]["status"] == "skipped" and "--max-n" in runs["20000"]["note"]
