@@ -247,3 +247,33 @@ def test_memory_child_refuses_nothing_silently(tmp_path: Path) -> None:
     runs = data["configs"][0]["runs"]["mmap"]
     assert runs["1000"]["status"] == "ok"
     assert runs["20000"]["status"] == "skipped" and "--max-n" in runs["20000"]["note"]
+
+
+# --- bench_scaling -------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def bench_scaling(tmp_path_factory: pytest.TempPathFactory) -> tuple[dict[str, Any], str]:
+    out = tmp_path_factory.mktemp("bench") / "scaling.json"
+    return run_quick("bench_scaling.py", out)
+
+
+def test_scaling_shape(bench_scaling: tuple[dict[str, Any], str]) -> None:
+    data, stdout = bench_scaling
+    assert data["benchmark"] == "scaling" and data["levels"] == [1000, 10000]
+    assert data["patterns"] == ["lifo", "random", "touch"]
+    assert set(data["results"]) == {"kmemcache", "bytearray"}
+    for key, res in data["results"].items():
+        assert res["status"] in STATUSES and res["status"] != "failed", (key, res)
+        if res["status"] != "ok":
+            continue
+        for pattern in data["patterns"]:
+            rows = res[pattern]
+            assert set(rows) == {"1000", "10000"}
+            assert rows["1000"]["ratio"] == pytest.approx(1.0)
+            assert rows["10000"]["median_ns"] > 0 and rows["10000"]["ratio"] > 0
+            assert len(rows["10000"]["samples_ns"]) == data["repeats"]
+    assert [t["key"] for t in data["targets"]] == ["scaling.lifo", "scaling.random"]
+    check_targets(data["targets"])
+    assert len(target_lines(stdout)) == 2
+    table_is_whole(stdout)
