@@ -277,3 +277,46 @@ def test_scaling_shape(bench_scaling: tuple[dict[str, Any], str]) -> None:
     check_targets(data["targets"])
     assert len(target_lines(stdout)) == 2
     table_is_whole(stdout)
+
+
+# --- bench_bulk and bench_threads ------------------------------------------------------
+
+
+def test_bulk_shape(tmp_path: Path) -> None:
+    out = tmp_path / "bulk.json"
+    data, stdout = run_quick("bench_bulk.py", out)
+    assert data["benchmark"] == "bulk" and data["counts"] == [16, 256, 4096]
+    kinds = {(r["kind"], r["zero"]) for r in data["results"]}
+    assert kinds == {
+        ("bulk", True),
+        ("loop", True),
+        ("bytearray", True),
+        ("bulk", False),
+        ("loop", False),
+    }
+    for rec in data["results"]:
+        assert rec["status"] in STATUSES and rec["status"] != "failed", rec
+        if rec["status"] == "ok":
+            assert rec["ns_per_object"] == pytest.approx(rec["median_ns"] / rec["n"])
+            assert "ratio" in rec
+            if rec["kind"] == "bulk":
+                assert rec["ratio"] == pytest.approx(1.0)
+    table_is_whole(stdout)
+
+
+def test_threads_shape(tmp_path: Path) -> None:
+    out = tmp_path / "threads.json"
+    data, stdout = run_quick("bench_threads.py", out)
+    assert data["benchmark"] == "threads" and data["gil"]
+    by_key = {r["key"]: r for r in data["results"]}
+    assert {"kmemcache-1", "kmemcache-2-shared", "kmemcache-2-own", "bytearray-2"} <= set(by_key)
+    for rec in data["results"]:
+        assert rec["status"] in STATUSES and rec["status"] != "failed", rec
+        if rec["status"] == "ok":
+            assert len(rec["samples_ops_per_s"]) == data["repeats"]
+            assert rec["min_ops_per_s"] <= rec["median_ops_per_s"] <= rec["max_ops_per_s"]
+            assert rec["median_ops_per_s"] > 0
+    if installed("kmemcache"):
+        assert by_key["kmemcache-2-shared"]["vs_1_thread"] > 0
+        assert by_key["bytearray-1"]["vs_kmemcache"] > 0
+    table_is_whole(stdout)
