@@ -320,3 +320,51 @@ def test_threads_shape(tmp_path: Path) -> None:
         assert by_key["kmemcache-2-shared"]["vs_1_thread"] > 0
         assert by_key["bytearray-1"]["vs_kmemcache"] > 0
     table_is_whole(stdout)
+
+
+# --- run_all ---------------------------------------------------------------------------
+
+
+def test_run_all_writes_json_report_and_plots(tmp_path: Path) -> None:
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(p for p in sys.path if p)}
+    env.pop("KMEMCACHE_DEBUG", None)
+    proc = subprocess.run(
+        [
+            sys.executable,
+            str(BENCHMARKS / "run_all.py"),
+            "--quick",
+            "--no-progress",
+            "--only",
+            "bulk,threads",
+            "--out",
+            str(tmp_path),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        env=env,
+    )
+    assert proc.returncode == 0, proc.stderr
+    combined = json.loads((tmp_path / "results.json").read_text())
+    assert set(combined["benchmarks"]) == {"bulk", "threads"}
+    assert combined["quick"] is True and "run_all.py" in combined["command"]
+    assert all(b["status"] == "ok" for b in combined["benchmarks"].values())
+    assert isinstance(combined["targets"], list)
+    report = (tmp_path / "report.md").read_text()
+    assert "### bulk" in report and "### threads" in report and "### Targets" in report
+    plots = sorted(p.name for p in tmp_path.glob("*.png"))
+    if installed("matplotlib"):
+        assert plots == ["bulk_threads.png"]
+        assert (tmp_path / "bulk_threads.png").read_bytes()[:4] == b"\x89PNG"
+    else:
+        assert plots == [] and "matplotlib is not installed" in proc.stdout
+
+
+def test_run_all_refuses_an_unknown_benchmark(tmp_path: Path) -> None:
+    proc = subprocess.run(
+        [sys.executable, str(BENCHMARKS / "run_all.py"), "--only", "nope", "--out", str(tmp_path)],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert proc.returncode == 2 and "no such benchmark: nope" in proc.stderr
