@@ -16,7 +16,11 @@ if os.environ.get("KMEMCACHE_WERROR") == "1":
 cflags = ["-std=c11", "-O2", "-D_GNU_SOURCE", *warn]
 ldflags: list[str] = []
 if os.environ.get("KMEMCACHE_SANITIZE") == "1":
-    san = ["-fsanitize=address,undefined", "-fno-omit-frame-pointer", "-fno-sanitize-recover=undefined"]
+    san = [
+        "-fsanitize=address,undefined",
+        "-fno-omit-frame-pointer",
+        "-fno-sanitize-recover=undefined",
+    ]
     cflags = [f for f in cflags if f != "-O2"] + ["-O1", "-g", *san]
     ldflags += san
 
