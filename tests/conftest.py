@@ -26,7 +26,7 @@ settings.register_profile(
 )
 settings.register_profile(
     "ci",
-    max_examples=400,
+    max_examples=200,
     stateful_step_count=100,
     deadline=None,
     suppress_health_check=[HealthCheck.too_slow],

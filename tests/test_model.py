@@ -165,10 +165,11 @@ class CacheModel(RuleBasedStateMachine):
                 return
             bad, error = data.draw(st.sampled_from(self.freed)), DoubleFreeError
         elif kind == "foreign":
-            others = [v.obj for v in self.live.values() if v.cache != index]
+            # draw an address, not the handle: hypothesis keeps what it draws
+            others = sorted(a for a, v in self.live.items() if v.cache != index)
             if not others:
                 return
-            bad, error = data.draw(st.sampled_from(others)), InvalidFreeError
+            bad, error = self.live[data.draw(st.sampled_from(others))].obj, InvalidFreeError
         else:
             bad, error = bytearray(cache.size), InvalidFreeError
         position = data.draw(st.integers(0, len(good)))
