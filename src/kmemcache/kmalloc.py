@@ -9,6 +9,9 @@ Linux's general-purpose allocator, over kmemcache's caches::
     buf = krealloc(buf, 3000)       # contents kept; a kmalloc-4k object now
     kfree(buf)                      # kfree also frees any Cache's objects
 
+The module's extras are imported by name (``from kmemcache.kmalloc import
+SIZE_CLASSES, shrink``): ``kmemcache.kmalloc`` itself is the function.
+
 Every function but ``ksize`` returns (or takes) a ``kmemcache.Object``, the
 handle ``Cache.alloc()`` returns: buffer protocol, ``.address``, ``.free()``,
 a context manager, and ``len()`` equal to the size asked for. The functions
@@ -16,13 +19,15 @@ are the C extension's own, so a call costs what a builtin call costs; their
 signatures and full documentation:
 
 ``kmalloc(size, align=0) -> Object``
-    ``size`` bytes, contents undefined. 1 to 8 KiB come from the size
-    classes below, each an ordinary cache made on first use (so
-    ``KMEMCACHE_DEBUG`` applies, e.g. ``FZ,kmalloc-*``) and listed by
-    ``kmemcache.slabinfo()``; larger requests get whole pages from the OS.
-    ``kmalloc(0)`` is a zero-length object that ``kfree`` accepts (Linux's
-    ZERO_SIZE_PTR): every one has the same address, one page with no access
-    that no other object uses. TypeError unless ``size`` and ``align`` are
+    ``size`` bytes, contents undefined. 1 to 8 KiB come from the 13 size
+    classes of ``SIZE_CLASSES`` (kmalloc-8, -16, -32, -64, -96, -128, -192,
+    -256, -512, -1k, -2k, -4k, -8k), each an ordinary cache made on first
+    use (so the debug options in force then apply, e.g.
+    ``KMEMCACHE_DEBUG=FZ,kmalloc-*``) and listed by ``kmemcache.slabinfo()``;
+    larger requests get whole pages from the OS. ``kmalloc(0)`` is a
+    zero-length object that ``kfree`` accepts (Linux's ZERO_SIZE_PTR): every
+    one has the same address, one page with no access that no other object
+    uses. TypeError unless ``size`` and ``align`` are
     ints; ValueError for a negative size or an ``align`` that is not 0 or a
     power of two up to 2 MiB; MemoryError when the memory cannot be had
     (sizes above 64 TiB never can).
