@@ -8,12 +8,18 @@ Every benchmark measures zero-argument callables ("ops") with the same recipe:
   repeat (the starting op rotates) so that drift on a shared machine hits every op alike;
   loops are short (10 ms by default) so that a whole round is short too, and a burst
   of load from elsewhere lands on every op of the round rather than on one;
-* a loop is ``for _ in itertools.repeat(None, n): op()`` timed with
-  ``time.perf_counter_ns``, with the cyclic garbage collector paused as ``timeit`` does;
+* a loop is ``for _ in itertools.repeat(None, n): op()`` with the cyclic garbage
+  collector paused as ``timeit`` does, timed twice over: by the thread's CPU time
+  (``time.thread_time_ns``, user and system: what the ops cost, without the time the
+  thread spent waiting while other work had the CPU) and by the wall clock
+  (``time.perf_counter_ns``). The samples are CPU time unless ``--clock wall`` is
+  given; the other clock's samples are kept in the JSON, and the share of each loop
+  the thread actually spent on a CPU is recorded as a noise gauge. On a busy machine
+  the CPU clock is the steadier; neither removes what a busy neighbour on the same
+  core does to caches and clock speed;
 * results are the median ns/op with min, max and quartiles; nothing is subtracted,
   but the cost of the loop itself (bare, and calling an empty op) is measured once and
-  reported so readers can see how much of a small number it is; the share of each
-  loop the thread actually spent on a CPU is recorded too, as a noise gauge.
+  reported so readers can see how much of a small number it is.
 
 Ratios are only ever taken between ops measured in the same run.
 """
@@ -37,6 +43,14 @@ from typing import Any
 
 Op = Callable[[], object]
 
+#: Which clock the samples are read from: "cpu" (the thread's CPU time) or "wall".
+#: ``settings()`` sets it from ``--clock``.
+CLOCK = "cpu"
+CLOCKS = {
+    "cpu": "thread CPU time (time.thread_time_ns)",
+    "wall": "wall clock (time.perf_counter_ns)",
+}
+
 #: Fixed settings for ``--quick``: enough to exercise every code path, nothing more.
 QUICK_REPEATS = 3
 QUICK_NUMBER = 20
@@ -55,6 +69,7 @@ class Candidate:
     note: str = ""  # why it is not "ok"
     number: int = 0  # iterations per timed loop
     samples_ns: list[float] = field(default_factory=list)  # ns/op, one per repeat
+    other_clock_ns: list[float] = field(default_factory=list)  # the same by the other clock
     cpu_share: list[float] = field(default_factory=list)  # thread CPU time / wall time
 
     @property
@@ -65,6 +80,7 @@ class Candidate:
         self.status = "failed"
         self.note = f"{type(exc).__name__}: {exc}"
         self.samples_ns.clear()
+        self.other_clock_ns.clear()
         self.cpu_share.clear()
 
 
@@ -135,9 +151,9 @@ def time_loop(op: Op, number: int) -> int:
 
 
 def time_bare_loop(number: int) -> int:
-    """Time the loop with nothing in its body; return the elapsed ns."""
+    """Time the loop with nothing in its body, by ``CLOCK``; return the ns."""
     loop = itertools.repeat(None, number)
-    clock = time.perf_counter_ns
+    clock = time.thread_time_ns if CLOCK == "cpu" else time.perf_counter_ns
     start = clock()
     for _ in loop:
         pass
@@ -186,8 +202,9 @@ def measure_loop_overhead(repeats: int, number: int | None, target_ns: int) -> d
 
     if number is None:
         number = calibrate(empty, target_ns)
+    which = 1 if CLOCK == "cpu" else 0
     bare = [time_bare_loop(number) / number for _ in range(repeats)]
-    call = [time_loop(empty, number) / number for _ in range(repeats)]
+    call = [timed_loop(empty, number)[which] / number for _ in range(repeats)]
     return {
         "bare_loop_ns": statistics.median(bare),
         "empty_op_call_ns": statistics.median(call),
@@ -235,7 +252,9 @@ def run_round_robin(
             except Exception as exc:
                 cand.fail(exc)
                 continue
-            cand.samples_ns.append(elapsed / cand.number)
+            counted, other = (cpu, elapsed) if CLOCK == "cpu" else (elapsed, cpu)
+            cand.samples_ns.append(counted / cand.number)
+            cand.other_clock_ns.append(other / cand.number)
             cand.cpu_share.append(min(cpu / elapsed, 1.0) if elapsed > 0 else 1.0)
 
 
@@ -272,6 +291,8 @@ def candidate_record(cand: Candidate, base: Candidate | None) -> dict[str, Any]:
         return record
     record["number"] = cand.number
     record["samples_ns"] = cand.samples_ns
+    if cand.other_clock_ns:
+        record["other_clock_samples_ns"] = cand.other_clock_ns
     record.update(summarize(cand.samples_ns))
     record["cpu_share_min"] = min(cand.cpu_share, default=1.0)
     if base is not None and base.samples_ns:
@@ -303,6 +324,7 @@ def environment(packages: Sequence[str]) -> dict[str, Any]:
         "machine": platform.machine(),
         "cpu_count": os.cpu_count(),
         "packages": {name: package_version(name) for name in packages},
+        "clock": CLOCKS[CLOCK],
         # Debug options make every kmemcache number a debug number.
         "kmemcache_debug": os.environ.get("KMEMCACHE_DEBUG"),
     }
@@ -315,6 +337,8 @@ def environment_sentence(env: dict[str, Any]) -> str:
         f"{env['implementation']} {env['python']}, {env['system']} {env['machine']}, "
         f"{env['cpu_count']} CPUs; {pkgs}."
     )
+    if env.get("clock"):
+        text += f" Timed by {env['clock']}."
     if env.get("kmemcache_debug") is not None:
         text += f" KMEMCACHE_DEBUG={env['kmemcache_debug']!r}: debug numbers."
     return text
@@ -468,12 +492,20 @@ def argument_parser(description: str) -> argparse.ArgumentParser:
         default=10.0,
         help="duration of one calibrated timed loop in ms (default 10)",
     )
+    parser.add_argument(
+        "--clock",
+        choices=sorted(CLOCKS),
+        default=CLOCK,
+        help="time loops by the thread's CPU time (default) or the wall clock",
+    )
     parser.add_argument("--no-progress", action="store_true", help="no progress line on stderr")
     return parser
 
 
 def settings(args: argparse.Namespace) -> tuple[int, int | None, int]:
-    """(repeats, number or None, target_ns) from parsed arguments."""
+    """(repeats, number or None, target_ns) from parsed arguments; sets ``CLOCK``."""
+    global CLOCK
+    CLOCK = getattr(args, "clock", CLOCK)
     if args.quick:
         return QUICK_REPEATS, QUICK_NUMBER, 0
     if args.repeats < 1:

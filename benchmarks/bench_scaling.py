@@ -164,6 +164,8 @@ def run_allocator(key: str, levels: list[int], args: Any) -> dict[str, Any]:
         "--target-ms",
         str(args.target_ms),
         *(["--number", str(args.number)] if args.number else []),
+        "--clock",
+        args.clock,
     ]
     try:
         return h.run_child(argv, CHILD_TIMEOUT)

@@ -92,6 +92,7 @@ def test_alloc_top_level_shape(bench_alloc: tuple[dict[str, Any], str]) -> None:
         "zeroed": "kmemcache_zalloc_free",
         "unzeroed": "kmemcache_alloc_free",
     }
+    assert data["environment"]["clock"].startswith("thread CPU time")  # the default
     overhead = data["loop_overhead"]
     assert overhead["bare_loop_ns"] > 0 and overhead["empty_op_call_ns"] > 0
     assert set(data["results"]) == {str(a) for a in QUICK_ALIGNS}
@@ -113,6 +114,8 @@ def test_alloc_every_peer_reported_everywhere(bench_alloc: tuple[dict[str, Any],
                 if rec["status"] == "ok":
                     assert isinstance(rec["aligned"], bool)
                     assert len(rec["samples_ns"]) == data["repeats"]
+                    # the wall clock's samples are kept beside the CPU clock's
+                    assert len(rec["other_clock_samples_ns"]) == data["repeats"]
                     assert rec["min_ns"] <= rec["median_ns"] <= rec["max_ns"]
                 else:
                     assert "median_ns" not in rec and rec["note"]
