@@ -502,6 +502,19 @@ def test_ctor_exception_propagates_and_the_cache_keeps_working(make_cache: MakeC
     assert cache.validate() == 0
 
 
+def test_a_cache_initialised_again_after_destroy_forgets_its_ctor() -> None:
+    cache = Cache("first", 64, ctor=lambda view: None)
+    cache.destroy()
+    with pytest.raises(TypeError, match="twice"):
+        Cache.__init__(Cache("live", 8), "again", 8)
+    cache.__init__("second", 32)
+    assert (cache.name, cache.size, cache.ctor) == ("second", 32, None)
+    objs = cache.alloc_bulk(2, zero=True)
+    assert all(bytes(memoryview(o)) == bytes(32) for o in objs)
+    cache.free_bulk(objs)
+    cache.destroy()
+
+
 def test_ctor_that_keeps_a_view_is_refused(make_cache: MakeCache) -> None:
     kept: list[object] = []
     cache = make_cache("ctorkeep", 64, ctor=lambda view: kept.append(view[:8]))

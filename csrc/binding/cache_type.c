@@ -170,8 +170,9 @@ static int cache_init(CacheObject *self, PyObject *args, PyObject *kwds)
                      (unsigned long long)flags & ~(unsigned long long)KMC_VALID_FLAGS);
         return -1;
     }
-    if (ctor != Py_None)
-        Py_XSETREF(self->ctor, Py_NewRef(ctor));
+    /* also on a cache initialised again after destroy(): no stale ctor */
+    Py_XSETREF(self->ctor, ctor != Py_None ? Py_NewRef(ctor) : NULL);
+    Py_CLEAR(self->ctor_error);
     kmc_status st = kmc_cache_create(cname, (size_t)size, (size_t)align, (unsigned)flags,
                                      ctor != Py_None ? call_ctor : NULL, self, &self->cache);
     if (st != KMC_OK) {
