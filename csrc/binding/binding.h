@@ -20,7 +20,8 @@ typedef struct CacheObject {
     PyObject *ctor;        /* callable or NULL */
     PyObject *track;       /* callable(event, address) or NULL: STORE_USER */
     PyObject *ctor_error;  /* exception raised by ctor during the last grow */
-    PyObject *dict;        /* instance attributes of Python subclasses */
+    PyObject *dict;        /* instance attributes; made with the object, see
+                            * KmcCache_Type */
     PyObject *weakrefs;
     Py_ssize_t size;       /* the object size, cached for handle creation */
     int in_ctor;           /* ctor calls running: a slab is being built */
@@ -38,6 +39,11 @@ typedef struct ObjectObject {
 
 extern PyTypeObject KmcCache_Type;
 extern PyTypeObject KmcObject_Type;
+
+/* The Python package's hooks for caches (kmemcache.cache._Facade), or NULL:
+ * cache_flags(name, flags) -> flags, attach(cache), make_stats(dict),
+ * leaks(cache). */
+extern PyObject *kmc_facade;
 
 /* Exceptions, by kmc_status; created at module init. */
 extern PyObject *KmcSlabError;

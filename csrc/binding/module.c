@@ -13,6 +13,7 @@ PyObject *KmcSlabError;
 static PyObject *double_free_error, *invalid_free_error, *cache_busy_error, *redzone_error,
     *poison_error, *corruption_error;
 static PyObject *error_factory; /* callable(kind, report_dict) -> exception or None */
+PyObject *kmc_facade;
 
 PyObject *kmc_stats_dict(kmc_cache_t *c); /* cache_type.c */
 extern PyMethodDef kmc_kmalloc_methods[]; /* kmalloc_funcs.c: kmalloc, kfree, ... */
@@ -122,6 +123,12 @@ static PyObject *set_error_factory(PyObject *Py_UNUSED(module), PyObject *arg)
     Py_RETURN_NONE;
 }
 
+static PyObject *set_facade(PyObject *Py_UNUSED(module), PyObject *arg)
+{
+    Py_XSETREF(kmc_facade, arg == Py_None ? NULL : Py_NewRef(arg));
+    Py_RETURN_NONE;
+}
+
 static PyObject *caches(PyObject *Py_UNUSED(module), PyObject *Py_UNUSED(ignored))
 {
     size_t n = kmc_caches(NULL, 0);
@@ -176,6 +183,8 @@ static PyObject *flip_free_bit(PyObject *Py_UNUSED(module), PyObject *arg)
 
 static PyMethodDef module_methods[] = {
     {"_set_error_factory", set_error_factory, METH_O, NULL},
+    {"_set_facade", set_facade, METH_O,
+     "Hooks of the Python package for caches: cache_flags, attach, make_stats, leaks."},
     {"_caches", caches, METH_NOARGS, "Every live cache's counters, oldest first."},
     {"_os_fail_after", os_fail_after, METH_O,
      "Test hook: the OS page source fails after n more requests (n < 0: never)."},
