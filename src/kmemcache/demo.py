@@ -57,7 +57,7 @@ import sys
 import time
 import tracemalloc
 from collections.abc import Sequence
-from typing import Any
+from typing import Any, cast
 
 from . import perf, xsave
 from .kmalloc import large_stats
@@ -310,7 +310,10 @@ def _fork_live(opt: _Option, live: int) -> tuple[float, float]:
 
 
 def _time_alloc_free(opt: _Option, order: Sequence[int]) -> float:
-    tasks = opt.tasks
+    contexts = [task.perf_event_ctxp for task in opt.tasks]
+    if any(ctx is None for ctx in contexts):
+        raise RuntimeError("every live task has a perf context")
+    ctxs = cast("list[perf.PerfEventContext]", contexts)
     pmu = opt.pmu
     alloc = opt.allocator.alloc
     free = opt.allocator.free
@@ -320,7 +323,7 @@ def _time_alloc_free(opt: _Option, order: Sequence[int]) -> float:
     try:
         start = clock()
         for j in order:
-            ctx = tasks[j].perf_event_ctxp
+            ctx = ctxs[j]
             free(pmu, ctx.task_ctx_data)
             ctx.task_ctx_data = alloc(pmu)
         elapsed = clock() - start
