@@ -263,14 +263,17 @@ def test_objects_outlive_a_dropped_cache_reference() -> None:
         gc.collect()
         print("cycle collected", "cyclic" not in names())
 
-        # many caches made and dropped: the class keeps its references
-        before = sys.getrefcount(Cache)
-        for i in range(200):
-            c = Cache(f"c{i}", 16)
-            c.alloc().free()
-            del c
-        gc.collect()
-        print("class refs", sys.getrefcount(Cache) - before)
+        # many caches made and dropped: the classes keep their references
+        class MyCache(Cache):
+            pass
+        for cls in (Cache, MyCache):
+            before = sys.getrefcount(cls)
+            for i in range(200):
+                c = cls(f"c{i}", 16)
+                c.alloc().free()
+                del c
+            gc.collect()
+            print("class refs", cls.__name__, sys.getrefcount(cls) - before)
         """
     )
     assert out == [
@@ -278,7 +281,8 @@ def test_objects_outlive_a_dropped_cache_reference() -> None:
         "listed True",
         "listed after False",
         "cycle collected True",
-        "class refs 0",
+        "class refs Cache 0",
+        "class refs MyCache 0",
     ]
 
 
