@@ -518,7 +518,8 @@ PyObject *kmc_stats_dict(kmc_cache_t *c)
             STAT(active_slabs) STAT(num_slabs) STAT(size) STAT(align) STAT(slab_size)
                 STAT(partial_slabs) STAT(empty_slabs) STAT(allocs) STAT(frees)
                     STAT(slabs_created) STAT(slabs_released) STAT(committed_bytes)
-                        STAT(metadata_bytes) STAT(arenas) STAT(flags) 0) {
+                        STAT(metadata_bytes) STAT(arenas) STAT(bitmap_words)
+                            STAT(max_scan) STAT(flags) 0) {
         Py_DECREF(d);
         return NULL;
     }

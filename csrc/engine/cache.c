@@ -162,6 +162,8 @@ kmc_status kmc_cache_create(const char *name, size_t size, size_t align, unsigne
 
 static void arena_release(kmc_cache_t *c, kmc_arena_t *a)
 {
+    if (c->fill_arena == a)
+        c->fill_arena = NULL;
     kmc__registry_remove(a);
     if (!a->pinned) {
         kmc__os_unreserve((void *)a->base, KMC_ARENA_SIZE);
@@ -299,18 +301,16 @@ static kmc_status slab_slot(kmc_cache_t *c, uint32_t *out)
 {
     uint32_t id = kmc__list_pop(c, &c->released);
     if (id == KMC_NIL) {
-        kmc_arena_t *a = NULL;
-        for (uint32_t i = c->nr_arenas; i-- > 0;)
-            if (c->arenas[i] && c->arenas[i]->bump < c->slabs_per_arena) {
-                a = c->arenas[i];
-                break;
-            }
+        kmc_arena_t *a = c->fill_arena;
         if (!a) {
             kmc_status st = arena_new(c, &a);
             if (st != KMC_OK)
                 return st;
+            c->fill_arena = a;
         }
         id = (a->index << c->spa_shift) | a->bump++;
+        if (a->bump == c->slabs_per_arena)
+            c->fill_arena = NULL;
     }
     kmc__slab_arena(c, id)->live_slabs++;
     kmc__slab(c, id)->state = KMC_SLAB_NEW;
@@ -431,6 +431,8 @@ static uint8_t *take_object(kmc_cache_t *c)
     uint32_t w = s->hint;
     while (!bits[w])
         w++;
+    if (w - s->hint > c->max_scan)
+        c->max_scan = w - s->hint; /* bounded by bitmap_words: see stats */
     uint32_t b = (uint32_t)__builtin_ctzll(bits[w]);
     bits[w] &= bits[w] - 1;
     s->hint = (uint16_t)w;
@@ -820,6 +822,8 @@ void kmc_cache_stats(kmc_cache_t *c, kmc_stats_t *o)
         if (c->arenas[i])
             o->metadata_bytes += c->arenas[i]->meta_bytes;
     o->arenas = c->live_arenas;
+    o->bitmap_words = c->bitmap_words;
+    o->max_scan = c->max_scan;
     o->flags = c->flags;
     kmc__unlock(&c->lock);
 }

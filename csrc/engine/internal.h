@@ -125,6 +125,8 @@ struct kmc_cache_s {
     uint32_t nr_arenas;           /* entries in use, holes included */
     uint32_t cap_arenas;
     uint32_t live_arenas;
+    kmc_arena_t *fill_arena;      /* the one arena with never-used slab slots */
+    uint32_t max_scan;            /* most bitmap words skipped by one alloc */
 
     struct kmc_cache_s *prev_cache, *next_cache; /* process list */
 };

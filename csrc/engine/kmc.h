@@ -131,6 +131,10 @@ typedef struct kmc_stats_s {
     uint64_t committed_bytes;  /* object memory the OS backs now, at most */
     uint64_t metadata_bytes;   /* descriptor and bitmap memory mapped */
     uint64_t arenas;        /* arenas reserved */
+    uint64_t bitmap_words;  /* 64-bit free-bitmap words per slab */
+    uint64_t max_scan;      /* most bitmap words one alloc skipped, ever: at
+                             * most bitmap_words - 1 whatever the number of
+                             * live objects, so alloc is O(1) */
     uint32_t flags;
 } kmc_stats_t;
 

@@ -47,6 +47,10 @@ class SlabStats:
     committed_bytes: int  #: object memory in slabs now (num_slabs * slab_size)
     metadata_bytes: int  #: slab descriptors and free bitmaps mapped
     arenas: int  #: 64 MiB address-space reservations
+    bitmap_words: int  #: 64-bit words of free bitmap per slab
+    #: the most bitmap words one allocation ever skipped: below bitmap_words
+    #: whatever the number of live objects, which is what makes alloc O(1)
+    max_scan: int
     flags: int
 
     @classmethod
