@@ -15,7 +15,12 @@ if os.environ.get("KMEMCACHE_WERROR") == "1":
     warn.append("-Werror")
 cflags = ["-std=c11", "-O2", "-D_GNU_SOURCE", *warn]
 ldflags: list[str] = []
+# Sanitized objects get a build folder of their own: setuptools reuses object
+# files that look up to date, and an ASan object in a plain build fails at
+# import ("ASan runtime does not come first").
+options: dict[str, dict[str, str]] = {}
 if os.environ.get("KMEMCACHE_SANITIZE") == "1":
+    options["build"] = {"build_base": "build/sanitize"}
     san = [
         "-fsanitize=address,undefined",
         "-fno-omit-frame-pointer",
@@ -27,6 +32,7 @@ if os.environ.get("KMEMCACHE_SANITIZE") == "1":
 engine_sources = sorted(glob.glob("csrc/engine/*.c"))
 
 setup(
+    options=options,
     ext_modules=[
         Extension(
             "kmemcache._kmemcache",
