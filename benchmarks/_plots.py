@@ -255,6 +255,8 @@ def plot_scaling(data: dict[str, Any], path: Path) -> None:
     axes[1].set_ylabel(f"cost(N) / cost(N={levels[0]:.0e})".replace("+0", ""))
     axes[1].axhline(1.3, color="green", linestyle="--", linewidth=1, label="target 1.3x")
     axes[1].set_yscale("log")
+    _plain_log_axis(axes[1].yaxis, "x")
+    _plain_log_axis(axes[0].yaxis, "")
     for ax in axes:
         ax.set_xscale("log")
         ax.set_xlabel("live objects N")
@@ -292,7 +294,11 @@ def plot_bulk_threads(bulk: dict[str, Any] | None, threads: dict[str, Any] | Non
                     linewidth=2 if kind == "bulk" else 1.3,
                     label=f"{kind}{'' if zero else ', not zeroed'}",
                 )
+        counts = bulk["counts"]
         axes[0].set_xscale("log", base=2)
+        axes[0].set_xticks(counts)
+        axes[0].set_xticklabels([str(n) for n in counts])
+        axes[0].minorticks_off()
         axes[0].set_xlabel("objects per call")
         axes[0].set_ylabel("ns per object (alloc + free)")
         axes[0].set_title("alloc_bulk/free_bulk against a loop of single calls", fontsize=10)
