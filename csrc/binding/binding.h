@@ -60,6 +60,9 @@ int kmc_raise_message(kmc_status status, CacheObject *cache, const void *object,
                       const char *fmt, ...);
 
 ObjectObject *kmc_object_new(CacheObject *owner, void *ptr, Py_ssize_t size);
+/* A handle of @size bytes for @p, just allocated from @cache, reported to the
+ * cache's tracker; on failure @p goes back and NULL is returned. */
+PyObject *kmc_adopt(CacheObject *cache, void *p, Py_ssize_t size);
 int kmc_object_free(ObjectObject *self);   /* 0 ok or retried-away, -1 error */
 int kmc_cache_check_alive(CacheObject *self);
 int kmc_track(CacheObject *cache, const char *event, const void *address);

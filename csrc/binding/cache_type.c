@@ -251,6 +251,20 @@ static void cache_dealloc(CacheObject *self)
     Py_TYPE(self)->tp_free((PyObject *)self);
 }
 
+PyObject *kmc_adopt(CacheObject *cache, void *p, Py_ssize_t size)
+{
+    ObjectObject *obj = kmc_object_new(cache, p, size);
+    if (!obj) {
+        kmc_cache_free(cache->cache, p);
+        return NULL;
+    }
+    if (cache->track && kmc_track(cache, "alloc", p) < 0) {
+        Py_DECREF(obj); /* its dealloc gives the object back */
+        return NULL;
+    }
+    return (PyObject *)obj;
+}
+
 static PyObject *alloc_one(CacheObject *self, int zero)
 {
     if (kmc_cache_check_alive(self) < 0)
@@ -265,16 +279,7 @@ static PyObject *alloc_one(CacheObject *self, int zero)
         if (!raise_alloc_failure(self))
             return NULL;
     }
-    ObjectObject *obj = kmc_object_new(self, p, self->size);
-    if (!obj) {
-        kmc_cache_free(self->cache, p);
-        return NULL;
-    }
-    if (self->track && kmc_track(self, "alloc", p) < 0) {
-        Py_DECREF(obj);
-        return NULL;
-    }
-    return (PyObject *)obj;
+    return kmc_adopt(self, p, self->size);
 }
 
 static PyObject *cache_alloc(CacheObject *self, PyObject *Py_UNUSED(ignored))

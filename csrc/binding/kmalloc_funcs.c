@@ -170,16 +170,7 @@ static PyObject *new_object(size_t size, size_t align, int zero)
         while (!(p = kmc_cache_alloc(c->cache, zero)))
             if (!raise_alloc_failure())
                 return NULL;
-        ObjectObject *obj = kmc_object_new(c, p, (Py_ssize_t)size);
-        if (!obj) {
-            kmc_cache_free(c->cache, p);
-            return NULL;
-        }
-        if (c->track && kmc_track(c, "alloc", p) < 0) {
-            Py_DECREF(obj);
-            return NULL;
-        }
-        return (PyObject *)obj;
+        return kmc_adopt(c, p, (Py_ssize_t)size);
     }
     /* size 0, or pages: a kept run, else a few system calls (kept under the
      * GIL, as malloc's are: releasing it would cost more than most of them) */
