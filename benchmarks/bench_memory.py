@@ -312,7 +312,7 @@ def render(data: dict[str, Any]) -> str:
             f"{layout['over_target']} spend more than {TARGET_MAX - 1:.0%} over the ideal per "
             f"object; the worst is {h.fmt_size(w['size'])} at {w['align']}, "
             f"{w['ratio']:.3f}x ({w['objperslab']} objects in a {h.fmt_size(w['slab_size'])} "
-            "slab). Slabs may waste up to 1/16 of themselves, as in SLUB."
+            "slab). Slabs may waste up to 1/32 of themselves (SLUB: 1/16)."
         )
     lines += [""] + [h.target_line(t) for t in data["targets"]]
     if notes:

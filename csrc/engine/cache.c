@@ -49,7 +49,9 @@ static bool debug_fill(const kmc_cache_t *c)
 /* --- layout ------------------------------------------------------------- */
 
 /* Like SLUB's calculate_order: the smallest slab that wastes at most
- * 1/KMC_WASTE_DIVISOR of itself, else the one that wastes the least. */
+ * 1/KMC_WASTE_DIVISOR of itself, else the one that wastes the least. SLUB
+ * accepts 1/16; 1/32 keeps memory per object within 5% of the ideal at
+ * every size (1512 bytes at 64: a 32 KiB slab of 21, not 8 KiB of 5). */
 static void choose_layout(kmc_cache_t *c)
 {
     size_t slot = c->size;

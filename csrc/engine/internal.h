@@ -18,7 +18,7 @@
 #define KMC_ARENA_SHIFT     26                     /* 64 MiB */
 #define KMC_ARENA_SIZE      ((size_t)1 << KMC_ARENA_SHIFT)
 #define KMC_MAX_SLAB_SHIFT  24                     /* 16 MiB slabs at most */
-#define KMC_WASTE_DIVISOR   16                     /* slab waste <= 1/16 */
+#define KMC_WASTE_DIVISOR   32                     /* slab waste <= 1/32 */
 #define KMC_MAX_ARENAS      4096                   /* per cache: 256 GiB */
 #define KMC_NIL             UINT32_MAX             /* no slab */
 #define KMC_RED_ZONE_MIN    8                      /* bytes of red zone at least */

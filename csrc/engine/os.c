@@ -3,9 +3,10 @@
  *
  * Contract: addresses and sizes are multiples of the page size; every
  * function either does all it says or nothing. Object memory is reserved
- * with no access (address space only), committed read-write slab by slab,
- * and decommitted by mapping fresh no-access pages over it, which gives the
- * memory back in one call. Metadata is mapped separately, read-write.
+ * with no access (address space only), committed read-write slab by slab
+ * (the committed part of an arena only grows, so an arena stays at most two
+ * mappings), and decommitted with MADV_DONTNEED, which gives the memory back
+ * and keeps the access. Metadata is mapped separately, read-write.
  */
 #include <stdatomic.h>
 #include <stdint.h>
@@ -77,12 +78,13 @@ int kmc__os_commit(void *addr, size_t size)
 
 void kmc__os_decommit(void *addr, size_t size)
 {
-    /* Replacing the pages frees them and removes access in one call; if it
-     * fails the pages stay committed, which is safe, only not returned. */
-    void *p = mmap(addr, size, PROT_NONE,
-                   MAP_PRIVATE | MAP_ANONYMOUS | MAP_NORESERVE | MAP_FIXED, -1, 0);
-    if (p == MAP_FAILED)
-        madvise(addr, size, MADV_DONTNEED);
+    /* MADV_DONTNEED frees the pages and leaves the range read-write, so a
+     * later commit of the same slab is an mprotect that changes nothing.
+     * Taking access away instead (mprotect, or mapping PROT_NONE over it)
+     * would split the mapping at every released slab, and scattered
+     * releases could reach the kernel's limit on mappings
+     * (vm.max_map_count, 65530), after which every commit fails. */
+    madvise(addr, size, MADV_DONTNEED);
 }
 
 void *kmc__os_map_pages(size_t size, size_t align)
