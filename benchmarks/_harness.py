@@ -37,7 +37,7 @@ import statistics
 import subprocess
 import sys
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -344,6 +344,30 @@ def environment_sentence(env: dict[str, Any]) -> str:
     return text
 
 
+def quick_lines(data: dict[str, Any], what: str = "counts far too small") -> list[str]:
+    """The --quick warning for a report, or nothing."""
+    if not data.get("quick"):
+        return []
+    return [f"\n(--quick: {what} for the numbers to mean anything.)"]
+
+
+def note_lines(records: Iterable[dict[str, Any]], label_failed_only: bool = False) -> list[str]:
+    """A report's closing list of why some ops were not measured (sorted, each once).
+
+    Each line names the op's label, or with ``label_failed_only`` only a failed op's
+    (a missing package says which it is).
+    """
+    notes = sorted(
+        {
+            f"{rec['label']}: " * (not label_failed_only or rec["status"] == "failed")
+            + f"{rec['status']}: {rec['note']}"
+            for rec in records
+            if rec.get("note")
+        }
+    )
+    return ["", *[f"- {n}" for n in notes]] if notes else []
+
+
 def noise_lines(data: dict[str, Any]) -> list[str]:
     """Warnings for a report: stolen CPU, --quick."""
     lines = []
@@ -354,9 +378,7 @@ def noise_lines(data: dict[str, Any]) -> list[str]:
             "this run; ratios compare ops timed side by side, but consider running again "
             "on a quieter machine."
         )
-    if data.get("quick"):
-        lines.append("\n(--quick: counts far too small for the numbers to mean anything.)")
-    return lines
+    return lines + quick_lines(data)
 
 
 # --- targets ----------------------------------------------------------------------
@@ -502,6 +524,11 @@ def argument_parser(description: str) -> argparse.ArgumentParser:
     return parser
 
 
+def progress_for(args: argparse.Namespace, total: int, prefix: str) -> Progress:
+    """The progress line of a benchmark, off with ``--no-progress``."""
+    return Progress(total, prefix, enabled=not args.no_progress)
+
+
 def settings(args: argparse.Namespace) -> tuple[int, int | None, int]:
     """(repeats, number or None, target_ns) from parsed arguments; sets ``CLOCK``."""
     global CLOCK
@@ -553,3 +580,16 @@ def write_json(path: str, data: dict[str, Any]) -> None:
     with open(path, "w", encoding="utf-8") as fh:
         json.dump(data, fh, indent=2)
         fh.write("\n")
+
+
+def min_cpu_share(records: Iterable[dict[str, Any]]) -> float:
+    """The lowest ``cpu_share_min`` among JSON records (1.0 when none has one)."""
+    return min((r["cpu_share_min"] for r in records if "cpu_share_min" in r), default=1.0)
+
+
+def finish(args: argparse.Namespace, data: dict[str, Any], render: Callable[..., str]) -> int:
+    """Write ``data`` to ``--json`` when asked, print its report; main()'s exit status."""
+    if args.json:
+        write_json(args.json, data)
+    print(render(data))
+    return 0

@@ -51,35 +51,6 @@ BYTEARRAY_SIZE, BYTEARRAY_ALIGN, BYTEARRAY_MIN = 64, 64, 1.0
 PYFFTW_MAX_SIZE, PYFFTW_MIN = 64 << 10, 15.0
 
 
-def build_candidates(size: int, align: int) -> list[h.Candidate]:
-    """One candidate per peer; unavailable or broken peers are recorded, not raised."""
-    out = []
-    for p in peers.PEERS:
-        cand = h.Candidate(key=p.key, label=p.label, zeroed=p.zeroed)
-        try:
-            cand.aligned = p.aligned(size, align)
-            cand.op = p.make(size, align)
-        except peers.PeerUnavailable as exc:
-            cand.status, cand.note = "not installed", str(exc)
-        except Exception as exc:  # report the broken peer and measure the rest
-            cand.fail(exc)
-        out.append(cand)
-    return out
-
-
-def records_for(cands: Sequence[h.Candidate]) -> list[dict[str, Any]]:
-    """JSON records, each with its ratio against the kmemcache op of its kind."""
-    by_key = {c.key: c for c in cands}
-    out = []
-    for p, cand in zip(peers.PEERS, cands, strict=True):
-        base_key = peers.baseline_for(p)
-        base = by_key.get(base_key)
-        rec = h.candidate_record(cand, base if base is not None and base.samples_ns else None)
-        rec["baseline"] = base_key
-        out.append(rec)
-    return out
-
-
 def _ratio_of(results: dict[int, dict[int, list[dict[str, Any]]]], align: int, size: int, key: str):
     for rec in results.get(align, {}).get(size, []):
         if rec["key"] == key:
@@ -208,17 +179,10 @@ def render(data: dict[str, Any]) -> str:
             lines += ["", f"#### Alignment {align}: {kind}", ""]
             lines.append(render_table(data, align, zeroed))
     lines += [""] + [h.target_line(t) for t in data["targets"]]
-    notes = sorted(
-        {
-            f"{rec['label']}: " * (rec["status"] == "failed") + f"{rec['status']}: {rec['note']}"
-            for by_size in data["results"].values()
-            for recs in by_size.values()
-            for rec in recs
-            if rec.get("note")
-        }
+    lines += h.note_lines(
+        (rec for by_size in data["results"].values() for recs in by_size.values() for rec in recs),
+        label_failed_only=True,
     )
-    if notes:
-        lines += ["", *[f"- {n}" for n in notes]]
     return "\n".join(lines)
 
 
@@ -246,15 +210,15 @@ def main(argv: Sequence[str] | None = None) -> int:
         parser.error("--aligns must be powers of two")
 
     loop = h.measure_loop_overhead(repeats, number, target_ns)
-    progress = h.Progress(len(aligns) * len(sizes), "bench_alloc", enabled=not args.no_progress)
+    progress = h.progress_for(args, len(aligns) * len(sizes), "bench_alloc")
     results: dict[int, dict[int, list[dict[str, Any]]]] = {}
     try:
         for align in aligns:
             for size in sizes:
                 progress.update(f"{h.fmt_size(size)} at align {align}")
-                cands = build_candidates(size, align)
+                cands = peers.build_candidates(peers.PEERS, size, align)
                 h.run_round_robin(cands, repeats, number, target_ns)
-                results.setdefault(align, {})[size] = records_for(cands)
+                results.setdefault(align, {})[size] = peers.records_for(peers.PEERS, cands)
                 h.release(cands)
     finally:
         progress.done()
@@ -275,21 +239,11 @@ def main(argv: Sequence[str] | None = None) -> int:
             for align, by_size in results.items()
         },
         "targets": evaluate_targets(results),
-        "cpu_share_min": min(
-            (
-                r["cpu_share_min"]
-                for by_size in results.values()
-                for recs in by_size.values()
-                for r in recs
-                if "cpu_share_min" in r
-            ),
-            default=1.0,
+        "cpu_share_min": h.min_cpu_share(
+            r for by_size in results.values() for recs in by_size.values() for r in recs
         ),
     }
-    if args.json:
-        h.write_json(args.json, data)
-    print(render(data))
-    return 0
+    return h.finish(args, data, render)
 
 
 if __name__ == "__main__":

@@ -97,9 +97,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                 cands.append(cand)
                 meta[key] = {"kind": kind, "n": n, "zero": zero}
 
-    progress = h.Progress(
-        (repeats + 1) * sum(c.ok for c in cands), "bench_bulk", enabled=not args.no_progress
-    )
+    progress = h.progress_for(args, (repeats + 1) * sum(c.ok for c in cands), "bench_bulk")
     try:
         h.run_round_robin(cands, repeats, number, target_ns, progress)
     finally:
@@ -133,12 +131,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         "environment": h.environment(["kmemcache"]),
         "results": results,
         "targets": [],
-        "cpu_share_min": min((r.get("cpu_share_min", 1.0) for r in results), default=1.0),
+        "cpu_share_min": h.min_cpu_share(results),
     }
-    if args.json:
-        h.write_json(args.json, data)
-    print(render(data))
-    return 0
+    return h.finish(args, data, render)
 
 
 def render(data: dict[str, Any]) -> str:

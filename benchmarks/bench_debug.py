@@ -20,12 +20,12 @@ anything beyond the machine they were measured on.
 
 from __future__ import annotations
 
-import itertools
 import sys
 from collections.abc import Sequence
 from typing import Any
 
 import _harness as h
+import peers
 
 import kmemcache
 from kmemcache import Flags
@@ -48,28 +48,13 @@ VARIANTS = (
     ),
 )
 
-_ids = itertools.count()
-
-
-def make_op(size: int, align: int, flags: Flags) -> h.Op:
-    """zalloc+free on a cache of its own, made once outside the timed loop."""
-    cache = kmemcache.Cache(f"bench-debug-{size}-{next(_ids)}", size, align, flags)
-    zalloc = cache.zalloc
-
-    def op() -> None:
-        o = zalloc()
-        o.free()
-
-    op.close = cache.destroy  # type: ignore[attr-defined]
-    return op
-
 
 def build_candidates(size: int, align: int) -> list[h.Candidate]:
     out = []
     for key, label, flags in VARIANTS:
         cand = h.Candidate(key=key, label=label, aligned=True, zeroed=True)
         try:
-            cand.op = make_op(size, align, flags)
+            cand.op = peers.make_kmemcache_zalloc_free(size, align, flags)
         except Exception as exc:  # report it and measure the rest
             cand.fail(exc)
         out.append(cand)
@@ -102,8 +87,7 @@ def render(data: dict[str, Any]) -> str:
         f"{env['implementation']} {env['python']}, {env['system']} {env['machine']}, "
         f"{env['cpu_count']} CPUs.",
     ]
-    if data["quick"]:
-        lines.append("\n(--quick: counts far too small for the numbers to mean anything.)")
+    lines += h.quick_lines(data)
     lines += ["", h.markdown_table(headers, rows, set(range(1, len(headers))))]
     notes = [
         f"- {rec['label']} at {size} B: {rec['status']}: {rec['note']}"
@@ -134,7 +118,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     loop = h.measure_loop_overhead(repeats, number, target_ns)
     groups = {size: build_candidates(size, args.align) for size in sizes}
     steps = sum((repeats + 1) * sum(c.ok for c in cands) for cands in groups.values())
-    progress = h.Progress(steps, "bench_debug", enabled=not args.no_progress)
+    progress = h.progress_for(args, steps, "bench_debug")
     results: dict[int, list[dict[str, Any]]] = {}
     try:
         for size, cands in groups.items():
@@ -159,10 +143,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         "environment": h.environment(["kmemcache"]),
         "results": {str(size): recs for size, recs in results.items()},
     }
-    if args.json:
-        h.write_json(args.json, data)
-    print(render(data))
-    return 0
+    return h.finish(args, data, render)
 
 
 if __name__ == "__main__":

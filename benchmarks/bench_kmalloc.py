@@ -31,7 +31,6 @@ beyond the machine they were measured on.
 
 from __future__ import annotations
 
-import ctypes
 import sys
 from collections.abc import Callable, Sequence
 from typing import Any, NamedTuple
@@ -94,21 +93,6 @@ def make_kmalloc(size: int, align: int) -> h.Op:
     return op
 
 
-def make_posix_memalign_nozero(size: int, align: int) -> h.Op:
-    libc = peers._libc()
-    posix_memalign, free = libc.posix_memalign, libc.free
-    boundary = peers._memalign_align(align)
-    ptr = ctypes.c_void_p()
-    out = ctypes.byref(ptr)
-
-    def op() -> None:
-        if posix_memalign(out, boundary, size):
-            raise MemoryError("posix_memalign failed")
-        free(ptr)
-
-    return op
-
-
 def aligned_kmalloc(size: int, align: int) -> bool:
     objs = [kmalloc(size) for _ in range(peers.ALIGN_SAMPLES)]
     try:
@@ -153,36 +137,10 @@ OPS: tuple[Op, ...] = (
         "posix_memalign+free (ctypes)",
         False,
         "kmalloc",
-        make_posix_memalign_nozero,
+        peers.make_posix_memalign_nozero,
         peers.aligned_posix_memalign,
     ),
 )
-
-
-def build_candidates(size: int, align: int) -> list[h.Candidate]:
-    out = []
-    for kop in OPS:
-        cand = h.Candidate(key=kop.key, label=kop.label, zeroed=kop.zeroed)
-        try:
-            cand.aligned = kop.aligned(size, align)
-            cand.op = kop.make(size, align)
-        except peers.PeerUnavailable as exc:
-            cand.status, cand.note = "not installed", str(exc)
-        except Exception as exc:  # report the broken op and measure the rest
-            cand.fail(exc)
-        out.append(cand)
-    return out
-
-
-def records_for(cands: Sequence[h.Candidate]) -> list[dict[str, Any]]:
-    by_key = {c.key: c for c in cands}
-    out = []
-    for kop, cand in zip(OPS, cands, strict=True):
-        base = by_key.get(kop.baseline)
-        rec = h.candidate_record(cand, base if base is not None and base.samples_ns else None)
-        rec["baseline"] = kop.baseline
-        out.append(rec)
-    return out
 
 
 # --- memory per live object --------------------------------------------------------
@@ -290,8 +248,7 @@ def render(data: dict[str, Any]) -> str:
         f"{env['implementation']} {env['python']}, {env['system']} {env['machine']}, "
         f"{env['cpu_count']} CPUs; {pkgs}.",
     ]
-    if data["quick"]:
-        lines.append("\n(--quick: counts far too small for the numbers to mean anything.)")
+    lines += h.quick_lines(data)
     headers = ["size", "kmalloc's alignment"] + [kop.label for kop in OPS]
     rows = []
     for size in data["sizes"]:
@@ -309,16 +266,7 @@ def render(data: dict[str, Any]) -> str:
         "request (its worst fit) and at its own size (its best):"
     )
     lines += ["", memory_markdown(data["memory"])]
-    notes = sorted(
-        {
-            f"{rec['label']}: {rec['status']}: {rec['note']}"
-            for recs in data["results"].values()
-            for rec in recs
-            if rec.get("note")
-        }
-    )
-    if notes:
-        lines += ["", *[f"- {n}" for n in notes]]
+    lines += h.note_lines(rec for recs in data["results"].values() for rec in recs)
     return "\n".join(lines)
 
 
@@ -340,14 +288,14 @@ def main(argv: Sequence[str] | None = None) -> int:
         parser.error("--sizes must be from 1 to 4194304")
 
     loop = h.measure_loop_overhead(repeats, number, target_ns)
-    progress = h.Progress(len(sizes) + 1, "bench_kmalloc", enabled=not args.no_progress)
+    progress = h.progress_for(args, len(sizes) + 1, "bench_kmalloc")
     results: dict[int, list[dict[str, Any]]] = {}
     try:
         for size in sizes:
             progress.update(fmt_size(size))
-            cands = build_candidates(size, guaranteed_align(size))
+            cands = peers.build_candidates(OPS, size, guaranteed_align(size))
             h.run_round_robin(cands, repeats, number, target_ns)
-            results[size] = records_for(cands)
+            results[size] = peers.records_for(OPS, cands)
             h.release(cands)
         progress.update("memory per object")
         memory = memory_table(QUICK_MEMORY_BYTES if args.quick else MEMORY_BYTES)
@@ -368,10 +316,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         "results": {str(size): recs for size, recs in results.items()},
         "memory": memory,
     }
-    if args.json:
-        h.write_json(args.json, data)
-    print(render(data))
-    return 0
+    return h.finish(args, data, render)
 
 
 if __name__ == "__main__":

@@ -387,7 +387,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                     results[ci, hol.key, n] = {"status": "skipped", "note": reason}
                 else:
                     jobs.append((ci, hol, n))
-    progress = h.Progress(len(jobs), "bench_memory", enabled=not args.no_progress)
+    progress = h.progress_for(args, len(jobs), "bench_memory")
     big = threading.Semaphore(1)
 
     def run(job: tuple[int, holders.Holder, int]) -> dict[str, Any]:

@@ -245,8 +245,7 @@ def render(data: dict[str, Any]) -> str:
         "replacement; touch: read a random live object's handle, no allocation. "
         + h.environment_sentence(data["environment"]),
     ]
-    if data["quick"]:
-        lines.append("\n(--quick: counts far too small for the numbers to mean anything.)")
+    lines += h.quick_lines(data)
     headers = ["allocator", "op"] + [f"N={h.fmt_count(n)}" for n in levels]
     rows = []
     notes = []
@@ -307,7 +306,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     if unknown:
         parser.error(f"unknown --allocators {', '.join(sorted(unknown))}")
 
-    progress = h.Progress(len(keys), "bench_scaling", enabled=not args.no_progress)
+    progress = h.progress_for(args, len(keys), "bench_scaling")
     results = {}
     try:
         for key in keys:
@@ -329,10 +328,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         "results": results,
     }
     data["targets"] = evaluate_targets(data)
-    if args.json:
-        h.write_json(args.json, data)
-    print(render(data))
-    return 0
+    return h.finish(args, data, render)
 
 
 if __name__ == "__main__":

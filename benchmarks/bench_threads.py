@@ -158,7 +158,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     live = [c for c in configs if c["status"] == "ok"]
     for c in live:
         c["samples"] = []
-    progress = h.Progress(repeats * len(live), "bench_threads", enabled=not args.no_progress)
+    progress = h.progress_for(args, repeats * len(live), "bench_threads")
     try:
         for c in live:  # warm-up
             trial(c["ops"], duration / 5)
@@ -211,10 +211,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     }
     for c in configs:
         c.pop("ops", None)
-    if args.json:
-        h.write_json(args.json, data)
-    print(render(data))
-    return 0
+    return h.finish(args, data, render)
 
 
 def render(data: dict[str, Any]) -> str:
@@ -227,8 +224,7 @@ def render(data: dict[str, Any]) -> str:
         "many threads / this row (above 1: kmemcache does more). "
         + h.environment_sentence(data["environment"]),
     ]
-    if data["quick"]:
-        lines.append("\n(--quick: trials far too short for the numbers to mean anything.)")
+    lines += h.quick_lines(data, "trials far too short")
     headers = ["allocator", "threads", "ops/s (min-max)", "vs 1 thread", "kmemcache / this"]
     rows = []
     for r in data["results"]:

@@ -23,10 +23,12 @@ import functools
 import importlib
 import itertools
 import mmap
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from types import ModuleType
-from typing import Any
+from typing import Any, Protocol
+
+import _harness as h
 
 Op = Callable[[], object]
 
@@ -97,21 +99,26 @@ def _kmemcache() -> Any:
     return kmemcache
 
 
-def _new_cache(size: int, align: int) -> Any:
+def _new_cache(size: int, align: int, flags: int = 0) -> Any:
     # A distinct name per cache keeps them apart in slabinfo-style reports.
-    return _kmemcache().Cache(f"bench-{size}-{align}-{next(_cache_ids)}", size, align)
+    return _kmemcache().Cache(f"bench-{size}-{align}-{next(_cache_ids)}", size, align, flags)
 
 
-def make_kmemcache_zalloc_free(size: int, align: int) -> Op:
-    cache = _new_cache(size, align)
-    zalloc = cache.zalloc
+def _kmemcache_free_op(size: int, align: int, flags: int, method: str) -> Op:
+    cache = _new_cache(size, align, flags)
+    new = getattr(cache, method)
 
     def op() -> None:
-        o = zalloc()
+        o = new()
         o.free()
 
     op.close = cache.destroy  # type: ignore[attr-defined]
     return op
+
+
+def make_kmemcache_zalloc_free(size: int, align: int, flags: int = 0) -> Op:
+    """zalloc+free on a cache of its own (with debug ``flags``), made once."""
+    return _kmemcache_free_op(size, align, flags, "zalloc")
 
 
 def make_kmemcache_zalloc_drop(size: int, align: int) -> Op:
@@ -126,15 +133,7 @@ def make_kmemcache_zalloc_drop(size: int, align: int) -> Op:
 
 
 def make_kmemcache_alloc_free(size: int, align: int) -> Op:
-    cache = _new_cache(size, align)
-    alloc = cache.alloc
-
-    def op() -> None:
-        o = alloc()
-        o.free()
-
-    op.close = cache.destroy  # type: ignore[attr-defined]
-    return op
+    return _kmemcache_free_op(size, align, 0, "alloc")
 
 
 def aligned_kmemcache(size: int, align: int) -> bool:
@@ -156,24 +155,22 @@ def _kmalloc() -> Any:
     return kmemcache
 
 
-def make_kmalloc_kzalloc(size: int, align: int) -> Op:
+def _kmalloc_op(size: int, align: int, name: str) -> Op:
     km = _kmalloc()
-    kzalloc, kfree = km.kzalloc, km.kfree
+    new, kfree = getattr(km, name), km.kfree
 
     def op() -> None:
-        kfree(kzalloc(size, align))
+        kfree(new(size, align))
 
     return op
+
+
+def make_kmalloc_kzalloc(size: int, align: int) -> Op:
+    return _kmalloc_op(size, align, "kzalloc")
 
 
 def make_kmalloc_kmalloc(size: int, align: int) -> Op:
-    km = _kmalloc()
-    kmalloc, kfree = km.kmalloc, km.kfree
-
-    def op() -> None:
-        kfree(kmalloc(size, align))
-
-    return op
+    return _kmalloc_op(size, align, "kmalloc")
 
 
 def aligned_kmalloc(size: int, align: int) -> bool:
@@ -206,34 +203,28 @@ def aligned_bytearray(size: int, align: int) -> bool:
 # --- NumPy ------------------------------------------------------------------------
 
 
-def make_numpy_slice(size: int, align: int) -> Op:
-    """The usual recipe: over-allocate by ``align`` and slice at the first aligned byte."""
+def _numpy_slice_op(size: int, align: int, new_name: str) -> Op:
     np = _require("numpy")
-    zeros, uint8 = np.zeros, np.uint8
+    new, uint8 = getattr(np, new_name), np.uint8
     align = max(align, 1)
     total = size + align
 
     def op() -> None:
-        a = zeros(total, uint8)
+        a = new(total, uint8)
         off = (-a.ctypes.data) % align
         a[off : off + size]
 
     return op
+
+
+def make_numpy_slice(size: int, align: int) -> Op:
+    """The usual recipe: over-allocate by ``align`` and slice at the first aligned byte."""
+    return _numpy_slice_op(size, align, "zeros")
 
 
 def make_numpy_slice_empty(size: int, align: int) -> Op:
     """The same recipe with ``np.empty``: aligned, contents undefined."""
-    np = _require("numpy")
-    empty, uint8 = np.empty, np.uint8
-    align = max(align, 1)
-    total = size + align
-
-    def op() -> None:
-        a = empty(total, uint8)
-        off = (-a.ctypes.data) % align
-        a[off : off + size]
-
-    return op
+    return _numpy_slice_op(size, align, "empty")
 
 
 def aligned_numpy_slice(size: int, align: int) -> bool:
@@ -247,24 +238,22 @@ def aligned_numpy_slice(size: int, align: int) -> bool:
     return _all_aligned([s.ctypes.data for s in samples], align)
 
 
-def make_numpy_zeros(size: int, align: int) -> Op:
+def _numpy_op(size: int, new_name: str) -> Op:
     np = _require("numpy")
-    zeros, uint8 = np.zeros, np.uint8
+    new, uint8 = getattr(np, new_name), np.uint8
 
     def op() -> None:
-        zeros(size, uint8)
+        new(size, uint8)
 
     return op
+
+
+def make_numpy_zeros(size: int, align: int) -> Op:
+    return _numpy_op(size, "zeros")
 
 
 def make_numpy_empty(size: int, align: int) -> Op:
-    np = _require("numpy")
-    empty, uint8 = np.empty, np.uint8
-
-    def op() -> None:
-        empty(size, uint8)
-
-    return op
+    return _numpy_op(size, "empty")
 
 
 def aligned_numpy_plain(size: int, align: int) -> bool:
@@ -280,24 +269,22 @@ def _fftw_align(pyfftw: ModuleType, align: int) -> int:
     return align if align > 0 else pyfftw.simd_alignment
 
 
-def make_pyfftw_zeros(size: int, align: int) -> Op:
+def _pyfftw_op(size: int, align: int, new_name: str) -> Op:
     pyfftw = _require("pyfftw")
-    zeros_aligned, n = pyfftw.zeros_aligned, _fftw_align(pyfftw, align)
+    new, n = getattr(pyfftw, new_name), _fftw_align(pyfftw, align)
 
     def op() -> None:
-        zeros_aligned(size, dtype="uint8", n=n)
+        new(size, dtype="uint8", n=n)
 
     return op
+
+
+def make_pyfftw_zeros(size: int, align: int) -> Op:
+    return _pyfftw_op(size, align, "zeros_aligned")
 
 
 def make_pyfftw_empty(size: int, align: int) -> Op:
-    pyfftw = _require("pyfftw")
-    empty_aligned, n = pyfftw.empty_aligned, _fftw_align(pyfftw, align)
-
-    def op() -> None:
-        empty_aligned(size, dtype="uint8", n=n)
-
-    return op
+    return _pyfftw_op(size, align, "empty_aligned")
 
 
 def aligned_pyfftw(size: int, align: int) -> bool:
@@ -417,29 +404,25 @@ def _aligned_handler(align: int) -> Any:
     )
 
 
-def make_numpy_allocator(size: int, align: int) -> Op:
+def _numpy_allocator_op(size: int, align: int, new_name: str) -> Op:
     np = _require("numpy")
     handler = _aligned_handler(align)
-    zeros, uint8 = np.zeros, np.uint8
+    new, uint8 = getattr(np, new_name), np.uint8
 
     def op() -> None:
         # The handler is entered per allocation so it never leaks into other peers.
         with handler:
-            zeros(size, uint8)
+            new(size, uint8)
 
     return op
+
+
+def make_numpy_allocator(size: int, align: int) -> Op:
+    return _numpy_allocator_op(size, align, "zeros")
 
 
 def make_numpy_allocator_empty(size: int, align: int) -> Op:
-    np = _require("numpy")
-    handler = _aligned_handler(align)
-    empty, uint8 = np.empty, np.uint8
-
-    def op() -> None:
-        with handler:
-            empty(size, uint8)
-
-    return op
+    return _numpy_allocator_op(size, align, "empty")
 
 
 def aligned_numpy_allocator(size: int, align: int) -> bool:
@@ -461,6 +444,11 @@ class Peer:
     make: Callable[[int, int], Op]
     aligned: Callable[[int, int], bool]
     zeroed: bool
+
+    @property
+    def baseline(self) -> str:
+        """The kmemcache op this peer's ratio is taken against."""
+        return baseline_for(self)
 
 
 PEERS: tuple[Peer, ...] = (
@@ -562,3 +550,51 @@ def peer(key: str) -> Peer:
         if p.key == key:
             return p
     raise KeyError(key)
+
+
+# --- candidates for the harness ---------------------------------------------------
+
+
+class AllocOp(Protocol):
+    """What ``build_candidates`` needs of an op: a ``Peer`` or a benchmark's own."""
+
+    @property
+    def key(self) -> str: ...
+    @property
+    def label(self) -> str: ...
+    @property
+    def zeroed(self) -> bool: ...
+    @property
+    def baseline(self) -> str: ...
+    @property
+    def make(self) -> Callable[[int, int], Op]: ...
+    @property
+    def aligned(self) -> Callable[[int, int], bool]: ...
+
+
+def build_candidates(ops: Sequence[AllocOp], size: int, align: int) -> list[h.Candidate]:
+    """One candidate per op; unavailable or broken ops are recorded, not raised."""
+    out = []
+    for p in ops:
+        cand = h.Candidate(key=p.key, label=p.label, zeroed=p.zeroed)
+        try:
+            cand.aligned = p.aligned(size, align)
+            cand.op = p.make(size, align)
+        except PeerUnavailable as exc:
+            cand.status, cand.note = "not installed", str(exc)
+        except Exception as exc:  # report the broken op and measure the rest
+            cand.fail(exc)
+        out.append(cand)
+    return out
+
+
+def records_for(ops: Sequence[AllocOp], cands: Sequence[h.Candidate]) -> list[dict[str, Any]]:
+    """JSON records, each with its ratio against the kmemcache op its ``baseline`` names."""
+    by_key = {c.key: c for c in cands}
+    out = []
+    for p, cand in zip(ops, cands, strict=True):
+        base = by_key.get(p.baseline)
+        rec = h.candidate_record(cand, base if base is not None and base.samples_ns else None)
+        rec["baseline"] = p.baseline
+        out.append(rec)
+    return out
