@@ -7,7 +7,7 @@
  */
 #include "binding.h"
 
-int kmc_cache_check_alive(CacheObject *self)
+int kmcpy_cache_check_alive(CacheObject *self)
 {
     if (self->cache)
         return 0;
@@ -15,7 +15,7 @@ int kmc_cache_check_alive(CacheObject *self)
     return -1;
 }
 
-int kmc_track(CacheObject *cache, const char *event, const void *address)
+int kmcpy_track(CacheObject *cache, const char *event, const void *address)
 {
     PyObject *addr = PyLong_FromVoidPtr((void *)address);
     if (!addr)
@@ -40,7 +40,7 @@ static int call_ctor(void *object, size_t size, void *arg)
     CacheObject *self = arg;
     PyGILState_STATE gil = PyGILState_Ensure();
     int rc = -1;
-    ObjectObject *handle = kmc_object_new(self, object, (Py_ssize_t)size);
+    HandleObject *handle = kmcpy_handle_new(self, object, (Py_ssize_t)size);
     PyObject *view = handle ? PyMemoryView_FromObject((PyObject *)handle) : NULL;
     if (view) {
         self->in_ctor++;
@@ -94,7 +94,7 @@ static int raise_alloc_failure(CacheObject *self)
     }
     if (st == KMC_OK)
         st = KMC_ENOMEM;
-    return kmc_raise(st);
+    return kmcpy_raise(st);
 }
 
 static PyObject *cache_new(PyTypeObject *type, PyObject *Py_UNUSED(args),
@@ -176,9 +176,9 @@ static int cache_init(CacheObject *self, PyObject *args, PyObject *kwds)
                      (unsigned long long)flags & ~(unsigned long long)KMC_VALID_FLAGS);
         return -1;
     }
-    if (kmc_facade) {
+    if (kmcpy_facade) {
         /* KMEMCACHE_DEBUG's options for this name join the flags given */
-        PyObject *f = PyObject_CallMethod(kmc_facade, "cache_flags", "On", name, flags);
+        PyObject *f = PyObject_CallMethod(kmcpy_facade, "cache_flags", "On", name, flags);
         if (!f)
             return -1;
         flags = PyLong_AsSsize_t(f);
@@ -195,12 +195,12 @@ static int cache_init(CacheObject *self, PyObject *args, PyObject *kwds)
         if (st == KMC_EINVAL)
             PyErr_SetString(PyExc_ValueError, kmc_last_report()->message);
         else
-            kmc_raise(st);
+            kmcpy_raise(st);
         return -1;
     }
     self->size = size;
-    if (kmc_facade) {
-        PyObject *r = PyObject_CallMethod(kmc_facade, "attach", "O", (PyObject *)self);
+    if (kmcpy_facade) {
+        PyObject *r = PyObject_CallMethod(kmcpy_facade, "attach", "O", (PyObject *)self);
         if (!r) {
             (void)kmc_cache_destroy(self->cache);
             self->cache = NULL;
@@ -251,14 +251,14 @@ static void cache_dealloc(CacheObject *self)
     Py_TYPE(self)->tp_free((PyObject *)self);
 }
 
-PyObject *kmc_adopt(CacheObject *cache, void *p, Py_ssize_t size)
+PyObject *kmcpy_adopt(CacheObject *cache, void *p, Py_ssize_t size)
 {
-    ObjectObject *obj = kmc_object_new(cache, p, size);
+    HandleObject *obj = kmcpy_handle_new(cache, p, size);
     if (!obj) {
         kmc_cache_free(cache->cache, p);
         return NULL;
     }
-    if (cache->track && kmc_track(cache, "alloc", p) < 0) {
+    if (cache->track && kmcpy_track(cache, "alloc", p) < 0) {
         Py_DECREF(obj); /* its dealloc gives the object back */
         return NULL;
     }
@@ -267,7 +267,7 @@ PyObject *kmc_adopt(CacheObject *cache, void *p, Py_ssize_t size)
 
 static PyObject *alloc_one(CacheObject *self, int zero)
 {
-    if (kmc_cache_check_alive(self) < 0)
+    if (kmcpy_cache_check_alive(self) < 0)
         return NULL;
     void *p;
     while (!(p = kmc_cache_alloc(self->cache, zero))) {
@@ -279,7 +279,7 @@ static PyObject *alloc_one(CacheObject *self, int zero)
         if (!raise_alloc_failure(self))
             return NULL;
     }
-    return kmc_adopt(self, p, self->size);
+    return kmcpy_adopt(self, p, self->size);
 }
 
 static PyObject *cache_alloc(CacheObject *self, PyObject *Py_UNUSED(ignored))
@@ -300,7 +300,7 @@ static PyObject *cache_alloc_bulk(CacheObject *self, PyObject *args, PyObject *k
     if (!PyArg_ParseTupleAndKeywords(args, kwds, "O&|p:alloc_bulk", kwlist, ssize_arg, &n,
                                      &zero))
         return NULL;
-    if (kmc_cache_check_alive(self) < 0)
+    if (kmcpy_cache_check_alive(self) < 0)
         return NULL;
     if (n < 0) {
         PyErr_Format(PyExc_ValueError, "n must be >= 0, not %zd", n);
@@ -327,7 +327,7 @@ static PyObject *cache_alloc_bulk(CacheObject *self, PyObject *args, PyObject *k
         }
     }
     for (Py_ssize_t i = 0; i < n; i++) {
-        ObjectObject *obj = kmc_object_new(self, ptrs[i], self->size);
+        HandleObject *obj = kmcpy_handle_new(self, ptrs[i], self->size);
         if (!obj) {
             /* give back the objects with no handle yet; the list frees the rest */
             for (Py_ssize_t j = i; j < n; j++)
@@ -341,7 +341,7 @@ static PyObject *cache_alloc_bulk(CacheObject *self, PyObject *args, PyObject *k
     PyMem_Free(ptrs);
     if (self->track)
         for (Py_ssize_t i = 0; i < n; i++)
-            if (kmc_track(self, "alloc", ((ObjectObject *)PyList_GET_ITEM(list, i))->ptr) < 0) {
+            if (kmcpy_track(self, "alloc", ((HandleObject *)PyList_GET_ITEM(list, i))->ptr) < 0) {
                 Py_DECREF(list);
                 return NULL;
             }
@@ -353,18 +353,18 @@ static PyObject *cache_alloc_bulk(CacheObject *self, PyObject *args, PyObject *k
  * (the caller skips the object). */
 static int check_freeable(CacheObject *self, PyObject *arg)
 {
-    if (!PyObject_TypeCheck(arg, &KmcObject_Type))
-        return kmc_raise_message(KMC_EINVALID_FREE, self, NULL,
+    if (!PyObject_TypeCheck(arg, &Handle_Type))
+        return kmcpy_raise_message(KMC_EINVALID_FREE, self, NULL,
                                  "Invalid free in %s: %.100s is not a kmemcache object",
                                  kmc_cache_name(self->cache), Py_TYPE(arg)->tp_name)
                    ? 1
                    : -1;
-    ObjectObject *obj = (ObjectObject *)arg;
+    HandleObject *obj = (HandleObject *)arg;
     if (obj->owner != self && obj->ptr) {
         const char *other = !obj->owner        ? "none (kmalloc pages)"
                             : obj->owner->cache ? kmc_cache_name(obj->owner->cache)
                                                 : "?";
-        return kmc_raise_message(KMC_EINVALID_FREE, self, obj->ptr,
+        return kmcpy_raise_message(KMC_EINVALID_FREE, self, obj->ptr,
                                  "Invalid free of %p in %s: it belongs to cache %s",
                                  (void *)obj->ptr, kmc_cache_name(self->cache), other)
                    ? 1
@@ -375,19 +375,19 @@ static int check_freeable(CacheObject *self, PyObject *arg)
 
 static PyObject *cache_free(CacheObject *self, PyObject *arg)
 {
-    if (kmc_cache_check_alive(self) < 0)
+    if (kmcpy_cache_check_alive(self) < 0)
         return NULL;
     int r = check_freeable(self, arg);
     if (r < 0)
         return NULL;
-    if (r == 0 && kmc_object_free((ObjectObject *)arg) < 0)
+    if (r == 0 && kmcpy_handle_free((HandleObject *)arg) < 0)
         return NULL;
     Py_RETURN_NONE;
 }
 
 static PyObject *cache_free_bulk(CacheObject *self, PyObject *arg)
 {
-    if (kmc_cache_check_alive(self) < 0)
+    if (kmcpy_cache_check_alive(self) < 0)
         return NULL;
     PyObject *seq = PySequence_Fast(arg, "free_bulk() takes a sequence of objects");
     if (!seq)
@@ -411,9 +411,9 @@ static PyObject *cache_free_bulk(CacheObject *self, PyObject *arg)
             skip[i] = 1;
             continue;
         }
-        ObjectObject *obj = (ObjectObject *)items[i];
+        HandleObject *obj = (HandleObject *)items[i];
         if (!obj->ptr) {
-            if (!kmc_raise_message(KMC_EDOUBLE_FREE, self, NULL,
+            if (!kmcpy_raise_message(KMC_EDOUBLE_FREE, self, NULL,
                                    "Object already free: item %zd was freed before", i))
                 goto fail;
             skip[i] = 1;
@@ -429,14 +429,14 @@ static PyObject *cache_free_bulk(CacheObject *self, PyObject *arg)
         if (dup < 0 || (!dup && PySet_Add(seen, items[i]) < 0))
             goto fail;
         if (dup) {
-            if (!kmc_raise_message(KMC_EDOUBLE_FREE, self, obj->ptr,
+            if (!kmcpy_raise_message(KMC_EDOUBLE_FREE, self, obj->ptr,
                                    "Object already free: item %zd appears twice", i))
                 goto fail;
             skip[i] = 1;
         }
     }
     for (Py_ssize_t i = 0; i < n; i++)
-        if (!skip[i] && kmc_object_free((ObjectObject *)items[i]) < 0)
+        if (!skip[i] && kmcpy_handle_free((HandleObject *)items[i]) < 0)
             goto fail;
     PyMem_Free(skip);
     Py_DECREF(seen);
@@ -451,19 +451,19 @@ fail:
 
 static PyObject *cache_shrink(CacheObject *self, PyObject *Py_UNUSED(ignored))
 {
-    if (kmc_cache_check_alive(self) < 0)
+    if (kmcpy_cache_check_alive(self) < 0)
         return NULL;
     return PyLong_FromSize_t(kmc_cache_shrink(self->cache));
 }
 
 static PyObject *cache_destroy(CacheObject *self, PyObject *Py_UNUSED(ignored))
 {
-    if (kmc_cache_check_alive(self) < 0)
+    if (kmcpy_cache_check_alive(self) < 0)
         return NULL;
     if (self->in_ctor) {
         /* the engine is building a slab of this cache and would go on
          * using it after the destroy */
-        if (!kmc_raise_message(KMC_EBUSY, self, NULL,
+        if (!kmcpy_raise_message(KMC_EBUSY, self, NULL,
                                "Cannot destroy %s while its ctor runs: a slab is being built",
                                kmc_cache_name(self->cache)))
             return NULL;
@@ -471,23 +471,23 @@ static PyObject *cache_destroy(CacheObject *self, PyObject *Py_UNUSED(ignored))
     }
     kmc_status st = kmc_cache_destroy(self->cache);
     if (st == KMC_EBUSY) {
-        if (!kmc_raise(st))
+        if (!kmcpy_raise(st))
             return NULL;
         Py_RETURN_NONE; /* told to go on: the cache stays, as SLUB leaves it */
     }
     self->cache = NULL;
-    if (st != KMC_OK && !kmc_raise(st))
+    if (st != KMC_OK && !kmcpy_raise(st))
         return NULL; /* destroyed, but damage was found on the way */
     Py_RETURN_NONE;
 }
 
 static PyObject *cache_validate(CacheObject *self, PyObject *Py_UNUSED(ignored))
 {
-    if (kmc_cache_check_alive(self) < 0)
+    if (kmcpy_cache_check_alive(self) < 0)
         return NULL;
     size_t problems = 0;
     kmc_status st = kmc_cache_validate(self->cache, &problems);
-    if (st != KMC_OK && !kmc_raise(st))
+    if (st != KMC_OK && !kmcpy_raise(st))
         return NULL;
     return PyLong_FromSize_t(problems);
 }
@@ -504,7 +504,7 @@ static int put_stat(PyObject *d, const char *key, unsigned long long v)
 
 /* The engine's counters of @c as a dict (also used for every cache by
  * the module's _caches()). */
-PyObject *kmc_stats_dict(kmc_cache_t *c)
+PyObject *kmcpy_stats_dict(kmc_cache_t *c)
 {
     kmc_stats_t s;
     kmc_cache_stats(c, &s);
@@ -534,9 +534,9 @@ PyObject *kmc_stats_dict(kmc_cache_t *c)
 
 static PyObject *cache_stats_raw(CacheObject *self, PyObject *Py_UNUSED(ignored))
 {
-    if (kmc_cache_check_alive(self) < 0)
+    if (kmcpy_cache_check_alive(self) < 0)
         return NULL;
-    return kmc_stats_dict(self->cache);
+    return kmcpy_stats_dict(self->cache);
 }
 
 static void collect_address(void *object, void *arg)
@@ -549,7 +549,7 @@ static void collect_address(void *object, void *arg)
 
 static PyObject *cache_live_addresses(CacheObject *self, PyObject *Py_UNUSED(ignored))
 {
-    if (kmc_cache_check_alive(self) < 0)
+    if (kmcpy_cache_check_alive(self) < 0)
         return NULL;
     PyObject *list = PyList_New(0);
     if (list)
@@ -570,7 +570,7 @@ static PyObject *cache_set_track(CacheObject *self, PyObject *arg)
 #define GETTER(field, expr)                                                                   \
     static PyObject *cache_get_##field(CacheObject *self, void *Py_UNUSED(closure))         \
     {                                                                                         \
-        if (kmc_cache_check_alive(self) < 0)                                                  \
+        if (kmcpy_cache_check_alive(self) < 0)                                                  \
             return NULL;                                                                      \
         return expr;                                                                          \
     }
@@ -588,23 +588,23 @@ static PyObject *cache_get_destroyed(CacheObject *self, void *Py_UNUSED(closure)
 static PyObject *cache_stats(CacheObject *self, PyObject *Py_UNUSED(ignored))
 {
     PyObject *raw = cache_stats_raw(self, NULL);
-    if (!raw || !kmc_facade)
+    if (!raw || !kmcpy_facade)
         return raw;
-    return PyObject_CallMethod(kmc_facade, "make_stats", "N", raw);
+    return PyObject_CallMethod(kmcpy_facade, "make_stats", "N", raw);
 }
 
 static PyObject *cache_leaks(CacheObject *self, PyObject *Py_UNUSED(ignored))
 {
-    if (kmc_cache_check_alive(self) < 0)
+    if (kmcpy_cache_check_alive(self) < 0)
         return NULL;
-    if (!kmc_facade)
+    if (!kmcpy_facade)
         return cache_live_addresses(self, NULL);
-    return PyObject_CallMethod(kmc_facade, "leaks", "O", (PyObject *)self);
+    return PyObject_CallMethod(kmcpy_facade, "leaks", "O", (PyObject *)self);
 }
 
 static PyObject *cache_enter(CacheObject *self, PyObject *Py_UNUSED(ignored))
 {
-    if (kmc_cache_check_alive(self) < 0)
+    if (kmcpy_cache_check_alive(self) < 0)
         return NULL;
     return Py_NewRef((PyObject *)self);
 }
@@ -687,7 +687,7 @@ static PyGetSetDef cache_getset[] = {
  * exactly the method's type (about 180 instructions fewer per alloc+free
  * pair than through a subclass). Its instance dict is made with the object,
  * since a dict pointer left NULL stops the method lookup from specialising. */
-PyTypeObject KmcCache_Type = {
+PyTypeObject Cache_Type = {
     PyVarObject_HEAD_INIT(NULL, 0)
     .tp_name = "kmemcache.Cache",
     .tp_basicsize = sizeof(CacheObject),

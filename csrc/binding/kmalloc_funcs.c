@@ -124,13 +124,13 @@ static int unpack(const char *fname, PyObject *const *args, Py_ssize_t nargs, Py
 static CacheObject *class_cache_make(int i)
 {
     const kmc_kmalloc_class_t *k = &kmc_kmalloc_classes[i];
-    PyObject *factory = Py_NewRef(class_factory ? class_factory : (PyObject *)&KmcCache_Type);
+    PyObject *factory = Py_NewRef(class_factory ? class_factory : (PyObject *)&Cache_Type);
     PyObject *made = PyObject_CallFunction(factory, "snn", k->name, (Py_ssize_t)k->size,
                                            (Py_ssize_t)k->align);
     Py_DECREF(factory);
     if (!made)
         return NULL;
-    if (!PyObject_TypeCheck(made, &KmcCache_Type) || !((CacheObject *)made)->cache) {
+    if (!PyObject_TypeCheck(made, &Cache_Type) || !((CacheObject *)made)->cache) {
         PyErr_Format(PyExc_TypeError, "the kmalloc cache factory gave %.100s, not a live Cache",
                      Py_TYPE(made)->tp_name);
         Py_DECREF(made);
@@ -156,7 +156,7 @@ static CacheObject *class_cache_make(int i)
 static int raise_alloc_failure(void)
 {
     kmc_status st = kmc_last_report()->status;
-    return kmc_raise(st == KMC_OK ? KMC_ENOMEM : st);
+    return kmcpy_raise(st == KMC_OK ? KMC_ENOMEM : st);
 }
 
 static PyObject *new_object(size_t size, size_t align, int zero)
@@ -170,7 +170,7 @@ static PyObject *new_object(size_t size, size_t align, int zero)
         while (!(p = kmc_cache_alloc(c->cache, zero)))
             if (!raise_alloc_failure())
                 return NULL;
-        return kmc_adopt(c, p, (Py_ssize_t)size);
+        return kmcpy_adopt(c, p, (Py_ssize_t)size);
     }
     /* size 0, or pages: a kept run, else a few system calls (kept under the
      * GIL, as malloc's are: releasing it would cost more than most of them) */
@@ -178,7 +178,7 @@ static PyObject *new_object(size_t size, size_t align, int zero)
     while (!(p = zero ? kmc_kzalloc(size, align) : kmc_kmalloc(size, align)))
         if (!raise_alloc_failure())
             return NULL;
-    ObjectObject *obj = kmc_object_new(NULL, p, (Py_ssize_t)size);
+    HandleObject *obj = kmcpy_handle_new(NULL, p, (Py_ssize_t)size);
     if (!obj)
         kmc_kfree(p);
     return (PyObject *)obj;
@@ -238,14 +238,14 @@ static PyObject *py_kfree(PyObject *Py_UNUSED(m), PyObject *arg)
 {
     if (arg == Py_None)
         Py_RETURN_NONE; /* kfree(NULL) */
-    if (!PyObject_TypeCheck(arg, &KmcObject_Type)) {
-        if (!kmc_raise_message(KMC_EINVALID_FREE, NULL, NULL,
+    if (!PyObject_TypeCheck(arg, &Handle_Type)) {
+        if (!kmcpy_raise_message(KMC_EINVALID_FREE, NULL, NULL,
                                "Invalid free: %.100s is not a kmemcache object",
                                Py_TYPE(arg)->tp_name))
             return NULL;
         Py_RETURN_NONE; /* told to go on: nothing to free */
     }
-    if (kmc_object_free((ObjectObject *)arg) < 0)
+    if (kmcpy_handle_free((HandleObject *)arg) < 0)
         return NULL;
     Py_RETURN_NONE;
 }
@@ -254,18 +254,18 @@ static PyObject *py_ksize(PyObject *Py_UNUSED(m), PyObject *arg)
 {
     if (arg == Py_None)
         return PyLong_FromLong(0); /* ksize(NULL) */
-    if (!PyObject_TypeCheck(arg, &KmcObject_Type)) {
+    if (!PyObject_TypeCheck(arg, &Handle_Type)) {
         PyErr_Format(PyExc_TypeError, "ksize() takes a kmemcache object, not %.100s",
                      Py_TYPE(arg)->tp_name);
         return NULL;
     }
-    ObjectObject *obj = (ObjectObject *)arg;
+    HandleObject *obj = (HandleObject *)arg;
     if (!obj->ptr) {
         PyErr_SetString(PyExc_ValueError, "operation on a freed kmemcache object");
         return NULL;
     }
     size_t n = kmc_ksize(obj->ptr);
-    if (!n && obj->size && !kmc_raise(kmc_last_report()->status))
+    if (!n && obj->size && !kmcpy_raise(kmc_last_report()->status))
         return NULL;
     return PyLong_FromSize_t(n);
 }
@@ -281,14 +281,14 @@ static PyObject *py_krealloc(PyObject *Py_UNUSED(m), PyObject *const *args, Py_s
         return NULL;
     if (a[0] == Py_None)
         return new_object(size, align, 0); /* krealloc(NULL, n) is kmalloc(n) */
-    if (!PyObject_TypeCheck(a[0], &KmcObject_Type)) {
-        if (!kmc_raise_message(KMC_EINVALID_FREE, NULL, NULL,
+    if (!PyObject_TypeCheck(a[0], &Handle_Type)) {
+        if (!kmcpy_raise_message(KMC_EINVALID_FREE, NULL, NULL,
                                "krealloc of %.100s: not a kmemcache object",
                                Py_TYPE(a[0])->tp_name))
             return NULL;
         Py_RETURN_NONE; /* told to go on: nothing was made */
     }
-    ObjectObject *old = (ObjectObject *)a[0];
+    HandleObject *old = (HandleObject *)a[0];
     if (!old->ptr) {
         PyErr_SetString(PyExc_ValueError, "krealloc of a freed kmemcache object");
         return NULL;
@@ -303,13 +303,13 @@ static PyObject *py_krealloc(PyObject *Py_UNUSED(m), PyObject *const *args, Py_s
         old->size = (Py_ssize_t)size;
         return Py_NewRef(a[0]);
     }
-    ObjectObject *obj = (ObjectObject *)new_object(size, align, 0);
+    HandleObject *obj = (HandleObject *)new_object(size, align, 0);
     if (!obj)
         return NULL; /* the old object is untouched */
     size_t keep = (size_t)old->size < size ? (size_t)old->size : size;
     if (keep)
         memcpy(obj->ptr, old->ptr, keep);
-    if (kmc_object_free(old) < 0) {
+    if (kmcpy_handle_free(old) < 0) {
         /* the old object stays (damage was found freeing it): drop the copy */
         PyObject *type, *value, *tb;
         PyErr_Fetch(&type, &value, &tb);
@@ -376,7 +376,7 @@ static PyObject *kmalloc_shrink(PyObject *Py_UNUSED(m), PyObject *Py_UNUSED(igno
 #define FASTCALL_KW (METH_FASTCALL | METH_KEYWORDS)
 #define FN(f) ((PyCFunction)(void (*)(void))(f))
 
-PyMethodDef kmc_kmalloc_methods[] = {
+PyMethodDef kmcpy_kmalloc_methods[] = {
     {"kmalloc", FN(py_kmalloc), FASTCALL_KW,
      "kmalloc($module, /, size, align=0)\n--\n\n"
      "An object of size bytes (contents undefined) from the kmalloc size classes, or\n"

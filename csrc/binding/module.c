@@ -9,16 +9,16 @@
  */
 #include "binding.h"
 
-PyObject *KmcSlabError;
+PyObject *kmcpy_slab_error;
 static PyObject *double_free_error, *invalid_free_error, *cache_busy_error, *redzone_error,
     *poison_error, *corruption_error;
 static PyObject *error_factory; /* callable(kind, report_dict) -> exception or None */
-PyObject *kmc_facade;
+PyObject *kmcpy_facade;
 
-PyObject *kmc_stats_dict(kmc_cache_t *c); /* cache_type.c */
-extern PyMethodDef kmc_kmalloc_methods[]; /* kmalloc_funcs.c: kmalloc, kfree, ... */
+PyObject *kmcpy_stats_dict(kmc_cache_t *c); /* cache_type.c */
+extern PyMethodDef kmcpy_kmalloc_methods[]; /* kmalloc_funcs.c: kmalloc, kfree, ... */
 
-PyObject *kmc_exception_for(kmc_status status)
+PyObject *kmcpy_exception_for(kmc_status status)
 {
     switch (status) {
     case KMC_ENOMEM:
@@ -41,7 +41,7 @@ PyObject *kmc_exception_for(kmc_status status)
     case KMC_OK:
         break;
     }
-    return KmcSlabError;
+    return kmcpy_slab_error;
 }
 
 static PyObject *report_dict(const kmc_report_t *r)
@@ -61,7 +61,7 @@ static PyObject *report_dict(const kmc_report_t *r)
 
 static int raise_report(const kmc_report_t *r)
 {
-    PyObject *cls = kmc_exception_for(r->status);
+    PyObject *cls = kmcpy_exception_for(r->status);
     if (!error_factory || cls == PyExc_MemoryError || cls == PyExc_ValueError) {
         PyErr_SetString(cls, r->message[0] ? r->message : kmc_status_name(r->status));
         return 0;
@@ -82,7 +82,7 @@ static int raise_report(const kmc_report_t *r)
     return 0;
 }
 
-int kmc_raise(kmc_status status)
+int kmcpy_raise(kmc_status status)
 {
     kmc_report_t r = *kmc_last_report();
     if (r.status != status) {
@@ -94,7 +94,7 @@ int kmc_raise(kmc_status status)
     return raise_report(&r);
 }
 
-int kmc_raise_message(kmc_status status, CacheObject *cache, const void *object,
+int kmcpy_raise_message(kmc_status status, CacheObject *cache, const void *object,
                       const char *fmt, ...)
 {
     kmc_report_t r;
@@ -125,7 +125,7 @@ static PyObject *set_error_factory(PyObject *Py_UNUSED(module), PyObject *arg)
 
 static PyObject *set_facade(PyObject *Py_UNUSED(module), PyObject *arg)
 {
-    Py_XSETREF(kmc_facade, arg == Py_None ? NULL : Py_NewRef(arg));
+    Py_XSETREF(kmcpy_facade, arg == Py_None ? NULL : Py_NewRef(arg));
     Py_RETURN_NONE;
 }
 
@@ -138,7 +138,7 @@ static PyObject *caches(PyObject *Py_UNUSED(module), PyObject *Py_UNUSED(ignored
     n = kmc_caches(all, n); /* none can go while we hold the GIL, but be sure */
     PyObject *list = PyList_New(0);
     for (size_t i = 0; list && i < n; i++) {
-        PyObject *d = kmc_stats_dict(all[i]);
+        PyObject *d = kmcpy_stats_dict(all[i]);
         if (!d || PyList_Append(list, d) < 0)
             Py_CLEAR(list);
         Py_XDECREF(d);
@@ -215,28 +215,28 @@ static PyObject *new_error(PyObject *m, const char *name, PyObject *base, const 
 
 PyMODINIT_FUNC PyInit__kmemcache(void)
 {
-    if (PyType_Ready(&KmcCache_Type) < 0 || PyType_Ready(&KmcObject_Type) < 0)
+    if (PyType_Ready(&Cache_Type) < 0 || PyType_Ready(&Handle_Type) < 0)
         return NULL;
     PyObject *m = PyModule_Create(&module_def);
     if (!m)
         return NULL;
-    if (PyModule_AddObjectRef(m, "Cache", (PyObject *)&KmcCache_Type) < 0 ||
-        PyModule_AddObjectRef(m, "Object", (PyObject *)&KmcObject_Type) < 0 ||
-        PyModule_AddFunctions(m, kmc_kmalloc_methods) < 0)
+    if (PyModule_AddObjectRef(m, "Cache", (PyObject *)&Cache_Type) < 0 ||
+        PyModule_AddObjectRef(m, "Object", (PyObject *)&Handle_Type) < 0 ||
+        PyModule_AddFunctions(m, kmcpy_kmalloc_methods) < 0)
         goto fail;
-    if (!(KmcSlabError = new_error(m, "SlabError", NULL,
+    if (!(kmcpy_slab_error = new_error(m, "SlabError", NULL,
                                    "Base of the errors the allocator detects.")) ||
-        !(double_free_error = new_error(m, "DoubleFreeError", KmcSlabError,
+        !(double_free_error = new_error(m, "DoubleFreeError", kmcpy_slab_error,
                                         "An object was freed twice.")) ||
-        !(invalid_free_error = new_error(m, "InvalidFreeError", KmcSlabError,
+        !(invalid_free_error = new_error(m, "InvalidFreeError", kmcpy_slab_error,
                                          "Not an object of this cache, or of any.")) ||
-        !(cache_busy_error = new_error(m, "CacheBusyError", KmcSlabError,
+        !(cache_busy_error = new_error(m, "CacheBusyError", kmcpy_slab_error,
                                        "Destroy while objects are live.")) ||
-        !(redzone_error = new_error(m, "RedzoneError", KmcSlabError,
+        !(redzone_error = new_error(m, "RedzoneError", kmcpy_slab_error,
                                     "A red zone or slab padding was overwritten.")) ||
-        !(poison_error = new_error(m, "PoisonError", KmcSlabError,
+        !(poison_error = new_error(m, "PoisonError", kmcpy_slab_error,
                                    "A freed object was written to.")) ||
-        !(corruption_error = new_error(m, "CorruptionError", KmcSlabError,
+        !(corruption_error = new_error(m, "CorruptionError", kmcpy_slab_error,
                                        "The allocator's metadata does not add up.")))
         goto fail;
     struct {

@@ -1,4 +1,4 @@
-# Type stub for kmemcache._kmemcache, the C core: the Cache and Object types, the
+# Type stub for kmemcache._kmemcache, the C core: the Cache type and the handle type (Object), the
 # exception family, the engine's constants, the kmalloc family, and the private
 # helpers the package uses. Import the public names from kmemcache.
 

@@ -1,5 +1,5 @@
 /*
- * object_type.c - the handle type: one object's memory, exported through
+ * handle_type.c - the handle type (kmemcache.Object): one object's memory, exported through
  * the buffer protocol.
  *
  * A handle holds its cache alive. It refuses to free while views exist
@@ -14,17 +14,17 @@
 
 /* Handles are made and dropped on every alloc/free: keep some for reuse. */
 #define FREE_HANDLES_MAX 256
-static ObjectObject *free_handles[FREE_HANDLES_MAX];
+static HandleObject *free_handles[FREE_HANDLES_MAX];
 static int nr_free_handles;
 
-ObjectObject *kmc_object_new(CacheObject *owner, void *ptr, Py_ssize_t size)
+HandleObject *kmcpy_handle_new(CacheObject *owner, void *ptr, Py_ssize_t size)
 {
-    ObjectObject *self;
+    HandleObject *self;
     if (nr_free_handles) {
         self = free_handles[--nr_free_handles];
-        (void)PyObject_Init((PyObject *)self, &KmcObject_Type);
+        (void)PyObject_Init((PyObject *)self, &Handle_Type);
     } else {
-        self = PyObject_GC_New(ObjectObject, &KmcObject_Type);
+        self = PyObject_GC_New(HandleObject, &Handle_Type);
         if (!self)
             return NULL;
     }
@@ -38,12 +38,12 @@ ObjectObject *kmc_object_new(CacheObject *owner, void *ptr, Py_ssize_t size)
 }
 
 /* What a handle without a cache holds: kmalloc's pages or size 0. */
-static const char *no_cache_name(const ObjectObject *self)
+static const char *no_cache_name(const HandleObject *self)
 {
     return self->size ? "kmalloc pages" : "kmalloc(0)";
 }
 
-static int check_live(ObjectObject *self)
+static int check_live(HandleObject *self)
 {
     if (self->ptr)
         return 0;
@@ -53,12 +53,12 @@ static int check_live(ObjectObject *self)
 
 /* Give the object back to its cache. The handle keeps its cache reference
  * (for repr and .cache) until it dies. */
-int kmc_object_free(ObjectObject *self)
+int kmcpy_handle_free(HandleObject *self)
 {
     CacheObject *owner = self->owner;
     if (!self->ptr) {
         /* told to go on: there is nothing to free */
-        return kmc_raise_message(KMC_EDOUBLE_FREE, owner, NULL,
+        return kmcpy_raise_message(KMC_EDOUBLE_FREE, owner, NULL,
                                  "Object already free: this handle was freed before (cache %s)",
                                  !owner         ? no_cache_name(self)
                                  : owner->cache ? kmc_cache_name(owner->cache)
@@ -77,13 +77,13 @@ int kmc_object_free(ObjectObject *self)
         kmc_status st = owner ? kmc_cache_free(owner->cache, self->ptr) : kmc_kfree(self->ptr);
         if (st == KMC_OK)
             break;
-        if (!kmc_raise(st))
+        if (!kmcpy_raise(st))
             return -1;
         if (st == KMC_EDOUBLE_FREE || st == KMC_EINVALID_FREE)
             break; /* told to go on: nothing to free */
         /* damage reported and repaired: free it now */
     }
-    if (owner && owner->track && kmc_track(owner, "free", self->ptr) < 0) {
+    if (owner && owner->track && kmcpy_track(owner, "free", self->ptr) < 0) {
         self->ptr = NULL;
         return -1;
     }
@@ -91,20 +91,20 @@ int kmc_object_free(ObjectObject *self)
     return 0;
 }
 
-static PyObject *object_free(ObjectObject *self, PyObject *Py_UNUSED(ignored))
+static PyObject *handle_free(HandleObject *self, PyObject *Py_UNUSED(ignored))
 {
-    if (kmc_object_free(self) < 0)
+    if (kmcpy_handle_free(self) < 0)
         return NULL;
     Py_RETURN_NONE;
 }
 
-static int object_traverse(ObjectObject *self, visitproc visit, void *arg)
+static int handle_traverse(HandleObject *self, visitproc visit, void *arg)
 {
     Py_VISIT(self->owner);
     return 0;
 }
 
-static void object_dealloc(ObjectObject *self)
+static void handle_dealloc(HandleObject *self)
 {
     PyObject_GC_UnTrack(self);
     if (self->ptr) {
@@ -112,18 +112,18 @@ static void object_dealloc(ObjectObject *self)
          * handle alive, so none exist here. */
         PyObject *type, *value, *tb;
         PyErr_Fetch(&type, &value, &tb);
-        if (kmc_object_free(self) < 0)
+        if (kmcpy_handle_free(self) < 0)
             PyErr_WriteUnraisable((PyObject *)self);
         PyErr_Restore(type, value, tb);
     }
     Py_CLEAR(self->owner);
-    if (nr_free_handles < FREE_HANDLES_MAX && Py_TYPE(self) == &KmcObject_Type)
+    if (nr_free_handles < FREE_HANDLES_MAX && Py_TYPE(self) == &Handle_Type)
         free_handles[nr_free_handles++] = self;
     else
         Py_TYPE(self)->tp_free((PyObject *)self);
 }
 
-static int object_getbuffer(ObjectObject *self, Py_buffer *view, int flags)
+static int handle_getbuffer(HandleObject *self, Py_buffer *view, int flags)
 {
     if (check_live(self) < 0) {
         view->obj = NULL;
@@ -135,64 +135,64 @@ static int object_getbuffer(ObjectObject *self, Py_buffer *view, int flags)
     return 0;
 }
 
-static void object_releasebuffer(ObjectObject *self, Py_buffer *Py_UNUSED(view))
+static void handle_releasebuffer(HandleObject *self, Py_buffer *Py_UNUSED(view))
 {
     self->exports--;
 }
 
-static PyBufferProcs object_as_buffer = {
-    .bf_getbuffer = (getbufferproc)object_getbuffer,
-    .bf_releasebuffer = (releasebufferproc)object_releasebuffer,
+static PyBufferProcs handle_as_buffer = {
+    .bf_getbuffer = (getbufferproc)handle_getbuffer,
+    .bf_releasebuffer = (releasebufferproc)handle_releasebuffer,
 };
 
-static Py_ssize_t object_length(ObjectObject *self)
+static Py_ssize_t handle_length(HandleObject *self)
 {
     if (check_live(self) < 0)
         return -1;
     return self->size;
 }
 
-static PySequenceMethods object_as_sequence = {
-    .sq_length = (lenfunc)object_length,
+static PySequenceMethods handle_as_sequence = {
+    .sq_length = (lenfunc)handle_length,
 };
 
-static PyObject *object_get_address(ObjectObject *self, void *Py_UNUSED(closure))
+static PyObject *handle_get_address(HandleObject *self, void *Py_UNUSED(closure))
 {
     if (check_live(self) < 0)
         return NULL;
     return PyLong_FromVoidPtr(self->ptr);
 }
 
-static PyObject *object_get_cache(ObjectObject *self, void *Py_UNUSED(closure))
+static PyObject *handle_get_cache(HandleObject *self, void *Py_UNUSED(closure))
 {
     return Py_NewRef(self->owner ? (PyObject *)self->owner : Py_None);
 }
 
-static PyObject *object_get_freed(ObjectObject *self, void *Py_UNUSED(closure))
+static PyObject *handle_get_freed(HandleObject *self, void *Py_UNUSED(closure))
 {
     return PyBool_FromLong(self->ptr == NULL);
 }
 
-static PyObject *object_get_exports(ObjectObject *self, void *Py_UNUSED(closure))
+static PyObject *handle_get_exports(HandleObject *self, void *Py_UNUSED(closure))
 {
     return PyLong_FromSsize_t(self->exports);
 }
 
-static PyObject *object_enter(ObjectObject *self, PyObject *Py_UNUSED(ignored))
+static PyObject *handle_enter(HandleObject *self, PyObject *Py_UNUSED(ignored))
 {
     if (check_live(self) < 0)
         return NULL;
     return Py_NewRef((PyObject *)self);
 }
 
-static PyObject *object_exit(ObjectObject *self, PyObject *Py_UNUSED(args))
+static PyObject *handle_exit(HandleObject *self, PyObject *Py_UNUSED(args))
 {
-    if (self->ptr && kmc_object_free(self) < 0)
+    if (self->ptr && kmcpy_handle_free(self) < 0)
         return NULL;
     Py_RETURN_FALSE;
 }
 
-static PyObject *object_repr(ObjectObject *self)
+static PyObject *handle_repr(HandleObject *self)
 {
     const char *name = !self->owner        ? no_cache_name(self)
                        : self->owner->cache ? kmc_cache_name(self->owner->cache)
@@ -203,36 +203,36 @@ static PyObject *object_repr(ObjectObject *self)
                                 (void *)self->ptr);
 }
 
-static PyMethodDef object_methods[] = {
-    {"free", (PyCFunction)object_free, METH_NOARGS,
+static PyMethodDef handle_methods[] = {
+    {"free", (PyCFunction)handle_free, METH_NOARGS,
      "free()\n--\n\nGive the object back to its cache. BufferError while views "
      "exist; DoubleFreeError if already freed."},
-    {"__enter__", (PyCFunction)object_enter, METH_NOARGS, NULL},
-    {"__exit__", (PyCFunction)object_exit, METH_VARARGS, NULL},
+    {"__enter__", (PyCFunction)handle_enter, METH_NOARGS, NULL},
+    {"__exit__", (PyCFunction)handle_exit, METH_VARARGS, NULL},
     {NULL, NULL, 0, NULL},
 };
 
-static PyGetSetDef object_getset[] = {
-    {"address", (getter)object_get_address, NULL, "The object's address, an int.", NULL},
-    {"cache", (getter)object_get_cache, NULL,
+static PyGetSetDef handle_getset[] = {
+    {"address", (getter)handle_get_address, NULL, "The object's address, an int.", NULL},
+    {"cache", (getter)handle_get_cache, NULL,
      "The cache the object belongs to (None for kmalloc's pages and size 0).", NULL},
-    {"freed", (getter)object_get_freed, NULL, "True once freed.", NULL},
-    {"exports", (getter)object_get_exports, NULL, "Buffer views alive now.", NULL},
+    {"freed", (getter)handle_get_freed, NULL, "True once freed.", NULL},
+    {"exports", (getter)handle_get_exports, NULL, "Buffer views alive now.", NULL},
     {NULL, NULL, NULL, NULL, NULL},
 };
 
-PyTypeObject KmcObject_Type = {
+PyTypeObject Handle_Type = {
     PyVarObject_HEAD_INIT(NULL, 0)
     .tp_name = "kmemcache.Object",
-    .tp_basicsize = sizeof(ObjectObject),
-    .tp_dealloc = (destructor)object_dealloc,
-    .tp_repr = (reprfunc)object_repr,
-    .tp_as_sequence = &object_as_sequence,
-    .tp_as_buffer = &object_as_buffer,
+    .tp_basicsize = sizeof(HandleObject),
+    .tp_dealloc = (destructor)handle_dealloc,
+    .tp_repr = (reprfunc)handle_repr,
+    .tp_as_sequence = &handle_as_sequence,
+    .tp_as_buffer = &handle_as_buffer,
     .tp_flags = Py_TPFLAGS_DEFAULT | Py_TPFLAGS_HAVE_GC,
-    .tp_traverse = (traverseproc)object_traverse,
+    .tp_traverse = (traverseproc)handle_traverse,
     .tp_doc = "One object of a kmemcache cache: writable memory with a guaranteed "
               "alignment,\nexported through the buffer protocol (format 'B').",
-    .tp_methods = object_methods,
-    .tp_getset = object_getset,
+    .tp_methods = handle_methods,
+    .tp_getset = handle_getset,
 };
