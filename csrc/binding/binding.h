@@ -30,6 +30,7 @@ typedef struct CacheObject {
     PyObject *weakrefs;
     Py_ssize_t size;       /* the object size, cached for handle creation */
     int in_ctor;           /* ctor calls running: a slab is being built */
+    int initialised;       /* __init__ succeeded once (else "uninitialised") */
 } CacheObject;
 
 /* A handle: one object of one cache. */
@@ -46,7 +47,7 @@ extern PyTypeObject Cache_Type;
 extern PyTypeObject Handle_Type;
 
 /* The Python package's hooks for caches (kmemcache.cache._Facade), or NULL:
- * cache_flags(name, flags) -> flags, attach(cache), make_stats(dict),
+ * cache_flags(name, flags, has_ctor) -> flags, attach(cache), make_stats(dict),
  * leaks(cache). */
 extern PyObject *kmcpy_facade;
 
@@ -62,7 +63,7 @@ int kmcpy_raise(kmc_status status);
 
 /* Raise for a misuse found by the binding itself (freed handle, ...). */
 int kmcpy_raise_message(kmc_status status, CacheObject *cache, const void *object,
-                      const char *fmt, ...);
+                        const char *fmt, ...);
 
 HandleObject *kmcpy_handle_new(CacheObject *owner, void *ptr, Py_ssize_t size);
 /* A handle of @size bytes for @p, just allocated from @cache, reported to the
@@ -71,5 +72,20 @@ PyObject *kmcpy_adopt(CacheObject *cache, void *p, Py_ssize_t size);
 int kmcpy_handle_free(HandleObject *self);   /* 0 ok or retried-away, -1 error */
 int kmcpy_cache_check_alive(CacheObject *self);
 int kmcpy_track(CacheObject *cache, const char *event, const void *address);
+
+/* Report the exception set as unraisable (sys.unraisablehook), "Exception
+ * ignored " followed by @fmt. Never pass an object being deallocated: that
+ * would bring it back to life. */
+void kmcpy_write_unraisable(const char *fmt, ...);
+
+/* A cache's name and counters, copied out so that they can be read after
+ * Python code has run (and destroyed the cache, maybe). */
+typedef struct kmcpy_cache_snapshot_s {
+    char name[KMC_NAME_MAX];
+    kmc_stats_t stats;
+} kmcpy_cache_snapshot_t;
+
+void kmcpy_cache_snapshot(kmc_cache_t *cache, kmcpy_cache_snapshot_t *out);
+PyObject *kmcpy_stats_dict(const kmcpy_cache_snapshot_t *snap);
 
 #endif /* KMCPY_BINDING_H */

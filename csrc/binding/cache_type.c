@@ -11,17 +11,24 @@ int kmcpy_cache_check_alive(CacheObject *self)
 {
     if (self->cache)
         return 0;
-    PyErr_SetString(PyExc_ValueError, "operation on a destroyed kmemcache cache");
+    PyErr_SetString(PyExc_ValueError,
+                    self->initialised ? "operation on a destroyed kmemcache cache"
+                                      : "operation on an uninitialised kmemcache cache "
+                                        "(Cache.__init__ was not called)");
     return -1;
 }
 
+/* Tell the STORE_USER tracker about an event. The tracker is held while it
+ * runs: it may replace itself (cache._set_track). */
 int kmcpy_track(CacheObject *cache, const char *event, const void *address)
 {
+    PyObject *track = cache->track ? Py_NewRef(cache->track) : NULL;
+    if (!track)
+        return 0; /* cleared meanwhile */
     PyObject *addr = PyLong_FromVoidPtr((void *)address);
-    if (!addr)
-        return -1;
-    PyObject *r = PyObject_CallFunction(cache->track, "sO", event, addr);
-    Py_DECREF(addr);
+    PyObject *r = addr ? PyObject_CallFunction(track, "sO", event, addr) : NULL;
+    Py_XDECREF(addr);
+    Py_DECREF(track);
     if (!r)
         return -1;
     Py_DECREF(r);
@@ -40,11 +47,14 @@ static int call_ctor(void *object, size_t size, void *arg)
     CacheObject *self = arg;
     PyGILState_STATE gil = PyGILState_Ensure();
     int rc = -1;
-    HandleObject *handle = kmcpy_handle_new(self, object, (Py_ssize_t)size);
+    PyObject *ctor = self->ctor ? Py_NewRef(self->ctor) : NULL; /* held while it runs */
+    if (!ctor)
+        PyErr_SetString(PyExc_ValueError, "the cache's ctor was cleared");
+    HandleObject *handle = ctor ? kmcpy_handle_new(self, object, (Py_ssize_t)size) : NULL;
     PyObject *view = handle ? PyMemoryView_FromObject((PyObject *)handle) : NULL;
     if (view) {
         self->in_ctor++;
-        PyObject *r = PyObject_CallOneArg(self->ctor, view);
+        PyObject *r = PyObject_CallOneArg(ctor, view);
         self->in_ctor--;
         Py_XDECREF(r);
         PyObject *type, *value, *tb;
@@ -66,6 +76,7 @@ static int call_ctor(void *object, size_t size, void *arg)
         handle->ptr = NULL; /* not an object: nothing to free when it dies */
         Py_DECREF(handle);
     }
+    Py_XDECREF(ctor);
     if (rc != 0) {
         /* keep the ctor's exception to raise it from the allocation */
         PyObject *type, *value, *tb;
@@ -106,55 +117,91 @@ static PyObject *cache_new(PyTypeObject *type, PyObject *Py_UNUSED(args),
     return (PyObject *)self;
 }
 
-/* "O&" converter: an int argument as a Py_ssize_t. An int too large for one
- * is out of range like any other bad value: ValueError, not OverflowError. */
-static int ssize_arg(PyObject *arg, void *out)
+/* An int argument as a Py_ssize_t, named @what in errors. An int too large
+ * for one is out of range like any other bad value: ValueError, not
+ * OverflowError. Its __index__ may run Python code: call before any check
+ * of the cache's state. */
+static int ssize_value(PyObject *arg, const char *what, Py_ssize_t *out)
 {
     if (PyBool_Check(arg)) {
-        PyErr_SetString(PyExc_TypeError, "a bool is not a size, an alignment or flags");
-        return 0;
+        PyErr_Format(PyExc_TypeError, "%s must be an int, not bool", what);
+        return -1;
     }
     PyObject *index = PyNumber_Index(arg);
     if (!index)
-        return 0;
+        return -1;
     Py_ssize_t v = PyLong_AsSsize_t(index);
-    Py_DECREF(index);
     if (v == -1 && PyErr_Occurred()) {
         if (PyErr_ExceptionMatches(PyExc_OverflowError)) {
             PyErr_Clear();
-            PyErr_Format(PyExc_ValueError, "%R is out of range", arg);
+            PyErr_Format(PyExc_ValueError, "%s is out of range: %R", what, index);
         }
-        return 0;
+        Py_DECREF(index);
+        return -1;
     }
-    *(Py_ssize_t *)out = v;
-    return 1;
+    Py_DECREF(index);
+    *out = v;
+    return 0;
 }
 
+/* A cache name: a str of 1 to KMC_NAME_MAX - 1 bytes of UTF-8 with no
+ * whitespace or control character of any kind (it is a /proc/slabinfo
+ * column). Returns its UTF-8, owned by @name, or NULL with ValueError. */
+static const char *cache_name_arg(PyObject *name)
+{
+    if (!PyUnicode_Check(name)) {
+        PyErr_Format(PyExc_TypeError, "cache name must be a str, not %.100s",
+                     Py_TYPE(name)->tp_name);
+        return NULL;
+    }
+    Py_ssize_t len = PyUnicode_GET_LENGTH(name);
+    int kind = PyUnicode_KIND(name);
+    const void *data = PyUnicode_DATA(name);
+    for (Py_ssize_t i = 0; i < len; i++) {
+        Py_UCS4 ch = PyUnicode_READ(kind, data, i);
+        if (Py_UNICODE_ISSPACE(ch) || !Py_UNICODE_ISPRINTABLE(ch)) {
+            char code[16];
+            snprintf(code, sizeof(code), "U+%04X", (unsigned)ch);
+            PyErr_Format(PyExc_ValueError,
+                         "cache name must not contain whitespace or control characters "
+                         "(it is a slabinfo column): %R has %s at index %zd",
+                         name, code, i);
+            return NULL;
+        }
+    }
+    Py_ssize_t bytes;
+    const char *cname = PyUnicode_AsUTF8AndSize(name, &bytes);
+    if (!cname)
+        return NULL;
+    if (bytes < 1 || bytes > KMC_NAME_MAX - 1) {
+        PyErr_Format(PyExc_ValueError, "cache name must be 1 to %d bytes of UTF-8, not %zd",
+                     KMC_NAME_MAX - 1, bytes);
+        return NULL;
+    }
+    return cname;
+}
+
+/* Python code runs in here (__index__ of the arguments, the facade's
+ * cache_flags and attach, finalizers of a replaced ctor), and it may call
+ * __init__ on the same cache: the "initialised twice" check is made again
+ * after it, and the engine cache made is the one this call made. */
 static int cache_init(CacheObject *self, PyObject *args, PyObject *kwds)
 {
     static char *kwlist[] = {"name", "size", "align", "flags", "ctor", NULL};
-    PyObject *name, *ctor = Py_None;
+    PyObject *name, *size_o, *align_o = NULL, *flags_o = NULL, *ctor = Py_None;
     Py_ssize_t size, align = 0, flags = 0;
     if (self->cache) {
         PyErr_SetString(PyExc_TypeError, "a kmemcache cache cannot be initialised twice");
         return -1;
     }
-    if (!PyArg_ParseTupleAndKeywords(args, kwds, "OO&|O&O&O:Cache", kwlist, &name, ssize_arg,
-                                     &size, ssize_arg, &align, ssize_arg, &flags, &ctor))
+    if (!PyArg_ParseTupleAndKeywords(args, kwds, "OO|OOO:Cache", kwlist, &name, &size_o,
+                                     &align_o, &flags_o, &ctor))
         return -1;
-    if (!PyUnicode_Check(name)) {
-        PyErr_Format(PyExc_TypeError, "cache name must be a str, not %.100s",
-                     Py_TYPE(name)->tp_name);
+    const char *cname = cache_name_arg(name);
+    if (!cname || ssize_value(size_o, "size", &size) < 0 ||
+        (align_o && ssize_value(align_o, "align", &align) < 0) ||
+        (flags_o && ssize_value(flags_o, "flags", &flags) < 0))
         return -1;
-    }
-    Py_ssize_t name_len;
-    const char *cname = PyUnicode_AsUTF8AndSize(name, &name_len);
-    if (!cname)
-        return -1;
-    if (strlen(cname) != (size_t)name_len) {
-        PyErr_SetString(PyExc_ValueError, "cache name must not contain NUL characters");
-        return -1;
-    }
     if (ctor != Py_None && !PyCallable_Check(ctor)) {
         PyErr_Format(PyExc_TypeError, "ctor must be callable or None, not %.100s",
                      Py_TYPE(ctor)->tp_name);
@@ -172,25 +219,43 @@ static int cache_init(CacheObject *self, PyObject *args, PyObject *kwds)
         return -1;
     }
     if (flags < 0 || (flags & ~(Py_ssize_t)KMC_VALID_FLAGS)) {
-        PyErr_Format(PyExc_ValueError, "unknown flags 0x%llx",
+        PyErr_Format(PyExc_ValueError, "flags has unknown bits 0x%llx",
                      (unsigned long long)flags & ~(unsigned long long)KMC_VALID_FLAGS);
+        return -1;
+    }
+    if (ctor != Py_None && (flags & KMC_POISON)) {
+        /* SLUB does not poison a cache with a ctor either, but silently */
+        PyErr_SetString(PyExc_ValueError,
+                        "flags: POISON on a cache with a ctor cannot be had: poisoning "
+                        "freed objects would undo the ctor's work");
         return -1;
     }
     if (kmcpy_facade) {
         /* KMEMCACHE_DEBUG's options for this name join the flags given */
-        PyObject *f = PyObject_CallMethod(kmcpy_facade, "cache_flags", "On", name, flags);
+        PyObject *f = PyObject_CallMethod(kmcpy_facade, "cache_flags", "OnO", name, flags,
+                                          ctor != Py_None ? Py_True : Py_False);
         if (!f)
             return -1;
-        flags = PyLong_AsSsize_t(f);
+        Py_ssize_t got = PyLong_Check(f) ? PyLong_AsSsize_t(f) : -1;
         Py_DECREF(f);
-        if (flags == -1 && PyErr_Occurred())
+        if (got == -1 && PyErr_Occurred())
             return -1;
+        if (got < 0 || (got & ~(Py_ssize_t)KMC_VALID_FLAGS)) {
+            PyErr_SetString(PyExc_ValueError, "the debug options gave unknown flags");
+            return -1;
+        }
+        flags = got;
     }
-    /* also on a cache initialised again after destroy(): no stale ctor */
-    Py_XSETREF(self->ctor, ctor != Py_None ? Py_NewRef(ctor) : NULL);
-    Py_CLEAR(self->ctor_error);
+    if (self->cache) {
+        PyErr_SetString(PyExc_TypeError,
+                        "a kmemcache cache cannot be initialised twice (it was, while this "
+                        "__init__ ran)");
+        return -1;
+    }
+    /* no Python code from here to the assignments below */
+    kmc_cache_t *made;
     kmc_status st = kmc_cache_create(cname, (size_t)size, (size_t)align, (unsigned)flags,
-                                     ctor != Py_None ? call_ctor : NULL, self, &self->cache);
+                                     ctor != Py_None ? call_ctor : NULL, self, &made);
     if (st != KMC_OK) {
         if (st == KMC_EINVAL)
             PyErr_SetString(PyExc_ValueError, kmc_last_report()->message);
@@ -198,12 +263,21 @@ static int cache_init(CacheObject *self, PyObject *args, PyObject *kwds)
             kmcpy_raise(st);
         return -1;
     }
+    /* also on a cache initialised again after destroy(): no stale ctor */
+    PyObject *old_ctor = self->ctor, *old_error = self->ctor_error;
+    self->ctor = ctor != Py_None ? Py_NewRef(ctor) : NULL;
+    self->ctor_error = NULL;
+    self->cache = made;
     self->size = size;
+    self->initialised = 1;
+    Py_XDECREF(old_ctor);
+    Py_XDECREF(old_error);
     if (kmcpy_facade) {
         PyObject *r = PyObject_CallMethod(kmcpy_facade, "attach", "O", (PyObject *)self);
         if (!r) {
-            (void)kmc_cache_destroy(self->cache);
-            self->cache = NULL;
+            /* only the cache made here, if Python code left it so */
+            if (self->cache == made && kmc_cache_destroy(made) != KMC_EBUSY)
+                self->cache = NULL;
             return -1;
         }
         Py_DECREF(r);
@@ -231,6 +305,33 @@ static int cache_clear(CacheObject *self)
     return 0;
 }
 
+static int is_finalizing(void)
+{
+#if PY_VERSION_HEX >= 0x030D0000
+    return Py_IsFinalizing();
+#else
+    return _Py_IsFinalizing();
+#endif
+}
+
+/* A cache dropped with damage in its free objects: the report must not be
+ * lost. It goes through the error factory (a warning under "warn", the
+ * report on stderr and abort under "abort"); an exception it makes is
+ * written as unraisable, naming the cache, not the dying object. */
+static void report_dropped(kmc_status st, const char *name)
+{
+    if (is_finalizing()) {
+        /* no Python code can run now: the engine's own line */
+        fprintf(stderr, "kmemcache: cache %s dropped at exit: %s\n", name,
+                kmc_last_report()->message);
+        return;
+    }
+    if (!kmcpy_raise(st))
+        kmcpy_write_unraisable("while destroying kmemcache cache %s, dropped with no "
+                               "reference left",
+                               name);
+}
+
 static void cache_dealloc(CacheObject *self)
 {
     PyObject_GC_UnTrack(self);
@@ -239,11 +340,21 @@ static void cache_dealloc(CacheObject *self)
     if (self->cache) {
         /* no handle is alive (each holds its cache), so nothing is live
          * unless C code allocated from it; then keep the memory. */
-        kmc_stats_t s;
-        kmc_cache_stats(self->cache, &s);
-        if (s.active_objs == 0)
-            (void)kmc_cache_destroy(self->cache);
+        kmc_cache_t *c = self->cache;
         self->cache = NULL;
+        kmc_stats_t s;
+        kmc_cache_stats(c, &s);
+        if (s.active_objs == 0) {
+            char name[KMC_NAME_MAX];
+            snprintf(name, sizeof(name), "%s", kmc_cache_name(c));
+            kmc_status st = kmc_cache_destroy(c);
+            if (st != KMC_OK && st != KMC_EBUSY) {
+                PyObject *type, *value, *tb;
+                PyErr_Fetch(&type, &value, &tb);
+                report_dropped(st, name);
+                PyErr_Restore(type, value, tb);
+            }
+        }
     }
     cache_clear(self);
     /* no Py_DECREF(type) for a heap subclass: subtype_dealloc does it,
@@ -255,7 +366,7 @@ PyObject *kmcpy_adopt(CacheObject *cache, void *p, Py_ssize_t size)
 {
     HandleObject *obj = kmcpy_handle_new(cache, p, size);
     if (!obj) {
-        kmc_cache_free(cache->cache, p);
+        kmc_cache_free(cache->cache, p); /* alive: p is live in it */
         return NULL;
     }
     if (cache->track && kmcpy_track(cache, "alloc", p) < 0) {
@@ -265,6 +376,9 @@ PyObject *kmcpy_adopt(CacheObject *cache, void *p, Py_ssize_t size)
     return (PyObject *)obj;
 }
 
+/* The hot path: a live cache, the engine's fast path, a recycled handle.
+ * The error factory runs Python code, which may destroy the cache before the
+ * retry: checked again. */
 static PyObject *alloc_one(CacheObject *self, int zero)
 {
     if (kmcpy_cache_check_alive(self) < 0)
@@ -276,7 +390,7 @@ static PyObject *alloc_one(CacheObject *self, int zero)
                             "zalloc() on a cache with a ctor: the ctor's work would be lost");
             return NULL;
         }
-        if (!raise_alloc_failure(self))
+        if (!raise_alloc_failure(self) || kmcpy_cache_check_alive(self) < 0)
             return NULL;
     }
     return kmcpy_adopt(self, p, self->size);
@@ -292,13 +406,16 @@ static PyObject *cache_zalloc(CacheObject *self, PyObject *Py_UNUSED(ignored))
     return alloc_one(self, 1);
 }
 
+/* The handles are kept in an array of our own until the list is made: the
+ * tracker and the GC run Python code that could reach a list made earlier. */
 static PyObject *cache_alloc_bulk(CacheObject *self, PyObject *args, PyObject *kwds)
 {
     static char *kwlist[] = {"n", "zero", NULL};
+    PyObject *n_o;
     Py_ssize_t n;
     int zero = 0;
-    if (!PyArg_ParseTupleAndKeywords(args, kwds, "O&|p:alloc_bulk", kwlist, ssize_arg, &n,
-                                     &zero))
+    if (!PyArg_ParseTupleAndKeywords(args, kwds, "O|p:alloc_bulk", kwlist, &n_o, &zero) ||
+        ssize_value(n_o, "n", &n) < 0)
         return NULL;
     if (kmcpy_cache_check_alive(self) < 0)
         return NULL;
@@ -306,57 +423,67 @@ static PyObject *cache_alloc_bulk(CacheObject *self, PyObject *args, PyObject *k
         PyErr_Format(PyExc_ValueError, "n must be >= 0, not %zd", n);
         return NULL;
     }
-    if (zero && self->ctor) {
-        PyErr_SetString(PyExc_ValueError,
-                        "zero=True on a cache with a ctor: the ctor's work would be lost");
+    if ((size_t)n > PY_SSIZE_T_MAX / sizeof(void *) / 2) {
+        PyErr_Format(PyExc_MemoryError, "n of %zd objects: no list can be that long", n);
         return NULL;
     }
-    PyObject *list = PyList_New(n);
-    void **ptrs = n ? PyMem_Malloc((size_t)n * sizeof(void *)) : NULL;
-    if (!list || (n && !ptrs)) {
-        Py_XDECREF(list);
-        PyMem_Free(ptrs);
-        return PyErr_NoMemory();
+    void **ptrs = PyMem_Malloc((n ? (size_t)n : 1) * sizeof(void *));
+    HandleObject **handles = PyMem_Calloc(n ? (size_t)n : 1, sizeof(HandleObject *));
+    PyObject *list = NULL;
+    Py_ssize_t made = 0;
+    if (!ptrs || !handles) {
+        PyErr_NoMemory();
+        goto out;
     }
-    kmc_status st;
-    while ((st = kmc_cache_alloc_bulk(self->cache, (size_t)n, ptrs, zero)) != KMC_OK) {
-        if (!raise_alloc_failure(self)) {
-            Py_DECREF(list);
-            PyMem_Free(ptrs);
-            return NULL;
+    for (;;) {
+        if (kmcpy_cache_check_alive(self) < 0)
+            goto out;
+        if (zero && self->ctor) {
+            PyErr_SetString(PyExc_ValueError,
+                            "zero=True on a cache with a ctor: the ctor's work would be lost");
+            goto out;
         }
+        if (kmc_cache_alloc_bulk(self->cache, (size_t)n, ptrs, zero) == KMC_OK)
+            break;
+        if (!raise_alloc_failure(self))
+            goto out;
     }
-    for (Py_ssize_t i = 0; i < n; i++) {
-        HandleObject *obj = kmcpy_handle_new(self, ptrs[i], self->size);
-        if (!obj) {
-            /* give back the objects with no handle yet; the list frees the rest */
-            for (Py_ssize_t j = i; j < n; j++)
+    /* n objects are live now: the cache cannot be destroyed under us */
+    for (; made < n; made++) {
+        if (!(handles[made] = kmcpy_handle_new(self, ptrs[made], self->size))) {
+            for (Py_ssize_t j = made; j < n; j++) /* no handle yet: give them back */
                 kmc_cache_free(self->cache, ptrs[j]);
-            Py_DECREF(list);
-            PyMem_Free(ptrs);
-            return NULL;
+            goto out;
         }
-        PyList_SET_ITEM(list, i, (PyObject *)obj);
     }
-    PyMem_Free(ptrs);
     if (self->track)
         for (Py_ssize_t i = 0; i < n; i++)
-            if (kmcpy_track(self, "alloc", ((HandleObject *)PyList_GET_ITEM(list, i))->ptr) < 0) {
-                Py_DECREF(list);
-                return NULL;
-            }
+            if (kmcpy_track(self, "alloc", ptrs[i]) < 0)
+                goto out;
+    if (!(list = PyList_New(n)))
+        goto out;
+    for (Py_ssize_t i = 0; i < n; i++) {
+        PyList_SET_ITEM(list, i, (PyObject *)handles[i]);
+        handles[i] = NULL;
+    }
+out:
+    /* on failure the handles made give their objects back as they die */
+    for (Py_ssize_t i = 0; handles && i < made; i++)
+        Py_XDECREF(handles[i]);
+    PyMem_Free(handles);
+    PyMem_Free(ptrs);
     return list;
 }
 
 /* Check that @arg is a live handle of this cache that may be freed now:
  * 0 if so, -1 with an exception set, 1 when the error factory chose to go on
- * (the caller skips the object). */
+ * (the caller skips the object; Python code ran). The cache is alive. */
 static int check_freeable(CacheObject *self, PyObject *arg)
 {
     if (!PyObject_TypeCheck(arg, &Handle_Type))
         return kmcpy_raise_message(KMC_EINVALID_FREE, self, NULL,
-                                 "Invalid free in %s: %.100s is not a kmemcache object",
-                                 kmc_cache_name(self->cache), Py_TYPE(arg)->tp_name)
+                                   "Invalid free in %s: %.100s is not a kmemcache object",
+                                   kmc_cache_name(self->cache), Py_TYPE(arg)->tp_name)
                    ? 1
                    : -1;
     HandleObject *obj = (HandleObject *)arg;
@@ -365,8 +492,8 @@ static int check_freeable(CacheObject *self, PyObject *arg)
                             : obj->owner->cache ? kmc_cache_name(obj->owner->cache)
                                                 : "?";
         return kmcpy_raise_message(KMC_EINVALID_FREE, self, obj->ptr,
-                                 "Invalid free of %p in %s: it belongs to cache %s",
-                                 (void *)obj->ptr, kmc_cache_name(self->cache), other)
+                                   "Invalid free of %p in %s: it belongs to cache %s",
+                                   (void *)obj->ptr, kmc_cache_name(self->cache), other)
                    ? 1
                    : -1;
     }
@@ -385,68 +512,164 @@ static PyObject *cache_free(CacheObject *self, PyObject *arg)
     Py_RETURN_NONE;
 }
 
+/* The handle-level checks of one item of free_bulk (live, unviewed, not
+ * listed twice), then the engine's: would it accept the free? 0 to free it,
+ * 1 to skip it (the error factory chose to go on), 2 to free it although
+ * the engine reported damage (the factory chose to go on, as SLUB frees the
+ * object after its "FIX" line), -1 on error. */
+static int check_bulk_item(CacheObject *self, PyObject *item, Py_ssize_t i, PyObject *seen)
+{
+    int r = check_freeable(self, item);
+    if (r != 0)
+        return r;
+    HandleObject *obj = (HandleObject *)item;
+    if (!obj->ptr)
+        return kmcpy_raise_message(KMC_EDOUBLE_FREE, self, NULL,
+                                   "Object already free: item %zd was freed before", i)
+                   ? 1
+                   : -1;
+    if (obj->exports) {
+        PyErr_Format(PyExc_BufferError, "cannot free item %zd: %zd buffer view(s) of it exist",
+                     i, obj->exports);
+        return -1;
+    }
+    int dup = PySet_Contains(seen, item);
+    if (dup < 0 || (!dup && PySet_Add(seen, item) < 0))
+        return -1;
+    if (dup)
+        return kmcpy_raise_message(KMC_EDOUBLE_FREE, self, obj->ptr,
+                                   "Object already free: item %zd appears twice", i)
+                   ? 1
+                   : -1;
+    /* would the engine take it? (red zones too, where it checks them here) */
+    kmc_status st = kmc_cache_check_free(self->cache, obj->ptr);
+    if (st == KMC_OK)
+        return 0;
+    if (!kmcpy_raise(st))
+        return -1;
+    return st == KMC_EDOUBLE_FREE || st == KMC_EINVALID_FREE ? 1 : 2;
+}
+
+/* Free one checked item, with no Python code unless the engine finds damage
+ * that its check did not report: then the report goes through the error
+ * factory here. 0 freed, 1 not freed (skipped after a report), -1 error. */
+static int free_bulk_item(CacheObject *self, HandleObject *obj, void *p, int reported)
+{
+    if (kmcpy_cache_check_alive(self) < 0)
+        return -1;
+    if (obj->ptr != p || obj->exports) {
+        /* only after Python code ran for an earlier item */
+        PyErr_Format(obj->exports ? PyExc_BufferError : PyExc_ValueError,
+                     "free_bulk(): an object was %s while the others were freed",
+                     obj->exports ? "viewed" : "freed");
+        return -1;
+    }
+    kmc_status st = kmc_cache_free(self->cache, p);
+    if (st != KMC_OK && reported)
+        st = kmc_cache_free(self->cache, p); /* reported by the check; repaired now */
+    if (st != KMC_OK) {
+        if (!kmcpy_raise(st))
+            return -1;
+        if (kmcpy_cache_check_alive(self) < 0)
+            return -1;
+        if (obj->ptr != p || obj->exports || kmc_cache_free(self->cache, p) != KMC_OK)
+            return 1;
+    }
+    obj->ptr = NULL;
+    return 0;
+}
+
+/* All or nothing: every item is checked, by the handle and by the engine,
+ * before the first is freed. The items are copied into a tuple first, so
+ * that a list changed by Python code meanwhile cannot pull them away.
+ * Python code can run during the checks (the error factory) and change any
+ * item: so before the first free every item is read again, and from there
+ * to the last free no Python code runs (unless the engine finds damage its
+ * check could not see). The tracker is told of the frees afterwards. */
 static PyObject *cache_free_bulk(CacheObject *self, PyObject *arg)
 {
     if (kmcpy_cache_check_alive(self) < 0)
         return NULL;
-    PyObject *seq = PySequence_Fast(arg, "free_bulk() takes a sequence of objects");
-    if (!seq)
+    PyObject *seq = PyTuple_CheckExact(arg) ? Py_NewRef(arg) : PySequence_Tuple(arg);
+    if (!seq) {
+        if (PyErr_ExceptionMatches(PyExc_TypeError) && !Py_TYPE(arg)->tp_iter &&
+            !PySequence_Check(arg)) {
+            PyErr_Clear();
+            PyErr_Format(PyExc_TypeError,
+                         "free_bulk() takes a sequence of objects, not %.100s",
+                         Py_TYPE(arg)->tp_name);
+        }
         return NULL;
-    Py_ssize_t n = PySequence_Fast_GET_SIZE(seq);
-    PyObject **items = PySequence_Fast_ITEMS(seq);
+    }
+    Py_ssize_t n = PyTuple_GET_SIZE(seq);
     PyObject *seen = PySet_New(NULL);
-    /* items the error factory chose to go on past: not freed */
-    char *skip = n ? PyMem_Calloc((size_t)n, 1) : NULL;
-    if (!seen || (n && !skip)) {
+    void **ptrs = PyMem_Calloc(n ? (size_t)n : 1, sizeof(void *)); /* NULL: skipped */
+    char *reported = PyMem_Calloc(n ? (size_t)n : 1, 1);
+    PyObject *result = NULL;
+    if (!seen || !ptrs || !reported) {
         if (seen)
             PyErr_NoMemory();
-        goto fail;
+        goto out;
     }
-    /* all or nothing: every check before the first free */
     for (Py_ssize_t i = 0; i < n; i++) {
-        int r = check_freeable(self, items[i]);
+        if (kmcpy_cache_check_alive(self) < 0) /* Python code may have run */
+            goto out;
+        int r = check_bulk_item(self, PyTuple_GET_ITEM(seq, i), i, seen);
         if (r < 0)
-            goto fail;
-        if (r > 0) {
-            skip[i] = 1;
-            continue;
-        }
-        HandleObject *obj = (HandleObject *)items[i];
-        if (!obj->ptr) {
-            if (!kmcpy_raise_message(KMC_EDOUBLE_FREE, self, NULL,
-                                   "Object already free: item %zd was freed before", i))
-                goto fail;
-            skip[i] = 1;
-            continue;
-        }
-        if (obj->exports) {
-            PyErr_Format(PyExc_BufferError,
-                         "cannot free item %zd: %zd buffer view(s) of it exist", i,
-                         obj->exports);
-            goto fail;
-        }
-        int dup = PySet_Contains(seen, items[i]);
-        if (dup < 0 || (!dup && PySet_Add(seen, items[i]) < 0))
-            goto fail;
-        if (dup) {
-            if (!kmcpy_raise_message(KMC_EDOUBLE_FREE, self, obj->ptr,
-                                   "Object already free: item %zd appears twice", i))
-                goto fail;
-            skip[i] = 1;
+            goto out;
+        if (r != 1)
+            ptrs[i] = ((HandleObject *)PyTuple_GET_ITEM(seq, i))->ptr;
+        reported[i] = r == 2;
+    }
+    /* what Python code changed while the checks ran is seen here, before
+     * anything is freed */
+    if (kmcpy_cache_check_alive(self) < 0)
+        goto out;
+    for (Py_ssize_t i = 0; i < n; i++) {
+        HandleObject *obj = (HandleObject *)PyTuple_GET_ITEM(seq, i);
+        if (ptrs[i] && (obj->ptr != ptrs[i] || obj->exports)) {
+            PyErr_Format(obj->exports ? PyExc_BufferError : PyExc_ValueError,
+                         "cannot free item %zd: it was %s while free_bulk() checked the others",
+                         i, obj->exports ? "viewed" : "freed");
+            goto out;
         }
     }
-    for (Py_ssize_t i = 0; i < n; i++)
-        if (!skip[i] && kmcpy_handle_free((HandleObject *)items[i]) < 0)
-            goto fail;
-    PyMem_Free(skip);
-    Py_DECREF(seen);
-    Py_DECREF(seq);
-    Py_RETURN_NONE;
-fail:
-    PyMem_Free(skip);
+    int failed = 0;
+    for (Py_ssize_t i = 0; i < n && !failed; i++) {
+        if (!ptrs[i])
+            continue;
+        int r = free_bulk_item(self, (HandleObject *)PyTuple_GET_ITEM(seq, i), ptrs[i],
+                               reported[i]);
+        if (r != 0) {
+            failed = r < 0;
+            if (failed)
+                for (Py_ssize_t j = i; j < n; j++)
+                    ptrs[j] = NULL; /* not freed */
+            else
+                ptrs[i] = NULL;
+        }
+    }
+    /* the tracker hears of what was freed, also when a later item failed */
+    PyObject *type, *value, *tb;
+    PyErr_Fetch(&type, &value, &tb);
+    int tracked = 0;
+    for (Py_ssize_t i = 0; i < n && self->track && tracked == 0; i++)
+        if (ptrs[i])
+            tracked = kmcpy_track(self, "free", ptrs[i]);
+    if (failed) {
+        if (tracked < 0)
+            kmcpy_write_unraisable("by the tracker of kmemcache cache %s",
+                                   self->cache ? kmc_cache_name(self->cache) : "(destroyed)");
+        PyErr_Restore(type, value, tb);
+    } else if (tracked == 0) {
+        result = Py_NewRef(Py_None);
+    }
+out:
+    PyMem_Free(reported);
+    PyMem_Free(ptrs);
     Py_XDECREF(seen);
     Py_DECREF(seq);
-    return NULL;
+    return result;
 }
 
 static PyObject *cache_shrink(CacheObject *self, PyObject *Py_UNUSED(ignored))
@@ -502,23 +725,28 @@ static int put_stat(PyObject *d, const char *key, unsigned long long v)
     return rc;
 }
 
-/* The engine's counters of @c as a dict (also used for every cache by
- * the module's _caches()). */
-PyObject *kmcpy_stats_dict(kmc_cache_t *c)
+void kmcpy_cache_snapshot(kmc_cache_t *cache, kmcpy_cache_snapshot_t *out)
 {
-    kmc_stats_t s;
-    kmc_cache_stats(c, &s);
+    snprintf(out->name, sizeof(out->name), "%s", kmc_cache_name(cache));
+    kmc_cache_stats(cache, &out->stats);
+}
+
+/* A cache's counters as a dict (also used for every cache by the module's
+ * _caches()), from a copy: making the dict can run the GC. */
+PyObject *kmcpy_stats_dict(const kmcpy_cache_snapshot_t *snap)
+{
+    const kmc_stats_t *s = &snap->stats;
     PyObject *d = PyDict_New();
     if (!d)
         return NULL;
-    PyObject *name = PyUnicode_FromString(kmc_cache_name(c));
+    PyObject *name = PyUnicode_FromString(snap->name);
     if (!name || PyDict_SetItemString(d, "name", name) < 0) {
         Py_XDECREF(name);
         Py_DECREF(d);
         return NULL;
     }
     Py_DECREF(name);
-#define STAT(field) put_stat(d, #field, s.field) < 0 ||
+#define STAT(field) put_stat(d, #field, s->field) < 0 ||
     if (STAT(active_objs) STAT(num_objs) STAT(objsize) STAT(objperslab) STAT(pagesperslab)
             STAT(active_slabs) STAT(num_slabs) STAT(size) STAT(align) STAT(slab_size)
                 STAT(partial_slabs) STAT(empty_slabs) STAT(allocs) STAT(frees)
@@ -536,29 +764,60 @@ static PyObject *cache_stats_raw(CacheObject *self, PyObject *Py_UNUSED(ignored)
 {
     if (kmcpy_cache_check_alive(self) < 0)
         return NULL;
-    return kmcpy_stats_dict(self->cache);
+    kmcpy_cache_snapshot_t snap;
+    kmcpy_cache_snapshot(self->cache, &snap);
+    return kmcpy_stats_dict(&snap);
 }
 
+typedef struct addresses_s {
+    void **at;
+    size_t n, cap;
+} addresses_t;
+
+/* Called with the cache locked: no Python, no allocation. */
 static void collect_address(void *object, void *arg)
 {
-    PyObject *addr = PyLong_FromVoidPtr(object);
-    if (!addr || PyList_Append((PyObject *)arg, addr) < 0)
-        PyErr_Clear(); /* a missed address only shortens a report */
-    Py_XDECREF(addr);
+    addresses_t *a = arg;
+    if (a->n < a->cap)
+        a->at[a->n] = object;
+    a->n++;
 }
 
+/* The live objects' addresses, copied out under the engine's lock, then
+ * made into ints (which may run the GC) once it is released. */
 static PyObject *cache_live_addresses(CacheObject *self, PyObject *Py_UNUSED(ignored))
 {
-    if (kmcpy_cache_check_alive(self) < 0)
-        return NULL;
-    PyObject *list = PyList_New(0);
-    if (list)
-        kmc_cache_for_each_live(self->cache, collect_address, list);
+    addresses_t a = {NULL, 0, 0};
+    for (;;) {
+        if (kmcpy_cache_check_alive(self) < 0)
+            return NULL;
+        kmc_stats_t s;
+        kmc_cache_stats(self->cache, &s);
+        a.cap = (size_t)s.active_objs + 16; /* C threads may allocate meanwhile */
+        a.n = 0;
+        PyMem_Free(a.at);
+        if (!(a.at = PyMem_Malloc(a.cap * sizeof(void *))))
+            return PyErr_NoMemory();
+        kmc_cache_for_each_live(self->cache, collect_address, &a);
+        if (a.n <= a.cap)
+            break;
+    }
+    PyObject *list = PyList_New((Py_ssize_t)a.n);
+    for (size_t i = 0; list && i < a.n; i++) {
+        PyObject *addr = PyLong_FromVoidPtr(a.at[i]);
+        if (!addr)
+            Py_CLEAR(list);
+        else
+            PyList_SET_ITEM(list, (Py_ssize_t)i, addr);
+    }
+    PyMem_Free(a.at);
     return list;
 }
 
 static PyObject *cache_set_track(CacheObject *self, PyObject *arg)
 {
+    if (kmcpy_cache_check_alive(self) < 0)
+        return NULL;
     if (arg != Py_None && !PyCallable_Check(arg)) {
         PyErr_SetString(PyExc_TypeError, "track must be callable or None");
         return NULL;
@@ -623,7 +882,8 @@ static PyObject *cache_exit(CacheObject *self, PyObject *Py_UNUSED(args))
 static PyObject *cache_repr(CacheObject *self)
 {
     if (!self->cache)
-        return PyUnicode_FromString("<kmemcache.Cache (destroyed)>");
+        return PyUnicode_FromString(self->initialised ? "<kmemcache.Cache (destroyed)>"
+                                                      : "<kmemcache.Cache (uninitialised)>");
     kmc_stats_t s;
     kmc_cache_stats(self->cache, &s);
     return PyUnicode_FromFormat("<kmemcache.Cache '%s' size=%zu align=%zu active=%llu/%llu "

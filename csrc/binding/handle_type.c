@@ -51,43 +51,73 @@ static int check_live(HandleObject *self)
     return -1;
 }
 
-/* Give the object back to its cache. The handle keeps its cache reference
- * (for repr and .cache) until it dies. */
-int kmcpy_handle_free(HandleObject *self)
+/* The name a report gives the handle's cache. */
+static const char *owner_name(const HandleObject *self)
 {
     CacheObject *owner = self->owner;
-    if (!self->ptr) {
-        /* told to go on: there is nothing to free */
-        return kmcpy_raise_message(KMC_EDOUBLE_FREE, owner, NULL,
-                                 "Object already free: this handle was freed before (cache %s)",
-                                 !owner         ? no_cache_name(self)
-                                 : owner->cache ? kmc_cache_name(owner->cache)
-                                                : "(destroyed)")
-                   ? 0
-                   : -1;
-    }
-    if (self->exports) {
-        PyErr_Format(PyExc_BufferError,
-                     "cannot free a kmemcache object while %zd buffer view%s of it exist%s",
-                     self->exports, self->exports == 1 ? "" : "s",
-                     self->exports == 1 ? "s" : "");
-        return -1;
-    }
-    for (;;) {
-        kmc_status st = owner ? kmc_cache_free(owner->cache, self->ptr) : kmc_kfree(self->ptr);
+    return !owner ? no_cache_name(self) : owner->cache ? kmc_cache_name(owner->cache) : "(destroyed)";
+}
+
+/* How often one free goes on after the error factory chose to go on past a
+ * report: each check repairs what it reports, so the second try succeeds. */
+#define FREE_TRIES 4
+
+/* Give the object back to its cache. The handle keeps its cache reference
+ * (for repr and .cache) until it dies.
+ *
+ * Python code runs here (the error factory and what it calls, the owner
+ * tracker, and through them the GC and signal handlers) and may free this
+ * handle, view it, or free it and destroy its cache: after each such point
+ * the handle is read again (invariant 9). The handle reads as freed before
+ * the tracker runs, so no Python code sees a handle of freed memory. */
+int kmcpy_handle_free(HandleObject *self)
+{
+    CacheObject *owner = self->owner; /* the handle's reference keeps it */
+    void *p = NULL;
+    for (int tries = 0;; tries++) {
+        if (!self->ptr) {
+            if (p)
+                return 0; /* Python code run by a report freed it meanwhile */
+            return kmcpy_raise_message(
+                       KMC_EDOUBLE_FREE, owner, NULL,
+                       "Object already free: this handle was freed before (cache %s)",
+                       owner_name(self))
+                       ? 0 /* told to go on: there is nothing to free */
+                       : -1;
+        }
+        if (self->exports) {
+            PyErr_Format(PyExc_BufferError,
+                         "cannot free a kmemcache object while %zd buffer view%s of it exist%s",
+                         self->exports, self->exports == 1 ? "" : "s",
+                         self->exports == 1 ? "s" : "");
+            return -1;
+        }
+        if (owner && !owner->cache) {
+            /* C code freed the object behind the handle and destroyed its
+             * cache: the memory is gone */
+            self->ptr = NULL;
+            return kmcpy_cache_check_alive(owner);
+        }
+        if (tries == FREE_TRIES) {
+            PyErr_Format(kmcpy_slab_error, "cannot free %p of %s: the allocator refused %d times",
+                         self->ptr, owner_name(self), FREE_TRIES);
+            return -1;
+        }
+        p = self->ptr;
+        kmc_status st = owner ? kmc_cache_free(owner->cache, p) : kmc_kfree(p);
         if (st == KMC_OK)
             break;
         if (!kmcpy_raise(st))
             return -1;
-        if (st == KMC_EDOUBLE_FREE || st == KMC_EINVALID_FREE)
-            break; /* told to go on: nothing to free */
-        /* damage reported and repaired: free it now */
-    }
-    if (owner && owner->track && kmcpy_track(owner, "free", self->ptr) < 0) {
-        self->ptr = NULL;
-        return -1;
+        if (st == KMC_EDOUBLE_FREE || st == KMC_EINVALID_FREE) {
+            self->ptr = NULL; /* told to go on: nothing to free */
+            return 0;
+        }
+        /* damage reported and repaired: free it now, if it still may be */
     }
     self->ptr = NULL;
+    if (owner && owner->track && kmcpy_track(owner, "free", p) < 0)
+        return -1;
     return 0;
 }
 
@@ -109,11 +139,16 @@ static void handle_dealloc(HandleObject *self)
     PyObject_GC_UnTrack(self);
     if (self->ptr) {
         /* dropped without free(): give the object back. Views keep the
-         * handle alive, so none exist here. */
+         * handle alive, so none exist here. A report is written as
+         * unraisable, naming the cache, never the handle: passing an object
+         * with no reference left would bring it back to life. The damage
+         * reported is repaired, so a second try gives the object back. */
         PyObject *type, *value, *tb;
         PyErr_Fetch(&type, &value, &tb);
-        if (kmcpy_handle_free(self) < 0)
-            PyErr_WriteUnraisable((PyObject *)self);
+        for (int i = 0; self->ptr && i < 2; i++)
+            if (kmcpy_handle_free(self) < 0)
+                kmcpy_write_unraisable("while freeing a dropped kmemcache object of %s",
+                                       owner_name(self));
         PyErr_Restore(type, value, tb);
     }
     Py_CLEAR(self->owner);
@@ -194,9 +229,7 @@ static PyObject *handle_exit(HandleObject *self, PyObject *Py_UNUSED(args))
 
 static PyObject *handle_repr(HandleObject *self)
 {
-    const char *name = !self->owner        ? no_cache_name(self)
-                       : self->owner->cache ? kmc_cache_name(self->owner->cache)
-                                            : "?";
+    const char *name = owner_name(self);
     if (!self->ptr)
         return PyUnicode_FromFormat("<kmemcache.Object of %s, freed>", name);
     return PyUnicode_FromFormat("<kmemcache.Object of %s, %zd bytes at %p>", name, self->size,

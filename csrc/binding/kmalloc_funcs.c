@@ -159,25 +159,24 @@ static int raise_alloc_failure(void)
     return kmcpy_raise(st == KMC_OK ? KMC_ENOMEM : st);
 }
 
+/* kmc_kmalloc does the work, so that the engine knows the size asked for
+ * (the kmalloc red zone checks the bytes past it); a size class's cache is
+ * made first, through the factory, so that it has the package's debug
+ * options, and it owns the handle. */
 static PyObject *new_object(size_t size, size_t align, int zero)
 {
     int i = kmc_kmalloc_index(size, align);
-    if (i >= 0) {
-        CacheObject *c = class_caches[i];
-        if (!c && !(c = class_cache_make(i)))
-            return NULL;
-        void *p;
-        while (!(p = kmc_cache_alloc(c->cache, zero)))
-            if (!raise_alloc_failure())
-                return NULL;
-        return kmcpy_adopt(c, p, (Py_ssize_t)size);
-    }
+    CacheObject *c = NULL;
+    if (i >= 0 && !(c = class_caches[i]) && !(c = class_cache_make(i)))
+        return NULL;
     /* size 0, or pages: a kept run, else a few system calls (kept under the
      * GIL, as malloc's are: releasing it would cost more than most of them) */
     void *p;
     while (!(p = zero ? kmc_kzalloc(size, align) : kmc_kmalloc(size, align)))
         if (!raise_alloc_failure())
             return NULL;
+    if (c)
+        return kmcpy_adopt(c, p, (Py_ssize_t)size);
     HandleObject *obj = kmcpy_handle_new(NULL, p, (Py_ssize_t)size);
     if (!obj)
         kmc_kfree(p);
@@ -303,13 +302,28 @@ static PyObject *py_krealloc(PyObject *Py_UNUSED(m), PyObject *const *args, Py_s
         old->size = (Py_ssize_t)size;
         return Py_NewRef(a[0]);
     }
+    Py_INCREF(old);
     HandleObject *obj = (HandleObject *)new_object(size, align, 0);
-    if (!obj)
+    if (!obj) {
+        Py_DECREF(old);
         return NULL; /* the old object is untouched */
+    }
+    /* Python code ran (the class factory, the tracker, the GC and what their
+     * finalizers do, other threads): the old object is read again */
+    if (!old->ptr || old->exports || !obj->ptr) {
+        PyErr_Format(old->exports ? PyExc_BufferError : PyExc_ValueError,
+                     "krealloc: the object was %s while its new copy was being made",
+                     !old->ptr ? "freed" : old->exports ? "viewed" : "lost");
+        Py_DECREF(obj);
+        Py_DECREF(old);
+        return NULL;
+    }
     size_t keep = (size_t)old->size < size ? (size_t)old->size : size;
     if (keep)
         memcpy(obj->ptr, old->ptr, keep);
-    if (kmcpy_handle_free(old) < 0) {
+    int freed = kmcpy_handle_free(old);
+    Py_DECREF(old);
+    if (freed < 0) {
         /* the old object stays (damage was found freeing it): drop the copy */
         PyObject *type, *value, *tb;
         PyErr_Fetch(&type, &value, &tb);

@@ -15,7 +15,6 @@ static PyObject *double_free_error, *invalid_free_error, *cache_busy_error, *red
 static PyObject *error_factory; /* callable(kind, report_dict) -> exception or None */
 PyObject *kmcpy_facade;
 
-PyObject *kmcpy_stats_dict(kmc_cache_t *c); /* cache_type.c */
 extern PyMethodDef kmcpy_kmalloc_methods[]; /* kmalloc_funcs.c: kmalloc, kfree, ... */
 
 PyObject *kmcpy_exception_for(kmc_status status)
@@ -59,6 +58,8 @@ static PyObject *report_dict(const kmc_report_t *r)
     return d;
 }
 
+/* The factory is Python code: it may replace itself or run anything, so it
+ * is held while it runs, and what it returns is checked. */
 static int raise_report(const kmc_report_t *r)
 {
     PyObject *cls = kmcpy_exception_for(r->status);
@@ -69,7 +70,9 @@ static int raise_report(const kmc_report_t *r)
     PyObject *d = report_dict(r);
     if (!d)
         return 0;
-    PyObject *exc = PyObject_CallFunctionObjArgs(error_factory, cls, d, NULL);
+    PyObject *factory = Py_NewRef(error_factory);
+    PyObject *exc = PyObject_CallFunctionObjArgs(factory, cls, d, NULL);
+    Py_DECREF(factory);
     Py_DECREF(d);
     if (!exc)
         return 0; /* the factory raised (its own error, or a warning as error) */
@@ -77,9 +80,30 @@ static int raise_report(const kmc_report_t *r)
         Py_DECREF(exc);
         return 1;
     }
+    if (!PyExceptionInstance_Check(exc)) {
+        PyErr_Format(PyExc_TypeError,
+                     "the kmemcache error factory returned %.100s, not an exception or None",
+                     Py_TYPE(exc)->tp_name);
+        Py_DECREF(exc);
+        return 0;
+    }
     PyErr_SetObject((PyObject *)Py_TYPE(exc), exc);
     Py_DECREF(exc);
     return 0;
+}
+
+void kmcpy_write_unraisable(const char *fmt, ...)
+{
+    char where[160];
+    va_list ap;
+    va_start(ap, fmt);
+    PyOS_vsnprintf(where, sizeof(where), fmt, ap);
+    va_end(ap);
+#if PY_VERSION_HEX >= 0x030D0000
+    PyErr_FormatUnraisable("Exception ignored %s", where);
+#else
+    _PyErr_WriteUnraisableMsg(where, NULL);
+#endif
 }
 
 int kmcpy_raise(kmc_status status)
@@ -129,21 +153,34 @@ static PyObject *set_facade(PyObject *Py_UNUSED(module), PyObject *arg)
     Py_RETURN_NONE;
 }
 
+/* Every live cache's counters. The engine's list holds caches that are not
+ * pinned, and making Python objects can run the GC, whose finalizers may
+ * destroy a cache: so the counters are all copied out first, with no Python
+ * object made, and the dicts built from the copies. */
 static PyObject *caches(PyObject *Py_UNUSED(module), PyObject *Py_UNUSED(ignored))
 {
     size_t n = kmc_caches(NULL, 0);
     kmc_cache_t **all = PyMem_Malloc((n ? n : 1) * sizeof(*all));
-    if (!all)
+    kmcpy_cache_snapshot_t *snaps = PyMem_Malloc((n ? n : 1) * sizeof(*snaps));
+    if (!all || !snaps) {
+        PyMem_Free(all);
+        PyMem_Free(snaps);
         return PyErr_NoMemory();
-    n = kmc_caches(all, n); /* none can go while we hold the GIL, but be sure */
+    }
+    size_t now = kmc_caches(all, n); /* C code may have made or destroyed some */
+    if (now < n)
+        n = now;
+    for (size_t i = 0; i < n; i++)
+        kmcpy_cache_snapshot(all[i], &snaps[i]);
+    PyMem_Free(all);
     PyObject *list = PyList_New(0);
     for (size_t i = 0; list && i < n; i++) {
-        PyObject *d = kmcpy_stats_dict(all[i]);
+        PyObject *d = kmcpy_stats_dict(&snaps[i]);
         if (!d || PyList_Append(list, d) < 0)
             Py_CLEAR(list);
         Py_XDECREF(d);
     }
-    PyMem_Free(all);
+    PyMem_Free(snaps);
     return list;
 }
 

@@ -62,8 +62,8 @@ class _Facade:
     """What the C type asks of the package: debug options, statistics, leaks."""
 
     @staticmethod
-    def cache_flags(name: str, flags: int) -> int:
-        return _debug.cache_flags(name, flags)
+    def cache_flags(name: str, flags: int, has_ctor: bool) -> int:
+        return _debug.cache_flags(name, flags, has_ctor)
 
     @staticmethod
     def attach(cache: Cache) -> None:

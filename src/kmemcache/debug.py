@@ -351,9 +351,24 @@ _caches: weakref.WeakSet[Cache] = weakref.WeakSet()
 _trackers: weakref.WeakKeyDictionary[Cache, _Tracker] = weakref.WeakKeyDictionary()
 
 
-def cache_flags(name: str, flags: int) -> int:
-    """The flags a new cache is created with: its own plus the debug options."""
-    return int(flags) | int(_spec.flags_for(name))
+def cache_flags(name: str, flags: int, has_ctor: bool = False) -> int:
+    """The flags a new cache is created with: its own plus the debug options.
+
+    POISON from the debug options is not applied to a cache with a ctor
+    (poisoning freed objects would undo the ctor's work; SLUB skips it too),
+    and a RuntimeWarning says so. Asked for in ``flags`` it is a ValueError,
+    raised by ``Cache`` itself.
+    """
+    debug = _spec.flags_for(name)
+    if has_ctor and debug & Flags.POISON:
+        debug &= ~Flags.POISON
+        warnings.warn(
+            f"KMEMCACHE_DEBUG={_spec.text!r}: POISON is not applied to cache {name!r}: "
+            "it has a ctor, whose work poisoning would undo",
+            RuntimeWarning,
+            stacklevel=3,
+        )
+    return int(flags) | int(debug)
 
 
 def attach(cache: Cache) -> None:
