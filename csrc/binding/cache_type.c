@@ -901,34 +901,36 @@ static PyObject *cache_get_ctor(CacheObject *self, void *Py_UNUSED(closure))
 
 static PyMethodDef cache_methods[] = {
     {"alloc", (PyCFunction)cache_alloc, METH_NOARGS,
-     "alloc()\n--\n\nOne object (contents undefined, or as the ctor left them)."},
+     "alloc($self, /)\n--\n\nOne object (contents undefined, or as the ctor left them)."},
     {"zalloc", (PyCFunction)cache_zalloc, METH_NOARGS,
-     "zalloc()\n--\n\nOne zeroed object. ValueError on a cache with a ctor."},
+     "zalloc($self, /)\n--\n\nOne zeroed object. ValueError on a cache with a ctor."},
     {"alloc_bulk", (PyCFunction)(void (*)(void))cache_alloc_bulk, METH_VARARGS | METH_KEYWORDS,
-     "alloc_bulk(n, zero=False)\n--\n\nA list of n objects, all or nothing."},
+     "alloc_bulk($self, /, n, zero=False)\n--\n\nA list of n objects, all or nothing."},
     {"free", (PyCFunction)cache_free, METH_O,
-     "free(obj)\n--\n\nGive obj back. DoubleFreeError, InvalidFreeError, BufferError."},
+     "free($self, obj, /)\n--\n\nGive obj back. DoubleFreeError, InvalidFreeError, BufferError."},
     {"free_bulk", (PyCFunction)cache_free_bulk, METH_O,
-     "free_bulk(objs)\n--\n\nFree every object of a sequence; checks all first."},
+     "free_bulk($self, objs, /)\n--\n\nFree every object of a sequence; checks all first."},
     {"shrink", (PyCFunction)cache_shrink, METH_NOARGS,
-     "shrink()\n--\n\nRelease every empty slab to the OS; return the bytes given back."},
+     "shrink($self, /)\n--\n\nRelease every empty slab to the OS; return the bytes given back."},
     {"destroy", (PyCFunction)cache_destroy, METH_NOARGS,
-     "destroy()\n--\n\nRelease the cache. CacheBusyError while objects are live."},
+     "destroy($self, /)\n--\n\nRelease the cache. CacheBusyError while objects are live."},
     {"validate", (PyCFunction)cache_validate, METH_NOARGS,
-     "validate()\n--\n\nCheck every slab; raise on the first problem (see the on-error "
+     "validate($self, /)\n--\n\nCheck every slab; raise on the first problem (see the on-error "
      "policy), return how many were found."},
     {"stats", (PyCFunction)cache_stats, METH_NOARGS,
-     "stats()\n--\n\nThe cache's counters now, a SlabStats (/proc/slabinfo's fields "
+     "stats($self, /)\n--\n\nThe cache's counters now, a SlabStats (/proc/slabinfo's fields "
      "first)."},
     {"leaks", (PyCFunction)cache_leaks, METH_NOARGS,
-     "leaks()\n--\n\nThe live objects, lowest address first, each with where it was "
+     "leaks($self, /)\n--\n\nThe live objects, lowest address first, each with where it was "
      "allocated when the cache has Flags.STORE_USER."},
-    {"__enter__", (PyCFunction)cache_enter, METH_NOARGS, NULL},
+    {"__enter__", (PyCFunction)cache_enter, METH_NOARGS, "__enter__($self, /)\n--\n\nThe cache."},
     {"__exit__", (PyCFunction)cache_exit, METH_VARARGS,
+     "__exit__($self, exc_type, exc, tb, /)\n--\n\n"
      "Destroy the cache (CacheBusyError while objects are live)."},
-    {"_stats", (PyCFunction)cache_stats_raw, METH_NOARGS, NULL},
-    {"_live_addresses", (PyCFunction)cache_live_addresses, METH_NOARGS, NULL},
-    {"_set_track", (PyCFunction)cache_set_track, METH_O, NULL},
+    {"_stats", (PyCFunction)cache_stats_raw, METH_NOARGS, "_stats($self, /)\n--\n\n"},
+    {"_live_addresses", (PyCFunction)cache_live_addresses, METH_NOARGS,
+     "_live_addresses($self, /)\n--\n\n"},
+    {"_set_track", (PyCFunction)cache_set_track, METH_O, "_set_track($self, track, /)\n--\n\n"},
     {NULL, NULL, 0, NULL},
 };
 

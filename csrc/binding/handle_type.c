@@ -238,10 +238,11 @@ static PyObject *handle_repr(HandleObject *self)
 
 static PyMethodDef handle_methods[] = {
     {"free", (PyCFunction)handle_free, METH_NOARGS,
-     "free()\n--\n\nGive the object back to its cache. BufferError while views "
+     "free($self, /)\n--\n\nGive the object back to its cache. BufferError while views "
      "exist; DoubleFreeError if already freed."},
-    {"__enter__", (PyCFunction)handle_enter, METH_NOARGS, NULL},
-    {"__exit__", (PyCFunction)handle_exit, METH_VARARGS, NULL},
+    {"__enter__", (PyCFunction)handle_enter, METH_NOARGS, "__enter__($self, /)\n--\n\nThe object."},
+    {"__exit__", (PyCFunction)handle_exit, METH_VARARGS,
+     "__exit__($self, exc_type, exc, tb, /)\n--\n\nFree the object unless it was freed."},
     {NULL, NULL, 0, NULL},
 };
 

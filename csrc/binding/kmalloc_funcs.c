@@ -390,37 +390,34 @@ static PyObject *kmalloc_shrink(PyObject *Py_UNUSED(m), PyObject *Py_UNUSED(igno
 #define FASTCALL_KW (METH_FASTCALL | METH_KEYWORDS)
 #define FN(f) ((PyCFunction)(void (*)(void))(f))
 
+/* One line each: the contract (sizes, classes, alignment, krealloc's rules)
+ * is written once, in kmc.h, and for Python in kmemcache.kmalloc's doc. */
+#define SEE_DOC "\n\nSizes, classes, alignment: the doc of the module kmemcache.kmalloc."
+
 PyMethodDef kmcpy_kmalloc_methods[] = {
     {"kmalloc", FN(py_kmalloc), FASTCALL_KW,
      "kmalloc($module, /, size, align=0)\n--\n\n"
-     "An object of size bytes (contents undefined) from the kmalloc size classes, or\n"
-     "whole pages above 8 KiB. Aligned to 16 bytes from 16 bytes up (8 below), to its\n"
-     "size when that is a power of two, and to align (0 or a power of two up to 2 MiB).\n"
-     "kmalloc(0) is a zero-length object."},
+     "An object of size bytes, contents undefined, aligned to at least align." SEE_DOC},
     {"kzalloc", FN(py_kzalloc), FASTCALL_KW,
-     "kzalloc($module, /, size, align=0)\n--\n\nkmalloc, zeroed."},
+     "kzalloc($module, /, size, align=0)\n--\n\nkmalloc, zeroed." SEE_DOC},
     {"kcalloc", FN(py_kcalloc), FASTCALL_KW,
-     "kcalloc($module, /, n, size)\n--\n\n"
-     "n zeroed elements of size bytes; MemoryError when n * size overflows."},
+     "kcalloc($module, /, n, size)\n--\n\nn zeroed elements of size bytes." SEE_DOC},
     {"krealloc", FN(py_krealloc), FASTCALL_KW,
      "krealloc($module, /, obj, new_size, align=0)\n--\n\n"
-     "obj resized to new_size bytes, contents kept up to the smaller size. The same\n"
-     "object when it already holds new_size bytes at the alignment kmalloc(new_size,\n"
-     "align) gives; otherwise a new one, and obj is freed. On failure obj is intact."},
+     "obj resized to new_size bytes, contents kept; obj intact on failure." SEE_DOC},
     {"ksize", (PyCFunction)py_ksize, METH_O,
-     "ksize($module, obj, /)\n--\n\n"
-     "The usable size of obj: its cache's object size, or its pages for a large one."},
+     "ksize($module, obj, /)\n--\n\nThe usable size of obj." SEE_DOC},
     {"kfree", (PyCFunction)py_kfree, METH_O,
-     "kfree($module, obj, /)\n--\n\n"
-     "Free obj, from kmalloc or from any Cache. kfree(None) does nothing."},
-    {"_set_kmalloc_factory", set_kmalloc_factory, METH_O, NULL},
+     "kfree($module, obj, /)\n--\n\nFree obj, of kmalloc or of any Cache." SEE_DOC},
+    {"_set_kmalloc_factory", set_kmalloc_factory, METH_O,
+     "_set_kmalloc_factory($module, factory, /)\n--\n\n"},
     {"_kmalloc_classes", kmalloc_classes, METH_NOARGS,
-     "The size classes: (name, size, align) tuples, smallest first."},
+     "_kmalloc_classes($module, /)\n--\n\nThe size classes: (name, size, align) tuples, smallest first."},
     {"_kmalloc_caches", kmalloc_caches, METH_NOARGS,
-     "Each size class's Cache, or None before its first use."},
+     "_kmalloc_caches($module, /)\n--\n\nEach size class's Cache, or None before its first use."},
     {"_kmalloc_large_stats", kmalloc_large_stats, METH_NOARGS,
-     "The large allocations' counters: objects, bytes, table_bytes, kept, kept_bytes."},
+     "_kmalloc_large_stats($module, /)\n--\n\nThe large allocations' counters: objects, bytes, table_bytes, kept, kept_bytes."},
     {"_kmalloc_shrink", kmalloc_shrink, METH_NOARGS,
-     "Give the freed large runs kept for reuse back to the OS; return their bytes."},
+     "_kmalloc_shrink($module, /)\n--\n\nGive the freed large runs kept for reuse back to the OS; return their bytes."},
     {NULL, NULL, 0, NULL},
 };

@@ -219,16 +219,16 @@ static PyObject *flip_free_bit(PyObject *Py_UNUSED(module), PyObject *arg)
 }
 
 static PyMethodDef module_methods[] = {
-    {"_set_error_factory", set_error_factory, METH_O, NULL},
+    {"_set_error_factory", set_error_factory, METH_O, "_set_error_factory($module, factory, /)\n--\n\n"},
     {"_set_facade", set_facade, METH_O,
-     "Hooks of the Python package for caches: cache_flags, attach, make_stats, leaks."},
-    {"_caches", caches, METH_NOARGS, "Every live cache's counters, oldest first."},
+     "_set_facade($module, facade, /)\n--\n\nHooks of the Python package for caches: cache_flags, attach, make_stats, leaks."},
+    {"_caches", caches, METH_NOARGS, "_caches($module, /)\n--\n\nEvery live cache's counters, oldest first."},
     {"_os_fail_after", os_fail_after, METH_O,
-     "Test hook: the OS page source fails after n more requests (n < 0: never)."},
+     "_os_fail_after($module, n, /)\n--\n\nTest hook: the OS page source fails after n more requests (n < 0: never)."},
     {"_owner_of", owner_of, METH_O,
-     "(cache name, object start) of the engine object holding an address, or None."},
+     "_owner_of($module, address, /)\n--\n\n(cache name, object start) of the engine object holding an address, or None."},
     {"_flip_free_bit", flip_free_bit, METH_O,
-     "Test hook: corrupt the free bitmap bit of the slot holding an address."},
+     "_flip_free_bit($module, address, /)\n--\n\nTest hook: corrupt the free bitmap bit of the slot holding an address."},
     {NULL, NULL, 0, NULL},
 };
 

@@ -2,14 +2,15 @@
 # exception family, the engine's constants, the kmalloc family, and the private
 # helpers the package uses. Import the public names from kmemcache.
 
+import sys
 from collections.abc import Callable, Iterable
 from types import TracebackType
 from typing import Any, SupportsIndex, final
 
-from typing_extensions import Self
+from typing_extensions import Buffer, Self, disjoint_base
 
 from kmemcache.cache import SlabStats
-from kmemcache.debug import LiveObject
+from kmemcache.debug import LiveObject, Track
 
 # --- constants --------------------------------------------------------------------
 
@@ -31,7 +32,19 @@ RED_ACTIVE: int
 
 # --- exceptions -------------------------------------------------------------------
 
-class SlabError(Exception): ...
+class SlabError(Exception):
+    """Base of the errors the allocator detects. Raised by the allocator, it
+    carries the engine's report and what was read from it."""
+
+    report: dict[str, Any]  #: the engine's report: kind, message, cache, address, dump...
+    cache: str | None  #: the cache's name
+    address: int | None  #: the object's (or slab's) address
+    offset: int | None  #: the first bad byte, from the object's start
+    problems: int  #: validate(): how many problems were found
+    alloc_track: Track | None  #: where the object was allocated (STORE_USER)
+    free_track: Track | None  #: where it was freed (STORE_USER)
+    objects: list[LiveObject]  #: CacheBusyError: the live objects
+
 class DoubleFreeError(SlabError): ...
 class InvalidFreeError(SlabError): ...
 class CacheBusyError(SlabError): ...
@@ -41,6 +54,7 @@ class CorruptionError(SlabError): ...
 
 # --- types ------------------------------------------------------------------------
 
+@disjoint_base
 class Cache:
     """A slab cache of objects of one size and alignment."""
 
@@ -87,10 +101,12 @@ class Cache:
     def _set_track(self, track: Callable[[str, int], object] | None, /) -> None: ...
 
 @final
-class Object:
+class Object(Buffer):
     """One object of a cache, or of kmalloc: writable memory with a guaranteed
     alignment, exported through the buffer protocol (format 'B')."""
 
+    # The buffer protocol is there on every version (Buffer says so to type
+    # checkers); the Python-level __buffer__ methods exist from 3.12 on.
     @property
     def address(self) -> int: ...
     @property
@@ -102,8 +118,10 @@ class Object:
     def exports(self) -> int: ...
     def free(self) -> None: ...
     def __len__(self) -> int: ...
-    def __buffer__(self, flags: int, /) -> memoryview: ...
-    def __release_buffer__(self, buffer: memoryview, /) -> None: ...
+    if sys.version_info >= (3, 12):
+        def __buffer__(self, flags: int, /) -> memoryview: ...
+        def __release_buffer__(self, buffer: memoryview, /) -> None: ...
+
     def __enter__(self) -> Self: ...
     def __exit__(
         self,

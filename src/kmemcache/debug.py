@@ -39,6 +39,7 @@ import os
 import sys
 import threading
 import time
+import types
 import warnings
 import weakref
 from collections.abc import Iterable
@@ -300,7 +301,7 @@ def _capture() -> _Raw:
     return (tuple(frames), thread.ident or 0, thread.name, time.monotonic())
 
 
-def _line(code: Any, lasti: int) -> int:
+def _line(code: types.CodeType, lasti: int) -> int:
     for start, end, line in code.co_lines():
         if start <= lasti < end:
             return line or 0
@@ -463,16 +464,16 @@ def report_error(cls: type[SlabError], report: dict[str, Any]) -> SlabError | No
         alloc, free = _sites(report)
         extra = _lines((("Allocated", alloc), ("Freed", free)))
     exc = make_error(cls, report, extra)
-    exc.alloc_track = alloc  # type: ignore[attr-defined]
-    exc.free_track = free  # type: ignore[attr-defined]
-    exc.objects = objects  # type: ignore[attr-defined]
+    exc.alloc_track = alloc
+    exc.free_track = free
+    exc.objects = objects
     if _policy == "raise":
         return exc
     text = f"{cls.__name__}: {exc}"
     if _policy == "warn":
         warning = SlabWarning(text)
-        warning.report = report  # type: ignore[attr-defined]
-        warning.error = exc  # type: ignore[attr-defined]
+        warning.report = report
+        warning.error = exc
         warnings.warn(warning, stacklevel=2)
         return None
     rule = "=" * 77

@@ -38,6 +38,9 @@ class SlabWarning(RuntimeWarning):
     on-error policy is "warn" (``kmemcache.debug.set_on_error``). ``report``
     is the engine's report and ``error`` the exception that was not raised."""
 
+    report: dict[str, Any]
+    error: SlabError
+
 
 def hexdump(data: bytes, start: int, mark: int | None = None) -> str:
     """Lines of 16 bytes as SLUB prints them: address, hex bytes, ASCII.
@@ -74,9 +77,9 @@ def make_error(
     ``extra`` lines (owner tracking, for one) follow the hex dump.
     """
     exc = cls(format_report(report, extra))
-    exc.report = report  # type: ignore[attr-defined]
-    exc.cache = report.get("cache")  # type: ignore[attr-defined]
-    exc.address = report.get("address")  # type: ignore[attr-defined]
-    exc.offset = report.get("offset")  # type: ignore[attr-defined]
-    exc.problems = report.get("problems", 0)  # type: ignore[attr-defined]
+    exc.report = report
+    exc.cache = report.get("cache")
+    exc.address = report.get("address")
+    exc.offset = report.get("offset")
+    exc.problems = report.get("problems", 0)
     return exc
