@@ -9,16 +9,20 @@ options and prints what each costs (see :mod:`kmemcache.demo`);
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import importlib.util
+import json
+import os
 import subprocess
 import sys
 import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
+from . import __version__
 from . import demo as _demo
 from .cache import MAX_ALIGN
-from .slabinfo import slabinfo
+from .slabinfo import all_stats, slabinfo
 
 #: Largest --size and --live the demo accepts: enough for any experiment, small
 #: enough that a typo cannot ask for all the machine's memory.
@@ -48,6 +52,7 @@ def _parser() -> argparse.ArgumentParser:
         description="Linux-style slab object caches for Python: the perf demo, "
         "slabinfo and the benchmarks.",
     )
+    parser.add_argument("--version", action="version", version=f"kmemcache {__version__}")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
 
     d = sub.add_parser(
@@ -93,8 +98,16 @@ def _parser() -> argparse.ArgumentParser:
     d.add_argument("--json", action="store_true", help="print JSON instead of the table")
     d.add_argument("--plot", metavar="FILE.png", help="also draw the comparison (needs matplotlib)")
     d.add_argument("--no-progress", action="store_true", help="no progress bar on stderr")
+    d.set_defaults(own_parser=d)
 
-    sub.add_parser("slabinfo", help="print the live caches in /proc/slabinfo format")
+    info = sub.add_parser(
+        "slabinfo",
+        help="print the live caches in /proc/slabinfo format",
+        description="Print every live cache of this process in the format of Linux's "
+        "/proc/slabinfo (version 2.1), or with --json every counter of each.",
+    )
+    info.add_argument("--json", action="store_true", help="print JSON: every counter of each cache")
+    info.set_defaults(own_parser=info)
 
     sub.add_parser(
         "bench",
@@ -107,15 +120,30 @@ def _parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _check_plot_path(parser: argparse.ArgumentParser, path: str) -> None:
+    """--plot's file must be writable before the run starts, not after it."""
+    if not path.lower().endswith(".png"):
+        parser.error(f"--plot writes a PNG: the file name must end in .png, not {path!r}")
+    target = Path(path)
+    folder = target.parent if str(target.parent) else Path(".")
+    if target.is_dir():
+        parser.error(f"--plot {path!r} is a directory, not a file")
+    if not folder.is_dir():
+        parser.error(f"--plot {path!r}: the directory {str(folder)!r} does not exist")
+    if not os.access(folder, os.W_OK | os.X_OK) or (
+        target.exists() and not os.access(target, os.W_OK)
+    ):
+        parser.error(f"--plot {path!r}: cannot write there")
+    if importlib.util.find_spec("matplotlib") is None:
+        parser.error(
+            "--plot needs matplotlib, which is not installed: "
+            "pip install 'kmemcache[plot]' (or pip install matplotlib)"
+        )
+
+
 def _cmd_demo(parser: argparse.ArgumentParser, ns: argparse.Namespace) -> int:
     if ns.plot is not None:
-        if not ns.plot.lower().endswith(".png"):
-            parser.error(f"--plot writes a PNG: the file name must end in .png, not {ns.plot!r}")
-        if importlib.util.find_spec("matplotlib") is None:
-            parser.error(
-                "--plot needs matplotlib, which is not installed: "
-                "pip install 'kmemcache[plot]' (or pip install matplotlib)"
-            )
+        _check_plot_path(parser, ns.plot)
     # Every option keeps its live tasks at once, and option 1 asks for size + align.
     need = 4 * ns.live * (ns.size + ns.align)
     if need > MAX_DEMO_BYTES:
@@ -179,21 +207,47 @@ def _cmd_bench(args: Sequence[str]) -> int:
     return status
 
 
-def main(argv: Sequence[str] | None = None) -> int:
-    """Run the ``kmemcache`` command; return its exit status."""
+def _run(argv: Sequence[str] | None) -> int:
     parser = _parser()
     ns, extra = parser.parse_known_args(argv)
     if ns.command == "bench":
         return _cmd_bench(extra)
+    # a subcommand's errors show that subcommand's usage
+    own: argparse.ArgumentParser = getattr(ns, "own_parser", parser)
     if extra:
-        parser.error(f"unrecognized arguments: {' '.join(extra)}")
+        own.error(f"unrecognized arguments: {' '.join(extra)}")
     if ns.command == "demo":
-        return _cmd_demo(parser, ns)
+        return _cmd_demo(own, ns)
     if ns.command == "slabinfo":
-        sys.stdout.write(slabinfo())
+        if ns.json:
+            caches = [dataclasses.asdict(s) for s in all_stats()]
+            print(json.dumps({"version": "2.1", "caches": caches}, indent=2))
+        else:
+            sys.stdout.write(slabinfo())
         return 0
     parser.print_help(sys.stderr)
     return 2
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Run the ``kmemcache`` command; return its exit status.
+
+    Output into a closed pipe (``kmemcache demo | head -1``) ends quietly
+    with status 141, as a program killed by SIGPIPE; Ctrl-C ends with one
+    line on stderr and status 130.
+    """
+    try:
+        status = _run(argv)
+        sys.stdout.flush()
+        return status
+    except KeyboardInterrupt:
+        print("kmemcache: interrupted", file=sys.stderr)
+        return 130
+    except BrokenPipeError:
+        # Python would complain again when it flushes stdout at exit
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+        return 141
 
 
 if __name__ == "__main__":

@@ -320,6 +320,7 @@ def _time_alloc_free(opt: _Option, order: Sequence[int]) -> float:
     clock = time.thread_time_ns
     gc_was_enabled = gc.isenabled()
     gc.disable()
+    ctx = None
     try:
         start = clock()
         for j in order:
@@ -327,6 +328,12 @@ def _time_alloc_free(opt: _Option, order: Sequence[int]) -> float:
             free(pmu, ctx.task_ctx_data)
             ctx.task_ctx_data = alloc(pmu)
         elapsed = clock() - start
+    except BaseException:
+        # interrupted (Ctrl-C) between the free and the alloc: the tear-down
+        # must not free that context again; a handle dropped frees itself
+        if ctx is not None:
+            ctx.task_ctx_data = None
+        raise
     finally:
         if gc_was_enabled:
             gc.enable()
