@@ -446,3 +446,28 @@ def test_tracker_of_a_handle_dropped_in_a_failed_bulk_alloc(policy: str) -> None
         """
     )
     assert out == ["interrupted", "active 0 frees 5"]
+
+
+def test_a_report_is_not_lost_when_its_details_cannot_be_had() -> None:
+    # the owner details (STORE_USER tracks) come from Python code that can
+    # fail; the report itself must still be raised
+    out, _ = run(
+        """
+        c = Cache("lost", 64, flags=Flags.RED_ZONE | Flags.STORE_USER)
+        o = c.alloc()
+        ctypes.memset(o.address + 64, 0x41, 1)
+        def broken(name, address):
+            raise RuntimeError("tracker records are gone")
+        kmemcache.debug._tracker_for = broken
+        try:
+            o.free()
+        except kmemcache.RedzoneError as exc:
+            lines = str(exc).splitlines()
+            print(lines[0].split(":")[0], lines[-1])
+        o.free()
+        """
+    )
+    assert out == [
+        "Right Redzone overwritten in lost "
+        "(owner details unavailable: RuntimeError: tracker records are gone)"
+    ]

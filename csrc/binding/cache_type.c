@@ -958,7 +958,8 @@ PyTypeObject Cache_Type = {
     .tp_doc =
         "Cache(name, size, align=0, flags=0, ctor=None)\n--\n\n"
         "A cache of objects of `size` bytes, each aligned to `align` bytes.\n\n"
-        "name: a non-empty str without spaces (it is a /proc/slabinfo column).\n"
+        "name: 1 to 63 bytes of UTF-8, no whitespace or control character (it is\n"
+        "    a /proc/slabinfo column).\n"
         "size: bytes per object, 1 to 4 MiB.\n"
         "align: 0 (the default minimum, 8 bytes) or a power of two up to 2 MiB.\n"
         "flags: kmemcache.Flags; Flags.HWCACHE_ALIGN aligns on the cache line.\n"

@@ -458,11 +458,14 @@ def report_error(cls: type[SlabError], report: dict[str, Any]) -> SlabError | No
     """
     alloc = free = None
     objects: list[LiveObject] = []
-    if issubclass(cls, CacheBusyError):
-        extra, objects = _busy_details(report)
-    else:
-        alloc, free = _sites(report)
-        extra = _lines((("Allocated", alloc), ("Freed", free)))
+    try:
+        if issubclass(cls, CacheBusyError):
+            extra, objects = _busy_details(report)
+        else:
+            alloc, free = _sites(report)
+            extra = _lines((("Allocated", alloc), ("Freed", free)))
+    except Exception as details_error:  # the report itself must never be lost
+        extra = [f"(owner details unavailable: {type(details_error).__name__}: {details_error})"]
     exc = make_error(cls, report, extra)
     exc.alloc_track = alloc
     exc.free_track = free
