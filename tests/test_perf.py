@@ -1,4 +1,4 @@
-"""Tests for the perf model (kmemcache.perf): the change's alloc/free helpers,
+"""Tests for the perf model (kmemcache.demo.perf): the change's alloc/free helpers,
 the options it weighed, and task contexts created at fork and freed at exit."""
 
 from __future__ import annotations
@@ -9,7 +9,7 @@ from collections.abc import Iterator
 import pytest
 
 import kmemcache
-from kmemcache import lbr_layout, perf, xsave
+from kmemcache.demo import lbr_layout, perf, xsave
 from kmemcache.slabinfo import all_stats
 
 SIZE = lbr_layout.X86_LBR_CACHE_SIZE

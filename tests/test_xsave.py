@@ -1,4 +1,4 @@
-"""Tests for the XSAVE probe (kmemcache.xsave, kmemcache._xsave) and the Arch LBR sizes.
+"""Tests for the XSAVE probe (kmemcache.demo.xsave, kmemcache.demo._xsave) and the Arch LBR sizes.
 
 The misaligned case runs only in child processes: in this process a
 misaligned XSAVE would kill the test run, which is exactly what check()
@@ -12,7 +12,7 @@ import struct
 
 import pytest
 
-from kmemcache import _xsave, lbr_layout, xsave
+from kmemcache.demo import _xsave, lbr_layout, xsave
 
 SUPPORTED = xsave.is_supported()
 needs_xsave = pytest.mark.skipif(not SUPPORTED, reason="CPU or OS without XSAVE")

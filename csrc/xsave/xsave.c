@@ -1,12 +1,12 @@
 /*
- * xsave.c - kmemcache._xsave: run XSAVE/XRSTOR on a caller's buffer.
+ * xsave.c - kmemcache.demo._xsave: run XSAVE/XRSTOR on a caller's buffer.
  *
  * perf keeps each task's Arch LBR state in an XSAVE area inside the task's
  * PMU context data, and XSAVE raises #GP (SIGSEGV in user space) unless that
  * area starts on a 64-byte boundary. This module lets Python show both sides:
  * an aligned buffer survives a save/restore round trip, a misaligned one
  * kills the process. It deliberately does NOT check alignment; the Python
- * face (kmemcache.xsave) refuses misaligned buffers before calling in, and
+ * face (kmemcache.demo.xsave) refuses misaligned buffers before calling in, and
  * proves the fault in a child process.
  *
  * Only user state components are used (x87, SSE, AVX: XCR0 bits 0..2) and
@@ -212,7 +212,7 @@ static PyMethodDef xsave_methods[] = {
 
 PyDoc_STRVAR(module_doc,
              "Run XSAVE/XRSTOR on a caller's buffer, to show why XSAVE areas need\n"
-             "64-byte alignment. Use kmemcache.xsave, which checks alignment first.");
+             "64-byte alignment. Use kmemcache.demo.xsave, which checks alignment first.");
 
 static PyModuleDef_Slot xsave_slots[] = {
     {0, NULL},
@@ -220,7 +220,7 @@ static PyModuleDef_Slot xsave_slots[] = {
 
 static struct PyModuleDef xsave_module = {
     PyModuleDef_HEAD_INIT,
-    .m_name = "kmemcache._xsave",
+    .m_name = "kmemcache.demo._xsave",
     .m_doc = module_doc,
     .m_size = 0,
     .m_methods = xsave_methods,

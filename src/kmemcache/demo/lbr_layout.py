@@ -35,7 +35,7 @@ mm/slub.c), so without debug flags each object takes 1536 bytes of a slab.
 
 The kernel saves this state with XSAVES (supervisor component 15,
 ``XFEATURE_MASK_LBR``), which user space cannot execute; XSAVES, XSAVE and
-XRSTOR(S) share the 64-byte alignment rule, which kmemcache.xsave
+XRSTOR(S) share the 64-byte alignment rule, which kmemcache.demo.xsave
 demonstrates with plain XSAVE on user state.
 
 The sizes are the same in the first merged version (Linux 5.9, where a

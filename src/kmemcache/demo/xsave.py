@@ -4,10 +4,10 @@ Linux perf saves each task's Arch LBR state into an XSAVE area inside the
 task's PMU context data, and XSAVE raises #GP (SIGSEGV in user space) unless
 that area starts on a 64-byte boundary; that is why the kernel moved the
 allocation to a kmem_cache created with ``XSAVE_ALIGNMENT`` (see
-:mod:`kmemcache.lbr_layout` for the sizes).
+:mod:`kmemcache.demo.lbr_layout` for the sizes).
 
 This module runs real XSAVE/XRSTOR of the user state (x87, SSE, AVX) through
-the ``kmemcache._xsave`` extension:
+the ``kmemcache.demo._xsave`` extension:
 
 * :func:`check` runs the round trip in this process, but only on a buffer
   that is 64-byte aligned; on any other it answers ``"fault"`` without
@@ -29,7 +29,7 @@ import subprocess
 import sys
 from typing import Any, Literal
 
-from kmemcache import _xsave
+from . import _xsave
 
 XSAVE_ALIGNMENT = 64
 """XSAVE, XRSTOR and their variants raise #GP unless the area's address is a multiple of this."""
@@ -160,8 +160,8 @@ try:
 except (AttributeError, OSError):
     pass
 path, size, misalign = sys.argv[1], int(sys.argv[2]), int(sys.argv[3])
-loader = importlib.machinery.ExtensionFileLoader("kmemcache._xsave", path)
-spec = importlib.util.spec_from_file_location("kmemcache._xsave", path, loader=loader)
+loader = importlib.machinery.ExtensionFileLoader("kmemcache.demo._xsave", path)
+spec = importlib.util.spec_from_file_location("kmemcache.demo._xsave", path, loader=loader)
 mod = importlib.util.module_from_spec(spec)
 loader.exec_module(mod)
 ALIGN = 64
@@ -202,7 +202,7 @@ def check_in_child(size: int, misalign: int, timeout: float = 60.0) -> Verdict:
         raise ValueError(f"size {size} is below the XSAVE area size {need}")
     module_path = _xsave.__file__
     if module_path is None:
-        raise RuntimeError("cannot locate the kmemcache._xsave extension file")
+        raise RuntimeError("cannot locate the kmemcache.demo._xsave extension file")
     try:
         proc = subprocess.run(
             [sys.executable, "-I", "-c", _CHILD, module_path, str(size), str(misalign)],

@@ -28,7 +28,7 @@ What the kernel does (kernel/events/core.c, include/linux/perf_event.h)
   ``create_lbr_kmem_cache(size, align)``, a ``kmem_cache_create("x86_lbr", size,
   align, 0, NULL)``: ``sizeof(struct x86_perf_task_context)`` with no alignment
   on Haswell and Skylake, and for Arch LBR the size and ``XSAVE_ALIGNMENT`` of
-  :mod:`kmemcache.lbr_layout`, because XSAVES faults on an area that is not
+  :mod:`kmemcache.demo.lbr_layout`, because XSAVES faults on an area that is not
   64-byte aligned and kzalloc promises no such alignment.
 
 The options the change weighed
@@ -58,8 +58,8 @@ import dataclasses
 from collections.abc import Callable
 from typing import Any, NamedTuple, Union
 
-from . import kfree, kzalloc
-from .cache import Cache, Object
+from ..cache import Cache, Object
+from ..kmalloc import kfree, kzalloc
 from .lbr_layout import X86_LBR_CACHE_ALIGN, X86_LBR_CACHE_SIZE
 
 #: What a task context's PMU data can be: a cache or kmalloc object, or an
@@ -120,7 +120,7 @@ class Pmu:
 
 def _check_pmu(pmu: object) -> None:
     if not isinstance(pmu, Pmu):
-        raise TypeError(f"expected a kmemcache.perf.Pmu, not {type(pmu).__name__}")
+        raise TypeError(f"expected a kmemcache.demo.perf.Pmu, not {type(pmu).__name__}")
 
 
 # --- the change ------------------------------------------------------------
@@ -177,7 +177,7 @@ def x86_lbr_pmu(
     With ``cache`` (what ``intel_pmu_arch_lbr_init()`` does after the change) the
     PMU gets an "x86_lbr" cache of ``size``-byte objects aligned to ``align``;
     the defaults are the kernel's for 32 LBR entries (1512 bytes, 64-byte
-    aligned, see :mod:`kmemcache.lbr_layout`). Without, it is the PMU as it was
+    aligned, see :mod:`kmemcache.demo.lbr_layout`). Without, it is the PMU as it was
     before the change: ``task_ctx_size`` only, allocated by kzalloc. The caller
     owns the cache: :func:`release_pmu` destroys it.
     """
@@ -401,7 +401,7 @@ def perf_event_init_task(
     (the task is left without a context).
     """
     if not isinstance(task, Task):
-        raise TypeError(f"expected a kmemcache.perf.Task, not {type(task).__name__}")
+        raise TypeError(f"expected a kmemcache.demo.perf.Task, not {type(task).__name__}")
     _check_pmu(pmu)
     if task.perf_event_ctxp is not None:
         raise ValueError(f"task {task.pid} already has a perf context")

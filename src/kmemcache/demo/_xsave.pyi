@@ -1,5 +1,5 @@
-# Type stub for kmemcache._xsave, the C probe that runs XSAVE/XRSTOR on a
-# caller's buffer. Use kmemcache.xsave, which refuses misaligned buffers
+# Type stub for kmemcache.demo._xsave, the C probe that runs XSAVE/XRSTOR on a
+# caller's buffer. Use kmemcache.demo.xsave, which refuses misaligned buffers
 # before calling in: roundtrip() on one kills the process with SIGSEGV.
 
 from _typeshed import WriteableBuffer
