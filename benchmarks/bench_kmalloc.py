@@ -60,7 +60,9 @@ PAGE_SIZE = kmemcache.PAGE_SIZE
 
 
 def guaranteed_align(size: int) -> int:
-    """The alignment kmalloc(size) guarantees."""
+    """The alignment kmalloc(size) guarantees: its class's, as the engine chooses the
+    class; above the classes, kmc.h's rule for large requests (the page, or the size
+    when that is a larger power of two), which the engine does not export."""
     cls = size_class(size)
     if cls is not None:
         return cls.align
@@ -166,7 +168,7 @@ def measure_memory(request: int, budget: int) -> dict[str, Any]:
         objs = [kmalloc(request) for _ in range(count)]
         s = kmemcache.SlabStats.from_dict(cache_of(cls.name)._stats())
         held = s.committed_bytes / s.active_objs
-        bitmap_bytes = -(-s.objperslab // 64) * 8
+        bitmap_bytes = s.bitmap_words * 8
         meta = s.num_slabs * (SLAB_DESCRIPTOR_BYTES + bitmap_bytes) / s.active_objs
         name, objsize = cls.name, s.objsize
     for o in objs:
