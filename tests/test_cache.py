@@ -10,6 +10,7 @@ every bad argument and every misuse that can be caught in-process.
 from __future__ import annotations
 
 import ctypes
+import dataclasses
 import gc
 import json
 import re
@@ -718,6 +719,21 @@ def test_stats_fields_add_up(make_cache: MakeCache) -> None:
     # the dataclass is the engine's dict, field by field
     assert s == kmemcache.SlabStats.from_dict(cache._stats())
     cache.free_bulk(objs[1::2])
+
+
+def test_stats_layout_is_the_structs_and_the_dicts(make_cache: MakeCache) -> None:
+    fields, size = _core._stats_layout()
+    names = [name for name, _, _ in fields]
+    # every field of the dict, in struct order, and SlabStats has them all
+    assert ["name", *names] == list(make_cache("layout", 64)._stats())
+    assert set(names) <= {f.name for f in dataclasses.fields(kmemcache.SlabStats)}
+    # the fields tile the struct: each starts where the one before ends, rounded
+    # up to its own size (no field is left out), and only padding follows the last
+    end = 0
+    for name, offset, width in fields:
+        assert width in (4, 8) and offset == -(-end // width) * width, name
+        end = offset + width
+    assert end <= size < end + 8
 
 
 @pytest.mark.parametrize(

@@ -502,6 +502,39 @@ static int put_stat(PyObject *d, const char *key, unsigned long long v)
     return rc;
 }
 
+/* kmc_stats_t's fields in struct order: the keys of kmc_stats_dict() and what
+ * the module's _stats_layout() describes, so that no Python code declares the
+ * struct again (the benchmarks read it through ctypes). */
+#define STAT_FIELD(f) {#f, offsetof(kmc_stats_t, f), sizeof(((kmc_stats_t *)0)->f)}
+static const struct stat_field {
+    const char *name;
+    size_t offset, size; /* bytes; size is 4 or 8 */
+} stat_fields[] = {
+    STAT_FIELD(active_objs),    STAT_FIELD(num_objs),       STAT_FIELD(objsize),
+    STAT_FIELD(objperslab),     STAT_FIELD(pagesperslab),   STAT_FIELD(active_slabs),
+    STAT_FIELD(num_slabs),      STAT_FIELD(size),           STAT_FIELD(align),
+    STAT_FIELD(slab_size),      STAT_FIELD(partial_slabs),  STAT_FIELD(empty_slabs),
+    STAT_FIELD(allocs),         STAT_FIELD(frees),          STAT_FIELD(slabs_created),
+    STAT_FIELD(slabs_released), STAT_FIELD(committed_bytes), STAT_FIELD(metadata_bytes),
+    STAT_FIELD(arenas),         STAT_FIELD(bitmap_words),   STAT_FIELD(max_scan),
+    STAT_FIELD(flags),
+};
+#undef STAT_FIELD
+#define N_STAT_FIELDS (sizeof(stat_fields) / sizeof(stat_fields[0]))
+
+static unsigned long long stat_value(const kmc_stats_t *s, const struct stat_field *f)
+{
+    const char *p = (const char *)s + f->offset;
+    if (f->size == sizeof(uint32_t)) {
+        uint32_t v;
+        memcpy(&v, p, sizeof(v));
+        return v;
+    }
+    uint64_t v;
+    memcpy(&v, p, sizeof(v));
+    return v;
+}
+
 /* The engine's counters of @c as a dict (also used for every cache by
  * the module's _caches()). */
 PyObject *kmc_stats_dict(kmc_cache_t *c)
@@ -518,18 +551,29 @@ PyObject *kmc_stats_dict(kmc_cache_t *c)
         return NULL;
     }
     Py_DECREF(name);
-#define STAT(field) put_stat(d, #field, s.field) < 0 ||
-    if (STAT(active_objs) STAT(num_objs) STAT(objsize) STAT(objperslab) STAT(pagesperslab)
-            STAT(active_slabs) STAT(num_slabs) STAT(size) STAT(align) STAT(slab_size)
-                STAT(partial_slabs) STAT(empty_slabs) STAT(allocs) STAT(frees)
-                    STAT(slabs_created) STAT(slabs_released) STAT(committed_bytes)
-                        STAT(metadata_bytes) STAT(arenas) STAT(bitmap_words)
-                            STAT(max_scan) STAT(flags) 0) {
-        Py_DECREF(d);
-        return NULL;
-    }
-#undef STAT
+    for (size_t i = 0; i < N_STAT_FIELDS; i++)
+        if (put_stat(d, stat_fields[i].name, stat_value(&s, &stat_fields[i])) < 0) {
+            Py_DECREF(d);
+            return NULL;
+        }
     return d;
+}
+
+/* ((name, offset, size), ...) of kmc_stats_t's fields in struct order, and
+ * sizeof(kmc_stats_t). */
+PyObject *kmc_stats_layout(PyObject *Py_UNUSED(module), PyObject *Py_UNUSED(ignored))
+{
+    PyObject *fields = PyTuple_New((Py_ssize_t)N_STAT_FIELDS);
+    for (size_t i = 0; fields && i < N_STAT_FIELDS; i++) {
+        PyObject *t = Py_BuildValue("(snn)", stat_fields[i].name,
+                                    (Py_ssize_t)stat_fields[i].offset,
+                                    (Py_ssize_t)stat_fields[i].size);
+        if (!t)
+            Py_CLEAR(fields);
+        else
+            PyTuple_SET_ITEM(fields, (Py_ssize_t)i, t);
+    }
+    return fields ? Py_BuildValue("(Nn)", fields, (Py_ssize_t)sizeof(kmc_stats_t)) : NULL;
 }
 
 static PyObject *cache_stats_raw(CacheObject *self, PyObject *Py_UNUSED(ignored))

@@ -15,7 +15,8 @@ static PyObject *double_free_error, *invalid_free_error, *cache_busy_error, *red
 static PyObject *error_factory; /* callable(kind, report_dict) -> exception or None */
 PyObject *kmc_facade;
 
-PyObject *kmc_stats_dict(kmc_cache_t *c); /* cache_type.c */
+PyObject *kmc_stats_dict(kmc_cache_t *c);                   /* cache_type.c */
+PyObject *kmc_stats_layout(PyObject *module, PyObject *ignored); /* cache_type.c */
 extern PyMethodDef kmc_kmalloc_methods[]; /* kmalloc_funcs.c: kmalloc, kfree, ... */
 
 PyObject *kmc_exception_for(kmc_status status)
@@ -186,6 +187,8 @@ static PyMethodDef module_methods[] = {
     {"_set_facade", set_facade, METH_O,
      "Hooks of the Python package for caches: cache_flags, attach, make_stats, leaks."},
     {"_caches", caches, METH_NOARGS, "Every live cache's counters, oldest first."},
+    {"_stats_layout", kmc_stats_layout, METH_NOARGS,
+     "((name, offset, size), ...) of kmc_stats_t's fields in struct order, and its sizeof."},
     {"_os_fail_after", os_fail_after, METH_O,
      "Test hook: the OS page source fails after n more requests (n < 0: never)."},
     {"_owner_of", owner_of, METH_O,
