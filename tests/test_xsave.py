@@ -129,6 +129,21 @@ def test_address_of_releases_the_buffer():
     assert len(data) == 260
 
 
+def test_address_refuses_non_contiguous_buffers():
+    strided = memoryview(bytearray(64))[::2]
+    with pytest.raises(BufferError):
+        _xsave.address(strided)
+    with pytest.raises(BufferError):
+        xsave.address_of(strided)
+    with pytest.raises(TypeError):
+        _xsave.address(12)
+
+
+def test_the_area_layout_is_the_architectures():
+    assert (_xsave.ALIGNMENT, _xsave.LEGACY_SIZE, _xsave.HEADER_SIZE) == (64, 512, HEADER_SIZE)
+    assert xsave.XSAVE_ALIGNMENT is lbr_layout.XSAVE_ALIGNMENT
+
+
 def test_is_aligned_rejects_bad_alignment():
     with pytest.raises(ValueError):
         xsave.is_aligned(bytearray(16), alignment=48)

@@ -29,6 +29,7 @@
 #include <cpuid.h>
 #endif
 
+#define XS_ALIGNMENT 64      /* XSAVE and XRSTOR #GP unless the area is aligned to this */
 #define XS_LEGACY_SIZE 512   /* x87 + SSE region, bytes */
 #define XS_HEADER_OFFSET 512 /* XSAVE header follows the legacy region */
 #define XS_HEADER_SIZE 64    /* bytes; SDM: must be zero before the first XSAVE */
@@ -202,11 +203,30 @@ out:
     return result;
 }
 
+PyDoc_STRVAR(address_doc,
+             "address(buffer, /) -> int\n\n"
+             "The address of the buffer's first byte. The buffer may be read-only; it\n"
+             "must be C-contiguous (BufferError otherwise).");
+
+static PyObject *xsave_address(PyObject *self, PyObject *arg)
+{
+    Py_buffer view;
+    PyObject *result;
+
+    (void)self;
+    if (PyObject_GetBuffer(arg, &view, PyBUF_C_CONTIGUOUS) < 0)
+        return NULL;
+    result = PyLong_FromVoidPtr(view.buf);
+    PyBuffer_Release(&view);
+    return result;
+}
+
 static PyMethodDef xsave_methods[] = {
     {"supported", xsave_supported, METH_NOARGS, supported_doc},
     {"user_mask", xsave_user_mask, METH_NOARGS, user_mask_doc},
     {"area_size", xsave_area_size, METH_NOARGS, area_size_doc},
     {"roundtrip", xsave_roundtrip, METH_O, roundtrip_doc},
+    {"address", xsave_address, METH_O, address_doc},
     {NULL, NULL, 0, NULL},
 };
 
@@ -214,7 +234,18 @@ PyDoc_STRVAR(module_doc,
              "Run XSAVE/XRSTOR on a caller's buffer, to show why XSAVE areas need\n"
              "64-byte alignment. Use kmemcache.demo.xsave, which checks alignment first.");
 
+/* The area's layout, for Python: one definition of each size. */
+static int xsave_exec(PyObject *module)
+{
+    if (PyModule_AddIntConstant(module, "ALIGNMENT", XS_ALIGNMENT) < 0 ||
+        PyModule_AddIntConstant(module, "LEGACY_SIZE", XS_LEGACY_SIZE) < 0 ||
+        PyModule_AddIntConstant(module, "HEADER_SIZE", XS_HEADER_SIZE) < 0)
+        return -1;
+    return 0;
+}
+
 static PyModuleDef_Slot xsave_slots[] = {
+    {Py_mod_exec, xsave_exec},
     {0, NULL},
 };
 
