@@ -14,14 +14,12 @@ import dataclasses
 import gc
 import json
 import re
-import subprocess
-import sys
-import textwrap
 import weakref
 from collections.abc import Callable
 
 import numpy as np
 import pytest
+from helpers import run_python
 
 import kmemcache
 from kmemcache import (
@@ -956,15 +954,6 @@ def test_memory_error_when_the_os_refuses_and_the_cache_keeps_working(
     assert_filled(second, 0)
     assert_filled(first, 1)
     cache.free_bulk([first, second])
-
-
-def run_python(code: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [sys.executable, "-c", textwrap.dedent(code)],
-        capture_output=True,
-        text=True,
-        timeout=120,
-    )
 
 
 RSS_SCRIPT = """
