@@ -85,8 +85,7 @@ def render(data: dict[str, Any]) -> str:
         f"{data['repeats']} repeats (min-max); ratio = median with the option / median "
         "with debugging off, in the same run. Every number includes "
         f"{m.fmt_ns(loop['empty_op_call_ns'])} ns of loop and call overhead. "
-        f"{env['implementation']} {env['python']}, {env['system']} {env['machine']}, "
-        f"{env['cpu_count']} CPUs.",
+        + h.environment_sentence(env),
     ]
     lines += h.quick_lines(data)
     lines += ["", m.markdown_table(headers, rows, set(range(1, len(headers))))]

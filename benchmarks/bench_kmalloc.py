@@ -233,15 +233,13 @@ def memory_markdown(memory: Sequence[dict[str, Any]]) -> str:
 
 def render(data: dict[str, Any]) -> str:
     env, loop = data["environment"], data["loop_overhead"]
-    pkgs = ", ".join(f"{k} {v}" for k, v in env["packages"].items() if v)
     lines = [
         f"Median ns per alloc+free of one buffer, {data['repeats']} repeats, ops taking "
         "turns. kmemcache columns are its median in ns; the others are peer median / "
         "kmemcache median from the same run (higher: kmemcache faster); zeroed peers "
         "against kzalloc, the others against kmalloc. Every number includes "
         f"{m.fmt_ns(loop['empty_op_call_ns'])} ns of loop and call overhead. "
-        f"{env['implementation']} {env['python']}, {env['system']} {env['machine']}, "
-        f"{env['cpu_count']} CPUs; {pkgs}.",
+        + h.environment_sentence(env),
     ]
     lines += h.quick_lines(data)
     headers = ["size", "kmalloc's alignment"] + [kop.label for kop in OPS]
