@@ -22,10 +22,9 @@ def test_timed_loop_calls_the_op_exactly_number_times_with_the_collector_paused(
         calls.append(gc.isenabled())
 
     assert gc.isenabled()
-    timing = measure.timed_loop(op, 1234)
+    measure.timed_loop(op, 1234)
     assert len(calls) == 1234 and not any(calls)
     assert gc.isenabled()  # given back
-    assert timing.wall_ns >= 0 and timing.cpu_ns >= 0
 
 
 def test_time_call_gives_the_collector_back_when_the_body_raises() -> None:
