@@ -55,8 +55,9 @@ code runs on each and they can be measured side by side:
 from __future__ import annotations
 
 import dataclasses
+import sys
 from collections.abc import Callable
-from typing import Any, NamedTuple, Union
+from typing import TYPE_CHECKING, Any, NamedTuple, TypeVar, Union
 
 from ..cache import Cache, Object
 from ..kmalloc import kfree, kzalloc
@@ -65,6 +66,37 @@ from .lbr_layout import X86_LBR_CACHE_ALIGN, X86_LBR_CACHE_SIZE
 #: What a task context's PMU data can be: a cache or kmalloc object, or an
 #: aligned window into an over-allocated one.
 TaskCtxData = Union[Object, "AlignedSlice"]
+
+
+_T = TypeVar("_T")
+
+
+if TYPE_CHECKING:  # a frozen dataclass, for type checkers
+    from typing_extensions import dataclass_transform
+
+    @dataclass_transform(frozen_default=True)
+    def _struct(cls: type[_T]) -> type[_T]: ...
+
+else:
+
+    def _struct(cls: type[_T]) -> type[_T]:
+        """``dataclass(frozen=True, slots=True)``: a frozen struct, one 8-byte slot a field.
+
+        A subclass gets slots for its own fields only, as Python 3.11 and later make
+        them. Python 3.10 gives it its bases' slots again, which makes every
+        ``OverallocPmu`` and ``CallbackPmu`` 24 bytes larger than its fields, and the
+        size of ``struct pmu`` is one of the demo's measurements.
+        """
+        if sys.version_info >= (3, 11):
+            return dataclasses.dataclass(frozen=True, slots=True)(cls)
+        made = dataclasses.dataclass(frozen=True)(cls)
+        inherited = {name for base in made.__mro__[1:] for name in getattr(base, "__slots__", ())}
+        own = tuple(f.name for f in dataclasses.fields(made) if f.name not in inherited)
+        namespace = {
+            k: v for k, v in made.__dict__.items() if k not in (*own, "__dict__", "__weakref__")
+        }
+        namespace["__slots__"] = own
+        return type(made)(made.__name__, made.__bases__, namespace)
 
 
 def _check_size(name: str, value: object) -> int:
@@ -83,7 +115,7 @@ def _check_align(value: object) -> int:
     return value
 
 
-@dataclasses.dataclass(frozen=True, slots=True)
+@_struct
 class Pmu:
     """``struct pmu``, the fields the change touches.
 
@@ -189,7 +221,7 @@ def x86_lbr_pmu(
 # --- option 1: over-allocate and round up ----------------------------------
 
 
-@dataclasses.dataclass(frozen=True, slots=True)
+@_struct
 class OverallocPmu(Pmu):
     """``struct pmu`` for option 1: it must also carry the alignment (one more field)."""
 
@@ -251,7 +283,7 @@ def overalloc_free_task_ctx_data(pmu: OverallocPmu, task_ctx_data: AlignedSlice 
 # --- option 2: per-PMU callbacks --------------------------------------------
 
 
-@dataclasses.dataclass(frozen=True, slots=True)
+@_struct
 class CallbackPmu(Pmu):
     """``struct pmu`` for option 2: two more function pointers, called on every alloc and free."""
 
