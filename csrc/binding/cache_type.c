@@ -505,19 +505,22 @@ static int put_stat(PyObject *d, const char *key, unsigned long long v)
 /* kmc_stats_t's fields in struct order: the keys of kmc_stats_dict() and what
  * the module's _stats_layout() describes, so that no Python code declares the
  * struct again (the benchmarks read it through ctypes). */
-#define STAT_FIELD(f) {#f, offsetof(kmc_stats_t, f), sizeof(((kmc_stats_t *)0)->f)}
+#define STAT_FIELD(f) #f, offsetof(kmc_stats_t, f), sizeof(((kmc_stats_t *)0)->f)
 static const struct stat_field {
     const char *name;
     size_t offset, size; /* bytes; size is 4 or 8 */
 } stat_fields[] = {
-    STAT_FIELD(active_objs),    STAT_FIELD(num_objs),       STAT_FIELD(objsize),
-    STAT_FIELD(objperslab),     STAT_FIELD(pagesperslab),   STAT_FIELD(active_slabs),
-    STAT_FIELD(num_slabs),      STAT_FIELD(size),           STAT_FIELD(align),
-    STAT_FIELD(slab_size),      STAT_FIELD(partial_slabs),  STAT_FIELD(empty_slabs),
-    STAT_FIELD(allocs),         STAT_FIELD(frees),          STAT_FIELD(slabs_created),
-    STAT_FIELD(slabs_released), STAT_FIELD(committed_bytes), STAT_FIELD(metadata_bytes),
-    STAT_FIELD(arenas),         STAT_FIELD(bitmap_words),   STAT_FIELD(max_scan),
-    STAT_FIELD(flags),
+    {STAT_FIELD(active_objs)},     {STAT_FIELD(num_objs)},
+    {STAT_FIELD(objsize)},         {STAT_FIELD(objperslab)},
+    {STAT_FIELD(pagesperslab)},    {STAT_FIELD(active_slabs)},
+    {STAT_FIELD(num_slabs)},       {STAT_FIELD(size)},
+    {STAT_FIELD(align)},           {STAT_FIELD(slab_size)},
+    {STAT_FIELD(partial_slabs)},   {STAT_FIELD(empty_slabs)},
+    {STAT_FIELD(allocs)},          {STAT_FIELD(frees)},
+    {STAT_FIELD(slabs_created)},   {STAT_FIELD(slabs_released)},
+    {STAT_FIELD(committed_bytes)}, {STAT_FIELD(metadata_bytes)},
+    {STAT_FIELD(arenas)},          {STAT_FIELD(bitmap_words)},
+    {STAT_FIELD(max_scan)},        {STAT_FIELD(flags)},
 };
 #undef STAT_FIELD
 #define N_STAT_FIELDS (sizeof(stat_fields) / sizeof(stat_fields[0]))
@@ -565,9 +568,8 @@ PyObject *kmc_stats_layout(PyObject *Py_UNUSED(module), PyObject *Py_UNUSED(igno
 {
     PyObject *fields = PyTuple_New((Py_ssize_t)N_STAT_FIELDS);
     for (size_t i = 0; fields && i < N_STAT_FIELDS; i++) {
-        PyObject *t = Py_BuildValue("(snn)", stat_fields[i].name,
-                                    (Py_ssize_t)stat_fields[i].offset,
-                                    (Py_ssize_t)stat_fields[i].size);
+        const struct stat_field *f = &stat_fields[i];
+        PyObject *t = Py_BuildValue("(snn)", f->name, (Py_ssize_t)f->offset, (Py_ssize_t)f->size);
         if (!t)
             Py_CLEAR(fields);
         else

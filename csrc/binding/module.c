@@ -15,7 +15,7 @@ static PyObject *double_free_error, *invalid_free_error, *cache_busy_error, *red
 static PyObject *error_factory; /* callable(kind, report_dict) -> exception or None */
 PyObject *kmc_facade;
 
-PyObject *kmc_stats_dict(kmc_cache_t *c);                   /* cache_type.c */
+PyObject *kmc_stats_dict(kmc_cache_t *c);                        /* cache_type.c */
 PyObject *kmc_stats_layout(PyObject *module, PyObject *ignored); /* cache_type.c */
 extern PyMethodDef kmc_kmalloc_methods[]; /* kmalloc_funcs.c: kmalloc, kfree, ... */
 
