@@ -249,6 +249,8 @@ static PyModuleDef_Slot xsave_slots[] = {
     {0, NULL},
 };
 
+/* One member a line: clang-format would lay them out in columns. */
+/* clang-format off */
 static struct PyModuleDef xsave_module = {
     PyModuleDef_HEAD_INIT,
     .m_name = "kmemcache.demo._xsave",
@@ -257,6 +259,7 @@ static struct PyModuleDef xsave_module = {
     .m_methods = xsave_methods,
     .m_slots = xsave_slots,
 };
+/* clang-format on */
 
 PyMODINIT_FUNC PyInit__xsave(void)
 {
