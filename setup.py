@@ -42,7 +42,7 @@ setup(
             extra_link_args=[*ldflags, "-pthread"],
         ),
         Extension(
-            "kmemcache._xsave",
+            "kmemcache.demo._xsave",
             sources=["csrc/xsave/xsave.c"],
             extra_compile_args=cflags,
             extra_link_args=ldflags,

@@ -21,33 +21,25 @@ class EngineUnavailable(Exception):
     """The engine's functions cannot be reached from ctypes here."""
 
 
-class KmcStats(ctypes.Structure):
-    """``kmc_stats_t`` from kmc.h, field for field."""
+@functools.cache
+def stats_struct() -> type[ctypes.Structure]:
+    """``kmc_stats_t`` as a ctypes struct, built from the layout the binding reports."""
+    try:
+        from kmemcache import _kmemcache
+    except ImportError as exc:
+        raise EngineUnavailable(f"kmemcache not importable: {exc}") from exc
+    fields, size = _kmemcache._stats_layout()
+    types = {4: ctypes.c_uint32, 8: ctypes.c_uint64}
 
-    _fields_ = [
-        (name, ctypes.c_uint64)
-        for name in (
-            "active_objs",
-            "num_objs",
-            "objsize",
-            "objperslab",
-            "pagesperslab",
-            "active_slabs",
-            "num_slabs",
-            "size",
-            "align",
-            "slab_size",
-            "partial_slabs",
-            "empty_slabs",
-            "allocs",
-            "frees",
-            "slabs_created",
-            "slabs_released",
-            "committed_bytes",
-            "metadata_bytes",
-            "arenas",
-        )
-    ] + [("flags", ctypes.c_uint32)]
+    class KmcStats(ctypes.Structure):
+        _fields_ = [(name, types[width]) for name, _, width in fields]
+
+    for name, offset, _ in fields:
+        if getattr(KmcStats, name).offset != offset:
+            raise EngineUnavailable(f"kmc_stats_t.{name}: ctypes puts it elsewhere")
+    if ctypes.sizeof(KmcStats) != size:
+        raise EngineUnavailable("kmc_stats_t: ctypes gives it another size")
+    return KmcStats
 
 
 @functools.cache
@@ -76,7 +68,7 @@ def library() -> ctypes.CDLL:
         lib.kmc_cache_alloc_bulk.restype = ctypes.c_int
         lib.kmc_cache_free.argtypes = [vp, vp]
         lib.kmc_cache_free.restype = ctypes.c_int
-        lib.kmc_cache_stats.argtypes = [vp, ctypes.POINTER(KmcStats)]
+        lib.kmc_cache_stats.argtypes = [vp, ctypes.POINTER(stats_struct())]
         lib.kmc_cache_stats.restype = None
     except AttributeError as exc:
         raise EngineUnavailable(f"engine functions not exported by the extension: {exc}") from exc
@@ -102,9 +94,6 @@ class EngineCache:
             raise MemoryError(f"kmc_cache_alloc_bulk failed with status {status}")
 
     def stats(self) -> dict[str, int]:
-        raw = KmcStats()
+        raw = stats_struct()()
         self.lib.kmc_cache_stats(self.ptr, ctypes.byref(raw))
-        stats = {name: getattr(raw, name) for name, _ in KmcStats._fields_}
-        if stats["size"] != self.size:  # the header changed under us: say nothing
-            raise EngineUnavailable("kmc_stats_t does not match this benchmark's copy")
-        return stats
+        return {name: getattr(raw, name) for name, _ in raw._fields_}

@@ -1,4 +1,4 @@
-"""Timing machinery shared by the benchmarks.
+"""What the benchmarks share beyond the measuring tools of ``kmemcache.demo.measure``.
 
 Every benchmark measures zero-argument callables ("ops") with the same recipe:
 
@@ -8,15 +8,12 @@ Every benchmark measures zero-argument callables ("ops") with the same recipe:
   repeat (the starting op rotates) so that drift on a shared machine hits every op alike;
   loops are short (10 ms by default) so that a whole round is short too, and a burst
   of load from elsewhere lands on every op of the round rather than on one;
-* a loop is ``for _ in itertools.repeat(None, n): op()`` with the cyclic garbage
-  collector paused as ``timeit`` does, timed twice over: by the thread's CPU time
-  (``time.thread_time_ns``, user and system: what the ops cost, without the time the
-  thread spent waiting while other work had the CPU) and by the wall clock
-  (``time.perf_counter_ns``). The samples are CPU time unless ``--clock wall`` is
-  given; the other clock's samples are kept in the JSON, and the share of each loop
-  the thread actually spent on a CPU is recorded as a noise gauge. On a busy machine
-  the CPU clock is the steadier; neither removes what a busy neighbour on the same
-  core does to caches and clock speed;
+* a loop is ``measure.timed_loop``: ``for _ in itertools.repeat(None, n): op()`` with
+  the cyclic garbage collector paused as ``timeit`` does, timed twice over, by the
+  thread's CPU time and by the wall clock. The samples are CPU time unless ``--clock
+  wall`` is given; the other clock's samples are kept in the JSON, and the share of
+  each loop the thread actually spent on a CPU is recorded as a noise gauge. On a busy
+  machine the CPU clock is the steadier;
 * results are the median ns/op with min, max and quartiles; nothing is subtracted,
   but the cost of the loop itself (bare, and calling an empty op) is measured once and
   reported so readers can see how much of a small number it is.
@@ -29,19 +26,17 @@ from __future__ import annotations
 import argparse
 import gc
 import importlib.metadata
-import itertools
 import json
 import os
 import platform
 import statistics
 import subprocess
 import sys
-import time
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-Op = Callable[[], object]
+from kmemcache.demo import measure as m
 
 #: Which clock the samples are read from: "cpu" (the thread's CPU time) or "wall".
 #: ``settings()`` sets it from ``--clock``.
@@ -62,7 +57,7 @@ class Candidate:
 
     key: str  # stable identifier, used in JSON
     label: str  # human-readable, used in tables
-    op: Op | None = None  # None when unavailable
+    op: m.Op | None = None  # None when unavailable
     aligned: bool | None = None  # observed on samples; None when unknown
     zeroed: bool | None = None  # whether the memory comes back zero-filled
     status: str = "ok"  # "ok", "not installed" or "failed"
@@ -84,113 +79,6 @@ class Candidate:
         self.cpu_share.clear()
 
 
-class Progress:
-    """A one-line progress indicator on stderr.
-
-    On a terminal the line is rewritten in place; otherwise (CI logs, captured
-    output) only every ``step`` of ``total`` updates is printed, each on its own
-    line, so logs stay short.
-    """
-
-    def __init__(self, total: int, prefix: str, enabled: bool = True) -> None:
-        self.total = max(total, 1)
-        self.prefix = prefix
-        self.count = 0
-        self.enabled = enabled
-        self.tty = sys.stderr.isatty()
-        self.step = max(self.total // 10, 1)
-        self.width = 0
-
-    def update(self, message: str) -> None:
-        self.count += 1
-        if not self.enabled:
-            return
-        percent = 100 * self.count // self.total
-        line = f"{self.prefix} {percent:3d}% {message}"
-        if self.tty:
-            pad = " " * max(self.width - len(line), 0)
-            sys.stderr.write("\r" + line + pad)
-            self.width = len(line)
-        elif self.count % self.step == 0 or self.count == self.total:
-            sys.stderr.write(line + "\n")
-        sys.stderr.flush()
-
-    def done(self) -> None:
-        if self.enabled and self.tty and self.width:
-            sys.stderr.write("\r" + " " * self.width + "\r")
-            sys.stderr.flush()
-
-
-def timed_loop(op: Op, number: int) -> tuple[int, int]:
-    """Call ``op`` ``number`` times in a tight loop; return (elapsed ns, thread CPU ns).
-
-    The elapsed time is what is reported; the CPU time only tells how much of the
-    loop this thread actually ran, i.e. how much the machine's other load stole.
-    """
-    loop = itertools.repeat(None, number)
-    clock, cpu_clock = time.perf_counter_ns, time.thread_time_ns
-    gc_was_enabled = gc.isenabled()
-    # A collection triggered by someone else's garbage would land on whichever op
-    # happens to be running; timeit pauses the collector for the same reason.
-    gc.disable()
-    try:
-        cpu_start = cpu_clock()
-        start = clock()
-        for _ in loop:
-            op()
-        elapsed = clock() - start
-        return elapsed, cpu_clock() - cpu_start
-    finally:
-        if gc_was_enabled:
-            gc.enable()
-
-
-def time_loop(op: Op, number: int) -> int:
-    """Call ``op`` ``number`` times in a tight loop; return the elapsed ns."""
-    return timed_loop(op, number)[0]
-
-
-def time_bare_loop(number: int) -> int:
-    """Time the loop with nothing in its body, by ``CLOCK``; return the ns."""
-    loop = itertools.repeat(None, number)
-    clock = time.thread_time_ns if CLOCK == "cpu" else time.perf_counter_ns
-    start = clock()
-    for _ in loop:
-        pass
-    return clock() - start
-
-
-def calibrate(op: Op, target_ns: int) -> int:
-    """Return an iteration count for which one loop of ``op`` takes about ``target_ns``.
-
-    Doubles the count until a loop takes at least an eighth of the target, which
-    also serves as the warm-up, then scales.
-    """
-    number = 8
-    while True:
-        elapsed = time_loop(op, number)
-        if elapsed >= target_ns // 8 or number >= 1 << 30:
-            break
-        number *= 2
-    return max(1, round(number * target_ns / max(elapsed, 1)))
-
-
-def summarize(samples: Sequence[float]) -> dict[str, float]:
-    """Median, min, max and quartiles of ns/op samples."""
-    ordered = sorted(samples)
-    if len(ordered) >= 2:
-        q1, _, q3 = statistics.quantiles(ordered, n=4, method="inclusive")
-    else:
-        q1 = q3 = ordered[0]
-    return {
-        "median_ns": statistics.median(ordered),
-        "min_ns": ordered[0],
-        "max_ns": ordered[-1],
-        "q1_ns": q1,
-        "q3_ns": q3,
-    }
-
-
 def measure_loop_overhead(repeats: int, number: int | None, target_ns: int) -> dict[str, float]:
     """Measure the loop itself once: bare, and calling an op that does nothing.
 
@@ -201,10 +89,10 @@ def measure_loop_overhead(repeats: int, number: int | None, target_ns: int) -> d
         pass
 
     if number is None:
-        number = calibrate(empty, target_ns)
+        number = m.calibrate(empty, target_ns)
     which = 1 if CLOCK == "cpu" else 0
-    bare = [time_bare_loop(number) / number for _ in range(repeats)]
-    call = [timed_loop(empty, number)[which] / number for _ in range(repeats)]
+    bare = [m.bare_loop(number)[which] / number for _ in range(repeats)]
+    call = [m.timed_loop(empty, number)[which] / number for _ in range(repeats)]
     return {
         "bare_loop_ns": statistics.median(bare),
         "empty_op_call_ns": statistics.median(call),
@@ -217,7 +105,7 @@ def run_round_robin(
     repeats: int,
     number: int | None,
     target_ns: int,
-    progress: Progress | None = None,
+    progress: m.Progress | None = None,
 ) -> None:
     """Measure every available candidate ``repeats`` times, taking turns.
 
@@ -229,13 +117,13 @@ def run_round_robin(
     for cand in live:
         assert cand.op is not None
         if progress is not None:
-            progress.update(f"warm-up {cand.label}")
+            progress.step(f"warm-up {cand.label}")
         try:
             if number is None:
-                cand.number = calibrate(cand.op, target_ns)
+                cand.number = m.calibrate(cand.op, target_ns)
             else:
                 cand.number = number
-                time_loop(cand.op, min(number, 100))  # warm-up
+                m.timed_loop(cand.op, min(number, 100))  # warm-up
         except Exception as exc:  # a broken peer must not stop the others
             cand.fail(exc)
     for rep in range(repeats):
@@ -243,12 +131,12 @@ def run_round_robin(
         shift = rep % len(live) if live else 0
         for cand in live[shift:] + live[:shift]:
             if progress is not None:
-                progress.update(f"repeat {rep + 1}/{repeats} {cand.label}")
+                progress.step(f"repeat {rep + 1}/{repeats} {cand.label}")
             if not cand.ok:
                 continue
             assert cand.op is not None
             try:
-                elapsed, cpu = timed_loop(cand.op, cand.number)
+                elapsed, cpu = m.timed_loop(cand.op, cand.number)
             except Exception as exc:
                 cand.fail(exc)
                 continue
@@ -271,11 +159,6 @@ def release(candidates: Sequence[Candidate]) -> None:
     gc.collect()
 
 
-def paired_ratios(peer: Candidate, base: Candidate) -> list[float]:
-    """Per-repeat ratios peer/base: both were timed in the same round of each repeat."""
-    return [p / b for p, b in zip(peer.samples_ns, base.samples_ns, strict=False) if b > 0]
-
-
 def candidate_record(cand: Candidate, base: Candidate | None) -> dict[str, Any]:
     """The JSON record of one candidate, with its ratio against ``base``."""
     record: dict[str, Any] = {
@@ -293,11 +176,11 @@ def candidate_record(cand: Candidate, base: Candidate | None) -> dict[str, Any]:
     record["samples_ns"] = cand.samples_ns
     if cand.other_clock_ns:
         record["other_clock_samples_ns"] = cand.other_clock_ns
-    record.update(summarize(cand.samples_ns))
+    record.update(m.summarize(cand.samples_ns))
     record["cpu_share_min"] = min(cand.cpu_share, default=1.0)
     if base is not None and base.samples_ns:
         record["ratio"] = record["median_ns"] / statistics.median(base.samples_ns)
-        pairs = paired_ratios(cand, base)
+        pairs = m.paired_ratios(cand.samples_ns, base.samples_ns)
         if pairs:
             # The same ratio taken repeat by repeat: its spread shows how far drift
             # between rounds could move the headline ratio.
@@ -417,7 +300,7 @@ def skip_target(target: dict[str, Any], reason: str) -> None:
 def target_line(target: dict[str, Any]) -> str:
     """``- PASS: what: 1.17x (target >= 1x)``, with where and why when known."""
     sign = ">=" if target["better"] == "higher" else "<="
-    ratio = "-" if target["ratio"] is None else fmt_ratio(target["ratio"])
+    ratio = "-" if target["ratio"] is None else m.fmt_ratio(target["ratio"])
     line = f"- {target['status']}: {target['description']}: {ratio}"
     if target.get("where"):
         line += f" at {target['where']}"
@@ -427,33 +310,6 @@ def target_line(target: dict[str, Any]) -> str:
     if target["status"] == "SKIP":
         line += f" [{target.get('reason', 'not measured')}]"
     return line
-
-
-def fmt_ns(value: float) -> str:
-    """ns with precision that suits the magnitude."""
-    if value < 10:
-        return f"{value:.2f}"
-    if value < 100:
-        return f"{value:.1f}"
-    return f"{value:,.0f}"
-
-
-def fmt_ratio(value: float | None) -> str:
-    return "-" if value is None else f"{value:.2f}x"
-
-
-def fmt_size(n: int) -> str:
-    """Bytes as people write them: 8 B, 1472 B, 4 KiB, 1 MiB."""
-    for unit, shift in (("GiB", 30), ("MiB", 20), ("KiB", 10)):
-        if n >= 1 << shift and n % (1 << shift) == 0:
-            return f"{n >> shift} {unit}"
-    return f"{n} B"
-
-
-def fmt_count(n: int) -> str:
-    """1000 -> 1e3, 1000000 -> 1e6; other numbers as they are."""
-    exp = len(str(n)) - 1
-    return f"1e{exp}" if n == 10**exp and exp >= 3 else f"{n:,}"
 
 
 def int_list(text: str) -> list[int]:
@@ -473,23 +329,6 @@ def int_list(text: str) -> list[int]:
                 ) from None
             values.append(int(value))
     return values
-
-
-def markdown_table(headers: Sequence[str], rows: Sequence[Sequence[str]], right: set[int]) -> str:
-    """A Markdown table; columns whose index is in ``right`` are right-aligned."""
-    widths = [len(h) for h in headers]
-    for row in rows:
-        widths = [max(w, len(cell)) for w, cell in zip(widths, row, strict=True)]
-
-    def line(cells: Sequence[str]) -> str:
-        padded = [
-            cell.rjust(w) if i in right else cell.ljust(w)
-            for i, (cell, w) in enumerate(zip(cells, widths, strict=True))
-        ]
-        return "| " + " | ".join(padded) + " |"
-
-    rule = [("-" * (w - 1) + ":") if i in right else "-" * w for i, w in enumerate(widths)]
-    return "\n".join([line(headers), "| " + " | ".join(rule) + " |", *map(line, rows)])
 
 
 def argument_parser(description: str) -> argparse.ArgumentParser:
@@ -524,9 +363,10 @@ def argument_parser(description: str) -> argparse.ArgumentParser:
     return parser
 
 
-def progress_for(args: argparse.Namespace, total: int, prefix: str) -> Progress:
-    """The progress line of a benchmark, off with ``--no-progress``."""
-    return Progress(total, prefix, enabled=not args.no_progress)
+def progress_for(args: argparse.Namespace, total: int, prefix: str) -> m.Progress:
+    """The progress line of a benchmark, off with ``--no-progress``: no bar, and in a log
+    every tenth step on a line of its own."""
+    return m.Progress(total, not args.no_progress, prefix=prefix, bar=0, log=True)
 
 
 def settings(args: argparse.Namespace) -> tuple[int, int | None, int]:

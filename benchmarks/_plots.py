@@ -83,6 +83,32 @@ def _kmemcache_style(key: str) -> dict[str, Any]:
     return {"linewidth": 1.2, "alpha": 0.9}
 
 
+def _finish(
+    fig: Any,
+    path: Path,
+    title: str | None = None,
+    handles: dict[str, Any] | None = None,
+    bottom: float = 0.0,
+) -> None:
+    """Title the figure, put the legend of ``handles`` (label -> line) below the plots
+    in the ``bottom`` share of the height, write the PNG and free the figure."""
+    if handles:
+        fig.legend(
+            list(handles.values()),
+            list(handles.keys()),
+            loc="lower center",
+            ncol=3,
+            fontsize=8,
+            frameon=False,
+        )
+    if title:
+        fig.suptitle(title, fontsize=12)
+    # room for the legend below, and above for the title over a legend's rows
+    fig.tight_layout(rect=(0, bottom, 1, 0.97 if bottom else 1))
+    fig.savefig(path, dpi=110)
+    _pyplot().close(fig)
+
+
 def plot_alloc(data: dict[str, Any], path: Path) -> None:
     plt = _pyplot()
     sizes, aligns = data["sizes"], data["aligns"]
@@ -112,18 +138,9 @@ def plot_alloc(data: dict[str, Any], path: Path) -> None:
             ax.grid(True, which="major", alpha=0.3)
             if col == 0:
                 ax.set_ylabel("ns per alloc+free (median, log)")
-    fig.legend(
-        list(handles.values()),
-        list(handles.keys()),
-        loc="lower center",
-        ncol=3,
-        fontsize=8,
-        frameon=False,
+    _finish(
+        fig, path, "One buffer: alloc+free time by size (lower is faster)", handles, bottom=0.12
     )
-    fig.suptitle("One buffer: alloc+free time by size (lower is faster)", fontsize=12)
-    fig.tight_layout(rect=(0, 0.12, 1, 0.97))
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
 
 
 def plot_memory(data: dict[str, Any], path: Path) -> None:
@@ -203,21 +220,13 @@ def plot_memory(data: dict[str, Any], path: Path) -> None:
         limit_text = f"{limit:.0e}".replace("e+0", "e")
         ax.set_title(f"split at N={limit_text}, or the largest N run below", fontsize=9)
         ax.grid(True, axis="x", which="major", alpha=0.3)
-    fig.legend(
-        list(handles.values()),
-        list(handles.keys()),
-        loc="lower center",
-        ncol=3,
-        fontsize=8,
-        frameon=False,
-    )
-    fig.suptitle(
+    _finish(
+        fig,
+        path,
         "Memory per live object, from RSS (lower is better; dashed: the ideal, dotted: ideal + 5%)",
-        fontsize=12,
+        handles,
+        bottom=0.08,
     )
-    fig.tight_layout(rect=(0, 0.08, 1, 0.97))
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
 
 
 def plot_scaling(data: dict[str, Any], path: Path) -> None:
@@ -265,10 +274,7 @@ def plot_scaling(data: dict[str, Any], path: Path) -> None:
     axes[1].legend(fontsize=7)
     axes[0].set_title("lifo: alloc+free one more; random: replace a random live one", fontsize=9)
     axes[1].set_title("growth from the smallest N (touch: the random walk alone)", fontsize=9)
-    fig.suptitle("Scaling with live objects (flat is O(1))", fontsize=12)
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
+    _finish(fig, path, "Scaling with live objects (flat is O(1))")
 
 
 def plot_bulk_threads(bulk: dict[str, Any] | None, threads: dict[str, Any] | None, path: Path):
@@ -330,9 +336,7 @@ def plot_bulk_threads(bulk: dict[str, Any] | None, threads: dict[str, Any] | Non
         axes[1].set_xlabel("million alloc+free per second, all threads (median, min-max)")
         axes[1].set_title(f"1 and 2 Python threads ({threads['gil']})", fontsize=10)
         axes[1].grid(True, axis="x", alpha=0.3)
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
+    _finish(fig, path)
 
 
 def plot_all(results: dict[str, Any], folder: Path) -> list[Path]:

@@ -39,6 +39,8 @@ from typing import Any
 import _harness as h
 import peers
 
+from kmemcache.demo import measure as m
+
 SIZES = (8, 64, 256, 1024, 4096, 16384, 65536, 262144, 1 << 20)
 ALIGNS = (8, 64, 4096)
 #: --quick: a small and a large size at two alignments, the targets' 64 B among them.
@@ -81,7 +83,7 @@ def evaluate_targets(results: dict[int, dict[int, list[dict[str, Any]]]]) -> lis
     t = h.make_target(
         "alloc.pyfftw_zeros",
         f"zalloc+free is at least {PYFFTW_MIN:g}x faster than pyfftw.zeros_aligned at every "
-        f"size up to {h.fmt_size(PYFFTW_MAX_SIZE)} and every alignment measured (lowest ratio)",
+        f"size up to {m.fmt_size(PYFFTW_MAX_SIZE)} and every alignment measured (lowest ratio)",
         PYFFTW_MIN,
         "higher",
     )
@@ -109,11 +111,11 @@ def evaluate_targets(results: dict[int, dict[int, list[dict[str, Any]]]]) -> lis
     else:
         worst = min(points, key=lambda p: p["ratio"])
         h.judge_target(t, worst["ratio"])
-        t["where"] = f"{h.fmt_size(worst['size'])} at align {worst['align']}"
+        t["where"] = f"{m.fmt_size(worst['size'])} at align {worst['align']}"
         below = [p for p in points if p["ratio"] < PYFFTW_MIN]
         if below:
             t["detail"] = "below at " + ", ".join(
-                f"{h.fmt_size(p['size'])}/{p['align']} ({p['ratio']:.1f}x)"
+                f"{m.fmt_size(p['size'])}/{p['align']} ({p['ratio']:.1f}x)"
                 for p in sorted(below, key=lambda p: (p["align"], p["size"]))
             )
     targets.append(t)
@@ -128,14 +130,14 @@ def aligned_cell(records: Sequence[dict[str, Any]]) -> str:
         return "yes"
     if not any(seen.values()):
         return "no"
-    return "at " + ", ".join(h.fmt_size(s) for s, ok in seen.items() if ok)
+    return "at " + ", ".join(m.fmt_size(s) for s, ok in seen.items() if ok)
 
 
 def ratio_cell(record: dict[str, Any]) -> str:
     if record["key"] == record["baseline"] and "median_ns" in record:
-        return f"{h.fmt_ns(record['median_ns'])} ns"
+        return f"{m.fmt_ns(record['median_ns'])} ns"
     if "ratio" in record:
-        return h.fmt_ratio(record["ratio"])
+        return m.fmt_ratio(record["ratio"])
     return "-"
 
 
@@ -146,12 +148,12 @@ def render_table(data: dict[str, Any], align: int, zeroed: bool) -> str:
         for rec in data["results"][str(align)][str(size)]:
             if rec["zeroed"] is zeroed and rec["status"] == "ok":
                 by_key.setdefault(rec["key"], []).append({**rec, "size": size})
-    headers = ["allocator", f"aligned to {align}"] + [h.fmt_size(s) for s in sizes]
+    headers = ["allocator", f"aligned to {align}"] + [m.fmt_size(s) for s in sizes]
     rows = []
     for recs in by_key.values():
         cells = {r["size"]: ratio_cell(r) for r in recs}
         rows.append([recs[0]["label"], aligned_cell(recs)] + [cells.get(s, "-") for s in sizes])
-    return h.markdown_table(headers, rows, set(range(2, len(headers))))
+    return m.markdown_table(headers, rows, set(range(2, len(headers))))
 
 
 def render(data: dict[str, Any]) -> str:
@@ -163,7 +165,7 @@ def render(data: dict[str, Any]) -> str:
         "kmemcache's median in ns; every other cell is peer median / kmemcache median "
         "from the same run (higher: kmemcache faster). Zeroed buffers are compared with "
         "zalloc+free, unzeroed ones with alloc+free. Every number includes "
-        f"{h.fmt_ns(loop['empty_op_call_ns'])} ns of loop and call overhead. "
+        f"{m.fmt_ns(loop['empty_op_call_ns'])} ns of loop and call overhead. "
         + h.environment_sentence(env),
     ]
     lines.append(
@@ -215,13 +217,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         for align in aligns:
             for size in sizes:
-                progress.update(f"{h.fmt_size(size)} at align {align}")
+                progress.step(f"{m.fmt_size(size)} at align {align}")
                 cands = peers.build_candidates(peers.PEERS, size, align)
                 h.run_round_robin(cands, repeats, number, target_ns)
                 results.setdefault(align, {})[size] = peers.records_for(peers.PEERS, cands)
                 h.release(cands)
     finally:
-        progress.done()
+        progress.close()
 
     data: dict[str, Any] = {
         "benchmark": "alloc",

@@ -29,6 +29,8 @@ from typing import Any
 import _harness as h
 import peers
 
+from kmemcache.demo import measure as m
+
 SIZE, ALIGN = 64, 64
 COUNTS = (16, 256, 4096)
 #: (key, label), in table order; the first of each zeroing kind is the baseline
@@ -41,7 +43,7 @@ KINDS = (
 _ids = itertools.count()
 
 
-def make_op(kind: str, n: int, zero: bool) -> tuple[h.Op, Any]:
+def make_op(kind: str, n: int, zero: bool) -> tuple[m.Op, Any]:
     if kind == "bytearray":
 
         def op_bytearray() -> None:
@@ -101,7 +103,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         h.run_round_robin(cands, repeats, number, target_ns, progress)
     finally:
-        progress.done()
+        progress.close()
 
     by_key = {c.key: c for c in cands}
     results = []
@@ -158,12 +160,12 @@ def render(data: dict[str, Any]) -> str:
                 if "ns_per_object" not in rec:
                     cells.append(rec.get("status", "-"))
                     continue
-                cell = h.fmt_ns(rec["ns_per_object"])
+                cell = m.fmt_ns(rec["ns_per_object"])
                 if kind != "bulk" and "ratio" in rec:
-                    cell += f" ({h.fmt_ratio(rec['ratio'])})"
+                    cell += f" ({m.fmt_ratio(rec['ratio'])})"
                 cells.append(cell)
             rows.append(["yes" if zero else "no", label] + cells)
-    lines += ["", h.markdown_table(headers, rows, set(range(2, len(headers))))]
+    lines += ["", m.markdown_table(headers, rows, set(range(2, len(headers))))]
     return "\n".join(lines)
 
 

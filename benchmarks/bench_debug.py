@@ -29,6 +29,7 @@ import peers
 
 import kmemcache
 from kmemcache import Flags
+from kmemcache.demo import measure as m
 
 SIZES = (64, 1472, 4096)
 ALIGN = 64
@@ -72,23 +73,22 @@ def render(data: dict[str, Any]) -> str:
         for size in sizes:
             rec = data["results"][str(size)][i]
             if "median_ns" in rec:
-                low, high = h.fmt_ns(rec["min_ns"]), h.fmt_ns(rec["max_ns"])
-                row.append(f"{h.fmt_ns(rec['median_ns'])} ({low}-{high})")
+                low, high = m.fmt_ns(rec["min_ns"]), m.fmt_ns(rec["max_ns"])
+                row.append(f"{m.fmt_ns(rec['median_ns'])} ({low}-{high})")
             else:
                 row.append(rec["status"])
-            row.append(h.fmt_ratio(rec.get("ratio")))
+            row.append(m.fmt_ratio(rec.get("ratio")))
         rows.append(row)
     env, loop = data["environment"], data["loop_overhead"]
     lines = [
         f"Median ns per zalloc+free of one object at alignment {align}, "
         f"{data['repeats']} repeats (min-max); ratio = median with the option / median "
         "with debugging off, in the same run. Every number includes "
-        f"{h.fmt_ns(loop['empty_op_call_ns'])} ns of loop and call overhead. "
-        f"{env['implementation']} {env['python']}, {env['system']} {env['machine']}, "
-        f"{env['cpu_count']} CPUs.",
+        f"{m.fmt_ns(loop['empty_op_call_ns'])} ns of loop and call overhead. "
+        + h.environment_sentence(env),
     ]
     lines += h.quick_lines(data)
-    lines += ["", h.markdown_table(headers, rows, set(range(1, len(headers))))]
+    lines += ["", m.markdown_table(headers, rows, set(range(1, len(headers))))]
     notes = [
         f"- {rec['label']} at {size} B: {rec['status']}: {rec['note']}"
         for size in sizes
@@ -128,7 +128,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             results[size] = [h.candidate_record(c, base) for c in cands]
             h.release(cands)
     finally:
-        progress.done()
+        progress.close()
 
     data: dict[str, Any] = {
         "benchmark": "debug",

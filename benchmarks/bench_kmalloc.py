@@ -41,6 +41,7 @@ import peers
 import kmemcache
 from kmemcache import _kmemcache as _core
 from kmemcache import kfree, kmalloc, kzalloc
+from kmemcache.demo import measure as m
 from kmemcache.kmalloc import LARGE_THRESHOLD, SIZE_CLASSES, large_stats, size_class
 
 SIZES = (8, 16, 64, 96, 256, 1024, 4096, 8192, 16384, 65536)
@@ -58,16 +59,10 @@ SLAB_DESCRIPTOR_BYTES = 16
 PAGE_SIZE = kmemcache.PAGE_SIZE
 
 
-def fmt_size(n: int) -> str:
-    """8 B, 96 B, 4 KiB, 12 KiB."""
-    for unit, shift in (("MiB", 20), ("KiB", 10)):
-        if n >= 1 << shift and n % (1 << shift) == 0:
-            return f"{n >> shift} {unit}"
-    return f"{n} B"
-
-
 def guaranteed_align(size: int) -> int:
-    """The alignment kmalloc(size) guarantees."""
+    """The alignment kmalloc(size) guarantees: its class's, as the engine chooses the
+    class; above the classes, kmc.h's rule for large requests (the page, or the size
+    when that is a larger power of two), which the engine does not export."""
     cls = size_class(size)
     if cls is not None:
         return cls.align
@@ -79,14 +74,14 @@ def guaranteed_align(size: int) -> int:
 # --- the ops ---------------------------------------------------------------------
 
 
-def make_kzalloc(size: int, align: int) -> h.Op:
+def make_kzalloc(size: int, align: int) -> m.Op:
     def op() -> None:
         kfree(kzalloc(size))
 
     return op
 
 
-def make_kmalloc(size: int, align: int) -> h.Op:
+def make_kmalloc(size: int, align: int) -> m.Op:
     def op() -> None:
         kfree(kmalloc(size))
 
@@ -109,7 +104,7 @@ class Op(NamedTuple):
     label: str
     zeroed: bool
     baseline: str  # the kmemcache op its ratio is taken against
-    make: Callable[[int, int], h.Op]  # (size, align) -> op
+    make: Callable[[int, int], m.Op]  # (size, align) -> op
     aligned: Callable[[int, int], bool]  # (size, align) -> all samples aligned
 
 
@@ -173,7 +168,7 @@ def measure_memory(request: int, budget: int) -> dict[str, Any]:
         objs = [kmalloc(request) for _ in range(count)]
         s = kmemcache.SlabStats.from_dict(cache_of(cls.name)._stats())
         held = s.committed_bytes / s.active_objs
-        bitmap_bytes = -(-s.objperslab // 64) * 8
+        bitmap_bytes = s.bitmap_words * 8
         meta = s.num_slabs * (SLAB_DESCRIPTOR_BYTES + bitmap_bytes) / s.active_objs
         name, objsize = cls.name, s.objsize
     for o in objs:
@@ -208,17 +203,17 @@ def ratio_cell(rec: dict[str, Any] | None) -> str:
     if rec is None or "median_ns" not in rec:
         return (rec or {}).get("status", "-")
     if rec["key"] == rec["baseline"]:
-        return f"{h.fmt_ns(rec['median_ns'])} ns"
+        return f"{m.fmt_ns(rec['median_ns'])} ns"
     mark = "" if rec["aligned"] in (True, None) else " (unaligned)"
-    return h.fmt_ratio(rec.get("ratio")) + mark
+    return m.fmt_ratio(rec.get("ratio")) + mark
 
 
 def memory_markdown(memory: Sequence[dict[str, Any]]) -> str:
     """One row per class (its worst and best fit), one per large size."""
     groups: dict[str, list[dict[str, Any]]] = {}
-    for m in memory:
-        key = m["class"] if m["class"] != "pages" else f"pages ({fmt_size(m['request'])})"
-        groups.setdefault(key, []).append(m)
+    for row in memory:
+        key = row["class"] if row["class"] != "pages" else f"pages ({m.fmt_size(row['request'])})"
+        groups.setdefault(key, []).append(row)
     headers = ["served by", "slot", "bytes/object", "metadata/object", "worst fit", "best fit"]
     rows = []
     for name, ms in groups.items():
@@ -226,27 +221,25 @@ def memory_markdown(memory: Sequence[dict[str, Any]]) -> str:
         rows.append(
             [
                 name,
-                fmt_size(best["objsize"]),
+                m.fmt_size(best["objsize"]),
                 f"{best['bytes_per_object']:,.1f}",
                 f"{best['metadata_per_object']:.2f}",
-                f"{fmt_size(worst['request'])}: {h.fmt_ratio(worst['ratio'])}",
-                f"{fmt_size(best['request'])}: {h.fmt_ratio(best['ratio'])}",
+                f"{m.fmt_size(worst['request'])}: {m.fmt_ratio(worst['ratio'])}",
+                f"{m.fmt_size(best['request'])}: {m.fmt_ratio(best['ratio'])}",
             ]
         )
-    return h.markdown_table(headers, rows, {1, 2, 3, 4, 5})
+    return m.markdown_table(headers, rows, {1, 2, 3, 4, 5})
 
 
 def render(data: dict[str, Any]) -> str:
     env, loop = data["environment"], data["loop_overhead"]
-    pkgs = ", ".join(f"{k} {v}" for k, v in env["packages"].items() if v)
     lines = [
         f"Median ns per alloc+free of one buffer, {data['repeats']} repeats, ops taking "
         "turns. kmemcache columns are its median in ns; the others are peer median / "
         "kmemcache median from the same run (higher: kmemcache faster); zeroed peers "
         "against kzalloc, the others against kmalloc. Every number includes "
-        f"{h.fmt_ns(loop['empty_op_call_ns'])} ns of loop and call overhead. "
-        f"{env['implementation']} {env['python']}, {env['system']} {env['machine']}, "
-        f"{env['cpu_count']} CPUs; {pkgs}.",
+        f"{m.fmt_ns(loop['empty_op_call_ns'])} ns of loop and call overhead. "
+        + h.environment_sentence(env),
     ]
     lines += h.quick_lines(data)
     headers = ["size", "kmalloc's alignment"] + [kop.label for kop in OPS]
@@ -254,10 +247,10 @@ def render(data: dict[str, Any]) -> str:
     for size in data["sizes"]:
         recs = {r["key"]: r for r in data["results"][str(size)]}
         rows.append(
-            [fmt_size(size), fmt_size(data["aligns"][str(size)])]
+            [m.fmt_size(size), m.fmt_size(data["aligns"][str(size)])]
             + [ratio_cell(recs.get(kop.key)) for kop in OPS]
         )
-    lines += ["", h.markdown_table(headers, rows, set(range(1, len(headers)))), ""]
+    lines += ["", m.markdown_table(headers, rows, set(range(1, len(headers)))), ""]
 
     lines.append(
         "Memory held per live object with many live: slab bytes (for large objects, "
@@ -292,15 +285,15 @@ def main(argv: Sequence[str] | None = None) -> int:
     results: dict[int, list[dict[str, Any]]] = {}
     try:
         for size in sizes:
-            progress.update(fmt_size(size))
+            progress.step(m.fmt_size(size))
             cands = peers.build_candidates(OPS, size, guaranteed_align(size))
             h.run_round_robin(cands, repeats, number, target_ns)
             results[size] = peers.records_for(OPS, cands)
             h.release(cands)
-        progress.update("memory per object")
+        progress.step("memory per object")
         memory = memory_table(QUICK_MEMORY_BYTES if args.quick else MEMORY_BYTES)
     finally:
-        progress.done()
+        progress.close()
 
     data: dict[str, Any] = {
         "benchmark": "kmalloc",

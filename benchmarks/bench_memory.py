@@ -49,6 +49,8 @@ import _harness as h
 import holders
 import peers
 
+from kmemcache.demo import measure as m
+
 #: (size, align, N values) in the default run: the 64-byte cache line, perf's x86_lbr
 #: task context (1512 bytes at 64), and a page at page alignment.
 CONFIGS: tuple[tuple[int, int, tuple[int, ...]], ...] = (
@@ -123,8 +125,8 @@ def skip_reason(holder: holders.Holder, size: int, align: int, n: int, args: Any
     cap = args.max_n if args.max_n is not None else holder.max_n
     if n > cap:
         if holder.key == "mmap":
-            return f"not run above N={h.fmt_count(cap)}: one mapping per object (--max-n)"
-        return f"not run above N={h.fmt_count(cap)}, to keep the default run short (--max-n)"
+            return f"not run above N={m.fmt_count(cap)}: one mapping per object (--max-n)"
+        return f"not run above N={m.fmt_count(cap)}, to keep the default run short (--max-n)"
     need = holders.estimated_bytes(holder, size, align, n)
     if need > args.max_gb * 1e9:
         return f"not run: would need about {need / 1e9:.1f} GB (--max-gb {args.max_gb:g})"
@@ -204,7 +206,7 @@ def evaluate_targets(configs: list[dict[str, Any]]) -> list[dict[str, Any]]:
         size, align = cfg["size"], cfg["align"]
         t = h.make_target(
             f"memory.engine_{size}_{align}",
-            f"memory per live object at {h.fmt_count(TARGET_N)} objects of {h.fmt_size(size)} "
+            f"memory per live object at {m.fmt_count(TARGET_N)} objects of {m.fmt_size(size)} "
             f"at align {align}, without the handle, within {TARGET_MAX - 1:.0%} of the ideal "
             f"{cfg['ideal']} B (ratio engine / ideal)",
             TARGET_MAX,
@@ -245,10 +247,10 @@ def render(data: dict[str, Any]) -> str:
         size, align, ideal, ns = cfg["size"], cfg["align"], cfg["ideal"], cfg["ns"]
         lines += [
             "",
-            f"#### {h.fmt_size(size)} objects at alignment {align} (ideal {ideal} B)",
+            f"#### {m.fmt_size(size)} objects at alignment {align} (ideal {ideal} B)",
             "",
         ]
-        headers = ["allocator", "handle"] + [f"N={h.fmt_count(n)}" for n in ns]
+        headers = ["allocator", "handle"] + [f"N={m.fmt_count(n)}" for n in ns]
         rows = []
         for key, by_n in cfg["runs"].items():
             hol = holders.holder(key)
@@ -262,13 +264,13 @@ def render(data: dict[str, Any]) -> str:
                     if rec.get("note"):
                         notes.add(f"{hol.label}: {rec['note']}")
             rows.append([hol.label, hol.handle] + cells)
-        lines.append(h.markdown_table(headers, rows, set(range(2, len(headers)))))
+        lines.append(m.markdown_table(headers, rows, set(range(2, len(headers)))))
         # the breakdown: each allocator at the target N, or the largest N it reached
         engine = cfg["runs"].get("kmemcache_engine", {})
         limit = TARGET_N if TARGET_N in ns else max(ns)
         lines += [
             "",
-            f"Split at N={h.fmt_count(limit)} (or the largest N run below it): memory "
+            f"Split at N={m.fmt_count(limit)} (or the largest N run below it): memory "
             "without the handle, against the ideal:",
             "",
         ]
@@ -286,14 +288,14 @@ def render(data: dict[str, Any]) -> str:
                 [
                     holders.holder(key).label,
                     "yes" if rec["aligned"] else "no",
-                    h.fmt_count(max(done)),
+                    m.fmt_count(max(done)),
                     fmt_bytes(rec["bytes_per_object"]),
                     fmt_bytes(handle) + how if handle else "0 B" if handle == 0 else "-",
                     fmt_bytes(rec.get("memory_bytes")),
                     "-" if vs is None else f"{vs:.3f}x",
                 ]
             )
-        lines.append(h.markdown_table(headers, rows, {2, 3, 4, 5, 6}))
+        lines.append(m.markdown_table(headers, rows, {2, 3, 4, 5, 6}))
         at = limit
         eng = engine.get(at, {})
         if "committed_per_object" in eng:
@@ -310,8 +312,8 @@ def render(data: dict[str, Any]) -> str:
             f"\nSlab layout by design ({layout['checked']} size/alignment pairs: "
             f"{layout['sizes']}, at {', '.join(map(str, layout['aligns']))}): "
             f"{layout['over_target']} spend more than {TARGET_MAX - 1:.0%} over the ideal per "
-            f"object; the worst is {h.fmt_size(w['size'])} at {w['align']}, "
-            f"{w['ratio']:.3f}x ({w['objperslab']} objects in a {h.fmt_size(w['slab_size'])} "
+            f"object; the worst is {m.fmt_size(w['size'])} at {w['align']}, "
+            f"{w['ratio']:.3f}x ({w['objperslab']} objects in a {m.fmt_size(w['slab_size'])} "
             "slab). Slabs may waste up to 1/32 of themselves (SLUB: 1/16)."
         )
     lines += [""] + [h.target_line(t) for t in data["targets"]]
@@ -405,9 +407,9 @@ def main(argv: Sequence[str] | None = None) -> int:
                 ci, hol, n = futures[future]
                 size, align, _ = configs[ci]
                 results[ci, hol.key, n] = future.result()
-                progress.update(f"{hol.key} {h.fmt_size(size)}/{align} N={h.fmt_count(n)}")
+                progress.step(f"{hol.key} {m.fmt_size(size)}/{align} N={m.fmt_count(n)}")
     finally:
-        progress.done()
+        progress.close()
 
     out_configs = []
     for ci, (size, align, ns) in enumerate(configs):

@@ -45,6 +45,8 @@ from typing import Any
 import _harness as h
 import peers
 
+from kmemcache.demo import measure as m
+
 SIZE, ALIGN = 64, 64
 LEVELS = (10**3, 10**4, 10**5, 10**6, 10**7)
 QUICK_LEVELS = (10**3, 10**4)
@@ -71,7 +73,7 @@ def _cycle_indices(n: int, rng: random.Random) -> Callable[[], int]:
     return itertools.cycle([rng.randrange(n) for _ in range(RANDOM_INDICES)]).__next__
 
 
-def build_ops(key: str, n: int, rng: random.Random) -> tuple[dict[str, h.Op], Any]:
+def build_ops(key: str, n: int, rng: random.Random) -> tuple[dict[str, m.Op], Any]:
     """The three ops over n live objects of one allocator; also what keeps them."""
     next_i = _cycle_indices(n, rng)
     if key == "kmemcache":
@@ -210,7 +212,7 @@ def evaluate_targets(data: dict[str, Any]) -> list[dict[str, Any]]:
     ):
         t = h.make_target(
             f"scaling.{pattern}",
-            f"{text}: cost with {h.fmt_count(high)} live objects / cost with {h.fmt_count(low)}",
+            f"{text}: cost with {m.fmt_count(high)} live objects / cost with {m.fmt_count(low)}",
             TARGET_MAX,
             "lower",
         )
@@ -240,13 +242,13 @@ def render(data: dict[str, Any]) -> str:
     lines = [
         f"Median ns per op with N objects of {SIZE} B (align {ALIGN}) alive, "
         f"{data['repeats']} repeats, the N taking turns in one process per allocator; "
-        f"in brackets, cost(N) / cost(N={h.fmt_count(levels[0])}). lifo: alloc+free of "
+        f"in brackets, cost(N) / cost(N={m.fmt_count(levels[0])}). lifo: alloc+free of "
         "one more object; random: free a random live object and allocate its "
         "replacement; touch: read a random live object's handle, no allocation. "
         + h.environment_sentence(data["environment"]),
     ]
     lines += h.quick_lines(data)
-    headers = ["allocator", "op"] + [f"N={h.fmt_count(n)}" for n in levels]
+    headers = ["allocator", "op"] + [f"N={m.fmt_count(n)}" for n in levels]
     rows = []
     notes = []
     for key, label in ALLOCATORS:
@@ -263,12 +265,12 @@ def render(data: dict[str, Any]) -> str:
                 if "median_ns" not in row:
                     cells.append("-")
                     continue
-                cell = f"{h.fmt_ns(row['median_ns'])}"
+                cell = f"{m.fmt_ns(row['median_ns'])}"
                 if n != levels[0] and "ratio" in row:
                     cell += f" ({row['ratio']:.2f}x)"
                 cells.append(cell)
             rows.append([label, pattern] + cells)
-    lines += ["", h.markdown_table(headers, rows, set(range(2, len(headers))))]
+    lines += ["", m.markdown_table(headers, rows, set(range(2, len(headers))))]
     lines += [""] + [h.target_line(t) for t in data["targets"]]
     if notes:
         lines += ["", *[f"- {n}" for n in notes]]
@@ -310,10 +312,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     results = {}
     try:
         for key in keys:
-            progress.update(f"{key}: filling {h.fmt_count(sum(levels))} objects, then timing")
+            progress.step(f"{key}: filling {m.fmt_count(sum(levels))} objects, then timing")
             results[key] = summarize(run_allocator(key, levels, args), levels)
     finally:
-        progress.done()
+        progress.close()
 
     data: dict[str, Any] = {
         "benchmark": "scaling",

@@ -40,6 +40,8 @@ from typing import Any
 import _harness as h
 import peers
 
+from kmemcache.demo import measure as m
+
 SIZE, ALIGN = 64, 64
 DURATION = 0.15  # seconds per trial
 QUICK_DURATION = 0.02
@@ -48,7 +50,7 @@ BATCH = 500  # ops between looks at the clock
 _ids = itertools.count()
 
 
-def _kmemcache_op(cache: Any) -> h.Op:
+def _kmemcache_op(cache: Any) -> m.Op:
     zalloc = cache.zalloc
 
     def op() -> None:
@@ -66,7 +68,7 @@ def configurations() -> list[dict[str, Any]]:
     """(key, label, allocator, threads, one op factory per thread)."""
     out: list[dict[str, Any]] = []
 
-    def add(key: str, label: str, alloc: str, threads: int, make: Callable[[], list[h.Op]]):
+    def add(key: str, label: str, alloc: str, threads: int, make: Callable[[], list[m.Op]]):
         entry: dict[str, Any] = {
             "key": key,
             "label": label,
@@ -80,14 +82,14 @@ def configurations() -> list[dict[str, Any]]:
             entry["status"], entry["note"] = "not installed", str(exc)
         out.append(entry)
 
-    def shared(n: int) -> list[h.Op]:
+    def shared(n: int) -> list[m.Op]:
         cache = _new_cache()
         return [_kmemcache_op(cache) for _ in range(n)]
 
-    def own(n: int) -> list[h.Op]:
+    def own(n: int) -> list[m.Op]:
         return [_kmemcache_op(_new_cache()) for _ in range(n)]
 
-    def kmalloc(n: int) -> list[h.Op]:
+    def kmalloc(n: int) -> list[m.Op]:
         km = peers._kmalloc()
         kzalloc, kfree = km.kzalloc, km.kfree
 
@@ -96,7 +98,7 @@ def configurations() -> list[dict[str, Any]]:
 
         return [op] * n
 
-    def bytearrays(n: int) -> list[h.Op]:
+    def bytearrays(n: int) -> list[m.Op]:
         def op() -> None:
             bytearray(SIZE)
 
@@ -112,13 +114,13 @@ def configurations() -> list[dict[str, Any]]:
     return out
 
 
-def trial(ops: list[h.Op], duration: float) -> float:
+def trial(ops: list[m.Op], duration: float) -> float:
     """Run one thread per op for ``duration`` seconds; return total ops per second."""
     stop = threading.Event()
     start_line = threading.Barrier(len(ops) + 1)
     counts = [0] * len(ops)
 
-    def work(i: int, op: h.Op) -> None:
+    def work(i: int, op: m.Op) -> None:
         loop = itertools.repeat
         done = 0
         start_line.wait()
@@ -165,10 +167,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         for rep in range(repeats):
             shift = rep % len(live) if live else 0
             for c in live[shift:] + live[:shift]:
-                progress.update(f"repeat {rep + 1}/{repeats} {c['key']}")
+                progress.step(f"repeat {rep + 1}/{repeats} {c['key']}")
                 c["samples"].append(trial(c["ops"], duration))
     finally:
-        progress.done()
+        progress.close()
 
     results = []
     by_key = {c["key"]: c for c in configs}
@@ -238,11 +240,11 @@ def render(data: dict[str, Any]) -> str:
                 r["label"],
                 str(r["threads"]),
                 spread,
-                h.fmt_ratio(r.get("vs_1_thread")) if r["threads"] > 1 else "-",
-                h.fmt_ratio(r.get("vs_kmemcache")),
+                m.fmt_ratio(r.get("vs_1_thread")) if r["threads"] > 1 else "-",
+                m.fmt_ratio(r.get("vs_kmemcache")),
             ]
         )
-    lines += ["", h.markdown_table(headers, rows, {1, 2, 3, 4})]
+    lines += ["", m.markdown_table(headers, rows, {1, 2, 3, 4})]
     return "\n".join(lines)
 
 

@@ -10,17 +10,16 @@ every bad argument and every misuse that can be caught in-process.
 from __future__ import annotations
 
 import ctypes
+import dataclasses
 import gc
 import json
 import re
-import subprocess
-import sys
-import textwrap
 import weakref
 from collections.abc import Callable
 
 import numpy as np
 import pytest
+from helpers import run_python
 
 import kmemcache
 from kmemcache import (
@@ -720,6 +719,21 @@ def test_stats_fields_add_up(make_cache: MakeCache) -> None:
     cache.free_bulk(objs[1::2])
 
 
+def test_stats_layout_is_the_structs_and_the_dicts(make_cache: MakeCache) -> None:
+    fields, size = _core._stats_layout()
+    names = [name for name, _, _ in fields]
+    # every field of the dict, in struct order, and SlabStats has them all
+    assert ["name", *names] == list(make_cache("layout", 64)._stats())
+    assert set(names) <= {f.name for f in dataclasses.fields(kmemcache.SlabStats)}
+    # the fields tile the struct: each starts where the one before ends, rounded
+    # up to its own size (no field is left out), and only padding follows the last
+    end = 0
+    for name, offset, width in fields:
+        assert width in (4, 8) and offset == -(-end // width) * width, name
+        end = offset + width
+    assert end <= size < end + 8
+
+
 @pytest.mark.parametrize(
     "size", [1, 24, 100, 192, 700, 1500, 3000, 4095, 4097, 10_000, 100_000, 300_001, MiB]
 )
@@ -940,15 +954,6 @@ def test_memory_error_when_the_os_refuses_and_the_cache_keeps_working(
     assert_filled(second, 0)
     assert_filled(first, 1)
     cache.free_bulk([first, second])
-
-
-def run_python(code: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [sys.executable, "-c", textwrap.dedent(code)],
-        capture_output=True,
-        text=True,
-        timeout=120,
-    )
 
 
 RSS_SCRIPT = """

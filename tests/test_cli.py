@@ -14,7 +14,8 @@ from typing import Any
 
 import pytest
 
-from kmemcache import cli, lbr_layout, xsave
+from kmemcache import cli
+from kmemcache.demo import lbr_layout, xsave
 
 TINY = ["--live", "24", "--tasks", "96", "--rounds", "2", "--no-progress"]
 NAMES = ["kzalloc", "kzalloc_align_up", "pmu_callbacks", "kmem_cache"]

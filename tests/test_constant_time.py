@@ -3,14 +3,17 @@
 Timing is not evidence here (shared machines are noisy, and no test holds a
 timing threshold), so these tests check the work itself. An allocation takes
 the head of the partial list and scans one slab's free bitmap from that
-slab's hint; the engine records the longest scan ever made. Whatever the
-number of live objects and however fragmented the cache, that scan stays
-within one slab's bitmap. A free is a table lookup, one bit and a list move.
+slab's hint; the engine counts the bitmap words the longest scan skipped
+(``max_scan``). That count stays below ``bitmap_words`` by construction, so no
+test rests on that bound: they build allocations whose scans are known
+exactly, and check that the count is that, at any number of live objects.
 """
 
 from __future__ import annotations
 
 import random
+
+import pytest
 
 from kmemcache import Cache
 
@@ -29,25 +32,43 @@ def churn(cache: Cache, live: int, rounds: int, seed: int) -> None:
     cache.free_bulk(keep)
 
 
-def test_bitmap_scan_is_bounded_by_one_slab_at_any_population() -> None:
-    scans = {}
-    for live in (1_000, 100_000):
-        with Cache(f"scan{live}", 8) as cache:  # 512 objects, 8 words per slab
-            churn(cache, live, rounds=20_000, seed=live)
-            s = cache.stats()
-            assert s.bitmap_words == 8
-            assert s.max_scan < s.bitmap_words
-            scans[live] = s.max_scan
-    # the bound is the slab's, not the population's
-    assert scans[100_000] < 8 and scans[1_000] < 8
-
-
-def test_scan_bound_holds_for_odd_sizes() -> None:
-    # 170 objects of 24 bytes per slab: a partly used last bitmap word
-    with Cache("scanwide", 24, align=8) as cache:
-        churn(cache, 50_000, rounds=10_000, seed=7)
+@pytest.mark.parametrize("live", [1_000, 200_000])
+def test_filling_a_cache_scans_one_word_past_each_full_one(live: int) -> None:
+    # Allocation takes up where the last one left off: a word of the bitmap is
+    # skipped once it is full, so filling any number of slabs skips one word at
+    # a time. Scanning from the start of the bitmap (no hint) would skip up to
+    # bitmap_words - 1 = 7 words here.
+    with Cache(f"fill{live}", 8) as cache:  # 512 objects, 8 words per slab
+        objs = [cache.alloc() for _ in range(live)]
         s = cache.stats()
-        assert s.max_scan < s.bitmap_words
+        assert (s.objperslab, s.bitmap_words, s.num_slabs) == (512, 8, -(-live // 512))
+        assert s.max_scan == 1
+        cache.free_bulk(objs)
+
+
+@pytest.mark.parametrize(
+    "size, skip",
+    [(8, k) for k in range(1, 8)]  # 512 objects, 8 words per slab
+    + [(24, 2)],  # 170 objects, 3 words: the last one partly used
+)
+def test_max_scan_is_the_words_an_allocation_skipped(size: int, skip: int) -> None:
+    # One full slab; free slot 0 and the first slot of word `skip`. The next
+    # allocation takes slot 0 (the hint moved down to its word) and the one
+    # after it finds words 0 to skip - 1 full: it skips exactly `skip` words.
+    with Cache("skip", size) as cache:
+        per_slab = cache.stats().objperslab
+        objs = sorted((cache.alloc() for _ in range(per_slab)), key=lambda o: o.address)
+        assert cache.stats().num_slabs == 1 and cache.stats().max_scan == 1
+        base = objs[0].address
+        assert base % cache.stats().slab_size == 0
+        assert objs[-1].address == base + (per_slab - 1) * size
+        objs[0].free()
+        objs[64 * skip].free()
+        first, second = cache.alloc(), cache.alloc()
+        assert (first.address, second.address) == (base, base + 64 * skip * size)
+        assert cache.stats().max_scan == skip
+        objs[0], objs[64 * skip] = first, second
+        cache.free_bulk(objs)
 
 
 def test_stats_count_every_slab_once_at_any_population() -> None:

@@ -6,7 +6,6 @@ The byte-level cases of lib/slub_kunit.c are in test_slub_kunit.py.
 
 from __future__ import annotations
 
-import ctypes
 import importlib
 import inspect
 import json
@@ -14,13 +13,13 @@ import os
 import signal
 import subprocess
 import sys
-import textwrap
 import threading
 import warnings
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+from helpers import peek, poke, run_python
 from hypothesis import given
 from hypothesis import strategies as st
 
@@ -55,32 +54,10 @@ def _defaults() -> Iterator[None]:
     debug.set_debug(old_debug)
 
 
-def poke(address: int, value: int) -> None:
-    ctypes.memmove(address, bytes([value]), 1)
-
-
-def peek(address: int, n: int = 1) -> bytes:
-    return ctypes.string_at(address, n)
-
-
 def this_line() -> int:
     frame = inspect.currentframe()
     assert frame is not None and frame.f_back is not None
     return frame.f_back.f_lineno
-
-
-def run_python(code: str, **env: str) -> subprocess.CompletedProcess[str]:
-    """Run code in a fresh interpreter that sees the same modules as this one."""
-    child_env = {k: v for k, v in os.environ.items() if not k.startswith("KMEMCACHE_")}
-    child_env["PYTHONPATH"] = os.pathsep.join(p for p in sys.path if p)
-    child_env.update(env)
-    return subprocess.run(
-        [sys.executable, "-c", textwrap.dedent(code)],
-        capture_output=True,
-        text=True,
-        timeout=120,
-        env=child_env,
-    )
 
 
 # --- KMEMCACHE_DEBUG: slub_debug's syntax --------------------------------------

@@ -15,13 +15,13 @@ import os
 import random
 import subprocess
 import sys
-import textwrap
 import threading
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import numpy as np
 import pytest
+from helpers import run_python
 from hypothesis import given
 from hypothesis import strategies as st
 
@@ -125,16 +125,6 @@ def objects() -> Iterator[list[Object]]:
     for obj in made:
         if not obj.freed:
             kfree(obj)
-
-
-def run_python(code: str, **env: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [sys.executable, "-c", textwrap.dedent(code)],
-        capture_output=True,
-        text=True,
-        timeout=120,
-        env={**os.environ, **env},
-    )
 
 
 # --- the size classes ---------------------------------------------------------------

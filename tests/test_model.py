@@ -211,11 +211,16 @@ class CacheModel(RuleBasedStateMachine):
     @rule(data=st.data())
     def shrink(self, data: st.DataObject) -> None:
         cache = self.caches[self.cache_index(data)]
+        before = cache.stats()
         given_back = cache.shrink()
-        assert given_back >= 0
         s = cache.stats()
         assert s.empty_slabs == 0
         assert s.num_slabs == s.active_slabs
+        # what it says it gave back is what it released: slabs, and the
+        # metadata of the arenas left empty
+        released = s.slabs_released - before.slabs_released
+        assert released == before.num_slabs - s.num_slabs
+        assert given_back == released * s.slab_size + before.metadata_bytes - s.metadata_bytes
 
     # --- invariants ------------------------------------------------------------
 

@@ -15,12 +15,12 @@ it, with one SlabWarning).
 
 from __future__ import annotations
 
-import ctypes
 import threading
 import warnings
 from collections.abc import Iterator
 
 import pytest
+from helpers import peek, poke
 
 from kmemcache import (
     Cache,
@@ -46,15 +46,6 @@ def policy(request: pytest.FixtureRequest) -> Iterator[str]:
     yield request.param
     debug.set_on_error(old_policy)
     debug.set_debug(old_debug)
-
-
-def poke(address: int, value: int) -> None:
-    """Write one byte anywhere, as the kernel tests do with p[64] = 0x12."""
-    ctypes.memmove(address, bytes([value]), 1)
-
-
-def peek(address: int, n: int = 1) -> bytes:
-    return ctypes.string_at(address, n)
 
 
 def validate(cache: Cache) -> tuple[int, str]:

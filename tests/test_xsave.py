@@ -1,4 +1,4 @@
-"""Tests for the XSAVE probe (kmemcache.xsave, kmemcache._xsave) and the Arch LBR sizes.
+"""Tests for the XSAVE probe (kmemcache.demo.xsave, kmemcache.demo._xsave) and the Arch LBR sizes.
 
 The misaligned case runs only in child processes: in this process a
 misaligned XSAVE would kill the test run, which is exactly what check()
@@ -12,7 +12,7 @@ import struct
 
 import pytest
 
-from kmemcache import _xsave, lbr_layout, xsave
+from kmemcache.demo import _xsave, lbr_layout, xsave
 
 SUPPORTED = xsave.is_supported()
 needs_xsave = pytest.mark.skipif(not SUPPORTED, reason="CPU or OS without XSAVE")
@@ -127,6 +127,21 @@ def test_address_of_releases_the_buffer():
     xsave.address_of(data)
     data.extend(b"more")
     assert len(data) == 260
+
+
+def test_address_refuses_non_contiguous_buffers():
+    strided = memoryview(bytearray(64))[::2]
+    with pytest.raises(BufferError):
+        _xsave.address(strided)
+    with pytest.raises(BufferError):
+        xsave.address_of(strided)
+    with pytest.raises(TypeError):
+        _xsave.address(12)
+
+
+def test_the_area_layout_is_the_architectures():
+    assert (_xsave.ALIGNMENT, _xsave.LEGACY_SIZE, _xsave.HEADER_SIZE) == (64, 512, HEADER_SIZE)
+    assert xsave.XSAVE_ALIGNMENT is lbr_layout.XSAVE_ALIGNMENT
 
 
 def test_is_aligned_rejects_bad_alignment():

@@ -725,6 +725,25 @@ static int put_stat(PyObject *d, const char *key, unsigned long long v)
     return rc;
 }
 
+/* kmc_stats_t's fields, from kmc.h's one list: the keys of
+ * kmcpy_stats_dict() and what the module's _stats_layout() describes, so that
+ * no Python code declares the struct again (the benchmarks read it through
+ * ctypes). Every field is a uint64_t. */
+#define STAT_FIELD(field, comment) {#field, offsetof(kmc_stats_t, field)},
+static const struct stat_field {
+    const char *name;
+    size_t offset; /* bytes */
+} stat_fields[] = {KMC_STATS_FIELDS(STAT_FIELD)};
+#undef STAT_FIELD
+#define N_STAT_FIELDS (sizeof(stat_fields) / sizeof(stat_fields[0]))
+
+static unsigned long long stat_value(const kmc_stats_t *s, const struct stat_field *f)
+{
+    uint64_t v;
+    memcpy(&v, (const char *)s + f->offset, sizeof(v));
+    return v;
+}
+
 void kmcpy_cache_snapshot(kmc_cache_t *cache, kmcpy_cache_snapshot_t *out)
 {
     snprintf(out->name, sizeof(out->name), "%s", kmc_cache_name(cache));
@@ -746,18 +765,29 @@ PyObject *kmcpy_stats_dict(const kmcpy_cache_snapshot_t *snap)
         return NULL;
     }
     Py_DECREF(name);
-#define STAT(field) put_stat(d, #field, s->field) < 0 ||
-    if (STAT(active_objs) STAT(num_objs) STAT(objsize) STAT(objperslab) STAT(pagesperslab)
-            STAT(active_slabs) STAT(num_slabs) STAT(size) STAT(align) STAT(slab_size)
-                STAT(partial_slabs) STAT(empty_slabs) STAT(allocs) STAT(frees)
-                    STAT(slabs_created) STAT(slabs_released) STAT(committed_bytes)
-                        STAT(metadata_bytes) STAT(arenas) STAT(bitmap_words)
-                            STAT(max_scan) STAT(flags) 0) {
-        Py_DECREF(d);
-        return NULL;
-    }
-#undef STAT
+    for (size_t i = 0; i < N_STAT_FIELDS; i++)
+        if (put_stat(d, stat_fields[i].name, stat_value(s, &stat_fields[i])) < 0) {
+            Py_DECREF(d);
+            return NULL;
+        }
     return d;
+}
+
+/* ((name, offset, size), ...) of kmc_stats_t's fields in struct order, and
+ * sizeof(kmc_stats_t). */
+PyObject *kmcpy_stats_layout(PyObject *Py_UNUSED(module), PyObject *Py_UNUSED(ignored))
+{
+    PyObject *fields = PyTuple_New((Py_ssize_t)N_STAT_FIELDS);
+    for (size_t i = 0; fields && i < N_STAT_FIELDS; i++) {
+        const struct stat_field *f = &stat_fields[i];
+        PyObject *t = Py_BuildValue("(snn)", f->name, (Py_ssize_t)f->offset,
+                                    (Py_ssize_t)sizeof(uint64_t));
+        if (!t)
+            Py_CLEAR(fields);
+        else
+            PyTuple_SET_ITEM(fields, (Py_ssize_t)i, t);
+    }
+    return fields ? Py_BuildValue("(Nn)", fields, (Py_ssize_t)sizeof(kmc_stats_t)) : NULL;
 }
 
 static PyObject *cache_stats_raw(CacheObject *self, PyObject *Py_UNUSED(ignored))

@@ -360,6 +360,17 @@ static PyObject *kmalloc_classes(PyObject *Py_UNUSED(m), PyObject *Py_UNUSED(ign
     return out;
 }
 
+static PyObject *kmalloc_index(PyObject *Py_UNUSED(m), PyObject *args)
+{
+    Py_ssize_t size;
+    PyObject *align_obj;
+    size_t align;
+    if (!PyArg_ParseTuple(args, "nO:_kmalloc_index", &size, &align_obj) ||
+        align_arg(align_obj, &align) < 0)
+        return NULL;
+    return PyLong_FromLong(size < 0 ? -1 : kmc_kmalloc_index((size_t)size, align));
+}
+
 static PyObject *kmalloc_caches(PyObject *Py_UNUSED(m), PyObject *Py_UNUSED(ignored))
 {
     PyObject *out = PyTuple_New(KMC_KMALLOC_CLASSES);
@@ -413,6 +424,9 @@ PyMethodDef kmcpy_kmalloc_methods[] = {
      "_set_kmalloc_factory($module, factory, /)\n--\n\n"},
     {"_kmalloc_classes", kmalloc_classes, METH_NOARGS,
      "_kmalloc_classes($module, /)\n--\n\nThe size classes: (name, size, align) tuples, smallest first."},
+    {"_kmalloc_index", kmalloc_index, METH_VARARGS,
+     "_kmalloc_index($module, size, align, /)\n--\n\n"
+     "The index in _kmalloc_classes() of the class kmalloc(size, align) is served by, or -1."},
     {"_kmalloc_caches", kmalloc_caches, METH_NOARGS,
      "_kmalloc_caches($module, /)\n--\n\nEach size class's Cache, or None before its first use."},
     {"_kmalloc_large_stats", kmalloc_large_stats, METH_NOARGS,

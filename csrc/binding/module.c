@@ -16,6 +16,7 @@ static PyObject *error_factory; /* callable(kind, report_dict) -> exception or N
 PyObject *kmcpy_facade;
 
 extern PyMethodDef kmcpy_kmalloc_methods[]; /* kmalloc_funcs.c: kmalloc, kfree, ... */
+PyObject *kmcpy_stats_layout(PyObject *module, PyObject *ignored); /* cache_type.c */
 
 PyObject *kmcpy_exception_for(kmc_status status)
 {
@@ -223,6 +224,9 @@ static PyMethodDef module_methods[] = {
     {"_set_facade", set_facade, METH_O,
      "_set_facade($module, facade, /)\n--\n\nHooks of the Python package for caches: cache_flags, attach, make_stats, leaks."},
     {"_caches", caches, METH_NOARGS, "_caches($module, /)\n--\n\nEvery live cache's counters, oldest first."},
+    {"_stats_layout", kmcpy_stats_layout, METH_NOARGS,
+     "_stats_layout($module, /)\n--\n\n"
+     "((name, offset, size), ...) of kmc_stats_t's fields in struct order, and its sizeof."},
     {"_os_fail_after", os_fail_after, METH_O,
      "_os_fail_after($module, n, /)\n--\n\nTest hook: the OS page source fails after n more requests (n < 0: never)."},
     {"_owner_of", owner_of, METH_O,

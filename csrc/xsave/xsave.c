@@ -1,12 +1,12 @@
 /*
- * xsave.c - kmemcache._xsave: run XSAVE/XRSTOR on a caller's buffer.
+ * xsave.c - kmemcache.demo._xsave: run XSAVE/XRSTOR on a caller's buffer.
  *
  * perf keeps each task's Arch LBR state in an XSAVE area inside the task's
  * PMU context data, and XSAVE raises #GP (SIGSEGV in user space) unless that
  * area starts on a 64-byte boundary. This module lets Python show both sides:
  * an aligned buffer survives a save/restore round trip, a misaligned one
  * kills the process. It deliberately does NOT check alignment; the Python
- * face (kmemcache.xsave) refuses misaligned buffers before calling in, and
+ * face (kmemcache.demo.xsave) refuses misaligned buffers before calling in, and
  * proves the fault in a child process.
  *
  * Only user state components are used (x87, SSE, AVX: XCR0 bits 0..2) and
@@ -29,6 +29,7 @@
 #include <cpuid.h>
 #endif
 
+#define XS_ALIGNMENT 64      /* XSAVE and XRSTOR #GP unless the area is aligned to this */
 #define XS_LEGACY_SIZE 512   /* x87 + SSE region, bytes */
 #define XS_HEADER_OFFSET 512 /* XSAVE header follows the legacy region */
 #define XS_HEADER_SIZE 64    /* bytes; SDM: must be zero before the first XSAVE */
@@ -202,30 +203,63 @@ out:
     return result;
 }
 
+PyDoc_STRVAR(address_doc,
+             "address(buffer, /) -> int\n\n"
+             "The address of the buffer's first byte. The buffer may be read-only; it\n"
+             "must be C-contiguous (BufferError otherwise).");
+
+static PyObject *xsave_address(PyObject *self, PyObject *arg)
+{
+    Py_buffer view;
+    PyObject *result;
+
+    (void)self;
+    if (PyObject_GetBuffer(arg, &view, PyBUF_C_CONTIGUOUS) < 0)
+        return NULL;
+    result = PyLong_FromVoidPtr(view.buf);
+    PyBuffer_Release(&view);
+    return result;
+}
+
 static PyMethodDef xsave_methods[] = {
     {"supported", xsave_supported, METH_NOARGS, supported_doc},
     {"user_mask", xsave_user_mask, METH_NOARGS, user_mask_doc},
     {"area_size", xsave_area_size, METH_NOARGS, area_size_doc},
     {"roundtrip", xsave_roundtrip, METH_O, roundtrip_doc},
+    {"address", xsave_address, METH_O, address_doc},
     {NULL, NULL, 0, NULL},
 };
 
 PyDoc_STRVAR(module_doc,
              "Run XSAVE/XRSTOR on a caller's buffer, to show why XSAVE areas need\n"
-             "64-byte alignment. Use kmemcache.xsave, which checks alignment first.");
+             "64-byte alignment. Use kmemcache.demo.xsave, which checks alignment first.");
+
+/* The area's layout, for Python: one definition of each size. */
+static int xsave_exec(PyObject *module)
+{
+    if (PyModule_AddIntConstant(module, "ALIGNMENT", XS_ALIGNMENT) < 0 ||
+        PyModule_AddIntConstant(module, "LEGACY_SIZE", XS_LEGACY_SIZE) < 0 ||
+        PyModule_AddIntConstant(module, "HEADER_SIZE", XS_HEADER_SIZE) < 0)
+        return -1;
+    return 0;
+}
 
 static PyModuleDef_Slot xsave_slots[] = {
+    {Py_mod_exec, xsave_exec},
     {0, NULL},
 };
 
+/* One member a line: clang-format would lay them out in columns. */
+/* clang-format off */
 static struct PyModuleDef xsave_module = {
     PyModuleDef_HEAD_INIT,
-    .m_name = "kmemcache._xsave",
+    .m_name = "kmemcache.demo._xsave",
     .m_doc = module_doc,
     .m_size = 0,
     .m_methods = xsave_methods,
     .m_slots = xsave_slots,
 };
+/* clang-format on */
 
 PyMODINIT_FUNC PyInit__xsave(void)
 {

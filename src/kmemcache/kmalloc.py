@@ -9,70 +9,38 @@ Linux's general-purpose allocator, over kmemcache's caches::
     buf = krealloc(buf, 3000)       # contents kept; a kmalloc-4k object now
     kfree(buf)                      # kfree also frees any Cache's objects
 
+What the functions promise is the engine's, written once in
+``csrc/engine/kmc.h`` (its "kmalloc family" part, with the class table at the
+top of ``csrc/engine/kmalloc.c``): which size class serves a request, the
+alignment every object gets, what ``align`` asks for, whole pages from the OS
+for large requests and the runs kept for reuse, the zero-length object of
+``kmalloc(0)``, and when ``krealloc`` keeps the object. The functions are the C
+extension's own, so a call costs what a builtin call costs. What Python adds:
+
+``kmalloc(size, align=0)``, ``kzalloc(size, align=0)``, ``kcalloc(n, size)``,
+``krealloc(obj, new_size, align=0)``
+    return a ``kmemcache.Object``, the handle ``Cache.alloc()`` returns: buffer
+    protocol, ``.address``, ``.free()``, a context manager, ``len()`` equal to the
+    size asked for, and ``.cache`` the size class's cache (None for pages and
+    zero-length objects). ``krealloc(None, n)`` is ``kmalloc(n)``.
+``ksize(obj) -> int``, ``kfree(obj)``
+    take objects of any ``Cache`` too; ``ksize(None)`` is 0 and ``kfree(None)``
+    does nothing, as for NULL.
+
+Each size class is an ordinary ``Cache``, made on first use (so the debug
+options in force then apply, e.g. ``KMEMCACHE_DEBUG=FZ,kmalloc-*``), listed by
+``kmemcache.slabinfo()`` and never destroyed.
+
+Errors: TypeError unless sizes and ``align`` are ints (bool is not one);
+ValueError for a negative size or an ``align`` that is not 0 or a power of two
+up to 2 MiB; MemoryError when the memory cannot be had, or a ``kcalloc``
+product overflows (``krealloc``'s object is then intact); BufferError while
+views of the object exist; ValueError for a freed handle; InvalidFreeError for
+anything that is not a kmemcache object; DoubleFreeError for a slab object
+freed twice.
+
 The module's extras are imported by name (``from kmemcache.kmalloc import
 SIZE_CLASSES, shrink``): ``kmemcache.kmalloc`` itself is the function.
-
-Every function but ``ksize`` returns (or takes) a ``kmemcache.Object``, the
-handle ``Cache.alloc()`` returns: buffer protocol, ``.address``, ``.free()``,
-a context manager, and ``len()`` equal to the size asked for. The functions
-are the C extension's own, so a call costs what a builtin call costs; their
-signatures and full documentation:
-
-``kmalloc(size, align=0) -> Object``
-    ``size`` bytes, contents undefined. 1 to 8 KiB come from the 13 size
-    classes of ``SIZE_CLASSES`` (kmalloc-8, -16, -32, -64, -96, -128, -192,
-    -256, -512, -1k, -2k, -4k, -8k), each an ordinary cache made on first
-    use (so the debug options in force then apply, e.g.
-    ``KMEMCACHE_DEBUG=FZ,kmalloc-*``) and listed by ``kmemcache.slabinfo()``;
-    larger requests get whole pages from the OS. ``kmalloc(0)`` is a
-    zero-length object that ``kfree`` accepts (Linux's ZERO_SIZE_PTR): every
-    one has the same address, one page with no access that no other object
-    uses. TypeError unless ``size`` and ``align`` are
-    ints; ValueError for a negative size or an ``align`` that is not 0 or a
-    power of two up to 2 MiB; MemoryError when the memory cannot be had
-    (sizes above 64 TiB never can).
-
-``kzalloc(size, align=0) -> Object``
-    ``kmalloc``, zero-filled.
-
-``kcalloc(n, size) -> Object``
-    ``n * size`` zeroed bytes; MemoryError when the product overflows.
-
-``krealloc(obj, new_size, align=0) -> Object``
-    ``obj`` resized, contents kept up to the smaller size. The same object
-    comes back (with the new ``len()``) when it already holds ``new_size``
-    bytes at the alignment ``kmalloc(new_size, align)`` would give;
-    otherwise a new object gets the contents and ``obj`` is freed. Linux's
-    krealloc has no ``align``, and neither keeps the alignment of the first
-    allocation on its own: pass it again. ``krealloc(None, n)`` is
-    ``kmalloc(n)``; ``new_size`` 0 frees ``obj`` and returns a zero-length
-    object. On MemoryError ``obj`` is intact. BufferError while views of
-    ``obj`` exist; ValueError if it was freed; InvalidFreeError if it is not
-    a kmemcache object.
-
-``ksize(obj) -> int``
-    The usable size: the object size of its cache (its class), the pages of
-    a large object, 0 for ``None`` and zero-length objects. Objects of any
-    ``Cache`` work too.
-
-``kfree(obj) -> None``
-    Frees ``obj``, from kmalloc or from any ``Cache``; ``kfree(None)`` does
-    nothing. The owner is known from the address in O(1), never by a search.
-    InvalidFreeError for anything that is not a kmemcache object,
-    DoubleFreeError for one already freed, BufferError while views exist.
-
-Large requests are whole pages from the OS, aligned to the page (and to their size
-when that is a power of two). As a cache keeps a few empty slabs, up to 1 MiB of freed
-runs (16 runs of 256 KiB or less) is kept to serve the next request of the same size
-without a system call; ``shrink()`` gives it back with the size classes' empty slabs.
-
-Alignment, the guarantee Linux gives since 5.4 and 6.11: every object of 16
-bytes or more is at least 16-byte aligned (8 below); a power-of-two size is
-aligned to itself (64 to 64, 4096 to the page, 16 KiB to 16 KiB); the other
-classes to their largest power-of-two divisor (kmalloc-96 to 32,
-kmalloc-192 to 64); larger requests to the page. ``align`` asks for more: the
-request goes to the first class whose size and alignment both suffice, or
-to pages at that alignment when no class is aligned enough (above 8 KiB).
 """
 
 from __future__ import annotations
@@ -116,15 +84,11 @@ LARGE_THRESHOLD: int = SIZE_CLASSES[-1].size
 
 
 def size_class(size: int, align: int = 0) -> SizeClass | None:
-    """The class ``kmalloc(size, align)`` is served by, or None when it gets
-    pages from the OS (``size`` above 8 KiB, or ``align`` above every class's)
-    or is zero-length."""
-    if size < 1 or size > LARGE_THRESHOLD:
-        return None
-    for cls in SIZE_CLASSES:
-        if cls.size >= size and cls.align >= align:
-            return cls
-    return None
+    """The class ``kmalloc(size, align)`` is served by, as the engine chooses it, or
+    None when it gets pages from the OS (``size`` above 8 KiB, or ``align`` above
+    every class's) or is zero-length."""
+    index = _core._kmalloc_index(size, align)
+    return SIZE_CLASSES[index] if index >= 0 else None
 
 
 class LargeStats(NamedTuple):

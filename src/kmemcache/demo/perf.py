@@ -28,7 +28,7 @@ What the kernel does (kernel/events/core.c, include/linux/perf_event.h)
   ``create_lbr_kmem_cache(size, align)``, a ``kmem_cache_create("x86_lbr", size,
   align, 0, NULL)``: ``sizeof(struct x86_perf_task_context)`` with no alignment
   on Haswell and Skylake, and for Arch LBR the size and ``XSAVE_ALIGNMENT`` of
-  :mod:`kmemcache.lbr_layout`, because XSAVES faults on an area that is not
+  :mod:`kmemcache.demo.lbr_layout`, because XSAVES faults on an area that is not
   64-byte aligned and kzalloc promises no such alignment.
 
 The options the change weighed
@@ -55,16 +55,48 @@ code runs on each and they can be measured side by side:
 from __future__ import annotations
 
 import dataclasses
+import sys
 from collections.abc import Callable
-from typing import Any, NamedTuple, Union
+from typing import TYPE_CHECKING, Any, NamedTuple, TypeVar, Union
 
-from . import kfree, kzalloc
-from .cache import Cache, Object
+from ..cache import Cache, Object
+from ..kmalloc import kfree, kzalloc
 from .lbr_layout import X86_LBR_CACHE_ALIGN, X86_LBR_CACHE_SIZE
 
 #: What a task context's PMU data can be: a cache or kmalloc object, or an
 #: aligned window into an over-allocated one.
 TaskCtxData = Union[Object, "AlignedSlice"]
+
+
+_T = TypeVar("_T")
+
+
+if TYPE_CHECKING:  # a frozen dataclass, for type checkers
+    from typing_extensions import dataclass_transform
+
+    @dataclass_transform(frozen_default=True)
+    def _struct(cls: type[_T]) -> type[_T]: ...
+
+else:
+
+    def _struct(cls: type[_T]) -> type[_T]:
+        """``dataclass(frozen=True, slots=True)``: a frozen struct, one 8-byte slot a field.
+
+        A subclass gets slots for its own fields only, as Python 3.11 and later make
+        them. Python 3.10 gives it its bases' slots again, which makes every
+        ``OverallocPmu`` and ``CallbackPmu`` 24 bytes larger than its fields, and the
+        size of ``struct pmu`` is one of the demo's measurements.
+        """
+        if sys.version_info >= (3, 11):
+            return dataclasses.dataclass(frozen=True, slots=True)(cls)
+        made = dataclasses.dataclass(frozen=True)(cls)
+        inherited = {name for base in made.__mro__[1:] for name in getattr(base, "__slots__", ())}
+        own = tuple(f.name for f in dataclasses.fields(made) if f.name not in inherited)
+        namespace = {
+            k: v for k, v in made.__dict__.items() if k not in (*own, "__dict__", "__weakref__")
+        }
+        namespace["__slots__"] = own
+        return type(made)(made.__name__, made.__bases__, namespace)
 
 
 def _check_size(name: str, value: object) -> int:
@@ -83,7 +115,7 @@ def _check_align(value: object) -> int:
     return value
 
 
-@dataclasses.dataclass(frozen=True, slots=True)
+@_struct
 class Pmu:
     """``struct pmu``, the fields the change touches.
 
@@ -120,7 +152,7 @@ class Pmu:
 
 def _check_pmu(pmu: object) -> None:
     if not isinstance(pmu, Pmu):
-        raise TypeError(f"expected a kmemcache.perf.Pmu, not {type(pmu).__name__}")
+        raise TypeError(f"expected a kmemcache.demo.perf.Pmu, not {type(pmu).__name__}")
 
 
 # --- the change ------------------------------------------------------------
@@ -177,7 +209,7 @@ def x86_lbr_pmu(
     With ``cache`` (what ``intel_pmu_arch_lbr_init()`` does after the change) the
     PMU gets an "x86_lbr" cache of ``size``-byte objects aligned to ``align``;
     the defaults are the kernel's for 32 LBR entries (1512 bytes, 64-byte
-    aligned, see :mod:`kmemcache.lbr_layout`). Without, it is the PMU as it was
+    aligned, see :mod:`kmemcache.demo.lbr_layout`). Without, it is the PMU as it was
     before the change: ``task_ctx_size`` only, allocated by kzalloc. The caller
     owns the cache: :func:`release_pmu` destroys it.
     """
@@ -189,7 +221,7 @@ def x86_lbr_pmu(
 # --- option 1: over-allocate and round up ----------------------------------
 
 
-@dataclasses.dataclass(frozen=True, slots=True)
+@_struct
 class OverallocPmu(Pmu):
     """``struct pmu`` for option 1: it must also carry the alignment (one more field)."""
 
@@ -251,7 +283,7 @@ def overalloc_free_task_ctx_data(pmu: OverallocPmu, task_ctx_data: AlignedSlice 
 # --- option 2: per-PMU callbacks --------------------------------------------
 
 
-@dataclasses.dataclass(frozen=True, slots=True)
+@_struct
 class CallbackPmu(Pmu):
     """``struct pmu`` for option 2: two more function pointers, called on every alloc and free."""
 
@@ -401,7 +433,7 @@ def perf_event_init_task(
     (the task is left without a context).
     """
     if not isinstance(task, Task):
-        raise TypeError(f"expected a kmemcache.perf.Task, not {type(task).__name__}")
+        raise TypeError(f"expected a kmemcache.demo.perf.Task, not {type(task).__name__}")
     _check_pmu(pmu)
     if task.perf_event_ctxp is not None:
         raise ValueError(f"task {task.pid} already has a perf context")

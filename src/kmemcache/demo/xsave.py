@@ -4,10 +4,10 @@ Linux perf saves each task's Arch LBR state into an XSAVE area inside the
 task's PMU context data, and XSAVE raises #GP (SIGSEGV in user space) unless
 that area starts on a 64-byte boundary; that is why the kernel moved the
 allocation to a kmem_cache created with ``XSAVE_ALIGNMENT`` (see
-:mod:`kmemcache.lbr_layout` for the sizes).
+:mod:`kmemcache.demo.lbr_layout` for the sizes).
 
 This module runs real XSAVE/XRSTOR of the user state (x87, SSE, AVX) through
-the ``kmemcache._xsave`` extension:
+the ``kmemcache.demo._xsave`` extension:
 
 * :func:`check` runs the round trip in this process, but only on a buffer
   that is 64-byte aligned; on any other it answers ``"fault"`` without
@@ -22,17 +22,21 @@ did not enable it).
 
 from __future__ import annotations
 
-import ctypes
 import os
 import signal
 import subprocess
 import sys
 from typing import Any, Literal
 
-from kmemcache import _xsave
+from . import _xsave
 
-XSAVE_ALIGNMENT = 64
-"""XSAVE, XRSTOR and their variants raise #GP unless the area's address is a multiple of this."""
+XSAVE_ALIGNMENT: int = _xsave.ALIGNMENT
+"""XSAVE, XRSTOR and their variants raise #GP unless the area's address is a multiple of this
+(64)."""
+XSAVE_LEGACY_SIZE: int = _xsave.LEGACY_SIZE
+"""Bytes of the area's legacy region (x87 and SSE), at its start (512)."""
+XSAVE_HEADER_SIZE: int = _xsave.HEADER_SIZE
+"""Bytes of the XSAVE header that follows the legacy region (64)."""
 
 Verdict = Literal["ok", "fault", "skipped"]
 
@@ -51,44 +55,6 @@ def area_size() -> int:
     return int(_xsave.area_size())
 
 
-class _PyBuffer(ctypes.Structure):
-    # CPython's Py_buffer, used only to read the address of a read-only
-    # buffer, which ctypes' from_buffer() refuses.
-    _fields_ = [
-        ("buf", ctypes.c_void_p),
-        ("obj", ctypes.c_void_p),  # a reference PyBuffer_Release drops
-        ("len", ctypes.c_ssize_t),
-        ("itemsize", ctypes.c_ssize_t),
-        ("readonly", ctypes.c_int),
-        ("ndim", ctypes.c_int),
-        ("format", ctypes.c_char_p),
-        ("shape", ctypes.POINTER(ctypes.c_ssize_t)),
-        ("strides", ctypes.POINTER(ctypes.c_ssize_t)),
-        ("suboffsets", ctypes.POINTER(ctypes.c_ssize_t)),
-        ("internal", ctypes.c_void_p),
-    ]
-
-
-# Private prototypes (not ctypes.pythonapi's shared function objects, whose
-# argtypes other code may set). PYFUNCTYPE turns a set Python error into an
-# exception.
-_get_buffer = ctypes.PYFUNCTYPE(
-    ctypes.c_int, ctypes.py_object, ctypes.POINTER(_PyBuffer), ctypes.c_int
-)(("PyObject_GetBuffer", ctypes.pythonapi))
-_release_buffer = ctypes.PYFUNCTYPE(None, ctypes.POINTER(_PyBuffer))(
-    ("PyBuffer_Release", ctypes.pythonapi)
-)
-
-
-def _readonly_address(view: memoryview) -> int:
-    info = _PyBuffer()
-    _get_buffer(view, ctypes.byref(info), 0)  # PyBUF_SIMPLE
-    try:
-        return int(info.buf or 0)
-    finally:
-        _release_buffer(ctypes.byref(info))
-
-
 def address_of(buf: Any) -> int:
     """Address of the first byte of a C-contiguous buffer (writable or not).
 
@@ -101,15 +67,7 @@ def address_of(buf: Any) -> int:
         if view.nbytes == 0:
             # An empty buffer may point anywhere (or nowhere); report 0.
             return 0
-        if view.readonly:
-            return _readonly_address(view)
-        with view.cast("B") as flat:
-            arr = (ctypes.c_char * flat.nbytes).from_buffer(flat)
-            try:
-                return ctypes.addressof(arr)
-            finally:
-                # Drop the export now so the caller can resize or release buf.
-                del arr
+        return _xsave.address(view)
 
 
 def is_aligned(buf: Any, alignment: int = XSAVE_ALIGNMENT) -> bool:
@@ -160,11 +118,11 @@ try:
 except (AttributeError, OSError):
     pass
 path, size, misalign = sys.argv[1], int(sys.argv[2]), int(sys.argv[3])
-loader = importlib.machinery.ExtensionFileLoader("kmemcache._xsave", path)
-spec = importlib.util.spec_from_file_location("kmemcache._xsave", path, loader=loader)
+loader = importlib.machinery.ExtensionFileLoader("kmemcache.demo._xsave", path)
+spec = importlib.util.spec_from_file_location("kmemcache.demo._xsave", path, loader=loader)
 mod = importlib.util.module_from_spec(spec)
 loader.exec_module(mod)
-ALIGN = 64
+ALIGN = mod.ALIGNMENT
 backing = (ctypes.c_char * (size + 2 * ALIGN))()
 start = (ctypes.addressof(backing) + ALIGN - 1) // ALIGN * ALIGN + misalign
 area = (ctypes.c_char * size).from_address(start)
@@ -202,7 +160,7 @@ def check_in_child(size: int, misalign: int, timeout: float = 60.0) -> Verdict:
         raise ValueError(f"size {size} is below the XSAVE area size {need}")
     module_path = _xsave.__file__
     if module_path is None:
-        raise RuntimeError("cannot locate the kmemcache._xsave extension file")
+        raise RuntimeError("cannot locate the kmemcache.demo._xsave extension file")
     try:
         proc = subprocess.run(
             [sys.executable, "-I", "-c", _CHILD, module_path, str(size), str(misalign)],
@@ -226,6 +184,8 @@ def check_in_child(size: int, misalign: int, timeout: float = 60.0) -> Verdict:
 
 __all__ = [
     "XSAVE_ALIGNMENT",
+    "XSAVE_HEADER_SIZE",
+    "XSAVE_LEGACY_SIZE",
     "Verdict",
     "address_of",
     "area_size",

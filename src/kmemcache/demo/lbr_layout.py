@@ -35,7 +35,7 @@ mm/slub.c), so without debug flags each object takes 1536 bytes of a slab.
 
 The kernel saves this state with XSAVES (supervisor component 15,
 ``XFEATURE_MASK_LBR``), which user space cannot execute; XSAVES, XSAVE and
-XRSTOR(S) share the 64-byte alignment rule, which kmemcache.xsave
+XRSTOR(S) share the 64-byte alignment rule, which kmemcache.demo.xsave
 demonstrates with plain XSAVE on user state.
 
 The sizes are the same in the first merged version (Linux 5.9, where a
@@ -46,7 +46,14 @@ on the state block does it).
 
 from __future__ import annotations
 
-# Citations are paths in the Linux tree.
+from .xsave import XSAVE_ALIGNMENT, XSAVE_HEADER_SIZE, XSAVE_LEGACY_SIZE
+
+# Citations are paths in the Linux tree. The XSAVE sizes are the architecture's,
+# defined once by the probe (kmemcache.demo.xsave) and equal to the kernel's:
+# arch/x86/include/asm/fpu/xstate.h, #define XSAVE_ALIGNMENT 64 (used by
+# intel_pmu_arch_lbr_init() in arch/x86/events/intel/lbr.c as the cache align);
+# arch/x86/include/asm/fpu/types.h, struct fxregs_state (the legacy region, 512
+# bytes) and struct xstate_header (u64 xfeatures, xcomp_bv, reserved[6]: 64).
 
 # The depth this module describes (lbr_nr); Arch LBR CPUs enumerate 8..64.
 LBR_ENTRIES = 32
@@ -63,16 +70,6 @@ ARCH_LBR_STATE_FIXED_SIZE = 5 * 8
 # arch/x86/events/perf_event.h, struct x86_perf_task_context_opt: three ints
 # (lbr_callstack_users, lbr_stack_state, log_id).
 TASK_CTX_OPT_SIZE = 3 * 4
-
-# arch/x86/include/asm/fpu/xstate.h, #define XSAVE_ALIGNMENT 64; used by
-# intel_pmu_arch_lbr_init() in arch/x86/events/intel/lbr.c as the cache align.
-XSAVE_ALIGNMENT = 64
-
-# arch/x86/include/asm/fpu/types.h, struct fxregs_state (the legacy region).
-XSAVE_LEGACY_SIZE = 512
-# arch/x86/include/asm/fpu/types.h, struct xstate_header: u64 xfeatures,
-# xcomp_bv, reserved[6].
-XSAVE_HEADER_SIZE = 64
 
 
 def _align_up(n: int, align: int) -> int:
