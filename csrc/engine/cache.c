@@ -1,23 +1,24 @@
 /*
- * cache.c - caches: create, alloc, free, shrink, destroy.
+ * cache.c - caches and their depots: create, destroy, the locked alloc and
+ * free, growing, releasing, shrink, validate, stats.
  *
- * Each cache keeps three lists of slabs (see internal.h for the states):
- * partial slabs serve allocations, a few empty slabs are kept in reserve so
- * that alloc/free churn at a slab boundary costs no system call, and
- * released slab slots are reused before new address space is taken.
- *
- * The fast paths (take_object, put_object) are a bitmap word scan and a few
- * counter updates under the cache lock: no allocation, no system call, no
- * loop over objects or caches. Everything rare (growing, releasing, debug
- * checks) is in separate functions.
+ * The depot is the part of a cache shared by all threads, under the cache
+ * lock: three lists of slabs (see internal.h for the states). Partial slabs
+ * serve locked allocations and refill threads' heaps, empty slabs wait there
+ * for the purge delay before their memory goes back to the OS (so that churn
+ * at a slab boundary costs no system call), and released slab slots are
+ * reused before new address space is taken. Caches with debug flags and
+ * threads without a heap allocate and free here; everyone else goes through
+ * heap.c and comes here once per slab.
  */
 #include <stdlib.h>
 #include <string.h>
 
 #include "internal.h"
 
-static pthread_mutex_t caches_lock = PTHREAD_MUTEX_INITIALIZER;
-static kmc_cache_t *caches_first, *caches_last; /* guarded by caches_lock */
+pthread_mutex_t kmc__caches_lock = PTHREAD_MUTEX_INITIALIZER;
+kmc_cache_t *kmc__caches_first;      /* guarded by kmc__caches_lock */
+static kmc_cache_t *caches_last;     /* likewise */
 
 void kmc__lock_wait(kmc_lock_t *lock)
 {
@@ -46,24 +47,38 @@ static bool debug_fill(const kmc_cache_t *c)
     return c->flags & (KMC_RED_ZONE | KMC_POISON);
 }
 
+static bool committed(uint8_t state)
+{
+    return state == KMC_SLAB_PARTIAL || state == KMC_SLAB_FULL || state == KMC_SLAB_EMPTY ||
+           state >= KMC_SLAB_CURRENT;
+}
+
 /* --- layout ------------------------------------------------------------- */
 
-/* Like SLUB's calculate_order: the smallest slab that wastes at most
- * 1/KMC_WASTE_DIVISOR of itself, else the one that wastes the least. SLUB
- * accepts 1/16; 1/32 keeps memory per object within 5% of the ideal at
- * every size (1512 bytes at 64: a 32 KiB slab of 21, not 8 KiB of 5). */
+/* Like SLUB's calculate_order: the smallest slab that holds at least
+ * KMC_MIN_OBJECTS objects (up to a 32 KiB slab, SLUB's order 3) and wastes
+ * at most 1/KMC_WASTE_DIVISOR of itself, else the one that wastes the least.
+ * SLUB accepts 1/16; 1/32 keeps memory per object within 5% of the ideal at
+ * every size (1512 bytes at 64: a 32 KiB slab of 21, not 8 KiB of 5). The
+ * minimum count keeps a thread's slab from running out at every other alloc
+ * (4 KiB objects: 8 to a 32 KiB slab, not 1 to a page). */
 static void choose_layout(kmc_cache_t *c)
 {
-    size_t slot = c->size;
-    if (c->flags & KMC_RED_ZONE)
-        slot += KMC_RED_ZONE_MIN;
+    size_t left = 0, slot = c->size;
+    if (c->flags & KMC_RED_ZONE) {
+        left = round_up(KMC_RED_ZONE_MIN, c->align); /* SLUB's red_left_pad */
+        slot = left + round_up(c->size + KMC_RED_ZONE_MIN, c->align);
+    }
     slot = round_up(slot, c->align);
 
+    size_t want = slot * KMC_MIN_OBJECTS;
+    if (want > KMC_MIN_OBJECTS_SLAB)
+        want = KMC_MIN_OBJECTS_SLAB;
     unsigned best = 0;
     size_t best_waste = SIZE_MAX, best_slab = 1;
     for (unsigned shift = log2_of(kmc_page_size()); shift <= KMC_MAX_SLAB_SHIFT; shift++) {
         size_t slab = (size_t)1 << shift;
-        if (slab < slot)
+        if (slab < slot || slab < want)
             continue;
         size_t waste = slab % slot;
         if (waste * KMC_WASTE_DIVISOR <= slab) {
@@ -78,23 +93,36 @@ static void choose_layout(kmc_cache_t *c)
         }
     }
     c->slot_size = slot;
+    c->obj_offset = left;
     /* exact for offsets below 2^24 (the largest slab) and slots below 2^24 */
     c->slot_recip = (UINT64_C(1) << 48) / slot + 1;
     c->slab_shift = best;
     c->slab_size = (size_t)1 << best;
     c->objperslab = (uint32_t)(c->slab_size / slot);
     c->bitmap_words = (c->objperslab + 63) / 64;
-    c->spa_shift = KMC_ARENA_SHIFT - best;
-    c->slabs_per_arena = (uint32_t)1 << c->spa_shift;
-    size_t reserve = ((size_t)128 << 10) / c->slab_size;
-    c->reserve = reserve < 1 ? 1 : reserve > 4 ? 4 : (uint32_t)reserve;
+    c->first_arena = (size_t)1 << KMC_ARENA_MIN_SHIFT;
+    if (c->first_arena < c->slab_size)
+        c->first_arena = c->slab_size;
+    c->next_arena = c->first_arena;
+    size_t keep = KMC_HEAP_KEEP_BYTES / c->slab_size;
+    c->heap_keep = keep < 1 ? 1 : (uint32_t)keep;
+    c->heaps_on = !(c->flags & KMC_DEBUG_FLAGS) && c->bitmap_words <= KMC_HEAP_BITS &&
+                  kmc__option(KMC_OPTION_THREAD_CACHES) != 0;
 }
 
-static size_t arena_meta_bytes(const kmc_cache_t *c)
+/* Metadata of an arena of @nslabs slabs: descriptors, the two bitmaps, and
+ * with red zones the size each object was asked for. */
+static size_t meta_layout(const kmc_cache_t *c, uint32_t nslabs, size_t *local_at,
+                          size_t *remote_at, size_t *orig_at)
 {
-    size_t bytes = (size_t)c->slabs_per_arena *
-                   (sizeof(kmc_slab_t) + (size_t)c->bitmap_words * sizeof(uint64_t));
-    return round_up(bytes, kmc_page_size());
+    size_t words = (size_t)nslabs * c->bitmap_words * sizeof(uint64_t);
+    *local_at = round_up((size_t)nslabs * sizeof(kmc_slab_t), 64);
+    *remote_at = round_up(*local_at + words, 64);
+    *orig_at = *remote_at + words;
+    size_t end = *orig_at;
+    if (c->flags & KMC_RED_ZONE)
+        end += (size_t)nslabs * c->objperslab * sizeof(uint32_t);
+    return round_up(end, kmc_page_size());
 }
 
 /* --- create / destroy ----------------------------------------------------- */
@@ -134,9 +162,11 @@ kmc_status kmc_cache_create(const char *name, size_t size, size_t align, unsigne
         return kmc__report(KMC_EINVAL, NULL, NULL, "unknown flags 0x%x",
                            flags & ~KMC_VALID_FLAGS);
 
-    kmc_cache_t *c = calloc(1, sizeof(*c));
+    kmc__fork_init();
+    kmc_cache_t *c = aligned_alloc(64, round_up(sizeof(*c), 64));
     if (!c)
         return kmc__report(KMC_ENOMEM, NULL, NULL, "no memory for the cache");
+    memset(c, 0, sizeof(*c));
     memcpy(c->name, name, strlen(name) + 1);
     c->size = size;
     c->align = align < KMC_MIN_ALIGN ? KMC_MIN_ALIGN : align;
@@ -147,19 +177,37 @@ kmc_status kmc_cache_create(const char *name, size_t size, size_t align, unsigne
     c->flags = ctor ? (flags & ~KMC_POISON) : flags;
     c->ctor = ctor;
     c->ctor_arg = ctor_arg;
-    c->partial.head = c->empty.head = c->released.head = KMC_NIL;
+    c->partial = c->empty = c->released = (kmc_list_t){KMC_NIL, KMC_NIL, 0};
     choose_layout(c);
 
-    pthread_mutex_lock(&caches_lock);
+    pthread_mutex_lock(&kmc__caches_lock);
     c->prev_cache = caches_last;
     if (caches_last)
         caches_last->next_cache = c;
     else
-        caches_first = c;
+        kmc__caches_first = c;
     caches_last = c;
-    pthread_mutex_unlock(&caches_lock);
+    pthread_mutex_unlock(&kmc__caches_lock);
     *out = c;
     return KMC_OK;
+}
+
+/* Set arena directory entry @index (making its chunk: -1 without memory).
+ * Cache locked. */
+static int arena_set(kmc_cache_t *c, uint32_t index, kmc_arena_t *a)
+{
+    _Atomic(kmc_arena_slot_t *) *dir = &c->arena_dir[index / KMC_ARENA_DIR_CHUNK];
+    kmc_arena_slot_t *chunk = atomic_load_explicit(dir, memory_order_acquire);
+    if (!chunk) {
+        if (!a)
+            return 0;
+        chunk = calloc(KMC_ARENA_DIR_CHUNK, sizeof(*chunk));
+        if (!chunk)
+            return -1;
+        atomic_store_explicit(dir, chunk, memory_order_release);
+    }
+    atomic_store_explicit(&chunk[index % KMC_ARENA_DIR_CHUNK], a, memory_order_release);
+    return 0;
 }
 
 static void arena_release(kmc_cache_t *c, kmc_arena_t *a)
@@ -168,37 +216,91 @@ static void arena_release(kmc_cache_t *c, kmc_arena_t *a)
         c->fill_arena = NULL;
     kmc__registry_remove(a);
     if (!a->pinned) {
-        kmc__os_unreserve((void *)a->base, KMC_ARENA_SIZE);
+        kmc__os_unreserve((void *)a->base, a->bytes);
     } else {
         /* leave the pinned slabs mapped (and the range reserved) for good */
         for (uint32_t s = 0; s < a->bump; s++)
-            if (a->slabs[s].state != KMC_SLAB_PINNED)
+            if (kmc__slab_state(&a->slabs[s]) != KMC_SLAB_PINNED)
                 kmc__os_decommit((uint8_t *)a->base + ((size_t)s << c->slab_shift),
                                  c->slab_size);
     }
     kmc__os_unmap_meta(a->slabs, a->meta_bytes);
-    c->arenas[a->index] = NULL;
+    (void)arena_set(c, a->index, NULL);
     c->live_arenas--;
-    kmc__arena_put(a);
+    free(a);
 }
 
-/* The live object at the lowest address, for reports. Cache locked. */
+/* Call @fn on every committed slab, in address order. Cache locked. */
+#define FOR_EACH_COMMITTED(c, id, s, body)                                        \
+    for (uint32_t ai_ = 0; ai_ < (c)->nr_arenas; ai_++) {                          \
+        kmc_arena_t *a_ = kmc__arena((c), ai_);                                    \
+        for (uint32_t si_ = 0; a_ && si_ < a_->bump; si_++) {                      \
+            kmc_slab_t *s = &a_->slabs[si_];                                       \
+            uint32_t id = (ai_ << KMC_SLAB_ID_SHIFT) | si_;                        \
+            if (!committed(kmc__slab_state(s)))                                    \
+                continue;                                                          \
+            body                                                                   \
+        }                                                                          \
+    }
+
+static void slab_retire(kmc_cache_t *c, uint32_t id);
+
+/* Merge a depot slab's remote bits. Cache locked. */
+static uint32_t depot_merge(kmc_cache_t *c, uint32_t id)
+{
+    uint64_t late = 0;
+    uint32_t n = kmc__slab_merge_remote(c, id, &late);
+    c->depot_merged += n + late;
+    c->depot_late_double += late;
+    return n;
+}
+
+/* Merge every depot slab's remote bits and put each on the list its count
+ * says (a FULL slab may have become partial or empty). After
+ * kmc__heaps_take_back every slab is the depot's. Cache locked. */
+static void depot_settle(kmc_cache_t *c)
+{
+    FOR_EACH_COMMITTED(c, id, s, {
+        uint8_t state = kmc__slab_state(s);
+        if (state >= KMC_SLAB_CURRENT)
+            continue;
+        if (!depot_merge(c, id))
+            continue;
+        uint32_t inuse = KMC_LOAD(&s->inuse);
+        if (state == KMC_SLAB_FULL && inuse) {
+            kmc__slab_set_state(s, KMC_SLAB_PARTIAL);
+            kmc__list_push(c, &c->partial, id);
+        } else if (inuse == 0 && state != KMC_SLAB_EMPTY) {
+            if (state == KMC_SLAB_PARTIAL)
+                kmc__list_remove(c, &c->partial, id);
+            slab_retire(c, id);
+        }
+    })
+}
+
+/* The live object at the lowest address, for reports. Cache locked, every
+ * slab the depot's. */
 static void *first_live(kmc_cache_t *c)
 {
-    for (uint32_t i = 0; i < c->nr_arenas; i++) {
-        kmc_arena_t *a = c->arenas[i];
-        for (uint32_t s = 0; a && s < a->bump; s++) {
-            if (a->slabs[s].state != KMC_SLAB_PARTIAL && a->slabs[s].state != KMC_SLAB_FULL)
-                continue;
-            uint32_t id = (i << c->spa_shift) | s;
-            const uint64_t *bits = kmc__slab_bitmap(c, id);
-            for (uint32_t o = 0; o < c->objperslab; o++)
-                if (!(bits[o / 64] & (UINT64_C(1) << (o % 64))))
-                    return kmc__slab_mem(c, id) + (size_t)o * c->slot_size;
-        }
-    }
+    FOR_EACH_COMMITTED(c, id, s, {
+        (void)s;
+        for (uint32_t o = 0; o < c->objperslab; o++)
+            if (!kmc__slot_free(c, id, o))
+                return kmc__slab_mem(c, id) + (size_t)o * c->slot_size + c->obj_offset;
+    })
     return NULL;
 }
+
+/* allocs - frees, from the counters; exact when no thread is inside an
+ * operation on @c. Cache locked. */
+static uint64_t live_objects(const kmc_cache_t *c)
+{
+    kmc_stats_t s = {0};
+    kmc__heaps_stats(c, &s, NULL);
+    return c->depot_allocs + s.allocs - (c->depot_frees + s.frees - c->depot_late_double);
+}
+
+static kmc_status validate_locked(kmc_cache_t *c, size_t *problems);
 
 kmc_status kmc_cache_destroy(kmc_cache_t *c)
 {
@@ -206,38 +308,40 @@ kmc_status kmc_cache_destroy(kmc_cache_t *c)
     if (kmc__kmalloc_pinned(c))
         return kmc__report(KMC_EBUSY, c, NULL, "%s serves kmalloc: it is never destroyed",
                            c->name);
+    pthread_mutex_lock(&kmc__caches_lock);
     kmc__lock(&c->lock);
-    if (c->active_objs) {
+    kmc__heaps_take_back(c, false);
+    depot_settle(c);
+    uint64_t live = live_objects(c);
+    if (live) {
         kmc_status st = kmc__report(KMC_EBUSY, c, first_live(c),
                                     "Objects remaining in %s on __kmem_cache_shutdown(): "
                                     "%llu live",
-                                    c->name, (unsigned long long)c->active_objs);
+                                    c->name, (unsigned long long)live);
         kmc__unlock(&c->lock);
+        pthread_mutex_unlock(&kmc__caches_lock);
         return st;
     }
     kmc_status first = KMC_OK;
-    if (debug_fill(c)) {
-        kmc__unlock(&c->lock);
-        first = kmc_cache_validate(c, NULL);
-        kmc__lock(&c->lock);
-    }
+    if (debug_fill(c))
+        first = validate_locked(c, NULL);
     for (uint32_t i = 0; i < c->nr_arenas; i++)
-        if (c->arenas[i])
-            arena_release(c, c->arenas[i]);
-    kmc__unlock(&c->lock);
-
-    pthread_mutex_lock(&caches_lock);
+        if (kmc__arena(c, i))
+            arena_release(c, kmc__arena(c, i));
     if (c->prev_cache)
         c->prev_cache->next_cache = c->next_cache;
     else
-        caches_first = c->next_cache;
+        kmc__caches_first = c->next_cache;
     if (c->next_cache)
         c->next_cache->prev_cache = c->prev_cache;
     else
         caches_last = c->prev_cache;
-    pthread_mutex_unlock(&caches_lock);
+    kmc__unlock(&c->lock);
+    pthread_mutex_unlock(&kmc__caches_lock);
 
-    free(c->arenas);
+    kmc__heaps_free(c);
+    for (uint32_t i = 0; i < KMC_MAX_ARENAS / KMC_ARENA_DIR_CHUNK; i++)
+        free(atomic_load(&c->arena_dir[i]));
     free(c);
     return first;
 }
@@ -248,51 +352,48 @@ static kmc_status arena_new(kmc_cache_t *c, kmc_arena_t **out)
 {
     uint32_t index = c->nr_arenas;
     for (uint32_t i = 0; i < c->nr_arenas; i++)
-        if (!c->arenas[i]) {
+        if (!kmc__arena(c, i)) {
             index = i;
             break;
         }
-    if (index == c->nr_arenas) {
-        if (index >= KMC_MAX_ARENAS)
-            return kmc__report(KMC_ENOMEM, c, NULL, "cache %s has %u arenas, the most",
-                               c->name, (unsigned)KMC_MAX_ARENAS);
-        if (index == c->cap_arenas) {
-            uint32_t cap = c->cap_arenas ? c->cap_arenas * 2 : 4;
-            kmc_arena_t **grown = realloc(c->arenas, cap * sizeof(*grown));
-            if (!grown)
-                return kmc__report(KMC_ENOMEM, c, NULL, "no memory for the arena table");
-            c->arenas = grown;
-            c->cap_arenas = cap;
-        }
-    }
-    kmc_arena_t *a = kmc__arena_get();
-    void *base = a ? kmc__os_reserve(KMC_ARENA_SIZE, KMC_ARENA_SIZE) : NULL;
-    size_t meta = arena_meta_bytes(c);
-    void *slabs = base ? kmc__os_map_meta(meta) : NULL;
-    if (!slabs) {
+    if (index >= KMC_MAX_ARENAS)
+        return kmc__report(KMC_ENOMEM, c, NULL, "cache %s has %u arenas, the most", c->name,
+                           (unsigned)KMC_MAX_ARENAS);
+    size_t bytes = c->next_arena;
+    uint32_t nslabs = (uint32_t)(bytes >> c->slab_shift);
+    size_t local_at, remote_at, orig_at;
+    size_t meta = meta_layout(c, nslabs, &local_at, &remote_at, &orig_at);
+    kmc_arena_t *a = calloc(1, sizeof(*a));
+    void *base = a ? kmc__os_reserve(bytes, bytes) : NULL;
+    uint8_t *m = base ? kmc__os_map_meta(meta) : NULL;
+    if (!m) {
         if (base)
-            kmc__os_unreserve(base, KMC_ARENA_SIZE);
-        if (a)
-            kmc__arena_put(a);
-        return kmc__report(KMC_ENOMEM, c, NULL, "the OS refused %zu bytes for an arena",
-                           KMC_ARENA_SIZE);
+            kmc__os_unreserve(base, bytes);
+        free(a);
+        return kmc__report(KMC_ENOMEM, c, NULL, "the OS refused %zu bytes for an arena", bytes);
     }
     a->base = (uintptr_t)base;
+    a->bytes = bytes;
     a->index = index;
-    a->slabs = slabs;
-    a->bitmaps = (uint64_t *)((kmc_slab_t *)slabs + c->slabs_per_arena);
+    a->nslabs = nslabs;
+    a->slabs = (kmc_slab_t *)m;
+    a->local = (_Atomic uint64_t *)(m + local_at);
+    a->remote = (_Atomic uint64_t *)(m + remote_at);
+    a->orig = (c->flags & KMC_RED_ZONE) ? (uint32_t *)(m + orig_at) : NULL;
     a->meta_bytes = meta;
     a->cache = c;
-    if (kmc__registry_insert(a) != 0) {
-        kmc__os_unmap_meta(slabs, meta);
-        kmc__os_unreserve(base, KMC_ARENA_SIZE);
-        kmc__arena_put(a);
+    if (arena_set(c, index, a) != 0 || kmc__registry_insert(a) != 0) {
+        (void)arena_set(c, index, NULL);
+        kmc__os_unmap_meta(m, meta);
+        kmc__os_unreserve(base, bytes);
+        free(a);
         return kmc__report(KMC_ENOMEM, c, NULL, "no memory for the owner table");
     }
-    c->arenas[index] = a;
     if (index == c->nr_arenas)
         c->nr_arenas++;
     c->live_arenas++;
+    if (c->next_arena < ((size_t)1 << KMC_ARENA_MAX_SHIFT))
+        c->next_arena *= 2; /* address space in proportion to use */
     *out = a;
     return KMC_OK;
 }
@@ -310,70 +411,76 @@ static kmc_status slab_slot(kmc_cache_t *c, uint32_t *out)
                 return st;
             c->fill_arena = a;
         }
-        id = (a->index << c->spa_shift) | a->bump++;
-        if (a->bump == c->slabs_per_arena)
+        id = (a->index << KMC_SLAB_ID_SHIFT) | a->bump++;
+        if (a->bump == a->nslabs)
             c->fill_arena = NULL;
     }
     kmc__slab_arena(c, id)->live_slabs++;
-    kmc__slab(c, id)->state = KMC_SLAB_NEW;
+    kmc__slab_set_state(kmc__slab(c, id), KMC_SLAB_NEW);
     *out = id;
     return KMC_OK;
-}
-
-static void slab_release(kmc_cache_t *c, uint32_t id);
-
-/* Move an empty slab to the reserve, releasing one beyond it. Cache locked. */
-static void slab_retire(kmc_cache_t *c, uint32_t id)
-{
-    kmc__list_remove(c, &c->partial, id);
-    kmc__slab(c, id)->state = KMC_SLAB_EMPTY;
-    if (c->empty.count < c->reserve) {
-        kmc__list_push(c, &c->empty, id);
-        return;
-    }
-    c->num_slabs--;
-    c->slabs_released++;
-    slab_release(c, id);
-}
-
-/* Put a slab at the head of the partial list. An emptied slab that headed
- * it (see put_object) goes to the reserve first. Cache locked. */
-static void partial_push(kmc_cache_t *c, uint32_t id)
-{
-    uint32_t head = c->partial.head;
-    if (head != KMC_NIL && kmc__slab(c, head)->inuse == 0)
-        slab_retire(c, head);
-    kmc__slab(c, id)->state = KMC_SLAB_PARTIAL;
-    kmc__list_push(c, &c->partial, id);
 }
 
 /* Give a slab's memory back and keep its slot for reuse. Cache locked. */
 static void slab_release(kmc_cache_t *c, uint32_t id)
 {
     kmc__os_decommit(kmc__slab_mem(c, id), c->slab_size);
-    kmc__slab(c, id)->state = KMC_SLAB_RELEASED;
+    kmc__slab_set_state(kmc__slab(c, id), KMC_SLAB_RELEASED);
     kmc__slab_arena(c, id)->live_slabs--;
     kmc__list_push(c, &c->released, id);
+    c->num_slabs--;
+    c->slabs_released++;
 }
 
-/* Build one more slab and put it on the partial list. The memory is
- * committed and the constructor run without the lock, on a NEW slab that
- * no other thread can reach. Called unlocked; returns unlocked. */
-static kmc_status grow(kmc_cache_t *c)
+/* An empty slab of the depot (on no list) waits on the empty list for the
+ * purge delay. Cache locked. */
+static void slab_retire(kmc_cache_t *c, uint32_t id)
+{
+    kmc_slab_t *s = kmc__slab(c, id);
+    kmc__slab_set_state(s, KMC_SLAB_EMPTY);
+    s->hint = 0;
+    uint32_t delay = kmc__purge_delay_ms();
+    if (delay == 0) {
+        slab_release(c, id);
+        return;
+    }
+    s->empty_since = kmc__now_ms();
+    kmc__list_push(c, &c->empty, id);
+    kmc__purge_arm();
+}
+
+void kmc__depot_release_expired(kmc_cache_t *c, uint32_t now, bool all)
+{
+    uint32_t delay = kmc__purge_delay_ms();
+    for (uint32_t id; (id = c->empty.tail) != KMC_NIL;) {
+        if (!all && (uint32_t)(now - kmc__slab(c, id)->empty_since) < delay)
+            break; /* the rest are younger */
+        kmc__list_remove(c, &c->empty, id);
+        slab_release(c, id);
+    }
+}
+
+bool kmc__depot_has_empty(const kmc_cache_t *c) { return c->empty.count != 0; }
+
+/* Build one more slab and put it at the head of the depot's partial list.
+ * The memory is committed and the constructor run without the lock, on a
+ * NEW slab that no other thread can reach. Called unlocked; returns
+ * unlocked. */
+kmc_status kmc__depot_grow(kmc_cache_t *c)
 {
     kmc__lock(&c->lock);
     if (c->partial.head != KMC_NIL || c->empty.head != KMC_NIL) {
-        kmc__unlock(&c->lock); /* another thread grew it */
+        kmc__unlock(&c->lock); /* another thread grew it, or a heap gave back */
         return KMC_OK;
     }
     uint32_t id;
     uint8_t *mem = NULL;
+    uint32_t *orig = NULL;
     kmc_status st = slab_slot(c, &id);
     if (st == KMC_OK) {
-        /* once the lock is dropped another thread's grow may reallocate
-         * c->arenas: look the slab up and set up its bitmap (metadata,
-         * already mapped) now */
+        /* metadata is mapped already: set up the bitmaps now */
         mem = kmc__slab_mem(c, id);
+        orig = kmc__debug_orig(c, kmc__slab_arena(c, id), kmc__slab_index(id), 0);
         kmc__slab_init_free(c, id);
     }
     kmc__unlock(&c->lock);
@@ -386,9 +493,9 @@ static kmc_status grow(kmc_cache_t *c)
                          c->slab_size);
     } else {
         if (debug_fill(c))
-            kmc__debug_init_slab(c, mem);
+            kmc__debug_init_slab(c, mem, orig);
         for (uint32_t i = 0; c->ctor && i < c->objperslab; i++) {
-            uint8_t *obj = mem + (size_t)i * c->slot_size;
+            uint8_t *obj = mem + (size_t)i * c->slot_size + c->obj_offset;
             if ((ctor_rc = c->ctor(obj, c->size, c->ctor_arg)) != 0) {
                 st = kmc__report(KMC_ECTOR, c, obj, "the constructor of %s failed", c->name);
                 break;
@@ -397,60 +504,80 @@ static kmc_status grow(kmc_cache_t *c)
     }
 
     kmc__lock(&c->lock);
+    kmc_slab_t *s = kmc__slab(c, id);
     if (st == KMC_OK) {
-        partial_push(c, id);
+        kmc__slab_set_state(s, KMC_SLAB_PARTIAL);
+        kmc__list_push(c, &c->partial, id);
         c->num_slabs++;
         c->slabs_created++;
     } else if (ctor_rc > 0) {
-        kmc__slab(c, id)->state = KMC_SLAB_PINNED; /* live_slabs keeps counting it */
+        kmc__slab_set_state(s, KMC_SLAB_PINNED); /* live_slabs keeps counting it */
         kmc__slab_arena(c, id)->pinned++;
     } else {
+        c->num_slabs++; /* slab_release counts it out */
+        c->slabs_released--;
         slab_release(c, id);
     }
     kmc__unlock(&c->lock);
     return st;
 }
 
-/* --- the fast paths --------------------------------------------------------- */
+/* --- the depot's alloc and free ---------------------------------------------- */
 
-/* One object from the first partial slab (refilled from the reserve), or
- * NULL when the cache must grow. About 20 instructions: a list head, a
- * bitmap word scan that starts at the slab's hint, two counters. */
-static uint8_t *take_object(kmc_cache_t *c)
+/* One object from the depot's first partial slab (refilled from the empty
+ * list), or NULL when the cache must grow. Cache locked. */
+uint8_t *kmc__depot_take(kmc_cache_t *c)
 {
-    uint32_t id = c->partial.head;
-    if (id == KMC_NIL) {
-        id = kmc__list_pop(c, &c->empty);
-        if (id == KMC_NIL)
-            return NULL;
-        kmc__slab(c, id)->state = KMC_SLAB_PARTIAL;
-        kmc__list_push(c, &c->partial, id);
+    for (;;) {
+        uint32_t id = c->partial.head;
+        if (id == KMC_NIL) {
+            id = kmc__list_pop(c, &c->empty); /* the newest: its memory is warm */
+            if (id == KMC_NIL)
+                return NULL;
+            kmc__slab_set_state(kmc__slab(c, id), KMC_SLAB_PARTIAL);
+            kmc__list_push(c, &c->partial, id);
+        }
+        kmc_slab_t *s = kmc__slab(c, id);
+        depot_merge(c, id);
+        _Atomic uint64_t *bits = kmc__slab_local(c, id);
+        uint32_t w = s->hint;
+        while (w < c->bitmap_words && !KMC_LOAD(&bits[w]))
+            w++;
+        if (w == c->bitmap_words) { /* no free slot after all */
+            kmc__list_remove(c, &c->partial, id);
+            kmc__slab_set_state(s, KMC_SLAB_FULL);
+            continue;
+        }
+        if (w - s->hint > c->max_scan)
+            c->max_scan = w - s->hint;
+        uint64_t x = KMC_LOAD(&bits[w]);
+        uint32_t b = (uint32_t)__builtin_ctzll(x);
+        KMC_STORE(&bits[w], x & (x - 1));
+        s->hint = (uint16_t)w;
+        uint32_t inuse = KMC_LOAD(&s->inuse) + 1;
+        KMC_STORE(&s->inuse, inuse);
+        if (inuse == c->objperslab) {
+            kmc__list_remove(c, &c->partial, id);
+            kmc__slab_set_state(s, KMC_SLAB_FULL);
+        }
+        c->depot_allocs++;
+        return kmc__slab_mem(c, id) + (size_t)(w * 64 + b) * c->slot_size + c->obj_offset;
     }
-    kmc_arena_t *a = kmc__slab_arena(c, id);
-    uint32_t sidx = id & (c->slabs_per_arena - 1);
-    kmc_slab_t *s = &a->slabs[sidx];
-    uint64_t *bits = &a->bitmaps[(size_t)sidx * c->bitmap_words];
-    uint32_t w = s->hint;
-    while (!bits[w])
-        w++;
-    if (w - s->hint > c->max_scan)
-        c->max_scan = w - s->hint; /* bounded by bitmap_words: see stats */
-    uint32_t b = (uint32_t)__builtin_ctzll(bits[w]);
-    bits[w] &= bits[w] - 1;
-    s->hint = (uint16_t)w;
-    if (++s->inuse == c->objperslab) {
-        kmc__list_remove(c, &c->partial, id);
-        s->state = KMC_SLAB_FULL;
-    }
-    c->active_objs++;
-    c->allocs++;
-    return (uint8_t *)a->base + ((size_t)sidx << c->slab_shift) +
-           (size_t)(w * 64 + b) * c->slot_size;
 }
 
-/* Find @p's slab and slot in @c, checking that it is a live object of @c.
- * Cache locked. On failure the report says why. */
-static kmc_status locate(kmc_cache_t *c, const void *p, uint32_t *id_out, uint32_t *idx_out)
+/* Is slot @idx of slab @id free? The slab's bitmaps, or its heap's copy for a
+ * CURRENT slab. Cache locked (a heap's copy is read as the owner left it). */
+static bool slot_is_free(const kmc_cache_t *c, uint32_t id, uint32_t idx)
+{
+    uint64_t bits[KMC_HEAP_BITS];
+    if (kmc__heap_bits_of(c, kmc__slab(c, id), bits) &&
+        (bits[idx / 64] & (UINT64_C(1) << (idx % 64))))
+        return true;
+    return kmc__slot_free(c, id, idx);
+}
+
+kmc_status kmc__locate(kmc_cache_t *c, const void *p, kmc_arena_t **arena_out, uint32_t *id_out,
+                       uint32_t *idx_out)
 {
     uintptr_t addr = (uintptr_t)p;
     kmc_arena_t *a = kmc__registry_lookup(addr);
@@ -468,12 +595,12 @@ static kmc_status locate(kmc_cache_t *c, const void *p, uint32_t *id_out, uint32
     uint32_t sidx = (uint32_t)(off >> c->slab_shift);
     kmc_slab_t *s = &a->slabs[sidx];
     size_t in_slab = off & (c->slab_size - 1);
-    uint32_t idx = (uint32_t)(((unsigned __int128)in_slab * c->slot_recip) >> 48);
-    size_t rem = in_slab - (size_t)idx * c->slot_size;
-    bool committed = s->state == KMC_SLAB_PARTIAL || s->state == KMC_SLAB_FULL ||
-                     s->state == KMC_SLAB_EMPTY;
-    if (!committed || idx >= c->objperslab || rem != 0) {
-        if (committed && idx < c->objperslab)
+    size_t rel = in_slab - c->obj_offset; /* wraps below the first object */
+    uint32_t idx = (uint32_t)(((unsigned __int128)rel * c->slot_recip) >> 48);
+    size_t rem = rel - (size_t)idx * c->slot_size;
+    bool live_slab = sidx < a->bump && committed(kmc__slab_state(s));
+    if (!live_slab || in_slab < c->obj_offset || idx >= c->objperslab || rem != 0) {
+        if (live_slab && in_slab >= c->obj_offset && idx < c->objperslab)
             return kmc__report(KMC_EINVALID_FREE, c, p,
                                "Invalid free of 0x%llx in %s: %zu bytes into an object",
                                (unsigned long long)addr, c->name, rem);
@@ -481,60 +608,85 @@ static kmc_status locate(kmc_cache_t *c, const void *p, uint32_t *id_out, uint32
                            "Invalid free of 0x%llx in %s: not an object",
                            (unsigned long long)addr, c->name);
     }
-    uint32_t id = (a->index << c->spa_shift) | sidx;
-    if (a->bitmaps[(size_t)sidx * c->bitmap_words + idx / 64] & (UINT64_C(1) << (idx % 64)))
+    uint32_t id = (a->index << KMC_SLAB_ID_SHIFT) | sidx;
+    if (slot_is_free(c, id, idx))
         return kmc__report(KMC_EDOUBLE_FREE, c, p, "Object already free: 0x%llx in %s",
                            (unsigned long long)addr, c->name);
+    if (arena_out)
+        *arena_out = a;
     *id_out = id;
     *idx_out = idx;
     return KMC_OK;
 }
 
-/* Mark a located object free, moving its slab between lists. Cache locked.
- * A slab that empties while it heads the partial list stays there: the next
- * allocation takes from it again, so alloc/free churn on one object moves
- * no slab between lists. */
-static void put_object(kmc_cache_t *c, uint32_t id, uint32_t idx)
+/* Mark a located object of a depot slab free, moving the slab between
+ * lists. Cache locked. */
+void kmc__depot_put(kmc_cache_t *c, uint32_t id, uint32_t idx)
 {
-    kmc_arena_t *a = kmc__slab_arena(c, id);
-    uint32_t sidx = id & (c->slabs_per_arena - 1);
-    kmc_slab_t *s = &a->slabs[sidx];
+    kmc_slab_t *s = kmc__slab(c, id);
+    _Atomic uint64_t *bits = kmc__slab_local(c, id);
     uint32_t w = idx / 64;
-    a->bitmaps[(size_t)sidx * c->bitmap_words + w] |= UINT64_C(1) << (idx % 64);
+    KMC_STORE(&bits[w], KMC_LOAD(&bits[w]) | UINT64_C(1) << (idx % 64));
     if (w < s->hint)
         s->hint = (uint16_t)w;
-    c->active_objs--;
-    c->frees++;
-    if (s->state == KMC_SLAB_FULL)
-        partial_push(c, id);
-    if (--s->inuse == 0 && c->partial.head != id)
+    c->depot_frees++;
+    uint32_t inuse = KMC_LOAD(&s->inuse) - 1;
+    KMC_STORE(&s->inuse, inuse);
+    uint8_t state = kmc__slab_state(s);
+    if (inuse == 0) {
+        if (state == KMC_SLAB_PARTIAL)
+            kmc__list_remove(c, &c->partial, id);
         slab_retire(c, id);
+    } else if (state == KMC_SLAB_FULL) {
+        kmc__slab_set_state(s, KMC_SLAB_PARTIAL);
+        kmc__list_push(c, &c->partial, id);
+    }
 }
 
-/* --- public alloc and free ---------------------------------------------------- */
+/* A slab a heap gives back: on the list its count says. Its owner is already
+ * KMC_DEPOT and its remote bits merged. Cache locked. */
+void kmc__depot_place(kmc_cache_t *c, uint32_t id)
+{
+    kmc_slab_t *s = kmc__slab(c, id);
+    s->hint = 0;
+    s->next = s->prev = KMC_NIL;
+    uint32_t inuse = KMC_LOAD(&s->inuse);
+    if (inuse == 0) {
+        slab_retire(c, id);
+    } else if (inuse == c->objperslab) {
+        kmc__slab_set_state(s, KMC_SLAB_FULL);
+    } else {
+        kmc__slab_set_state(s, KMC_SLAB_PARTIAL);
+        kmc__list_push(c, &c->partial, id);
+    }
+}
 
 /* --- consistency checks ------------------------------------------------------ */
 
 /* A slab whose counter and bitmap disagree cannot tell which of its slots are
  * free: mark every object used, as SLUB does, so that none is handed out
  * twice. Its free slots are lost; its live objects can still be freed.
- * Cache locked. */
+ * Cache locked, a depot slab. */
 static void isolate_slab(kmc_cache_t *c, uint32_t id)
 {
     kmc_slab_t *s = kmc__slab(c, id);
-    if (s->state == KMC_SLAB_PARTIAL)
+    uint8_t state = kmc__slab_state(s);
+    if (state == KMC_SLAB_PARTIAL)
         kmc__list_remove(c, &c->partial, id);
-    else if (s->state == KMC_SLAB_EMPTY)
+    else if (state == KMC_SLAB_EMPTY)
         kmc__list_remove(c, &c->empty, id);
-    uint64_t *bits = kmc__slab_bitmap(c, id);
+    _Atomic uint64_t *bits = kmc__slab_local(c, id);
     for (uint32_t o = 0; debug_fill(c) && o < c->objperslab; o++)
-        if (bits[o / 64] & (UINT64_C(1) << (o % 64))) /* now used: live red zone */
-            kmc__debug_on_alloc(c, kmc__slab_mem(c, id) + (size_t)o * c->slot_size, 1);
-    memset(bits, 0, (size_t)c->bitmap_words * sizeof(uint64_t));
-    c->active_objs = c->active_objs - s->inuse + c->objperslab;
-    s->inuse = c->objperslab;
+        if (KMC_LOAD(&bits[o / 64]) & (UINT64_C(1) << (o % 64))) /* now used: live red zone */
+            kmc__debug_on_alloc(
+                c, kmc__slab_mem(c, id) + (size_t)o * c->slot_size + c->obj_offset, 1, c->size);
+    for (uint32_t w = 0; w < c->bitmap_words; w++)
+        KMC_STORE(&bits[w], 0);
+    /* the slots it claimed free are now counted as handed out */
+    c->depot_allocs += c->objperslab - KMC_LOAD(&s->inuse);
+    KMC_STORE(&s->inuse, c->objperslab);
     s->hint = 0;
-    s->state = KMC_SLAB_FULL;
+    kmc__slab_set_state(s, KMC_SLAB_FULL);
 }
 
 /* CONSISTENCY_CHECKS: the slab's counter against its bitmap, isolating the
@@ -547,60 +699,91 @@ static kmc_status check_counts(kmc_cache_t *c, uint32_t id)
     return st;
 }
 
+/* The slab that kmc__depot_take is about to use. Cache locked. */
+static uint32_t next_depot_slab(const kmc_cache_t *c)
+{
+    return c->partial.head != KMC_NIL ? c->partial.head : c->empty.head;
+}
+
 static uint8_t *alloc_locked_debug(kmc_cache_t *c, kmc_status *st)
 {
     if (c->flags & KMC_CONSISTENCY_CHECKS) {
-        /* the slab take_object is about to use */
-        uint32_t id = c->partial.head != KMC_NIL ? c->partial.head : c->empty.head;
+        uint32_t id = next_depot_slab(c);
         if (id != KMC_NIL && (*st = check_counts(c, id)) != KMC_OK)
             return NULL;
     }
-    uint8_t *p = take_object(c);
+    uint8_t *p = kmc__depot_take(c);
     if (!p)
         return NULL;
     *st = kmc__debug_check_alloc(c, p);
     if (*st != KMC_OK) {
         /* damage found (and repaired): the object stays free */
+        kmc_report_t keep = *kmc__report_slot();
         uint32_t id, idx;
-        if (locate(c, p, &id, &idx) == KMC_OK)
-            put_object(c, id, idx);
-        c->allocs--;
-        c->frees--;
+        if (kmc__locate(c, p, NULL, &id, &idx) == KMC_OK)
+            kmc__depot_put(c, id, idx);
+        c->depot_allocs--;
+        c->depot_frees--;
+        *kmc__report_slot() = keep;
         return NULL;
     }
     return p;
 }
 
-void *kmc_cache_alloc(kmc_cache_t *c, int zero)
+/* One object through the depot, for debug caches and threads without a
+ * heap; @orig is the size asked for (kmalloc), the cache's size otherwise. */
+static void *depot_alloc(kmc_cache_t *c, int zero, size_t orig, kmc_status *status)
 {
-    if (zero && c->ctor) {
-        kmc__report(KMC_EINVAL, c, NULL, "zalloc on %s, a cache with a constructor", c->name);
-        return NULL;
-    }
     for (;;) {
         kmc__lock(&c->lock);
         uint8_t *p;
+        kmc_status st = KMC_OK;
         if (c->flags & KMC_DEBUG_FLAGS) {
-            kmc_status st = KMC_OK;
             p = alloc_locked_debug(c, &st);
-            if (st != KMC_OK) {
-                kmc__unlock(&c->lock);
-                return NULL;
+            if (p) {
+                kmc__debug_on_alloc(c, p, zero, orig);
+                uint32_t id, idx;
+                kmc_arena_t *a;
+                if (c->flags & KMC_RED_ZONE) {
+                    (void)kmc__locate(c, p, &a, &id, &idx);
+                    *kmc__debug_orig(c, a, kmc__slab_index(id), idx) = (uint32_t)orig;
+                }
             }
-            if (p)
-                kmc__debug_on_alloc(c, p, zero);
         } else {
-            p = take_object(c);
+            p = kmc__depot_take(c);
         }
         kmc__unlock(&c->lock);
+        if (st != KMC_OK) {
+            *status = st;
+            return NULL;
+        }
         if (p) {
             if (zero)
-                memset(p, 0, c->size);
+                memset(p, 0, orig);
             return p;
         }
-        if (grow(c) != KMC_OK)
+        if ((st = kmc__depot_grow(c)) != KMC_OK) {
+            *status = st;
             return NULL;
+        }
     }
+}
+
+void *kmc__cache_alloc_sized(kmc_cache_t *c, int zero, size_t orig)
+{
+    if (!(c->flags & KMC_RED_ZONE) || orig >= c->size)
+        return kmc_cache_alloc(c, zero);
+    kmc__report_clear();
+    kmc_status st;
+    return depot_alloc(c, zero, orig, &st);
+}
+
+/* kmc_cache_alloc's slow path when the cache has no heaps (debug flags, or
+ * a thread without one). */
+void *kmc__depot_alloc(kmc_cache_t *c, int zero)
+{
+    kmc_status st;
+    return depot_alloc(c, zero, c->size, &st);
 }
 
 kmc_status kmc_cache_alloc_bulk(kmc_cache_t *c, size_t n, void **out, int zero)
@@ -609,36 +792,16 @@ kmc_status kmc_cache_alloc_bulk(kmc_cache_t *c, size_t n, void **out, int zero)
     if (zero && c->ctor)
         return kmc__report(KMC_EINVAL, c, NULL, "zalloc on %s, a cache with a constructor",
                            c->name);
-    size_t got = 0;
-    kmc_status st = KMC_OK;
-    while (got < n) {
-        kmc__lock(&c->lock);
-        while (got < n) {
-            uint8_t *p;
-            if (c->flags & KMC_DEBUG_FLAGS) {
-                p = alloc_locked_debug(c, &st);
-                if (p)
-                    kmc__debug_on_alloc(c, p, zero);
-            } else {
-                p = take_object(c);
-            }
-            if (!p)
-                break;
-            out[got++] = p;
-        }
-        kmc__unlock(&c->lock);
-        if (st != KMC_OK)
-            break;
-        if (got < n && (st = grow(c)) != KMC_OK)
-            break;
-    }
-    if (st != KMC_OK) {
+    for (size_t got = 0; got < n; got++) {
+        if ((out[got] = kmc_cache_alloc(c, 0)))
+            continue;
         /* all or nothing: give back what was taken, keeping the report */
+        kmc_status st = kmc_last_report()->status;
         kmc_report_t keep = *kmc__report_slot();
         for (size_t i = 0; i < got; i++)
             kmc_cache_free(c, out[i]);
         *kmc__report_slot() = keep;
-        return st;
+        return st == KMC_OK ? KMC_ENOMEM : st;
     }
     if (zero)
         for (size_t i = 0; i < n; i++)
@@ -646,19 +809,33 @@ kmc_status kmc_cache_alloc_bulk(kmc_cache_t *c, size_t n, void **out, int zero)
     return KMC_OK;
 }
 
-kmc_status kmc_cache_free(kmc_cache_t *c, void *p)
+/* kmc_cache_free's locked path: debug caches, slabs of the depot, threads
+ * without a heap. Returns KMC_OK or an error (with a report); *@owned when
+ * the slab turned out to be owned by a heap (nothing done: the caller frees
+ * it there). */
+kmc_status kmc__depot_free(kmc_cache_t *c, void *p, bool *owned)
 {
     uint32_t id, idx;
+    kmc_arena_t *a;
+    *owned = false;
     kmc__lock(&c->lock);
-    kmc_status st = locate(c, p, &id, &idx);
+    kmc_status st = kmc__locate(c, p, &a, &id, &idx);
+    if (st == KMC_OK && KMC_LOAD(&kmc__slab(c, id)->owner) != KMC_DEPOT) {
+        kmc__unlock(&c->lock);
+        *owned = true;
+        return KMC_OK;
+    }
     if (st == KMC_OK && (c->flags & KMC_CONSISTENCY_CHECKS))
         st = check_counts(c, id);
+    uint32_t *orig = st == KMC_OK ? kmc__debug_orig(c, a, kmc__slab_index(id), idx) : NULL;
     if (st == KMC_OK && (c->flags & KMC_DEBUG_FLAGS))
-        st = kmc__debug_check_free(c, p);
+        st = kmc__debug_check_free(c, p, orig ? *orig : c->size, true);
     if (st == KMC_OK) {
         if (c->flags & KMC_DEBUG_FLAGS)
             kmc__debug_on_free(c, p);
-        put_object(c, id, idx);
+        if (orig)
+            *orig = (uint32_t)c->size;
+        kmc__depot_put(c, id, idx);
     }
     kmc__unlock(&c->lock);
     return st;
@@ -667,10 +844,50 @@ kmc_status kmc_cache_free(kmc_cache_t *c, void *p)
 kmc_status kmc_cache_check_free(kmc_cache_t *c, const void *p)
 {
     uint32_t id, idx;
+    kmc_arena_t *a;
     kmc__lock(&c->lock);
-    kmc_status st = locate(c, p, &id, &idx);
+    kmc_status st = kmc__locate(c, p, &a, &id, &idx);
+    if (st == KMC_OK && (c->flags & (KMC_RED_ZONE | KMC_POISON))) {
+        uint32_t *orig = kmc__debug_orig(c, a, kmc__slab_index(id), idx);
+        st = kmc__debug_check_free(c, (uint8_t *)p, orig ? *orig : c->size, false);
+    }
     kmc__unlock(&c->lock);
     return st;
+}
+
+/* Can live object @p of @c hold @size bytes where it is? With red zones its
+ * kmalloc red zone moves to @size. */
+int kmc__cache_resize(kmc_cache_t *c, void *p, size_t size)
+{
+    if (size > c->size)
+        return 0;
+    uint32_t id, idx;
+    kmc_arena_t *a;
+    kmc__lock(&c->lock);
+    int ok = kmc__locate(c, p, &a, &id, &idx) == KMC_OK;
+    uint32_t *orig = ok ? kmc__debug_orig(c, a, kmc__slab_index(id), idx) : NULL;
+    if (orig) {
+        if (size < *orig)
+            memset((uint8_t *)p + size, KMC_RED_ACTIVE, *orig - size);
+        *orig = (uint32_t)size;
+    }
+    kmc__unlock(&c->lock);
+    return ok;
+}
+
+/* ksize of live object @p of @c, 0 with a report if it is none. As SLUB
+ * does, asking makes all of it usable: its kmalloc red zone is dropped. */
+size_t kmc__cache_ksize(kmc_cache_t *c, const void *p)
+{
+    uint32_t id, idx;
+    kmc_arena_t *a;
+    kmc__lock(&c->lock);
+    size_t n = kmc__locate(c, p, &a, &id, &idx) == KMC_OK ? c->size : 0;
+    uint32_t *orig = n ? kmc__debug_orig(c, a, kmc__slab_index(id), idx) : NULL;
+    if (orig)
+        *orig = (uint32_t)c->size;
+    kmc__unlock(&c->lock);
+    return n;
 }
 
 kmc_cache_t *kmc_owner(const void *address, void **object_start)
@@ -685,15 +902,15 @@ kmc_cache_t *kmc_owner(const void *address, void **object_start)
     if (idx >= c->objperslab)
         return NULL; /* slab padding */
     if (object_start)
-        *object_start = (void *)(a->base + (off - in_slab) + (size_t)idx * c->slot_size);
+        *object_start = (void *)(a->base + (off - in_slab) + (size_t)idx * c->slot_size +
+                                 c->obj_offset);
     return c;
 }
 
 kmc_status kmc_free(void *p)
 {
     kmc__report_clear();
-    void *start;
-    kmc_cache_t *c = kmc_owner(p, &start);
+    kmc_cache_t *c = kmc_owner(p, NULL);
     if (!c)
         return kmc__report(KMC_EINVALID_FREE, NULL, p,
                            "Invalid free of 0x%llx: not an object of any cache",
@@ -707,78 +924,75 @@ size_t kmc_cache_shrink(kmc_cache_t *c)
 {
     size_t bytes = 0;
     kmc__lock(&c->lock);
-    uint32_t id = c->partial.head;
-    if (id != KMC_NIL && kmc__slab(c, id)->inuse == 0) {
-        kmc__list_remove(c, &c->partial, id);
-        kmc__slab(c, id)->state = KMC_SLAB_EMPTY;
-        kmc__list_push(c, &c->empty, id);
-    }
-    while ((id = kmc__list_pop(c, &c->empty)) != KMC_NIL) {
-        c->num_slabs--;
-        c->slabs_released++;
-        slab_release(c, id);
-        bytes += c->slab_size;
-    }
+    kmc__heaps_take_back(c, false);
+    depot_settle(c);
+    uint64_t before = c->slabs_released;
+    kmc__depot_release_expired(c, 0, true);
+    bytes += (c->slabs_released - before) * c->slab_size;
     for (uint32_t i = 0; i < c->nr_arenas; i++) {
-        kmc_arena_t *a = c->arenas[i];
+        kmc_arena_t *a = kmc__arena(c, i);
         if (!a || a->live_slabs)
             continue;
         /* drop this arena's released slots from the list, then the arena */
         for (uint32_t r = c->released.head; r != KMC_NIL;) {
             uint32_t next = kmc__slab(c, r)->next;
-            if ((r >> c->spa_shift) == i)
+            if ((r >> KMC_SLAB_ID_SHIFT) == i)
                 kmc__list_remove(c, &c->released, r);
             r = next;
         }
         bytes += a->meta_bytes;
         arena_release(c, a);
     }
-    while (c->nr_arenas && !c->arenas[c->nr_arenas - 1])
+    while (c->nr_arenas && !kmc__arena(c, c->nr_arenas - 1))
         c->nr_arenas--;
+    if (!c->live_arenas)
+        c->next_arena = c->first_arena;
     kmc__unlock(&c->lock);
     return bytes;
 }
 
-kmc_status kmc_cache_validate(kmc_cache_t *c, size_t *problems)
+void kmc__depot_recount(kmc_cache_t *c)
 {
-    kmc__report_clear();
+    depot_settle(c);
+    uint64_t live = 0;
+    FOR_EACH_COMMITTED(c, id, s, {
+        (void)id;
+        live += KMC_LOAD(&s->inuse);
+    })
+    c->depot_allocs += live - live_objects(c);
+}
+
+static kmc_status validate_locked(kmc_cache_t *c, size_t *problems)
+{
     size_t count = 0;
     kmc_status first = KMC_OK;
-    uint64_t live = 0, partial = 0, empty = 0, committed = 0;
+    uint64_t live = 0, partial = 0, empty = 0, committed_slabs = 0;
     kmc_report_t first_report;
-    kmc__lock(&c->lock);
-    for (uint32_t i = 0; i < c->nr_arenas; i++) {
-        kmc_arena_t *a = c->arenas[i];
-        if (!a)
-            continue;
-        for (uint32_t s = 0; s < a->bump; s++) {
-            uint32_t id = (i << c->spa_shift) | s;
-            kmc_slab_t *slab = &a->slabs[s];
-            if (slab->state != KMC_SLAB_PARTIAL && slab->state != KMC_SLAB_EMPTY &&
-                slab->state != KMC_SLAB_FULL)
-                continue;
-            kmc_status st = check_counts(c, id);
-            if (st != KMC_OK)
-                count++;
-            else
-                st = kmc__debug_check_slab(c, id, &count);
-            if (st != KMC_OK && first == KMC_OK) {
-                first = st;
-                first_report = *kmc__report_slot();
-            }
-            /* counted after the checks, which may isolate the slab */
-            partial += slab->state == KMC_SLAB_PARTIAL;
-            empty += slab->state == KMC_SLAB_EMPTY;
-            committed++;
-            live += slab->inuse;
+    kmc__heaps_take_back(c, false);
+    depot_settle(c);
+    FOR_EACH_COMMITTED(c, id, slab, {
+        kmc_status st = check_counts(c, id);
+        if (st != KMC_OK)
+            count++;
+        else
+            st = kmc__debug_check_slab(c, id, &count);
+        if (st != KMC_OK && first == KMC_OK) {
+            first = st;
+            first_report = *kmc__report_slot();
         }
-    }
-    if (live != c->active_objs || partial != c->partial.count || empty != c->empty.count ||
-        committed != c->num_slabs) {
+        /* counted after the checks, which may isolate the slab */
+        partial += kmc__slab_state(slab) == KMC_SLAB_PARTIAL;
+        empty += kmc__slab_state(slab) == KMC_SLAB_EMPTY;
+        committed_slabs++;
+        live += KMC_LOAD(&slab->inuse);
+    })
+    uint64_t counted = live_objects(c);
+    if (live != counted || partial != c->partial.count || empty != c->empty.count ||
+        committed_slabs != c->num_slabs) {
         kmc_status st = kmc__report(
             KMC_ECORRUPT, c, NULL,
             "counters of %s do not add up: %llu/%llu live, %llu/%u partial, %llu/%u empty",
-            c->name, (unsigned long long)live, (unsigned long long)c->active_objs,
+            c->name, (unsigned long long)live, (unsigned long long)counted,
             (unsigned long long)partial, c->partial.count, (unsigned long long)empty,
             c->empty.count);
         if (first == KMC_OK) {
@@ -787,7 +1001,23 @@ kmc_status kmc_cache_validate(kmc_cache_t *c, size_t *problems)
         }
         count++;
     }
-    kmc__unlock(&c->lock);
+    /* double frees found when bits met, not yet told */
+    uint64_t late = c->depot_late_double;
+    kmc_stats_t unused = {0};
+    kmc__heaps_stats(c, &unused, &late);
+    if (late > c->late_double_reported) {
+        uint64_t n = late - c->late_double_reported;
+        c->late_double_reported = late;
+        kmc_status st = kmc__report(KMC_EDOUBLE_FREE, c, NULL,
+                                    "%llu object(s) of %s were freed twice by threads racing "
+                                    "to free them; each was freed once",
+                                    (unsigned long long)n, c->name);
+        if (first == KMC_OK) {
+            first = st;
+            first_report = *kmc__report_slot();
+        }
+        count += n;
+    }
     if (first != KMC_OK) {
         first_report.problems = count;
         *kmc__report_slot() = first_report;
@@ -797,35 +1027,47 @@ kmc_status kmc_cache_validate(kmc_cache_t *c, size_t *problems)
     return first;
 }
 
+kmc_status kmc_cache_validate(kmc_cache_t *c, size_t *problems)
+{
+    kmc__report_clear();
+    kmc__lock(&c->lock);
+    kmc_status st = validate_locked(c, problems);
+    kmc__unlock(&c->lock);
+    return st;
+}
+
 void kmc_cache_stats(kmc_cache_t *c, kmc_stats_t *o)
 {
     memset(o, 0, sizeof(*o));
     kmc__lock(&c->lock);
-    o->active_objs = c->active_objs;
+    kmc__heaps_stats(c, o, NULL); /* allocs, frees, remote_frees, cached_objs, heaps' slabs */
+    o->allocs += c->depot_allocs;
+    o->frees += c->depot_frees;
+    o->frees -= c->depot_late_double;
+    o->active_objs = o->allocs - o->frees;
     o->num_objs = c->num_slabs * c->objperslab;
     o->objsize = c->slot_size;
     o->objperslab = c->objperslab;
     o->pagesperslab = c->slab_size / kmc_page_size();
-    o->active_slabs = c->num_slabs - c->empty.count;
-    if (c->partial.head != KMC_NIL && kmc__slab(c, c->partial.head)->inuse == 0)
-        o->active_slabs--; /* an emptied slab kept at the head of the list */
+    o->empty_slabs += c->empty.count;
+    o->partial_slabs += c->partial.count;
+    o->active_slabs = c->num_slabs - o->empty_slabs;
     o->num_slabs = c->num_slabs;
     o->size = c->size;
     o->align = c->align;
     o->slab_size = c->slab_size;
-    o->partial_slabs = c->partial.count;
-    o->empty_slabs = c->empty.count;
-    o->allocs = c->allocs;
-    o->frees = c->frees;
     o->slabs_created = c->slabs_created;
     o->slabs_released = c->slabs_released;
     o->committed_bytes = c->num_slabs * c->slab_size;
     for (uint32_t i = 0; i < c->nr_arenas; i++)
-        if (c->arenas[i])
-            o->metadata_bytes += c->arenas[i]->meta_bytes;
+        if (kmc__arena(c, i)) {
+            o->metadata_bytes += kmc__arena(c, i)->meta_bytes;
+            o->reserved_bytes += kmc__arena(c, i)->bytes;
+        }
     o->arenas = c->live_arenas;
     o->bitmap_words = c->bitmap_words;
-    o->max_scan = c->max_scan;
+    if (c->max_scan > o->max_scan)
+        o->max_scan = c->max_scan;
     o->flags = c->flags;
     kmc__unlock(&c->lock);
 }
@@ -833,21 +1075,15 @@ void kmc_cache_stats(kmc_cache_t *c, kmc_stats_t *o)
 void kmc_cache_for_each_live(kmc_cache_t *c, void (*fn)(void *, void *), void *arg)
 {
     kmc__lock(&c->lock);
-    for (uint32_t i = 0; i < c->nr_arenas; i++) {
-        kmc_arena_t *a = c->arenas[i];
-        if (!a)
-            continue;
-        for (uint32_t s = 0; s < a->bump; s++) {
-            if (a->slabs[s].state != KMC_SLAB_PARTIAL && a->slabs[s].state != KMC_SLAB_FULL)
-                continue;
-            uint32_t id = (i << c->spa_shift) | s;
-            const uint64_t *bits = kmc__slab_bitmap(c, id);
-            uint8_t *mem = kmc__slab_mem(c, id);
-            for (uint32_t o = 0; o < c->objperslab; o++)
-                if (!(bits[o / 64] & (UINT64_C(1) << (o % 64))))
-                    fn(mem + (size_t)o * c->slot_size, arg);
-        }
-    }
+    kmc__heaps_take_back(c, false);
+    depot_settle(c);
+    FOR_EACH_COMMITTED(c, id, s, {
+        (void)s;
+        uint8_t *mem = kmc__slab_mem(c, id);
+        for (uint32_t o = 0; o < c->objperslab; o++)
+            if (!kmc__slot_free(c, id, o))
+                fn(mem + (size_t)o * c->slot_size + c->obj_offset, arg);
+    })
     kmc__unlock(&c->lock);
 }
 
@@ -859,10 +1095,10 @@ unsigned kmc_cache_flags(const kmc_cache_t *c) { return c->flags; }
 size_t kmc_caches(kmc_cache_t **out, size_t max)
 {
     size_t n = 0;
-    pthread_mutex_lock(&caches_lock);
-    for (kmc_cache_t *c = caches_first; c; c = c->next_cache, n++)
+    pthread_mutex_lock(&kmc__caches_lock);
+    for (kmc_cache_t *c = kmc__caches_first; c; c = c->next_cache, n++)
         if (n < max)
             out[n] = c;
-    pthread_mutex_unlock(&caches_lock);
+    pthread_mutex_unlock(&kmc__caches_lock);
     return n;
 }

@@ -1,12 +1,21 @@
 /*
- * debug.c - red zones, poisoning, padding checks, and error reports.
+ * debug.c - red zones, poisoning, padding and consistency checks.
  *
  * Layout of a slot in a debug cache (SLUB's, without the in-object free
  * pointer and tracking words, which live outside object memory here):
  *
- *   | object: size bytes               | red zone: slot_size - size bytes  |
- *     free + POISON: 0x6b ... 0x6b 0xa5    free: 0xbb       live: 0xcc
- *     alloc (not zeroed) + POISON: 0x5a
+ *   RED_ZONE:
+ *   | left red zone: L  | object: size bytes               | right red zone |
+ *                       | asked for (orig) | kmalloc rz    |                |
+ *     live: 0xcc          (data)             0xcc            0xcc
+ *     free: 0xbb          POISON: 0x6b ... 0x6b 0xa5         0xbb
+ *     alloc (not zeroed) + POISON: the first orig bytes 0x5a
+ *
+ *   L is KMC_RED_ZONE_MIN rounded up to the alignment (SLUB's red_left_pad),
+ *   so the object stays aligned and a write just before the first object of
+ *   a slab lands in its own red zone, never outside the slab. The kmalloc
+ *   red zone (SLUB's, Linux 6.1) is the part of a kmalloc object beyond the
+ *   size it was asked for (orig, kept apart from object memory).
  *
  *   POISON without RED_ZONE: the slot's tail (rounding to the alignment) is
  *   0x5a, free or live ("Object padding overwritten" if not).
@@ -17,96 +26,16 @@
  * Each check repairs what it reports (as SLUB's restore_bytes does), so the
  * same damage is reported once.
  */
-#include <stdarg.h>
-#include <stdio.h>
 #include <string.h>
 
 #include "internal.h"
 
-static _Thread_local kmc_report_t last_report;
-
-const kmc_report_t *kmc_last_report(void) { return &last_report; }
-
-void kmc__report_clear(void) { last_report.status = KMC_OK; }
-
-kmc_report_t *kmc__report_slot(void) { return &last_report; }
-
-const char *kmc_status_name(kmc_status status)
-{
-    static const char *const names[] = {
-        [KMC_OK] = "ok",
-        [KMC_ENOMEM] = "out of memory",
-        [KMC_EINVAL] = "invalid argument",
-        [KMC_ECTOR] = "constructor failed",
-        [KMC_EDOUBLE_FREE] = "double free",
-        [KMC_EINVALID_FREE] = "invalid free",
-        [KMC_EBUSY] = "cache busy",
-        [KMC_EREDZONE] = "red zone overwritten",
-        [KMC_EPOISON] = "poison overwritten",
-        [KMC_ECORRUPT] = "metadata corrupted",
-    };
-    if ((unsigned)status < sizeof(names) / sizeof(names[0]) && names[status])
-        return names[status];
-    return "unknown status";
-}
-
-static void report_start(kmc_status status, const kmc_cache_t *c, const void *obj)
-{
-    memset(&last_report, 0, sizeof(last_report));
-    last_report.status = status;
-    last_report.found = last_report.expected = -1;
-    if (c) {
-        memcpy(last_report.cache, c->name, sizeof(last_report.cache));
-        last_report.object_size = c->size;
-    }
-    last_report.object = (uintptr_t)obj;
-}
-
-kmc_status kmc__report(kmc_status status, const kmc_cache_t *c, const void *obj,
-                       const char *fmt, ...)
-{
-    report_start(status, c, obj);
-    va_list ap;
-    va_start(ap, fmt);
-    vsnprintf(last_report.message, sizeof(last_report.message), fmt, ap);
-    va_end(ap);
-    return status;
-}
-
-/* Report bytes [offset, offset+length) of the slot at @obj that should all
- * be @expected, with a dump of the surrounding bytes, clipped to the slab. */
-kmc_status kmc__report_bytes(kmc_status status, const kmc_cache_t *c, const uint8_t *obj,
-                             size_t offset, size_t length, int expected, const char *what)
-{
-    report_start(status, c, obj);
-    last_report.offset = offset;
-    last_report.length = length;
-    last_report.found = obj[offset];
-    last_report.expected = expected;
-    uintptr_t slab = (uintptr_t)obj & ~(uintptr_t)(c->slab_size - 1);
-    uintptr_t bad = (uintptr_t)obj + offset;
-    uintptr_t start = (bad & ~(uintptr_t)15) - 16;
-    if (start < slab || start > bad)
-        start = slab;
-    uintptr_t end = start + sizeof(last_report.dump);
-    if (end > slab + c->slab_size)
-        end = slab + c->slab_size;
-    last_report.dump_start = start;
-    last_report.dump_len = end - start;
-    memcpy(last_report.dump, (const void *)start, last_report.dump_len);
-    snprintf(last_report.message, sizeof(last_report.message),
-             "%s in %s: object 0x%llx, bytes %zu-%zu. First byte 0x%02x instead of 0x%02x",
-             what, c->name, (unsigned long long)(uintptr_t)obj, offset, offset + length - 1,
-             last_report.found, expected);
-    return status;
-}
-
 /* First byte in [from, to) of @obj that is not @value, or @to. Eight bytes
  * per compare while they match: poison checks read whole objects. */
-static size_t first_not(const uint8_t *obj, size_t from, size_t to, uint8_t value)
+static ptrdiff_t first_not(const uint8_t *obj, ptrdiff_t from, ptrdiff_t to, uint8_t value)
 {
     const uint64_t pattern = UINT64_C(0x0101010101010101) * value;
-    size_t i = from;
+    ptrdiff_t i = from;
     for (uint64_t word; i + 8 <= to; i += 8) {
         memcpy(&word, obj + i, sizeof(word));
         if (word != pattern)
@@ -118,25 +47,39 @@ static size_t first_not(const uint8_t *obj, size_t from, size_t to, uint8_t valu
     return to;
 }
 
-static size_t run_not(const uint8_t *obj, size_t from, size_t to, uint8_t value)
+static size_t run_not(const uint8_t *obj, ptrdiff_t from, ptrdiff_t to, uint8_t value)
 {
-    size_t end = from;
-    for (size_t i = from; i < to; i++)
+    ptrdiff_t end = from;
+    for (ptrdiff_t i = from; i < to; i++)
         if (obj[i] != value)
             end = i + 1;
-    return end - from;
+    return (size_t)(end - from);
 }
 
-/* Check that [from, to) of @obj is all @value; report and repair if not. */
-static kmc_status check_bytes(const kmc_cache_t *c, uint8_t *obj, size_t from, size_t to,
-                              uint8_t value, kmc_status status, const char *what)
+/* Check that [from, to) of @obj is all @value; report (and repair, if
+ * @repair) if not. */
+static kmc_status check_bytes(const kmc_cache_t *c, uint8_t *obj, ptrdiff_t from, ptrdiff_t to,
+                              uint8_t value, kmc_status status, const char *what, bool repair)
 {
-    size_t bad = first_not(obj, from, to, value);
+    ptrdiff_t bad = first_not(obj, from, to, value);
     if (bad == to)
         return KMC_OK;
     kmc__report_bytes(status, c, obj, bad, run_not(obj, bad, to, value), value, what);
-    memset(obj + bad, value, to - bad);
+    if (repair)
+        memset(obj + bad, value, (size_t)(to - bad));
     return status;
+}
+
+static ptrdiff_t left(const kmc_cache_t *c) { return (ptrdiff_t)c->obj_offset; }
+static ptrdiff_t right_end(const kmc_cache_t *c)
+{
+    return (ptrdiff_t)(c->slot_size - c->obj_offset);
+}
+
+uint32_t *kmc__debug_orig(const kmc_cache_t *c, const kmc_arena_t *a, uint32_t sidx,
+                          uint32_t idx)
+{
+    return a->orig ? &a->orig[(size_t)sidx * c->objperslab + idx] : NULL;
 }
 
 static void poison_free(const kmc_cache_t *c, uint8_t *obj)
@@ -147,57 +90,70 @@ static void poison_free(const kmc_cache_t *c, uint8_t *obj)
 
 static kmc_status check_poison(const kmc_cache_t *c, uint8_t *obj)
 {
-    kmc_status st = check_bytes(c, obj, 0, c->size - 1, KMC_POISON_FREE, KMC_EPOISON,
-                                "Poison overwritten");
-    if (st == KMC_OK && obj[c->size - 1] != KMC_POISON_END) {
-        st = kmc__report_bytes(KMC_EPOISON, c, obj, c->size - 1, 1, KMC_POISON_END,
+    kmc_status st = check_bytes(c, obj, 0, (ptrdiff_t)c->size - 1, KMC_POISON_FREE,
+                                KMC_EPOISON, "Poison overwritten", true);
+    if (st == KMC_OK && obj[c->size - 1] != KMC_POISON_END)
+        st = kmc__report_bytes(KMC_EPOISON, c, obj, (ptrdiff_t)c->size - 1, 1, KMC_POISON_END,
                                "Poison overwritten");
-        obj[c->size - 1] = KMC_POISON_END;
-    } else if (st != KMC_OK) {
-        obj[c->size - 1] = KMC_POISON_END;
-    }
+    obj[c->size - 1] = KMC_POISON_END;
     return st;
 }
 
-void kmc__debug_init_slab(kmc_cache_t *c, uint8_t *mem)
+void kmc__debug_init_slab(kmc_cache_t *c, uint8_t *mem, uint32_t *orig)
 {
     for (uint32_t i = 0; i < c->objperslab; i++) {
-        uint8_t *obj = mem + (size_t)i * c->slot_size;
+        uint8_t *obj = mem + (size_t)i * c->slot_size + c->obj_offset;
         kmc__debug_on_free(c, obj);
         if ((c->flags & (KMC_RED_ZONE | KMC_POISON)) == KMC_POISON)
             memset(obj + c->size, KMC_POISON_INUSE, c->slot_size - c->size);
+        if (orig)
+            orig[i] = (uint32_t)c->size;
     }
     size_t used = (size_t)c->objperslab * c->slot_size;
     memset(mem + used, KMC_POISON_INUSE, c->slab_size - used);
 }
 
-void kmc__debug_on_alloc(kmc_cache_t *c, uint8_t *obj, int zero)
+void kmc__debug_on_alloc(kmc_cache_t *c, uint8_t *obj, int zero, size_t orig)
 {
-    if (c->flags & KMC_RED_ZONE)
-        memset(obj + c->size, KMC_RED_ACTIVE, c->slot_size - c->size);
+    if (c->flags & KMC_RED_ZONE) {
+        memset(obj - left(c), KMC_RED_ACTIVE, c->obj_offset);
+        memset(obj + orig, KMC_RED_ACTIVE, (size_t)right_end(c) - orig);
+    }
     if ((c->flags & KMC_POISON) && !zero)
-        memset(obj, KMC_POISON_INUSE, c->size);
+        memset(obj, KMC_POISON_INUSE, orig);
 }
 
 void kmc__debug_on_free(kmc_cache_t *c, uint8_t *obj)
 {
     if (c->flags & KMC_POISON)
         poison_free(c, obj);
-    if (c->flags & KMC_RED_ZONE)
-        memset(obj + c->size, KMC_RED_INACTIVE, c->slot_size - c->size);
+    if (c->flags & KMC_RED_ZONE) {
+        memset(obj - left(c), KMC_RED_INACTIVE, c->obj_offset);
+        memset(obj + c->size, KMC_RED_INACTIVE, (size_t)right_end(c) - c->size);
+    }
 }
 
-/* The bytes after the object: its red zone (0xcc live, 0xbb free), or with
- * POISON alone the rounding to the alignment (0x5a). */
-static kmc_status check_tail(const kmc_cache_t *c, uint8_t *obj, bool live)
+/* The bytes around the object: its red zones (0xcc live, 0xbb free; a live
+ * kmalloc object's from @orig on), or with POISON alone the rounding to the
+ * alignment (0x5a). */
+static kmc_status check_around(const kmc_cache_t *c, uint8_t *obj, bool live, size_t orig,
+                               bool repair)
 {
-    if (c->flags & KMC_RED_ZONE)
-        return check_bytes(c, obj, c->size, c->slot_size,
-                           live ? KMC_RED_ACTIVE : KMC_RED_INACTIVE, KMC_EREDZONE,
-                           "Right Redzone overwritten");
+    if (c->flags & KMC_RED_ZONE) {
+        uint8_t red = live ? KMC_RED_ACTIVE : KMC_RED_INACTIVE;
+        kmc_status st = check_bytes(c, obj, -left(c), 0, red, KMC_EREDZONE,
+                                    "Left Redzone overwritten", repair);
+        if (st == KMC_OK && live && orig < c->size)
+            st = check_bytes(c, obj, (ptrdiff_t)orig, (ptrdiff_t)c->size, red, KMC_EREDZONE,
+                             "kmalloc Redzone overwritten", repair);
+        if (st == KMC_OK)
+            st = check_bytes(c, obj, (ptrdiff_t)c->size, right_end(c), red, KMC_EREDZONE,
+                             "Right Redzone overwritten", repair);
+        return st;
+    }
     if (c->flags & KMC_POISON)
-        return check_bytes(c, obj, c->size, c->slot_size, KMC_POISON_INUSE, KMC_EREDZONE,
-                           "Object padding overwritten");
+        return check_bytes(c, obj, (ptrdiff_t)c->size, right_end(c), KMC_POISON_INUSE,
+                           KMC_EREDZONE, "Object padding overwritten", repair);
     return KMC_OK;
 }
 
@@ -209,28 +165,31 @@ kmc_status kmc__debug_check_alloc(kmc_cache_t *c, uint8_t *obj)
         if (st != KMC_OK)
             return st;
     }
-    return check_tail(c, obj, false);
+    return check_around(c, obj, false, c->size, true);
 }
 
-/* @obj is live and about to be freed. */
-kmc_status kmc__debug_check_free(kmc_cache_t *c, uint8_t *obj)
+/* @obj (asked for @orig bytes) is live and about to be freed; with !@repair
+ * nothing is changed (a check before a bulk free). */
+kmc_status kmc__debug_check_free(kmc_cache_t *c, uint8_t *obj, size_t orig, bool repair)
 {
-    return check_tail(c, obj, true);
+    return check_around(c, obj, true, orig, repair);
 }
 
 /* CONSISTENCY_CHECKS, on every alloc and free: the slab's live counter and
- * its free bitmap must account for every slot. About objperslab/64 popcounts.
- * Cache locked. */
+ * its own free bitmap must account for every slot (remote bits are counted
+ * in neither until merged). About objperslab/64 popcounts. Cache locked, on
+ * a slab of the depot. */
 kmc_status kmc__debug_check_counts(kmc_cache_t *c, uint32_t id)
 {
-    const kmc_slab_t *s = kmc__slab(c, id);
-    uint32_t nfree = kmc__bitmap_popcount(c, id);
-    if ((uint64_t)s->inuse + nfree == c->objperslab)
+    kmc_slab_t *s = kmc__slab(c, id);
+    uint32_t nfree = kmc__bits_count(kmc__slab_local(c, id), c->bitmap_words);
+    uint32_t inuse = KMC_LOAD(&s->inuse);
+    if ((uint64_t)inuse + nfree == c->objperslab)
         return KMC_OK;
     return kmc__report(KMC_ECORRUPT, c, kmc__slab_mem(c, id),
                        "Wrong object count in slab 0x%llx of %s: counter is %u but counted "
                        "were %u of %u. Marking all objects used",
-                       (unsigned long long)(uintptr_t)kmc__slab_mem(c, id), c->name, s->inuse,
+                       (unsigned long long)(uintptr_t)kmc__slab_mem(c, id), c->name, inuse,
                        c->objperslab - nfree, c->objperslab);
 }
 
@@ -243,17 +202,19 @@ kmc_status kmc_debug_flip_free_bit(const void *address)
         return kmc__report(KMC_EINVALID_FREE, NULL, address, "0x%llx is in no cache",
                            (unsigned long long)(uintptr_t)address);
     kmc__lock(&c->lock);
+    kmc__heaps_take_back(c, false);
     size_t off = (uintptr_t)address - a->base;
     uint32_t sidx = (uint32_t)(off >> c->slab_shift);
     uint32_t idx = (uint32_t)((off & (c->slab_size - 1)) / c->slot_size);
-    uint8_t state = a->slabs[sidx].state;
+    uint8_t state = kmc__slab_state(&a->slabs[sidx]);
     kmc_status st = KMC_OK;
     if (idx >= c->objperslab ||
         (state != KMC_SLAB_PARTIAL && state != KMC_SLAB_FULL && state != KMC_SLAB_EMPTY))
         st = kmc__report(KMC_EINVALID_FREE, c, address, "0x%llx is not in a slot of %s",
                          (unsigned long long)(uintptr_t)address, c->name);
     else
-        a->bitmaps[(size_t)sidx * c->bitmap_words + idx / 64] ^= UINT64_C(1) << (idx % 64);
+        atomic_fetch_xor(&a->local[(size_t)sidx * c->bitmap_words + idx / 64],
+                         UINT64_C(1) << (idx % 64));
     kmc__unlock(&c->lock);
     return st;
 }
@@ -271,33 +232,35 @@ static void tally(tally_t *t, kmc_status st)
         return;
     if (t->first == KMC_OK) {
         t->first = st;
-        t->report = last_report;
+        t->report = *kmc__report_slot();
     }
     t->problems++;
 }
 
-/* Every byte check on one committed slab (its counters are checked by
- * kmc__debug_check_counts). Cache locked. On return the report is that of
- * the slab's first problem. */
+/* Every byte check on one committed slab of the depot (its counters are
+ * checked by kmc__debug_check_counts). Cache locked. On return the report is
+ * that of the slab's first problem. */
 kmc_status kmc__debug_check_slab(kmc_cache_t *c, uint32_t id, size_t *problems)
 {
     tally_t t = {.first = KMC_OK};
     if (c->flags & (KMC_RED_ZONE | KMC_POISON)) {
-        const uint64_t *bits = kmc__slab_bitmap(c, id);
+        kmc_arena_t *a = kmc__slab_arena(c, id);
+        uint32_t sidx = kmc__slab_index(id);
         uint8_t *mem = kmc__slab_mem(c, id);
         for (uint32_t i = 0; i < c->objperslab; i++) {
-            uint8_t *obj = mem + (size_t)i * c->slot_size;
-            bool live = !(bits[i / 64] & (UINT64_C(1) << (i % 64)));
+            uint8_t *obj = mem + (size_t)i * c->slot_size + c->obj_offset;
+            bool live = !kmc__slot_free(c, id, i);
             if (!live && (c->flags & KMC_POISON))
                 tally(&t, check_poison(c, obj));
-            tally(&t, check_tail(c, obj, live));
+            uint32_t *orig = kmc__debug_orig(c, a, sidx, i);
+            tally(&t, check_around(c, obj, live, orig ? *orig : c->size, true));
         }
         size_t used = (size_t)c->objperslab * c->slot_size;
-        tally(&t, check_bytes(c, mem, used, c->slab_size, KMC_POISON_INUSE, KMC_EREDZONE,
-                              "Padding overwritten"));
+        tally(&t, check_bytes(c, mem, (ptrdiff_t)used, (ptrdiff_t)c->slab_size, KMC_POISON_INUSE,
+                              KMC_EREDZONE, "Padding overwritten", true));
     }
     if (t.first != KMC_OK)
-        last_report = t.report;
+        *kmc__report_slot() = t.report;
     *problems += t.problems;
     return t.first;
 }

@@ -2,6 +2,19 @@
  * internal.h - the engine's own structures, shared between its files.
  * Nothing outside csrc/engine includes this. Declarations are grouped by the
  * file that defines them; cross-file internal names start with kmc__.
+ *
+ * Who may touch what (the rules every file follows):
+ *   - layout fields of a cache: written once at create, then read-only;
+ *   - the depot (lists, depot counters, slabs owned by KMC_DEPOT, arenas):
+ *     under the cache lock;
+ *   - a heap and the slabs it owns: by its thread, either inside a fast
+ *     path (heap->busy set) or holding the cache lock; by another thread
+ *     only holding the cache lock after kmc__heaps_take_back's handshake;
+ *   - a slab's remote bitmap: atomically, by anyone;
+ *   - fields read by other threads without the lock (statistics, owners,
+ *     states, bitmaps) are _Atomic and accessed relaxed unless noted.
+ * Lock order: kmalloc classes lock, caches_lock, cache locks (in list order),
+ * registry lock, large-allocation lock, thread registry lock, purge lock.
  */
 #ifndef KMC_INTERNAL_H
 #define KMC_INTERNAL_H
@@ -14,24 +27,50 @@
 
 #include "kmc.h"
 
-/* Tunables. An arena is the unit of address space and of owner lookup. */
-#define KMC_ARENA_SHIFT     26                     /* 64 MiB */
-#define KMC_ARENA_SIZE      ((size_t)1 << KMC_ARENA_SHIFT)
-#define KMC_MAX_SLAB_SHIFT  24                     /* 16 MiB slabs at most */
-#define KMC_WASTE_DIVISOR   32                     /* slab waste <= 1/32 */
-#define KMC_MAX_ARENAS      4096                   /* per cache: 256 GiB */
-#define KMC_NIL             UINT32_MAX             /* no slab */
-#define KMC_RED_ZONE_MIN    8                      /* bytes of red zone at least */
+#define likely(x)   __builtin_expect(!!(x), 1)
+#define unlikely(x) __builtin_expect(!!(x), 0)
+#define KMC_NOINLINE __attribute__((noinline))
 
-_Static_assert(((size_t)1 << KMC_MAX_SLAB_SHIFT) <= KMC_ARENA_SIZE,
-               "a slab fits in an arena");
+/* --- tunables ------------------------------------------------------------
+ * An arena is the unit of address space and of owner lookup; the registry
+ * resolves addresses at the smallest arena's granularity. */
+#define KMC_ARENA_MIN_SHIFT 20                  /* 1 MiB: a cache's first arena */
+#define KMC_ARENA_MAX_SHIFT 26                  /* 64 MiB: arenas stop doubling */
+#define KMC_MAX_SLAB_SHIFT  24                  /* 16 MiB slabs at most */
+#define KMC_WASTE_DIVISOR   32                  /* slab waste <= 1/32 */
+#define KMC_MIN_OBJECTS     8                   /* per slab, as slub_min_objects... */
+#define KMC_MIN_OBJECTS_SLAB ((size_t)32 << 10) /* ...for slabs up to 32 KiB (order 3) */
+#define KMC_MAX_ARENAS      4096                /* per cache: 256 GiB */
+#define KMC_SLAB_ID_SHIFT   16                  /* slab id = arena index << 16 | slab */
+#define KMC_NIL             UINT32_MAX          /* no slab */
+#define KMC_RED_ZONE_MIN    8                   /* bytes of red zone at least, each side */
+#define KMC_HEAP_BITS       8                   /* bitmap words a heap holds: 512 slots */
+#define KMC_HEAP_CHUNK_SHIFT 4                  /* heaps are made 16 at a time */
+#define KMC_HEAP_CHUNKS     64                  /* so the first 1024 threads get heaps */
+#define KMC_MAX_HEAPS       (KMC_HEAP_CHUNKS << KMC_HEAP_CHUNK_SHIFT)
+#define KMC_HEAP_KEEP_BYTES ((size_t)256 << 10) /* empty slabs a heap keeps */
+#define KMC_DEPOT           0u                  /* slab owner: the depot */
+#define KMC_ARENA_DIR_CHUNK 64                  /* arena pointers per directory chunk */
+
+_Static_assert(((size_t)1 << KMC_MAX_SLAB_SHIFT) <= ((size_t)1 << KMC_ARENA_MAX_SHIFT),
+               "a slab fits in the largest arena");
 _Static_assert(KMC_MAX_SIZE <= ((size_t)1 << KMC_MAX_SLAB_SHIFT),
                "the largest object fits in the largest slab");
+_Static_assert((KMC_ARENA_MAX_SHIFT - 12) <= KMC_SLAB_ID_SHIFT,
+               "an arena's slabs (4 KiB pages at least) fit in a slab id");
+_Static_assert(((uint64_t)KMC_MAX_ARENAS << KMC_SLAB_ID_SHIFT) < KMC_NIL,
+               "every slab id is below KMC_NIL");
+
+#define KMC_LOAD(p)      atomic_load_explicit((p), memory_order_relaxed)
+#define KMC_STORE(p, v)  atomic_store_explicit((p), (v), memory_order_relaxed)
+/* An increment by the one thread that writes @p: a load and a store, no
+ * read-modify-write instruction. */
+#define KMC_BUMP(p, n)   KMC_STORE((p), KMC_LOAD(p) + (n))
 
 /* The cache lock: a test-and-set lock. Taking it free is one atomic
  * exchange and giving it back one release store, half the atomic work of a
- * pthread mutex; critical sections are a few dozen instructions, so a waiter
- * spins briefly, then yields the CPU. */
+ * pthread mutex; critical sections are short, so a waiter spins briefly,
+ * then yields the CPU. */
 typedef struct kmc_lock_s {
     _Atomic int locked;
 } kmc_lock_t;
@@ -49,17 +88,23 @@ static inline void kmc__unlock(kmc_lock_t *lock)
     atomic_store_explicit(&lock->locked, 0, memory_order_release);
 }
 
-/* Slab states. A slab is on exactly the list its state names (none for
- * FULL, NEW and UNUSED):
- *   UNUSED   never committed (beyond the arena's bump index)
- *   NEW      taken by one thread that commits and builds it, lock released
- *   PARTIAL  committed, live and free objects        -> cache->partial
- *            (the list's head may have no live object: see put_object)
- *   FULL     committed, no free object                (no list)
- *   EMPTY    committed, no live object, in reserve   -> cache->empty
- *   RELEASED memory given back to the OS, slot reusable -> cache->released
- *   PINNED   a constructor left a reference into it: mapped, never used (no
- *            list), and its arena never unmapped */
+/* Slab states. A slab is on exactly the list its state names:
+ *   UNUSED       never committed (beyond the arena's bump index)
+ *   NEW          taken by one thread that commits and builds it, lock released
+ *   PARTIAL      depot, live and free objects             -> cache->partial
+ *                (the list's head may have no live object: see depot_put)
+ *   FULL         depot, no free object                    (no list)
+ *   EMPTY        depot, no live object, memory kept until -> cache->empty
+ *                empty_since + the purge delay
+ *   RELEASED     memory given back to the OS, slot reusable -> cache->released
+ *   PINNED       a constructor left a reference into it: mapped, never used
+ *                (no list), and its arena never unmapped
+ *   CURRENT      a heap allocates from it: its free bitmap is in the heap,
+ *                its own bitmap reads all used               (heap->cur)
+ *   HEAP_PARTIAL owned by a heap, free slots in its bitmap   -> heap->partial
+ *   HEAP_FULL    owned by a heap, no free slot: remote frees
+ *                push it on the heap's remote stack         -> heap->full
+ *   HEAP_EMPTY   owned by a heap, no live object            -> heap->empty */
 enum kmc_slab_state {
     KMC_SLAB_UNUSED = 0,
     KMC_SLAB_NEW,
@@ -68,67 +113,138 @@ enum kmc_slab_state {
     KMC_SLAB_EMPTY,
     KMC_SLAB_RELEASED,
     KMC_SLAB_PINNED,
+    KMC_SLAB_CURRENT,
+    KMC_SLAB_HEAP_PARTIAL,
+    KMC_SLAB_HEAP_FULL,
+    KMC_SLAB_HEAP_EMPTY,
 };
 
 typedef struct kmc_slab_s {
-    uint32_t next;   /* slab id in the same list, or KMC_NIL */
-    uint32_t prev;   /* slab id in the same list, or KMC_NIL */
-    uint32_t inuse;  /* live objects; inuse + free bits == objperslab */
-    uint16_t hint;   /* no free bit in bitmap words below this one */
-    uint8_t state;   /* enum kmc_slab_state */
-    uint8_t unused;
+    uint32_t next;               /* slab id in the same list, or KMC_NIL */
+    uint32_t prev;               /* slab id in the same list, or KMC_NIL */
+    _Atomic uint32_t inuse;      /* slots not free in the slab's own bitmap:
+                                  * live objects + remote frees not merged */
+    _Atomic uint32_t owner;      /* KMC_DEPOT, or the owning heap's index + 1 */
+    _Atomic uint32_t remote_next;/* next slab id + 1 on a heap's remote stack */
+    _Atomic uint8_t state;       /* enum kmc_slab_state */
+    _Atomic uint8_t pushed;      /* on a heap's remote stack */
+    uint16_t hint;               /* depot: no free bit in bitmap words below */
+    uint32_t empty_since;        /* kmc__now_ms() when it became EMPTY */
 } kmc_slab_t;
 
-/* An arena: its memory, and out of it, its slabs' metadata. */
+/* An arena: its memory, and out of it, its slabs' metadata, mapped apart:
+ *   slabs[nslabs] | local[nslabs * bitmap_words] | remote[same] | orig[...]
+ * local: a set bit is a free slot (the owner's, or the depot's under the
+ * lock); remote: free slots given back by other threads, not yet merged;
+ * orig: with red zones, the size each object was asked for (kmalloc). */
 typedef struct kmc_arena_s {
-    uintptr_t base;        /* where the region is mapped in this process */
-    kmc_cache_t *cache;    /* owner; NULL while recycled */
-    uint32_t index;        /* position in cache->arenas */
-    uint32_t bump;         /* slabs below this index have been used */
-    uint32_t live_slabs;   /* slabs not UNUSED or RELEASED */
-    uint32_t pinned;       /* PINNED slabs: the arena stays mapped */
-    kmc_slab_t *slabs;     /* slabs_per_arena descriptors */
-    uint64_t *bitmaps;     /* per slab bitmap_words words, bit set = free */
-    size_t meta_bytes;     /* mapped for slabs + bitmaps */
-    struct kmc_arena_s *next_recycled;
+    uintptr_t base;              /* where its address space starts */
+    size_t bytes;                /* how much, a power of two >= 1 MiB */
+    kmc_cache_t *cache;          /* owner */
+    uint32_t index;              /* position in cache->arenas */
+    uint32_t nslabs;             /* bytes >> slab_shift */
+    uint32_t bump;               /* slabs below this index have been used */
+    uint32_t live_slabs;         /* slabs not UNUSED or RELEASED */
+    uint32_t pinned;             /* PINNED slabs: the arena stays mapped */
+    kmc_slab_t *slabs;
+    _Atomic uint64_t *local;
+    _Atomic uint64_t *remote;
+    uint32_t *orig;              /* NULL unless the cache has red zones */
+    size_t meta_bytes;           /* mapped for all of the above */
 } kmc_arena_t;
+
+typedef _Atomic(kmc_arena_t *) kmc_arena_slot_t;
 
 typedef struct kmc_list_s {
     uint32_t head;  /* slab id or KMC_NIL */
+    uint32_t tail;  /* slab id or KMC_NIL: the oldest entry */
     uint32_t count;
 } kmc_list_t;
 
+/* A thread's cache of one cache's slabs (what SLUB's kmem_cache_cpu is to a
+ * CPU). Line 0 is all the owner's fast paths touch; other threads write only
+ * remote_head, on a line of its own. */
+typedef struct kmc_heap_s {
+    /* line 0: the fast paths */
+    _Atomic uint8_t busy;        /* the owner is inside a fast path */
+    _Atomic uint8_t request;     /* a taker waits: the owner takes the slow path */
+    uint8_t unused[2];
+    uint32_t word;               /* no free bit in bits[] below this word */
+    _Atomic(kmc_slab_t *) cur;   /* the CURRENT slab, or NULL */
+    uint8_t *cur_mem;            /* its memory */
+    _Atomic uint64_t allocs;     /* objects handed out by this heap, ever */
+    _Atomic uint64_t frees;      /* objects freed into its own slabs, ever */
+    _Atomic uint64_t cached;     /* free slots in its slabs (remote ones aside) */
+    uint32_t cur_id;             /* cur's slab id */
+    _Atomic uint32_t max_scan;   /* most bitmap words one alloc skipped */
+    _Atomic uint64_t bits[KMC_HEAP_BITS] __attribute__((aligned(64)));
+    /* line 2: the owner's slow paths */
+    kmc_list_t partial __attribute__((aligned(64)));
+    kmc_list_t full, empty;
+    _Atomic uint32_t slabs;      /* slabs it owns, cur included */
+    _Atomic uint32_t empties;    /* HEAP_EMPTY ones */
+    _Atomic uint32_t fulls;      /* HEAP_FULL ones */
+    _Atomic uint64_t remote_frees;/* objects this thread freed into others' slabs */
+    _Atomic uint64_t merged;     /* remote frees merged into this heap's slabs */
+    _Atomic uint64_t late_double;/* double frees found when merging */
+    uint64_t seen_ops;           /* the purge thread's last look at allocs+frees */
+    /* line 3: other threads. The stack of HEAP_FULL slabs that remote frees
+     * reached: generation << 32 | top slab id + 1 (0: empty). A new
+     * generation each time the stack is closed or opened, so that a push
+     * prepared against an older one fails. */
+    _Atomic uint64_t remote_head __attribute__((aligned(64)));
+} kmc_heap_t;
+
+#define KMC_STACK_CLOSED UINT32_MAX /* low half of remote_head: no pushes */
+
+typedef struct kmc_heap_chunk_s {
+    kmc_heap_t heaps[1 << KMC_HEAP_CHUNK_SHIFT];
+} kmc_heap_chunk_t;
+
 struct kmc_cache_s {
-    kmc_lock_t lock;              /* guards everything below that changes */
+    /* layout: set at create, read-only after */
     char name[KMC_NAME_MAX];
     size_t size;                  /* requested object size */
     size_t align;                 /* guaranteed alignment, power of two */
-    size_t slot_size;             /* object + red zone, multiple of align */
+    size_t slot_size;             /* left red zone + object + right red zone,
+                                   * a multiple of align */
+    size_t obj_offset;            /* the left red zone: object start in a slot */
     uint64_t slot_recip;          /* 2^48 / slot_size + 1: offset -> slot index */
     size_t slab_size;             /* 1 << slab_shift */
     unsigned slab_shift;
     uint32_t objperslab;
     uint32_t bitmap_words;        /* 64-bit words of free bitmap per slab */
-    uint32_t slabs_per_arena;     /* KMC_ARENA_SIZE >> slab_shift */
-    unsigned spa_shift;           /* log2(slabs_per_arena) */
-    uint32_t reserve;             /* empty slabs kept before releasing */
+    size_t first_arena;           /* bytes of the first arena */
+    uint32_t heap_keep;           /* empty slabs a heap keeps */
     unsigned flags;
+    bool heaps_on;                /* per-thread caches (never with debug flags) */
     kmc_ctor_fn ctor;
     void *ctor_arg;
 
+    /* the depot: under the lock */
+    kmc_lock_t lock __attribute__((aligned(64)));
     kmc_list_t partial, empty, released;
-    uint64_t active_objs;
-    uint64_t num_slabs;           /* committed: PARTIAL + FULL + EMPTY */
-    uint64_t allocs, frees, slabs_created, slabs_released;
+    uint64_t num_slabs;           /* committed: not UNUSED, NEW, RELEASED, PINNED */
+    uint64_t depot_allocs, depot_frees; /* by locked paths */
+    uint64_t depot_merged;        /* remote frees merged into depot slabs */
+    uint64_t depot_late_double;   /* double frees found merging them */
+    uint64_t late_double_reported;/* of all late double frees, those validate told */
+    uint64_t slabs_created, slabs_released;
+    uint32_t max_scan;            /* most bitmap words skipped by one depot alloc */
+    _Atomic uint64_t orphan_remote_frees; /* remote frees by threads without heaps */
 
-    kmc_arena_t **arenas;         /* cap_arenas entries, NULL holes */
+    /* arena index -> arena, in chunks that never move (heaps read it
+     * without the lock); NULL holes */
+    _Atomic(kmc_arena_slot_t *) arena_dir[KMC_MAX_ARENAS / KMC_ARENA_DIR_CHUNK];
     uint32_t nr_arenas;           /* entries in use, holes included */
-    uint32_t cap_arenas;
     uint32_t live_arenas;
     kmc_arena_t *fill_arena;      /* the one arena with never-used slab slots */
-    uint32_t max_scan;            /* most bitmap words skipped by one alloc */
+    size_t next_arena;            /* bytes of the next arena */
 
-    struct kmc_cache_s *prev_cache, *next_cache; /* process list */
+    /* the threads' heaps, made 16 at a time; never freed before the cache */
+    _Atomic(kmc_heap_chunk_t *) chunks[KMC_HEAP_CHUNKS];
+
+    struct kmc_cache_s *prev_cache, *next_cache; /* process list, caches_lock */
 };
 
 /* --- os.c: the page source, the one seam to the OS.
@@ -142,56 +258,167 @@ void kmc__os_unmap_meta(void *addr, size_t size);
 void *kmc__os_map_pages(size_t size, size_t align); /* zeroed read-write, aligned
                                                       (power of two), charged; NULL */
 void kmc__os_unmap_pages(void *addr, size_t size);
+void kmc__os_zero_pages(void *addr, size_t size);  /* read as zero from now on */
+int kmc__os_barrier(void);  /* a memory barrier on every thread of the process:
+                             * 0, or -1 when the OS cannot (membarrier(2)) */
+uint32_t kmc__now_ms(void); /* a monotonic clock, wrapping every 49 days */
 
 /* --- registry.c: address -> arena, lock-free reads. */
 int kmc__registry_insert(kmc_arena_t *arena);      /* 0 or -1 (no memory) */
 void kmc__registry_remove(kmc_arena_t *arena);
-kmc_arena_t *kmc__registry_lookup(uintptr_t address);
-kmc_arena_t *kmc__arena_get(void);                 /* recycled descriptor */
-void kmc__arena_put(kmc_arena_t *arena);
 
-/* --- slab.c: slab layout, free bitmaps, fills. */
+#define KMC_ADDRESS_BITS 48 /* user space on x86_64 and aarch64 (4-level tables) */
+#define KMC_LEAF_BITS    14
+#define KMC_ROOT_BITS    (KMC_ADDRESS_BITS - KMC_ARENA_MIN_SHIFT - KMC_LEAF_BITS)
+typedef struct kmc_leaf_s {
+    _Atomic(kmc_arena_t *) arena[(size_t)1 << KMC_LEAF_BITS];
+} kmc_leaf_t;
+extern _Atomic(kmc_leaf_t *) kmc__registry_root[(size_t)1 << KMC_ROOT_BITS];
+
+/* The arena holding @address, or NULL: two loads. */
+static inline kmc_arena_t *kmc__registry_lookup(uintptr_t address)
+{
+    if (unlikely(address >> KMC_ADDRESS_BITS))
+        return NULL;
+    kmc_leaf_t *leaf = atomic_load_explicit(
+        &kmc__registry_root[address >> (KMC_ARENA_MIN_SHIFT + KMC_LEAF_BITS)],
+        memory_order_acquire);
+    if (unlikely(!leaf))
+        return NULL;
+    return atomic_load_explicit(
+        &leaf->arena[(address >> KMC_ARENA_MIN_SHIFT) & (((size_t)1 << KMC_LEAF_BITS) - 1)],
+        memory_order_acquire);
+}
+
+/* --- slab.c: slab ids, lists and free bitmaps. */
+static inline kmc_arena_t *kmc__arena(const kmc_cache_t *c, uint32_t index)
+{
+    kmc_arena_slot_t *chunk = atomic_load_explicit(
+        &((kmc_cache_t *)c)->arena_dir[index / KMC_ARENA_DIR_CHUNK], memory_order_acquire);
+    return chunk ? atomic_load_explicit(&chunk[index % KMC_ARENA_DIR_CHUNK], memory_order_acquire)
+                 : NULL;
+}
 static inline kmc_arena_t *kmc__slab_arena(const kmc_cache_t *c, uint32_t id)
 {
-    return c->arenas[id >> c->spa_shift];
+    return kmc__arena(c, id >> KMC_SLAB_ID_SHIFT);
+}
+static inline uint32_t kmc__slab_index(uint32_t id)
+{
+    return id & ((1u << KMC_SLAB_ID_SHIFT) - 1);
 }
 static inline kmc_slab_t *kmc__slab(const kmc_cache_t *c, uint32_t id)
 {
-    return &kmc__slab_arena(c, id)->slabs[id & (c->slabs_per_arena - 1)];
+    return &kmc__slab_arena(c, id)->slabs[kmc__slab_index(id)];
 }
-static inline uint64_t *kmc__slab_bitmap(const kmc_cache_t *c, uint32_t id)
+static inline _Atomic uint64_t *kmc__slab_local(const kmc_cache_t *c, uint32_t id)
 {
-    return &kmc__slab_arena(c, id)->bitmaps[(size_t)(id & (c->slabs_per_arena - 1)) *
-                                           c->bitmap_words];
+    return &kmc__slab_arena(c, id)->local[(size_t)kmc__slab_index(id) * c->bitmap_words];
+}
+static inline _Atomic uint64_t *kmc__slab_remote(const kmc_cache_t *c, uint32_t id)
+{
+    return &kmc__slab_arena(c, id)->remote[(size_t)kmc__slab_index(id) * c->bitmap_words];
 }
 static inline uint8_t *kmc__slab_mem(const kmc_cache_t *c, uint32_t id)
 {
     return (uint8_t *)(kmc__slab_arena(c, id)->base +
-                       ((size_t)(id & (c->slabs_per_arena - 1)) << c->slab_shift));
+                       ((size_t)kmc__slab_index(id) << c->slab_shift));
+}
+static inline uint8_t kmc__slab_state(const kmc_slab_t *s)
+{
+    return KMC_LOAD(&((kmc_slab_t *)s)->state);
+}
+static inline void kmc__slab_set_state(kmc_slab_t *s, uint8_t state)
+{
+    KMC_STORE(&s->state, state);
 }
 void kmc__list_push(kmc_cache_t *c, kmc_list_t *list, uint32_t id);
 void kmc__list_remove(kmc_cache_t *c, kmc_list_t *list, uint32_t id);
 uint32_t kmc__list_pop(kmc_cache_t *c, kmc_list_t *list);
-void kmc__slab_init_free(kmc_cache_t *c, uint32_t id);     /* all free */
-uint32_t kmc__bitmap_popcount(const kmc_cache_t *c, uint32_t id);
+void kmc__slab_init_free(kmc_cache_t *c, uint32_t id);       /* all free */
+uint32_t kmc__bits_count(const _Atomic uint64_t *bits, uint32_t words);
+uint32_t kmc__slab_merge_remote(kmc_cache_t *c, uint32_t id,  /* into the slab's */
+                                uint64_t *late_double);       /* own bitmap */
+bool kmc__slot_free(const kmc_cache_t *c, uint32_t id, uint32_t idx); /* either bitmap */
 
-/* --- debug.c: red zones, poison, consistency checks, reports. */
-void kmc__debug_init_slab(kmc_cache_t *c, uint8_t *mem);
-void kmc__debug_on_alloc(kmc_cache_t *c, uint8_t *obj, int zero);
+/* --- cache.c: caches and their depots. */
+extern pthread_mutex_t kmc__caches_lock;
+extern kmc_cache_t *kmc__caches_first;  /* guarded by kmc__caches_lock */
+/* The depot's part of an alloc or free, cache locked. */
+uint8_t *kmc__depot_take(kmc_cache_t *c);
+void kmc__depot_put(kmc_cache_t *c, uint32_t id, uint32_t idx);
+void kmc__depot_place(kmc_cache_t *c, uint32_t id); /* a slab back from a heap */
+kmc_status kmc__depot_grow(kmc_cache_t *c);         /* called unlocked */
+void kmc__depot_release_expired(kmc_cache_t *c, uint32_t now, bool all);
+bool kmc__depot_has_empty(const kmc_cache_t *c);
+void *kmc__depot_alloc(kmc_cache_t *c, int zero);
+kmc_status kmc__depot_free(kmc_cache_t *c, void *p, bool *owned);
+kmc_status kmc__locate(kmc_cache_t *c, const void *p, kmc_arena_t **arena, uint32_t *id,
+                       uint32_t *idx); /* checks p is a slot start of @c */
+void *kmc__cache_alloc_sized(kmc_cache_t *c, int zero, size_t orig); /* kmalloc's */
+int kmc__cache_resize(kmc_cache_t *c, void *p, size_t size); /* kmalloc red zone */
+size_t kmc__cache_ksize(kmc_cache_t *c, const void *p);
+void kmc__depot_recount(kmc_cache_t *c);            /* counters from bitmaps; locked */
+
+/* --- heap.c: the per-thread caches. */
+extern __thread uint32_t kmc__self __attribute__((tls_model("initial-exec")));
+                            /* the calling thread's heap index + 1; 0 before its
+                             * first call, KMC_NIL when it has no heap */
+static inline kmc_heap_t *kmc__heap_at(const kmc_cache_t *c, uint32_t index)
+{
+    kmc_heap_chunk_t *ch = atomic_load_explicit(
+        &((kmc_cache_t *)c)->chunks[index >> KMC_HEAP_CHUNK_SHIFT], memory_order_acquire);
+    return ch ? &ch->heaps[index & ((1u << KMC_HEAP_CHUNK_SHIFT) - 1)] : NULL;
+}
+void *kmc__heap_alloc_slow(kmc_cache_t *c, int zero);
+kmc_status kmc__heap_free_slow(kmc_cache_t *c, void *p);
+void kmc__heap_flush(kmc_cache_t *c, kmc_heap_t *h, bool close); /* cache locked;
+                                  * the heap's thread is quiescent or the caller */
+bool kmc__heaps_take_back(kmc_cache_t *c, bool idle_only); /* cache locked */
+void kmc__heaps_free(kmc_cache_t *c);
+void kmc__heaps_stats(const kmc_cache_t *c, kmc_stats_t *o, uint64_t *late_double);
+                                  /* adds the heaps' part; cache locked */
+bool kmc__heap_bits_of(const kmc_cache_t *c, const kmc_slab_t *s, uint64_t *bits);
+bool kmc__heaps_hold_slabs(const kmc_cache_t *c);
+
+/* --- thread.c: thread indices, thread exit, fork. */
+uint32_t kmc__thread_register(void);      /* sets kmc__self; returns it */
+void kmc__fork_init(void);                /* once, at the first cache */
+
+/* --- purge.c: the background release of empty memory. */
+void kmc__purge_arm(void);                /* something will expire: wake up later */
+uint32_t kmc__purge_delay_ms(void);
+void kmc__purge_lock_all(void);           /* fork */
+void kmc__purge_unlock_all(bool child); /* child: no thread */
+
+/* --- options.c */
+long kmc__option(kmc_option option);
+
+/* --- debug.c: red zones, poison, consistency checks. */
+void kmc__debug_init_slab(kmc_cache_t *c, uint8_t *mem, uint32_t *orig);
+void kmc__debug_on_alloc(kmc_cache_t *c, uint8_t *obj, int zero, size_t orig);
 void kmc__debug_on_free(kmc_cache_t *c, uint8_t *obj);
 kmc_status kmc__debug_check_alloc(kmc_cache_t *c, uint8_t *obj);
-kmc_status kmc__debug_check_free(kmc_cache_t *c, uint8_t *obj);
+kmc_status kmc__debug_check_free(kmc_cache_t *c, uint8_t *obj, size_t orig, bool repair);
 kmc_status kmc__debug_check_slab(kmc_cache_t *c, uint32_t id, size_t *problems);
 kmc_status kmc__debug_check_counts(kmc_cache_t *c, uint32_t id);
+uint32_t *kmc__debug_orig(const kmc_cache_t *c, const kmc_arena_t *a, uint32_t sidx,
+                          uint32_t idx);
+
+/* --- report.c: the calling thread's last error. */
 kmc_status kmc__report(kmc_status status, const kmc_cache_t *c, const void *obj,
                        const char *fmt, ...) __attribute__((format(printf, 4, 5)));
 kmc_status kmc__report_bytes(kmc_status status, const kmc_cache_t *c,
-                             const uint8_t *obj, size_t offset, size_t length,
+                             const uint8_t *obj, ptrdiff_t offset, size_t length,
                              int expected, const char *what);
 void kmc__report_clear(void);
-kmc_report_t *kmc__report_slot(void);      /* the calling thread's report */
+kmc_report_t *kmc__report_slot(void);
 
 /* --- kmalloc.c: the size classes. */
 bool kmc__kmalloc_pinned(const kmc_cache_t *c); /* a class's cache: never destroyed */
+void kmc__kmalloc_purge(uint32_t now, bool all, bool *pending); /* kept large runs */
+void kmc__kmalloc_lock(bool large);             /* fork: the classes' lock, or */
+void kmc__kmalloc_unlock(bool large);           /* the large allocations' */
+void kmc__registry_lock_all(void);              /* registry.c, fork */
+void kmc__registry_unlock_all(void);
 
 #endif /* KMC_INTERNAL_H */

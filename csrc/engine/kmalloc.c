@@ -22,8 +22,8 @@
  * Large allocations are kept in an open-addressing hash table (linear
  * probing, backward-shift deletion, load at most 1/2) mapped apart from
  * object memory, so kfree of a large object is O(1) and no allocator word
- * sits next to the object. A few freed runs (up to 1 MiB) are kept for
- * reuse, as a cache keeps a few empty slabs.
+ * sits next to the object. Freed runs are kept for the purge delay to serve
+ * the next request of their size, as a cache keeps its empty slabs.
  */
 #include <string.h>
 
@@ -172,16 +172,20 @@ static void *zero_size_ptr(void)
 typedef struct large_s {
     uintptr_t addr; /* start of the pages; 0: empty slot */
     size_t bytes;   /* mapped bytes, a page multiple */
+    uint32_t since; /* kept runs: kmc__now_ms() when freed */
 } large_t;
 
-/* Freed runs kept for reuse, as a cache keeps a few empty slabs: churn on
- * one large size then costs no system call. A run of at most LARGE_KEEP_MAX
- * bytes is kept, the oldest kept runs going back to the OS when the reserve
- * would pass LARGE_KEEP runs or LARGE_KEEP_BYTES; kmc_kmalloc_shrink gives
- * them all back. */
-#define LARGE_KEEP       16
-#define LARGE_KEEP_MAX   ((size_t)256 << 10)
-#define LARGE_KEEP_BYTES ((size_t)1 << 20)
+/* Freed runs kept for the purge delay, as a cache keeps its empty slabs:
+ * churn on one large size then costs no system call. A run of at most
+ * LARGE_KEEP_MAX bytes is kept, the oldest kept runs going back to the OS
+ * early when the reserve would pass LARGE_KEEP runs or LARGE_KEEP_BYTES;
+ * kmc_kmalloc_shrink gives them all back. */
+#define LARGE_KEEP       64
+#define LARGE_KEEP_MAX   ((size_t)32 << 20)
+#define LARGE_KEEP_BYTES ((size_t)64 << 20)
+/* A kept run asked for zeroed is zeroed by the OS (its pages dropped, to
+ * fault in as zero pages) from this size, by memset below it. */
+#define LARGE_ZERO_BY_OS ((size_t)256 << 10)
 
 static struct {
     pthread_mutex_t lock;
@@ -194,7 +198,22 @@ static struct {
     size_t kept_bytes;
 } large = {.lock = PTHREAD_MUTEX_INITIALIZER};
 
-static size_t large_min_slots(void) { return kmc_page_size() / sizeof(large_t); }
+void kmc__kmalloc_lock(bool large_lock)
+{
+    pthread_mutex_lock(large_lock ? &large.lock : &classes_lock);
+}
+
+void kmc__kmalloc_unlock(bool large_lock)
+{
+    pthread_mutex_unlock(large_lock ? &large.lock : &classes_lock);
+}
+
+/* The smallest table: a page's worth, a power of two (probing masks). */
+static size_t large_min_slots(void)
+{
+    size_t n = kmc_page_size() / sizeof(large_t);
+    return (size_t)1 << (63 - __builtin_clzll(n));
+}
 
 /* Fibonacci hashing of the page number: the top bits of a product. */
 static size_t large_home(uintptr_t addr, size_t cap)
@@ -254,7 +273,7 @@ static void large_remove_at(size_t i)
             i = j;
         }
     }
-    large.slots[i] = (large_t){0, 0};
+    large.slots[i] = (large_t){.addr = 0};
     if (large.cap > large_min_slots() && large.count * 8 < large.cap)
         (void)large_resize(large.cap / 2); /* without memory, stay larger */
 }
@@ -285,8 +304,10 @@ static unsigned large_keep(large_t run, large_t evicted[LARGE_KEEP])
         large.kept_bytes -= evicted[n++].bytes;
         memmove(&large.kept[0], &large.kept[1], --large.nkept * sizeof(large_t));
     }
+    run.since = kmc__now_ms();
     large.kept[large.nkept++] = run;
     large.kept_bytes += run.bytes;
+    kmc__purge_arm();
     return n;
 }
 
@@ -300,8 +321,12 @@ static void *large_alloc(size_t size, size_t align, int zero)
     pthread_mutex_lock(&large.lock);
     uint8_t *p = (uint8_t *)large_take_kept(bytes, a);
     pthread_mutex_unlock(&large.lock);
-    if (p && zero)
-        memset(p, 0, size); /* fresh pages read as zero; kept ones do not */
+    if (p && zero) { /* fresh pages read as zero; kept ones do not */
+        if (bytes >= LARGE_ZERO_BY_OS)
+            kmc__os_zero_pages(p, bytes);
+        else
+            memset(p, 0, size);
+    }
     if (!p && !(p = kmc__os_map_pages(bytes, a))) {
         kmc__report(KMC_ENOMEM, NULL, NULL, "the OS refused %zu bytes for a large kmalloc",
                     bytes);
@@ -311,7 +336,7 @@ static void *large_alloc(size_t size, size_t align, int zero)
     bool room = (large.count + 1) * 2 <= large.cap ||
                 large_resize(large.cap ? large.cap * 2 : large_min_slots());
     if (room) {
-        large_put(large.slots, large.cap, (large_t){(uintptr_t)p, bytes});
+        large_put(large.slots, large.cap, (large_t){.addr = (uintptr_t)p, .bytes = bytes});
         large.count++;
         large.bytes += bytes;
     }
@@ -339,9 +364,9 @@ static bool large_free(void *p)
     large_remove_at(i);
     large_t evicted[LARGE_KEEP];
     unsigned n = 0;
-    bool keep = bytes <= LARGE_KEEP_MAX;
+    bool keep = bytes <= LARGE_KEEP_MAX && kmc__purge_delay_ms() != 0;
     if (keep)
-        n = large_keep((large_t){(uintptr_t)p, bytes}, evicted);
+        n = large_keep((large_t){.addr = (uintptr_t)p, .bytes = bytes}, evicted);
     pthread_mutex_unlock(&large.lock);
     /* out of the table first: no one can find them */
     if (!keep)
@@ -392,6 +417,24 @@ void kmc_kmalloc_large_stats(kmc_kmalloc_large_stats_t *out)
     pthread_mutex_unlock(&large.lock);
 }
 
+void kmc__kmalloc_purge(uint32_t now, bool all, bool *pending)
+{
+    large_t runs[LARGE_KEEP];
+    unsigned n = 0;
+    uint32_t delay = kmc__purge_delay_ms();
+    pthread_mutex_lock(&large.lock);
+    while (large.nkept && (all || (uint32_t)(now - large.kept[0].since) >= delay)) {
+        runs[n] = large.kept[0];
+        large.kept_bytes -= runs[n++].bytes;
+        memmove(&large.kept[0], &large.kept[1], --large.nkept * sizeof(large_t));
+    }
+    if (large.nkept)
+        *pending = true;
+    pthread_mutex_unlock(&large.lock);
+    for (unsigned k = 0; k < n; k++)
+        kmc__os_unmap_pages((void *)runs[k].addr, runs[k].bytes);
+}
+
 size_t kmc_kmalloc_shrink(void)
 {
     large_t runs[LARGE_KEEP];
@@ -422,7 +465,7 @@ static void *do_kmalloc(size_t size, size_t align, int zero)
         kmc_cache_t *c = atomic_load_explicit(&class_caches[i], memory_order_acquire);
         if (!c && !(c = make_class_cache((unsigned)i)))
             return NULL;
-        return kmc_cache_alloc(c, zero);
+        return kmc__cache_alloc_sized(c, zero, size);
     }
     if (size == 0)
         return zero_size_ptr();
@@ -457,7 +500,7 @@ size_t kmc_ksize(const void *p)
         return 0;
     kmc_cache_t *c = kmc_owner(p, NULL);
     if (c)
-        return kmc_cache_check_free(c, p) == KMC_OK ? c->size : 0;
+        return kmc__cache_ksize(c, p);
     size_t bytes = large_size(p);
     if (!bytes)
         kmc__report(KMC_EINVALID_FREE, NULL, p,
@@ -501,7 +544,7 @@ int kmc_krealloc_in_place(void *p, size_t size, size_t align)
         return 0;
     kmc_cache_t *c = kmc_owner(p, NULL);
     if (c)
-        return size <= c->size && kmc_cache_check_free(c, p) == KMC_OK;
+        return kmc__cache_resize(c, p, size);
     return large_shrink(p, size);
 }
 

@@ -6,15 +6,19 @@
  * Python: the CPython binding, C tests and fuzzers all call this header.
  *
  * Memory model
- *   arena   ARENA_SIZE bytes of address space, aligned to ARENA_SIZE, owned by
- *           one cache, reserved with no access and committed slab by slab.
+ *   arena   address space owned by one cache: 1 MiB for its first arena,
+ *           doubling with each new one up to 64 MiB, aligned to its size,
+ *           reserved with no access and committed slab by slab. A cache thus
+ *           reserves address space in proportion to its use.
  *   slab    2^k pages inside an arena, aligned to its own size, cut into slots.
- *   slot    slot_size bytes: the object (size bytes) then, in debug caches, its
- *           red zone. slot_size is a multiple of the alignment and the slab
- *           starts on a multiple of the alignment, so every object is aligned.
+ *   slot    slot_size bytes: in debug caches with red zones a left red zone,
+ *           the object (size bytes), a right red zone; otherwise the object
+ *           rounded up to the alignment. slot_size and the left red zone are
+ *           multiples of the alignment and slabs start on one, so every
+ *           object is aligned.
  *
  *   slab:  | slot 0          | slot 1          | ... | slot n-1        | pad |
- *   slot:  | object (size)   | red zone (debug) / rounding to align    |
+ *   slot:  | left red zone | object (size) | right red zone / rounding |
  *
  * The allocator's metadata (slab descriptors, free bitmaps) lives outside the
  * arenas, so a stray write through an object cannot corrupt the allocator
@@ -22,8 +26,42 @@
  * to memory by slab index and slot index, not by raw pointers.
  *
  * Finding an object's owner is O(1): a two-level table indexed by
- * address >> ARENA_SHIFT gives the arena, the arena gives the cache, the
- * offset gives the slab and the slot.
+ * address >> 20 gives the arena, the arena gives the cache, the offset gives
+ * the slab and the slot.
+ *
+ * Per-thread caches (what SLUB's per-CPU slabs and mimalloc's thread-local
+ * pages do). A slab is owned either by the cache's depot (its lists, under the
+ * cache lock) or by one thread's heap. A thread allocates from its current
+ * slab, whose free bitmap it keeps in its own heap, and frees into the slabs
+ * its heap owns by flipping a bit: no lock, no atomic read-modify-write.
+ * A free into a slab another thread owns (a remote free) sets the slot's bit
+ * in the slab's second bitmap with one atomic OR; the owner merges those bits
+ * when it next needs memory. A slot's state is always in exactly one of the
+ * two bitmaps, so a double free is detected however the first free went, and
+ * two threads racing to free one object are caught when the bits meet. The
+ * depot exchanges slabs, one at a time, with the heaps: a heap takes a slab
+ * when it has none with free slots, and gives back slabs beyond a few that
+ * are empty. Caches with debug flags have no heaps: every check runs at the
+ * moment of the call, under the cache lock, as SLUB does when debugging.
+ *
+ * Objects in a heap's slabs count as free in the statistics, and also as
+ * cached_objs. shrink() and validate() first take every heap's slabs back to
+ * the depot, whichever thread owns them: the owner announces each fast path
+ * with a flag that the taker reads after a process-wide memory barrier
+ * (membarrier(2)), so the owner's fast path needs no atomic instruction. A
+ * thread's heaps go back when it exits (or calls kmc_thread_flush).
+ *
+ * Memory goes back to the OS lazily: an empty slab waits in the depot for
+ * KMEMCACHE_PURGE_DELAY_MS (500 ms by default; 0 releases at once) before a
+ * background thread releases it with MADV_DONTNEED, so churn at a slab
+ * boundary costs no system call. The background thread runs only while there
+ * is something to release, and also takes back the empty slabs of heaps
+ * that stayed idle for a whole delay. kmc_cache_shrink releases everything
+ * at once.
+ *
+ * fork(): the engine's locks are taken around fork (pthread_atfork), so a
+ * child can allocate and free at once; in the child, the heaps of the
+ * threads that did not survive the fork go back to the depot.
  *
  * Threads: every function is safe to call from any thread without the Python
  * GIL. Each cache has its own lock; the owner table is read without a lock.
@@ -54,7 +92,7 @@ extern "C" {
  * kernel documentation mean the same here. */
 enum kmc_flags {
     KMC_CONSISTENCY_CHECKS = 0x00000100u, /* F: check the slab of every op */
-    KMC_RED_ZONE           = 0x00000400u, /* Z: guard bytes after each object */
+    KMC_RED_ZONE           = 0x00000400u, /* Z: guard bytes around each object */
     KMC_POISON             = 0x00000800u, /* P: fill free objects, check on reuse */
     KMC_HWCACHE_ALIGN      = 0x00002000u, /* align objects on the cache line */
     KMC_STORE_USER         = 0x00010000u, /* U: the binding records owners */
@@ -99,7 +137,8 @@ typedef struct kmc_report_s {
     char cache[KMC_NAME_MAX]; /* cache name, "" if none */
     uintptr_t object;         /* object address, 0 if none */
     size_t object_size;       /* its size (the cache's size) */
-    size_t offset;            /* first bad byte, from the object's start */
+    ptrdiff_t offset;         /* first bad byte, from the object's start
+                               * (negative: in the left red zone) */
     size_t length;            /* how many bytes are bad from there */
     size_t problems;          /* kmc_cache_validate: all problems found */
     int found;                /* first bad byte found, -1 if n/a */
@@ -110,32 +149,41 @@ typedef struct kmc_report_s {
     char message[256];        /* one line, in SLUB's words where they fit */
 } kmc_report_t;
 
-/* Per-cache counters; the first seven are /proc/slabinfo's. */
+/* Per-cache counters, one X-macro list so that every consumer (the struct,
+ * the binding's dict, tests) is made from it: X(name, comment). The first
+ * seven are /proc/slabinfo's. */
+#define KMC_STATS_FIELDS(X)                                                          \
+    X(active_objs, "objects handed out and not freed")                              \
+    X(num_objs, "object slots in committed slabs")                                  \
+    X(objsize, "bytes between objects (slot size)")                                 \
+    X(objperslab, "objects per slab")                                               \
+    X(pagesperslab, "pages per slab")                                               \
+    X(active_slabs, "committed slabs with at least one live object")                \
+    X(num_slabs, "committed slabs")                                                 \
+    X(size, "requested object size")                                                \
+    X(align, "guaranteed alignment")                                                \
+    X(slab_size, "bytes per slab")                                                  \
+    X(partial_slabs, "slabs with live and free objects")                            \
+    X(empty_slabs, "committed slabs without live objects, waiting to be released")  \
+    X(cached_objs, "free objects in slabs that threads' caches hold")               \
+    X(thread_caches, "threads' caches holding slabs of this cache")                 \
+    X(allocs, "objects handed out, ever")                                           \
+    X(frees, "objects given back, ever")                                            \
+    X(remote_frees, "objects freed by a thread other than their slab's owner, ever") \
+    X(slabs_created, "slabs committed, ever")                                       \
+    X(slabs_released, "slabs given back to the OS, ever")                           \
+    X(committed_bytes, "object memory the OS backs now, at most")                   \
+    X(metadata_bytes, "descriptor and bitmap memory mapped")                        \
+    X(reserved_bytes, "address space reserved for the arenas")                      \
+    X(arenas, "arenas reserved")                                                    \
+    X(bitmap_words, "64-bit free-bitmap words per slab")                            \
+    X(max_scan, "most bitmap words one alloc skipped, ever")                        \
+    X(flags, "the cache's flags")
+
 typedef struct kmc_stats_s {
-    uint64_t active_objs;   /* objects handed out and not freed */
-    uint64_t num_objs;      /* object slots in committed slabs */
-    uint64_t objsize;       /* bytes between objects (slot size) */
-    uint64_t objperslab;
-    uint64_t pagesperslab;
-    uint64_t active_slabs;  /* committed slabs with at least one live object */
-    uint64_t num_slabs;     /* committed slabs */
-    uint64_t size;          /* requested object size */
-    uint64_t align;         /* guaranteed alignment */
-    uint64_t slab_size;     /* bytes per slab */
-    uint64_t partial_slabs; /* slabs with live and free objects */
-    uint64_t empty_slabs;   /* committed slabs kept in reserve */
-    uint64_t allocs;        /* objects handed out, ever */
-    uint64_t frees;         /* objects given back, ever */
-    uint64_t slabs_created; /* slabs committed, ever */
-    uint64_t slabs_released;/* slabs given back to the OS, ever */
-    uint64_t committed_bytes;  /* object memory the OS backs now, at most */
-    uint64_t metadata_bytes;   /* descriptor and bitmap memory mapped */
-    uint64_t arenas;        /* arenas reserved */
-    uint64_t bitmap_words;  /* 64-bit free-bitmap words per slab */
-    uint64_t max_scan;      /* most bitmap words one alloc skipped, ever: at
-                             * most bitmap_words - 1 whatever the number of
-                             * live objects, so alloc is O(1) */
-    uint32_t flags;
+#define KMC_STATS_FIELD(name, comment) uint64_t name;
+    KMC_STATS_FIELDS(KMC_STATS_FIELD)
+#undef KMC_STATS_FIELD
 } kmc_stats_t;
 
 /* --- caches ------------------------------------------------------------- */
@@ -144,6 +192,9 @@ typedef struct kmc_stats_s {
  * @name: printable, 1..KMC_NAME_MAX-1 bytes; names need not be unique.
  * @size: 1..KMC_MAX_SIZE.  @align: 0 or a power of two <= KMC_MAX_ALIGN.
  * @flags: kmc_flags.  @ctor: NULL or a constructor with @ctor_arg.
+ * A cache with a constructor is not poisoned (its objects must keep what
+ * the constructor wrote): KMC_POISON is dropped, as SLUB drops it, and
+ * kmc_cache_flags() says so.
  * Return: KMC_OK and *out, or KMC_EINVAL / KMC_ENOMEM. */
 kmc_status kmc_cache_create(const char *name, size_t size, size_t align,
                             unsigned flags, kmc_ctor_fn ctor, void *ctor_arg,
@@ -151,9 +202,10 @@ kmc_status kmc_cache_create(const char *name, size_t size, size_t align,
 
 /* kmc_cache_destroy - give everything back. KMC_EBUSY (and nothing changes)
  * while objects are live; the report's object is the first live one. With
- * red zones or poison, the free objects are
- * checked first and damage is reported (KMC_EREDZONE / KMC_EPOISON) but the
- * cache is destroyed all the same. */
+ * red zones or poison, the free objects are checked first and damage is
+ * reported (KMC_EREDZONE / KMC_EPOISON) but the cache is destroyed all the
+ * same. No other thread may use the cache meanwhile; their caches of it
+ * need not be empty. */
 kmc_status kmc_cache_destroy(kmc_cache_t *cache);
 
 /* kmc_cache_alloc - one object; zeroed when @zero. NULL on failure. */
@@ -167,12 +219,15 @@ kmc_status kmc_cache_alloc_bulk(kmc_cache_t *cache, size_t n, void **out,
  * always detected and change nothing. */
 kmc_status kmc_cache_free(kmc_cache_t *cache, void *object);
 
-/* kmc_cache_check_free - would kmc_cache_free(@cache, @object) be accepted?
- * Changes nothing (used to make bulk frees all or nothing). */
+/* kmc_cache_check_free - would kmc_cache_free(@cache, @object) succeed with
+ * no report? KMC_OK, or the status and report the free would give: a double
+ * or invalid free, and in debug caches a damaged red zone. Changes nothing
+ * (used to make bulk frees all or nothing). */
 kmc_status kmc_cache_check_free(kmc_cache_t *cache, const void *object);
 
-/* kmc_cache_shrink - release every empty slab (and every arena left empty)
- * to the OS. Return: the bytes given back. */
+/* kmc_cache_shrink - take back the free objects that threads' caches hold,
+ * then release every empty slab (and every arena left empty) to the OS.
+ * Return: the bytes given back. */
 size_t kmc_cache_shrink(kmc_cache_t *cache);
 
 /* kmc_cache_validate - walk every slab: counters against bitmaps, red zones,
@@ -180,7 +235,9 @@ size_t kmc_cache_shrink(kmc_cache_t *cache);
  * whose problems field counts all of them, as *@problems does when not
  * NULL). Damaged bytes are restored; a slab whose counter disagrees with its
  * bitmap has all its objects marked used, so none can be handed out twice
- * (SLUB's "Marking all objects used"). */
+ * (SLUB's "Marking all objects used"). Double frees that two threads raced
+ * to make are reported here (KMC_EDOUBLE_FREE), once each. Threads' caches
+ * of this cache are taken back first. */
 kmc_status kmc_cache_validate(kmc_cache_t *cache, size_t *problems);
 
 void kmc_cache_stats(kmc_cache_t *cache, kmc_stats_t *out);
@@ -190,14 +247,16 @@ size_t kmc_cache_align(const kmc_cache_t *cache);
 unsigned kmc_cache_flags(const kmc_cache_t *cache);
 
 /* kmc_cache_for_each_live - call @fn for every live object, in address
- * order, with the cache locked (@fn must not call the engine). */
+ * order, with the cache locked (@fn must not call the engine). Objects that
+ * other threads allocate or free meanwhile may or may not be seen. */
 void kmc_cache_for_each_live(kmc_cache_t *cache,
                              void (*fn)(void *object, void *arg), void *arg);
 
 /* --- any object --------------------------------------------------------- */
 
 /* kmc_owner - the cache that owns @address, or NULL; when @object_start is
- * not NULL it receives the start of the slot holding @address. O(1). */
+ * not NULL it receives the start of the object whose slot holds @address
+ * (its red zones included). O(1). */
 kmc_cache_t *kmc_owner(const void *address, void **object_start);
 
 /* kmc_free - free an object of any cache (what kfree does). */
@@ -209,9 +268,24 @@ kmc_status kmc_free(void *object);
  * many exist. Caches are not pinned: use them only while none is destroyed. */
 size_t kmc_caches(kmc_cache_t **out, size_t max);
 
+/* kmc_thread_flush - give the calling thread's cached slabs of every cache
+ * back to the depots (what thread exit does). */
+void kmc_thread_flush(void);
+
 /* The calling thread's last error. */
 const kmc_report_t *kmc_last_report(void);
 const char *kmc_status_name(kmc_status status);
+
+/* Options, read once from the environment variable KMEMCACHE_<NAME> (a bad
+ * value is reported on stderr and the default kept), or set here. */
+typedef enum kmc_option {
+    KMC_OPTION_PURGE_DELAY_MS, /* empty memory waits this long; 0: at once */
+    KMC_OPTION_THREAD_CACHES,  /* 1: per-thread caches; 0: every op locks */
+    KMC_OPTIONS
+} kmc_option;
+long kmc_option_get(kmc_option option);
+kmc_status kmc_option_set(kmc_option option, long value);
+const char *kmc_option_name(kmc_option option);
 
 /* Test hook: make the OS page source fail after @n more successful requests
  * (n < 0 turns failure injection off). */
@@ -220,7 +294,8 @@ void kmc_os_fail_after(long n);
 /* Test hook: flip the free bit of the slot holding @address in its slab's
  * bitmap, touching nothing else: the metadata corruption that a stray write
  * into SLUB's in-object free pointer causes. KMC_OK, or KMC_EINVALID_FREE
- * when @address is in no slot of a committed slab. */
+ * when @address is in no slot of a committed slab. The slab is taken back
+ * from any thread's cache first. */
 kmc_status kmc_debug_flip_free_bit(const void *address);
 size_t kmc_page_size(void);
 
@@ -253,10 +328,15 @@ size_t kmc_page_size(void);
  * the OS, aligned to the page, to @align, and to their size when that is a
  * power of two. They are found from their address in O(1) by an
  * open-addressing hash table kept outside object memory; their usable size
- * is the size rounded up to pages. As a cache keeps a few empty slabs, the
- * last freed runs of 256 KiB or less (16 runs and 1 MiB at most) are kept
- * to serve the next request of the same size and alignment without a
- * system call; kmc_kmalloc_shrink gives them back.
+ * is the size rounded up to pages. As a cache keeps empty slabs for a
+ * while, freed runs of up to 32 MiB (64 MiB and 64 runs in all) are kept for
+ * the purge delay to serve the next request of the same size and alignment
+ * without a system call; kmc_kmalloc_shrink gives them back at once.
+ *
+ * The kmalloc red zone (SLUB's, Linux 6.1): in a size class whose cache
+ * has red zones, an object remembers the size it was asked for, and the
+ * bytes from there to the class size are red zone too (0xcc), checked at
+ * free and by validate: kzalloc(100, 64) then a 104-byte write is caught.
  *
  * Size 0 gives KMC's ZERO_SIZE_PTR (kmc_kmalloc(0, 0) == kmc_kmalloc(0, 64)):
  * one page of address space with no access, aligned to KMC_MAX_ALIGN and
@@ -326,19 +406,21 @@ void *kmc_krealloc(void *object, size_t new_size, size_t align);
 
 /* kmc_krealloc_in_place - the first half of kmc_krealloc: 1 when @object
  * now serves @new_size bytes at @align where it is (a large object may have
- * given its tail pages back), 0 when a new object is needed (nothing
- * changed). For callers that move the contents themselves. */
+ * given its tail pages back; a red-zoned one moved its kmalloc red zone),
+ * 0 when a new object is needed (nothing changed). For callers that move
+ * the contents themselves. */
 int kmc_krealloc_in_place(void *object, size_t new_size, size_t align);
 
 /* kmc_ksize - the usable size of a live object of any cache (the cache's
- * object size) or large allocation (its pages); 0 for NULL and
- * ZERO_SIZE_PTR. 0 with a report for anything else. */
+ * object size; with the kmalloc red zone, the size asked for) or large
+ * allocation (its pages); 0 for NULL and ZERO_SIZE_PTR. 0 with a report
+ * for anything else. */
 size_t kmc_ksize(const void *object);
 
 /* kmc_kfree - free what kmc_kmalloc (or any cache) returned, finding the
  * owner from the address in O(1). NULL and ZERO_SIZE_PTR: nothing to do.
  * A slab object freed twice is KMC_EDOUBLE_FREE. A large allocation's pages
- * go back to the OS at once, so a second kmc_kfree of it is
+ * leave the table at once, so a second kmc_kfree of it is
  * KMC_EINVALID_FREE, as is any address that is not an object's start. */
 kmc_status kmc_kfree(void *object);
 

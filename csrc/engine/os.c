@@ -6,11 +6,15 @@
  * with no access (address space only), committed read-write slab by slab
  * (the committed part of an arena only grows, so an arena stays at most two
  * mappings), and decommitted with MADV_DONTNEED, which gives the memory back
- * and keeps the access. Metadata is mapped separately, read-write.
+ * and keeps the access. Metadata is mapped separately, read-write. The
+ * process-wide memory barrier and the clock are the OS's too.
  */
+#include <linux/membarrier.h>
 #include <stdatomic.h>
 #include <stdint.h>
 #include <sys/mman.h>
+#include <sys/syscall.h>
+#include <time.h>
 #include <unistd.h>
 
 #include "internal.h"
@@ -123,3 +127,32 @@ void *kmc__os_map_meta(size_t size)
 }
 
 void kmc__os_unmap_meta(void *addr, size_t size) { munmap(addr, size); }
+
+void kmc__os_zero_pages(void *addr, size_t size) { madvise(addr, size, MADV_DONTNEED); }
+
+/* MEMBARRIER_CMD_PRIVATE_EXPEDITED runs a memory barrier on every CPU that
+ * runs one of our threads (an IPI each), and returns when all have: what a
+ * taker needs so that an owner's plain store of its busy flag is seen
+ * (Linux 4.14; registration once per process). Registration is repeated in
+ * a forked child, which the kernel requires. */
+static _Atomic int barrier_state; /* 0: unknown, 1: registered, -1: unsupported */
+static _Atomic pid_t barrier_pid;
+
+int kmc__os_barrier(void)
+{
+    if (atomic_load(&barrier_state) == 0 || atomic_load(&barrier_pid) != getpid()) {
+        long ok = syscall(__NR_membarrier, MEMBARRIER_CMD_REGISTER_PRIVATE_EXPEDITED, 0, 0);
+        atomic_store(&barrier_pid, getpid());
+        atomic_store(&barrier_state, ok == 0 ? 1 : -1);
+    }
+    if (atomic_load(&barrier_state) < 0)
+        return -1;
+    return syscall(__NR_membarrier, MEMBARRIER_CMD_PRIVATE_EXPEDITED, 0, 0) == 0 ? 0 : -1;
+}
+
+uint32_t kmc__now_ms(void)
+{
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC_COARSE, &ts);
+    return (uint32_t)((uint64_t)ts.tv_sec * 1000 + (uint64_t)ts.tv_nsec / 1000000);
+}

@@ -1,13 +1,16 @@
 /*
  * slab.c - slab lists and free bitmaps.
  *
- * A slab's free objects are the set bits of its bitmap (bit i: slot i). A
- * bitmap instead of a free list threaded through the objects keeps every
- * allocator word out of object memory, makes a double free a one-bit test,
- * and costs one bit per object. Lists link slabs by 32-bit slab ids
- * (arena index << spa_shift | slab index), never by pointers.
- * All functions here run with the cache locked or on a NEW slab that no
- * other thread can see.
+ * A slab's free objects are the set bits of its two bitmaps (bit i: slot i):
+ * its own, written by whoever owns the slab, and the remote one, where other
+ * threads set bits atomically. A slot is free in at most one of them; both
+ * set means a double free that two threads raced to make. A bitmap instead
+ * of a free list threaded through the objects keeps every allocator word out
+ * of object memory, makes a double free a one-bit test, and costs two bits
+ * per object. Lists link slabs by 32-bit slab ids (arena index << 16 | slab
+ * index), never by pointers.
+ * Functions here run with the cache locked, on a NEW slab no other thread
+ * can see, or (merging) by the slab's owning heap.
  */
 #include <string.h>
 
@@ -20,6 +23,8 @@ void kmc__list_push(kmc_cache_t *c, kmc_list_t *list, uint32_t id)
     s->next = list->head;
     if (list->head != KMC_NIL)
         kmc__slab(c, list->head)->prev = id;
+    else
+        list->tail = id;
     list->head = id;
     list->count++;
 }
@@ -33,6 +38,8 @@ void kmc__list_remove(kmc_cache_t *c, kmc_list_t *list, uint32_t id)
         list->head = s->next;
     if (s->next != KMC_NIL)
         kmc__slab(c, s->next)->prev = s->prev;
+    else
+        list->tail = s->prev;
     s->next = s->prev = KMC_NIL;
     list->count--;
 }
@@ -47,21 +54,56 @@ uint32_t kmc__list_pop(kmc_cache_t *c, kmc_list_t *list)
 
 void kmc__slab_init_free(kmc_cache_t *c, uint32_t id)
 {
-    uint64_t *bits = kmc__slab_bitmap(c, id);
+    _Atomic uint64_t *local = kmc__slab_local(c, id);
+    _Atomic uint64_t *remote = kmc__slab_remote(c, id);
     uint32_t full = c->objperslab / 64, rest = c->objperslab % 64;
-    memset(bits, 0xff, (size_t)full * sizeof(uint64_t));
-    if (rest)
-        bits[full] = (UINT64_C(1) << rest) - 1;
+    for (uint32_t w = 0; w < c->bitmap_words; w++) {
+        KMC_STORE(&local[w], w < full ? UINT64_MAX : (UINT64_C(1) << rest) - 1);
+        KMC_STORE(&remote[w], 0);
+    }
     kmc_slab_t *s = kmc__slab(c, id);
-    s->inuse = 0;
+    KMC_STORE(&s->inuse, 0);
+    KMC_STORE(&s->owner, KMC_DEPOT);
+    KMC_STORE(&s->pushed, 0);
     s->hint = 0;
 }
 
-uint32_t kmc__bitmap_popcount(const kmc_cache_t *c, uint32_t id)
+uint32_t kmc__bits_count(const _Atomic uint64_t *bits, uint32_t words)
 {
-    const uint64_t *bits = kmc__slab_bitmap(c, id);
     uint32_t n = 0;
-    for (uint32_t w = 0; w < c->bitmap_words; w++)
-        n += (uint32_t)__builtin_popcountll(bits[w]);
+    for (uint32_t w = 0; w < words; w++)
+        n += (uint32_t)__builtin_popcountll(KMC_LOAD(&((_Atomic uint64_t *)bits)[w]));
     return n;
+}
+
+/* Move the remote bits of slab @id into its own bitmap; return how many
+ * slots became free. A bit set in both was freed twice: counted in
+ * *@late_double, and free once. */
+uint32_t kmc__slab_merge_remote(kmc_cache_t *c, uint32_t id, uint64_t *late_double)
+{
+    _Atomic uint64_t *local = kmc__slab_local(c, id);
+    _Atomic uint64_t *remote = kmc__slab_remote(c, id);
+    uint32_t n = 0;
+    for (uint32_t w = 0; w < c->bitmap_words; w++) {
+        if (!KMC_LOAD(&remote[w]))
+            continue;
+        uint64_t x = atomic_exchange_explicit(&remote[w], 0, memory_order_acq_rel);
+        uint64_t old = KMC_LOAD(&local[w]);
+        *late_double += (uint64_t)__builtin_popcountll(x & old);
+        n += (uint32_t)__builtin_popcountll(x & ~old);
+        KMC_STORE(&local[w], old | x);
+    }
+    if (n) {
+        kmc_slab_t *s = kmc__slab(c, id);
+        KMC_STORE(&s->inuse, KMC_LOAD(&s->inuse) - n);
+    }
+    return n;
+}
+
+bool kmc__slot_free(const kmc_cache_t *c, uint32_t id, uint32_t idx)
+{
+    uint64_t bit = UINT64_C(1) << (idx % 64);
+    uint64_t local = KMC_LOAD(&kmc__slab_local(c, id)[idx / 64]);
+    uint64_t remote = KMC_LOAD(&kmc__slab_remote(c, id)[idx / 64]);
+    return (local | remote) & bit;
 }

@@ -38,6 +38,12 @@ static atomic_int thread_failures;
         }                                                                               \
     } while (0)
 
+/* What every test file may run after each test, even a failed one (a CHECK
+ * returns early): define TEST_AFTER_EACH() before including this header. */
+#ifndef TEST_AFTER_EACH
+#define TEST_AFTER_EACH() ((void)0)
+#endif
+
 #define CHECK_STR_HAS(haystack, needle) CHECK(strstr((haystack), (needle)) != NULL)
 
 /* In a thread: record the failure (the first few are printed) and go on. */
@@ -51,6 +57,7 @@ static atomic_int thread_failures;
     do {                                                                                \
         int before_ = test_checks_failed;                                               \
         test();                                                                         \
+        TEST_AFTER_EACH();                                                              \
         int ok_ = test_checks_failed == before_;                                        \
         printf("%s %s\n", ok_ ? "ok  " : "FAIL", #test + 5);                            \
         fflush(stdout);                                                                 \

@@ -16,11 +16,15 @@
 #include <string.h>
 
 #include "kmc.h"
+/* no test leaves failure injection on for the next */
+#define TEST_AFTER_EACH() kmc_os_fail_after(-1)
 #include "test_helpers.h"
 
 #define KiB ((size_t)1 << 10)
 #define MiB ((size_t)1 << 20)
-#define LARGE_KEEP_MAX_BYTES (256 * KiB) /* the largest freed run kmalloc.c keeps */
+#define LARGE_KEEP_MAX_BYTES (32 * MiB) /* the largest freed run kmalloc.c keeps */
+#define LARGE_KEEP_RUNS 64               /* and at most this many runs, */
+#define LARGE_KEEP_BYTES (64 * MiB)      /* this many bytes in all */
 
 static const struct {
     const char *name;
@@ -278,21 +282,22 @@ static void test_large_runs_are_kept_and_reused(void)
     CHECK_EQ(kmc_kfree(big), KMC_OK);
     CHECK_EQ(large_now().kept, kept);
 
-    void *many[40];
-    for (int i = 0; i < 40; i++)
-        CHECK((many[i] = kmc_kmalloc(64 * KiB, 0)) != NULL);
-    for (int i = 0; i < 40; i++)
+    void *many[LARGE_KEEP_RUNS + 16];
+    int n = LARGE_KEEP_RUNS + 16;
+    for (int i = 0; i < n; i++)
+        CHECK((many[i] = kmc_kmalloc(MiB, 0)) != NULL);
+    for (int i = 0; i < n; i++)
         CHECK_EQ(kmc_kfree(many[i]), KMC_OK);
     kmc_kmalloc_large_stats_t s = large_now();
-    CHECK_EQ(s.kept, 16); /* the newest: 16 runs, 1 MiB */
-    CHECK_EQ(s.kept_bytes, MiB);
-    CHECK(kmc_kmalloc(64 * KiB, 0) == many[39]); /* the newest first */
-    CHECK_EQ(kmc_kfree(many[39]), KMC_OK);
+    CHECK_EQ(s.kept, LARGE_KEEP_RUNS); /* the newest: 64 runs, 64 MiB */
+    CHECK_EQ(s.kept_bytes, LARGE_KEEP_BYTES);
+    CHECK(kmc_kmalloc(MiB, 0) == many[n - 1]); /* the newest first */
+    CHECK_EQ(kmc_kfree(many[n - 1]), KMC_OK);
     void *small = kmc_kmalloc(12 * KiB, 0); /* another size: evicts the oldest */
     CHECK_EQ(kmc_kfree(small), KMC_OK);
     s = large_now();
-    CHECK_EQ(s.kept, 16);
-    CHECK_EQ(s.kept_bytes, 15 * 64 * KiB + 12 * KiB);
+    CHECK_EQ(s.kept, LARGE_KEEP_RUNS);
+    CHECK_EQ(s.kept_bytes, (LARGE_KEEP_RUNS - 1) * MiB + 12 * KiB);
     CHECK_EQ(kmc_kmalloc_shrink(), s.kept_bytes);
     CHECK_EQ(large_now().kept, 0);
     CHECK_EQ(large_now().kept_bytes, 0);

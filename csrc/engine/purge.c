@@ -1,0 +1,99 @@
+/*
+ * purge.c - memory back to the OS a while after it was last used.
+ *
+ * Empty slabs wait in their depot, and freed large runs in kmalloc's kept
+ * list, for the purge delay (KMEMCACHE_PURGE_DELAY_MS): churn that empties
+ * and refills a slab costs no system call. One background thread, started
+ * the first time there is something to release, wakes once per delay while
+ * there is, releases what has waited long enough, and takes back from the
+ * threads' heaps the empty slabs of heaps that did nothing for a whole
+ * delay. It sleeps for good when nothing is left, until the next arm.
+ * Memory is thus back within about two delays of its last use. It runs
+ * with every signal blocked, so signal handlers stay on the program's own
+ * threads.
+ */
+#include <signal.h>
+#include <time.h>
+
+#include "internal.h"
+
+static pthread_mutex_t purge_lock = PTHREAD_MUTEX_INITIALIZER;
+static pthread_cond_t purge_cond = PTHREAD_COND_INITIALIZER;
+static bool started;          /* purge_lock */
+static _Atomic int armed;     /* there is something to look at */
+
+uint32_t kmc__purge_delay_ms(void) { return (uint32_t)kmc__option(KMC_OPTION_PURGE_DELAY_MS); }
+
+/* One look at every cache; true when something is still waiting. */
+static bool purge_pass(void)
+{
+    uint32_t now = kmc__now_ms();
+    bool again = false;
+    pthread_mutex_lock(&kmc__caches_lock);
+    for (kmc_cache_t *c = kmc__caches_first; c; c = c->next_cache) {
+        kmc__lock(&c->lock);
+        if (c->heaps_on && kmc__heaps_take_back(c, true))
+            again = true;
+        kmc__depot_release_expired(c, now, false);
+        if (kmc__depot_has_empty(c))
+            again = true;
+        kmc__unlock(&c->lock);
+    }
+    pthread_mutex_unlock(&kmc__caches_lock);
+    kmc__kmalloc_purge(now, false, &again);
+    return again;
+}
+
+static void *purge_thread(void *arg)
+{
+    (void)arg;
+    for (;;) {
+        pthread_mutex_lock(&purge_lock);
+        while (!atomic_load(&armed))
+            pthread_cond_wait(&purge_cond, &purge_lock);
+        pthread_mutex_unlock(&purge_lock);
+        uint32_t delay = kmc__purge_delay_ms();
+        struct timespec ts = {.tv_sec = delay / 1000, .tv_nsec = (long)(delay % 1000) * 1000000};
+        while (nanosleep(&ts, &ts) != 0)
+            ;
+        atomic_store(&armed, 0); /* an arm from now on is seen next round */
+        if (purge_pass())
+            atomic_store(&armed, 1);
+    }
+    return NULL;
+}
+
+void kmc__purge_arm(void)
+{
+    if (atomic_load_explicit(&armed, memory_order_relaxed) || atomic_exchange(&armed, 1))
+        return;
+    pthread_mutex_lock(&purge_lock);
+    if (!started) {
+        pthread_attr_t attr;
+        sigset_t all, old;
+        pthread_t t;
+        sigfillset(&all);
+        pthread_sigmask(SIG_SETMASK, &all, &old);
+        pthread_attr_init(&attr);
+        pthread_attr_setdetachstate(&attr, PTHREAD_CREATE_DETACHED);
+        pthread_attr_setstacksize(&attr, (size_t)64 << 10);
+        started = pthread_create(&t, &attr, purge_thread, NULL) == 0;
+        pthread_attr_destroy(&attr);
+        pthread_sigmask(SIG_SETMASK, &old, NULL);
+        /* without a thread, memory still goes back at shrink() */
+    }
+    pthread_cond_signal(&purge_cond);
+    pthread_mutex_unlock(&purge_lock);
+}
+
+void kmc__purge_lock_all(void) { pthread_mutex_lock(&purge_lock); }
+
+void kmc__purge_unlock_all(bool child)
+{
+    if (child) {
+        started = false; /* the thread did not come along */
+        atomic_store(&armed, 0);
+        pthread_cond_init(&purge_cond, NULL);
+    }
+    pthread_mutex_unlock(&purge_lock);
+}

@@ -1,0 +1,151 @@
+/*
+ * thread.c - thread indices, what happens when a thread exits, and fork().
+ *
+ * Each thread that calls the engine gets a small index (its heap in every
+ * cache), recycled when it exits; the first KMC_MAX_HEAPS threads have
+ * heaps, later ones use the depot. A thread's exit gives its heaps' slabs
+ * back (a pthread key's destructor), as kmc_thread_flush does on demand.
+ *
+ * fork(): every engine lock is taken before the fork and released after it
+ * in both processes (pthread_atfork), so the child never inherits a lock
+ * that a thread it does not have was holding. Threads inside a fast path
+ * hold no lock: in the child their heaps are given back to the depot, and
+ * when one was caught in the middle of an operation the cache's counters
+ * are made to agree with its bitmaps again.
+ */
+#include <stdlib.h>
+
+#include "internal.h"
+
+static pthread_mutex_t threads_lock = PTHREAD_MUTEX_INITIALIZER;
+static uint64_t used[KMC_MAX_HEAPS / 64]; /* indices taken; threads_lock */
+static pthread_key_t exit_key;
+static pthread_once_t once = PTHREAD_ONCE_INIT;
+
+/* Give thread index @index's slabs in every cache back to the depots. */
+static void flush_index(uint32_t index, bool close)
+{
+    pthread_mutex_lock(&kmc__caches_lock);
+    for (kmc_cache_t *c = kmc__caches_first; c; c = c->next_cache) {
+        kmc_heap_t *h = kmc__heap_at(c, index);
+        if (!h)
+            continue;
+        kmc__lock(&c->lock);
+        kmc__heap_flush(c, h, close);
+        kmc__unlock(&c->lock);
+    }
+    pthread_mutex_unlock(&kmc__caches_lock);
+}
+
+static void release_index(uint32_t index)
+{
+    pthread_mutex_lock(&threads_lock);
+    used[index / 64] &= ~(UINT64_C(1) << (index % 64));
+    pthread_mutex_unlock(&threads_lock);
+}
+
+static void thread_exit(void *arg)
+{
+    (void)arg;
+    uint32_t self = kmc__self;
+    kmc__self = 0; /* a later call (another key's destructor) registers again */
+    if (self - 1 < KMC_MAX_HEAPS) {
+        flush_index(self - 1, true);
+        release_index(self - 1);
+    }
+}
+
+void kmc_thread_flush(void)
+{
+    uint32_t self = kmc__self;
+    if (self - 1 < KMC_MAX_HEAPS)
+        flush_index(self - 1, false);
+}
+
+uint32_t kmc__thread_register(void)
+{
+    kmc__fork_init();
+    uint32_t self = KMC_NIL; /* no heap: the depot serves this thread */
+    pthread_mutex_lock(&threads_lock);
+    for (uint32_t w = 0; w < KMC_MAX_HEAPS / 64; w++)
+        if (~used[w]) {
+            uint32_t b = (uint32_t)__builtin_ctzll(~used[w]);
+            used[w] |= UINT64_C(1) << b;
+            self = w * 64 + b + 1;
+            break;
+        }
+    pthread_mutex_unlock(&threads_lock);
+    if (self != KMC_NIL && pthread_setspecific(exit_key, (void *)1) != 0) {
+        release_index(self - 1); /* no exit hook: better no heap */
+        self = KMC_NIL;
+    }
+    kmc__self = self;
+    return self;
+}
+
+/* --- fork ------------------------------------------------------------------------ */
+
+static void fork_prepare(void)
+{
+    kmc__kmalloc_lock(false);
+    pthread_mutex_lock(&kmc__caches_lock);
+    for (kmc_cache_t *c = kmc__caches_first; c; c = c->next_cache)
+        kmc__lock(&c->lock);
+    kmc__registry_lock_all();
+    kmc__kmalloc_lock(true);
+    pthread_mutex_lock(&threads_lock);
+    kmc__purge_lock_all();
+}
+
+static void unlock_all(bool child)
+{
+    kmc__purge_unlock_all(child);
+    pthread_mutex_unlock(&threads_lock);
+    kmc__kmalloc_unlock(true);
+    kmc__registry_unlock_all();
+    for (kmc_cache_t *c = kmc__caches_first; c; c = c->next_cache)
+        kmc__unlock(&c->lock);
+    pthread_mutex_unlock(&kmc__caches_lock);
+    kmc__kmalloc_unlock(false);
+}
+
+static void fork_parent(void) { unlock_all(false); }
+
+static void fork_child(void)
+{
+    unlock_all(true);
+    /* only the forking thread survives: every other index is free again */
+    uint32_t me = kmc__self - 1;
+    for (uint32_t w = 0; w < KMC_MAX_HEAPS / 64; w++)
+        used[w] = 0;
+    if (me < KMC_MAX_HEAPS)
+        used[me / 64] |= UINT64_C(1) << (me % 64);
+    for (kmc_cache_t *c = kmc__caches_first; c; c = c->next_cache) {
+        bool torn = false;
+        kmc__lock(&c->lock);
+        for (uint32_t i = 0; i < KMC_MAX_HEAPS; i++) {
+            kmc_heap_t *h = i == me ? NULL : kmc__heap_at(c, i);
+            if (!h) {
+                if (!atomic_load(&c->chunks[i >> KMC_HEAP_CHUNK_SHIFT]))
+                    i |= (1u << KMC_HEAP_CHUNK_SHIFT) - 1;
+                continue;
+            }
+            torn |= KMC_LOAD(&h->busy) != 0;
+            KMC_STORE(&h->busy, 0);
+            KMC_STORE(&h->request, 0);
+            kmc__heap_flush(c, h, true);
+        }
+        if (torn)
+            kmc__depot_recount(c);
+        kmc__unlock(&c->lock);
+    }
+}
+
+static void init_once(void)
+{
+    if (pthread_key_create(&exit_key, thread_exit) != 0)
+        abort(); /* at the first cache: nothing to recover */
+    pthread_atfork(fork_prepare, fork_parent, fork_child);
+}
+
+void kmc__fork_init(void) { pthread_once(&once, init_once); }
