@@ -829,7 +829,7 @@ kmc_status kmc__depot_free(kmc_cache_t *c, void *p, bool *owned)
         st = check_counts(c, id);
     uint32_t *orig = st == KMC_OK ? kmc__debug_orig(c, a, kmc__slab_index(id), idx) : NULL;
     if (st == KMC_OK && (c->flags & KMC_DEBUG_FLAGS))
-        st = kmc__debug_check_free(c, p, orig ? *orig : c->size, true);
+        st = kmc__debug_check_free(c, p, orig ? *orig : c->size);
     if (st == KMC_OK) {
         if (c->flags & KMC_DEBUG_FLAGS)
             kmc__debug_on_free(c, p);
@@ -849,7 +849,7 @@ kmc_status kmc_cache_check_free(kmc_cache_t *c, const void *p)
     kmc_status st = kmc__locate(c, p, &a, &id, &idx);
     if (st == KMC_OK && (c->flags & (KMC_RED_ZONE | KMC_POISON))) {
         uint32_t *orig = kmc__debug_orig(c, a, kmc__slab_index(id), idx);
-        st = kmc__debug_check_free(c, (uint8_t *)p, orig ? *orig : c->size, false);
+        st = kmc__debug_check_free(c, (uint8_t *)p, orig ? *orig : c->size);
     }
     kmc__unlock(&c->lock);
     return st;

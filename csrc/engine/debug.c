@@ -56,17 +56,15 @@ static size_t run_not(const uint8_t *obj, ptrdiff_t from, ptrdiff_t to, uint8_t 
     return (size_t)(end - from);
 }
 
-/* Check that [from, to) of @obj is all @value; report (and repair, if
- * @repair) if not. */
+/* Check that [from, to) of @obj is all @value; report and repair if not. */
 static kmc_status check_bytes(const kmc_cache_t *c, uint8_t *obj, ptrdiff_t from, ptrdiff_t to,
-                              uint8_t value, kmc_status status, const char *what, bool repair)
+                              uint8_t value, kmc_status status, const char *what)
 {
     ptrdiff_t bad = first_not(obj, from, to, value);
     if (bad == to)
         return KMC_OK;
     kmc__report_bytes(status, c, obj, bad, run_not(obj, bad, to, value), value, what);
-    if (repair)
-        memset(obj + bad, value, (size_t)(to - bad));
+    memset(obj + bad, value, (size_t)(to - bad));
     return status;
 }
 
@@ -91,7 +89,7 @@ static void poison_free(const kmc_cache_t *c, uint8_t *obj)
 static kmc_status check_poison(const kmc_cache_t *c, uint8_t *obj)
 {
     kmc_status st = check_bytes(c, obj, 0, (ptrdiff_t)c->size - 1, KMC_POISON_FREE,
-                                KMC_EPOISON, "Poison overwritten", true);
+                                KMC_EPOISON, "Poison overwritten");
     if (st == KMC_OK && obj[c->size - 1] != KMC_POISON_END)
         st = kmc__report_bytes(KMC_EPOISON, c, obj, (ptrdiff_t)c->size - 1, 1, KMC_POISON_END,
                                "Poison overwritten");
@@ -136,24 +134,23 @@ void kmc__debug_on_free(kmc_cache_t *c, uint8_t *obj)
 /* The bytes around the object: its red zones (0xcc live, 0xbb free; a live
  * kmalloc object's from @orig on), or with POISON alone the rounding to the
  * alignment (0x5a). */
-static kmc_status check_around(const kmc_cache_t *c, uint8_t *obj, bool live, size_t orig,
-                               bool repair)
+static kmc_status check_around(const kmc_cache_t *c, uint8_t *obj, bool live, size_t orig)
 {
     if (c->flags & KMC_RED_ZONE) {
         uint8_t red = live ? KMC_RED_ACTIVE : KMC_RED_INACTIVE;
         kmc_status st = check_bytes(c, obj, -left(c), 0, red, KMC_EREDZONE,
-                                    "Left Redzone overwritten", repair);
+                                    "Left Redzone overwritten");
         if (st == KMC_OK && live && orig < c->size)
             st = check_bytes(c, obj, (ptrdiff_t)orig, (ptrdiff_t)c->size, red, KMC_EREDZONE,
-                             "kmalloc Redzone overwritten", repair);
+                             "kmalloc Redzone overwritten");
         if (st == KMC_OK)
             st = check_bytes(c, obj, (ptrdiff_t)c->size, right_end(c), red, KMC_EREDZONE,
-                             "Right Redzone overwritten", repair);
+                             "Right Redzone overwritten");
         return st;
     }
     if (c->flags & KMC_POISON)
         return check_bytes(c, obj, (ptrdiff_t)c->size, right_end(c), KMC_POISON_INUSE,
-                           KMC_EREDZONE, "Object padding overwritten", repair);
+                           KMC_EREDZONE, "Object padding overwritten");
     return KMC_OK;
 }
 
@@ -165,14 +162,13 @@ kmc_status kmc__debug_check_alloc(kmc_cache_t *c, uint8_t *obj)
         if (st != KMC_OK)
             return st;
     }
-    return check_around(c, obj, false, c->size, true);
+    return check_around(c, obj, false, c->size);
 }
 
-/* @obj (asked for @orig bytes) is live and about to be freed; with !@repair
- * nothing is changed (a check before a bulk free). */
-kmc_status kmc__debug_check_free(kmc_cache_t *c, uint8_t *obj, size_t orig, bool repair)
+/* @obj (asked for @orig bytes) is live and about to be freed. */
+kmc_status kmc__debug_check_free(kmc_cache_t *c, uint8_t *obj, size_t orig)
 {
-    return check_around(c, obj, true, orig, repair);
+    return check_around(c, obj, true, orig);
 }
 
 /* CONSISTENCY_CHECKS, on every alloc and free: the slab's live counter and
@@ -253,11 +249,11 @@ kmc_status kmc__debug_check_slab(kmc_cache_t *c, uint32_t id, size_t *problems)
             if (!live && (c->flags & KMC_POISON))
                 tally(&t, check_poison(c, obj));
             uint32_t *orig = kmc__debug_orig(c, a, sidx, i);
-            tally(&t, check_around(c, obj, live, orig ? *orig : c->size, true));
+            tally(&t, check_around(c, obj, live, orig ? *orig : c->size));
         }
         size_t used = (size_t)c->objperslab * c->slot_size;
         tally(&t, check_bytes(c, mem, (ptrdiff_t)used, (ptrdiff_t)c->slab_size, KMC_POISON_INUSE,
-                              KMC_EREDZONE, "Padding overwritten", true));
+                              KMC_EREDZONE, "Padding overwritten"));
     }
     if (t.first != KMC_OK)
         *kmc__report_slot() = t.report;

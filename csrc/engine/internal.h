@@ -398,7 +398,7 @@ void kmc__debug_init_slab(kmc_cache_t *c, uint8_t *mem, uint32_t *orig);
 void kmc__debug_on_alloc(kmc_cache_t *c, uint8_t *obj, int zero, size_t orig);
 void kmc__debug_on_free(kmc_cache_t *c, uint8_t *obj);
 kmc_status kmc__debug_check_alloc(kmc_cache_t *c, uint8_t *obj);
-kmc_status kmc__debug_check_free(kmc_cache_t *c, uint8_t *obj, size_t orig, bool repair);
+kmc_status kmc__debug_check_free(kmc_cache_t *c, uint8_t *obj, size_t orig);
 kmc_status kmc__debug_check_slab(kmc_cache_t *c, uint32_t id, size_t *problems);
 kmc_status kmc__debug_check_counts(kmc_cache_t *c, uint32_t id);
 uint32_t *kmc__debug_orig(const kmc_cache_t *c, const kmc_arena_t *a, uint32_t sidx,

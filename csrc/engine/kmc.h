@@ -221,8 +221,9 @@ kmc_status kmc_cache_free(kmc_cache_t *cache, void *object);
 
 /* kmc_cache_check_free - would kmc_cache_free(@cache, @object) succeed with
  * no report? KMC_OK, or the status and report the free would give: a double
- * or invalid free, and in debug caches a damaged red zone. Changes nothing
- * (used to make bulk frees all or nothing). */
+ * or invalid free, and in debug caches a damaged red zone. Frees nothing
+ * (used to make bulk frees all or nothing); damage it reports is repaired,
+ * as every check does, so that it is reported once. */
 kmc_status kmc_cache_check_free(kmc_cache_t *cache, const void *object);
 
 /* kmc_cache_shrink - take back the free objects that threads' caches hold,

@@ -39,14 +39,21 @@ class SlabStats:
     align: int  #: guaranteed alignment
     slab_size: int  #: bytes per slab
     partial_slabs: int
-    empty_slabs: int  #: empty slabs kept in reserve
+    #: slabs without live objects, waiting for the purge delay before their
+    #: memory goes back to the OS
+    empty_slabs: int
+    #: free objects in the slabs that threads' caches hold (counted as free)
+    cached_objs: int
+    thread_caches: int  #: threads' caches holding slabs of this cache
     allocs: int  #: objects handed out, ever
     frees: int  #: objects given back, ever
+    remote_frees: int  #: objects freed by a thread other than their slab's owner, ever
     slabs_created: int
     slabs_released: int  #: slabs given back to the OS, ever
     committed_bytes: int  #: object memory in slabs now (num_slabs * slab_size)
     metadata_bytes: int  #: slab descriptors and free bitmaps mapped
-    arenas: int  #: 64 MiB address-space reservations
+    reserved_bytes: int  #: address space reserved for the arenas
+    arenas: int  #: address-space reservations, 1 MiB doubling up to 64 MiB
     bitmap_words: int  #: 64-bit words of free bitmap per slab
     #: the most bitmap words one allocation ever skipped: below bitmap_words
     #: whatever the number of live objects, which is what makes alloc O(1)
