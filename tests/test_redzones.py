@@ -36,6 +36,7 @@ def caught(what, fn):
         print(f"{what}: no error")
 """
 
+
 def run(code: str, env: dict[str, str] | None = None) -> list[str]:
     import os
 
