@@ -177,7 +177,8 @@ kmc_status kmc_cache_create(const char *name, size_t size, size_t align, unsigne
     c->flags = ctor ? (flags & ~KMC_POISON) : flags;
     c->ctor = ctor;
     c->ctor_arg = ctor_arg;
-    c->partial = c->empty = c->released = (kmc_list_t){KMC_NIL, KMC_NIL, 0};
+    c->d = &c->own_depot;
+    c->d->partial = c->d->empty = c->d->released = (kmc_list_t){KMC_NIL, KMC_NIL, 0};
     choose_layout(c);
 
     pthread_mutex_lock(&kmc__caches_lock);
@@ -246,12 +247,12 @@ static void arena_release(kmc_cache_t *c, kmc_arena_t *a)
 static void slab_retire(kmc_cache_t *c, uint32_t id);
 
 /* Merge a depot slab's remote bits. Cache locked. */
-static uint32_t depot_merge(kmc_cache_t *c, uint32_t id)
+uint32_t kmc__depot_merge(kmc_cache_t *c, uint32_t id)
 {
     uint64_t late = 0;
     uint32_t n = kmc__slab_merge_remote(c, id, &late);
-    c->depot_merged += n + late;
-    c->depot_late_double += late;
+    c->d->depot_merged += n + late;
+    c->d->depot_late_double += late;
     return n;
 }
 
@@ -264,15 +265,15 @@ static void depot_settle(kmc_cache_t *c)
         uint8_t state = kmc__slab_state(s);
         if (state >= KMC_SLAB_CURRENT)
             continue;
-        if (!depot_merge(c, id))
+        if (!kmc__depot_merge(c, id))
             continue;
         uint32_t inuse = KMC_LOAD(&s->inuse);
         if (state == KMC_SLAB_FULL && inuse) {
             kmc__slab_set_state(s, KMC_SLAB_PARTIAL);
-            kmc__list_push(c, &c->partial, id);
+            kmc__list_push(c, &c->d->partial, id);
         } else if (inuse == 0 && state != KMC_SLAB_EMPTY) {
             if (state == KMC_SLAB_PARTIAL)
-                kmc__list_remove(c, &c->partial, id);
+                kmc__list_remove(c, &c->d->partial, id);
             slab_retire(c, id);
         }
     })
@@ -297,7 +298,7 @@ static uint64_t live_objects(const kmc_cache_t *c)
 {
     kmc_stats_t s = {0};
     kmc__heaps_stats(c, &s, NULL);
-    return c->depot_allocs + s.allocs - (c->depot_frees + s.frees - c->depot_late_double);
+    return c->d->depot_allocs + s.allocs - (c->d->depot_frees + s.frees - c->d->depot_late_double);
 }
 
 static kmc_status validate_locked(kmc_cache_t *c, size_t *problems);
@@ -309,7 +310,7 @@ kmc_status kmc_cache_destroy(kmc_cache_t *c)
         return kmc__report(KMC_EBUSY, c, NULL, "%s serves kmalloc: it is never destroyed",
                            c->name);
     pthread_mutex_lock(&kmc__caches_lock);
-    kmc__lock(&c->lock);
+    kmc__cache_lock(c);
     kmc__heaps_take_back(c, false);
     depot_settle(c);
     uint64_t live = live_objects(c);
@@ -318,7 +319,7 @@ kmc_status kmc_cache_destroy(kmc_cache_t *c)
                                     "Objects remaining in %s on __kmem_cache_shutdown(): "
                                     "%llu live",
                                     c->name, (unsigned long long)live);
-        kmc__unlock(&c->lock);
+        kmc__cache_unlock(c);
         pthread_mutex_unlock(&kmc__caches_lock);
         return st;
     }
@@ -336,7 +337,7 @@ kmc_status kmc_cache_destroy(kmc_cache_t *c)
         c->next_cache->prev_cache = c->prev_cache;
     else
         caches_last = c->prev_cache;
-    kmc__unlock(&c->lock);
+    kmc__cache_unlock(c);
     pthread_mutex_unlock(&kmc__caches_lock);
 
     kmc__heaps_free(c);
@@ -402,7 +403,7 @@ static kmc_status arena_new(kmc_cache_t *c, kmc_arena_t **out)
  * of an arena, else a new arena's first. Cache locked. */
 static kmc_status slab_slot(kmc_cache_t *c, uint32_t *out)
 {
-    uint32_t id = kmc__list_pop(c, &c->released);
+    uint32_t id = kmc__list_pop(c, &c->d->released);
     if (id == KMC_NIL) {
         kmc_arena_t *a = c->fill_arena;
         if (!a) {
@@ -427,9 +428,9 @@ static void slab_release(kmc_cache_t *c, uint32_t id)
     kmc__os_decommit(kmc__slab_mem(c, id), c->slab_size);
     kmc__slab_set_state(kmc__slab(c, id), KMC_SLAB_RELEASED);
     kmc__slab_arena(c, id)->live_slabs--;
-    kmc__list_push(c, &c->released, id);
-    c->num_slabs--;
-    c->slabs_released++;
+    kmc__list_push(c, &c->d->released, id);
+    c->d->num_slabs--;
+    c->d->slabs_released++;
 }
 
 /* An empty slab of the depot (on no list) waits on the empty list for the
@@ -445,22 +446,22 @@ static void slab_retire(kmc_cache_t *c, uint32_t id)
         return;
     }
     s->empty_since = kmc__now_ms();
-    kmc__list_push(c, &c->empty, id);
+    kmc__list_push(c, &c->d->empty, id);
     kmc__purge_arm();
 }
 
 void kmc__depot_release_expired(kmc_cache_t *c, uint32_t now, bool all)
 {
     uint32_t delay = kmc__purge_delay_ms();
-    for (uint32_t id; (id = c->empty.tail) != KMC_NIL;) {
+    for (uint32_t id; (id = c->d->empty.tail) != KMC_NIL;) {
         if (!all && (uint32_t)(now - kmc__slab(c, id)->empty_since) < delay)
             break; /* the rest are younger */
-        kmc__list_remove(c, &c->empty, id);
+        kmc__list_remove(c, &c->d->empty, id);
         slab_release(c, id);
     }
 }
 
-bool kmc__depot_has_empty(const kmc_cache_t *c) { return c->empty.count != 0; }
+bool kmc__depot_has_empty(const kmc_cache_t *c) { return c->d->empty.count != 0; }
 
 /* Build one more slab and put it at the head of the depot's partial list.
  * The memory is committed and the constructor run without the lock, on a
@@ -468,9 +469,9 @@ bool kmc__depot_has_empty(const kmc_cache_t *c) { return c->empty.count != 0; }
  * unlocked. */
 kmc_status kmc__depot_grow(kmc_cache_t *c)
 {
-    kmc__lock(&c->lock);
-    if (c->partial.head != KMC_NIL || c->empty.head != KMC_NIL) {
-        kmc__unlock(&c->lock); /* another thread grew it, or a heap gave back */
+    kmc__cache_lock(c);
+    if (c->d->partial.head != KMC_NIL || c->d->empty.head != KMC_NIL) {
+        kmc__cache_unlock(c); /* another thread grew it, or a heap gave back */
         return KMC_OK;
     }
     uint32_t id;
@@ -483,7 +484,7 @@ kmc_status kmc__depot_grow(kmc_cache_t *c)
         orig = kmc__debug_orig(c, kmc__slab_arena(c, id), kmc__slab_index(id), 0);
         kmc__slab_init_free(c, id);
     }
-    kmc__unlock(&c->lock);
+    kmc__cache_unlock(c);
     if (st != KMC_OK)
         return st;
 
@@ -503,22 +504,22 @@ kmc_status kmc__depot_grow(kmc_cache_t *c)
         }
     }
 
-    kmc__lock(&c->lock);
+    kmc__cache_lock(c);
     kmc_slab_t *s = kmc__slab(c, id);
     if (st == KMC_OK) {
         kmc__slab_set_state(s, KMC_SLAB_PARTIAL);
-        kmc__list_push(c, &c->partial, id);
-        c->num_slabs++;
-        c->slabs_created++;
+        kmc__list_push(c, &c->d->partial, id);
+        c->d->num_slabs++;
+        c->d->slabs_created++;
     } else if (ctor_rc > 0) {
         kmc__slab_set_state(s, KMC_SLAB_PINNED); /* live_slabs keeps counting it */
         kmc__slab_arena(c, id)->pinned++;
     } else {
-        c->num_slabs++; /* slab_release counts it out */
-        c->slabs_released--;
+        c->d->num_slabs++; /* slab_release counts it out */
+        c->d->slabs_released--;
         slab_release(c, id);
     }
-    kmc__unlock(&c->lock);
+    kmc__cache_unlock(c);
     return st;
 }
 
@@ -529,27 +530,27 @@ kmc_status kmc__depot_grow(kmc_cache_t *c)
 uint8_t *kmc__depot_take(kmc_cache_t *c)
 {
     for (;;) {
-        uint32_t id = c->partial.head;
+        uint32_t id = c->d->partial.head;
         if (id == KMC_NIL) {
-            id = kmc__list_pop(c, &c->empty); /* the newest: its memory is warm */
+            id = kmc__list_pop(c, &c->d->empty); /* the newest: its memory is warm */
             if (id == KMC_NIL)
                 return NULL;
             kmc__slab_set_state(kmc__slab(c, id), KMC_SLAB_PARTIAL);
-            kmc__list_push(c, &c->partial, id);
+            kmc__list_push(c, &c->d->partial, id);
         }
         kmc_slab_t *s = kmc__slab(c, id);
-        depot_merge(c, id);
+        kmc__depot_merge(c, id);
         _Atomic uint64_t *bits = kmc__slab_local(c, id);
         uint32_t w = s->hint;
         while (w < c->bitmap_words && !KMC_LOAD(&bits[w]))
             w++;
         if (w == c->bitmap_words) { /* no free slot after all */
-            kmc__list_remove(c, &c->partial, id);
+            kmc__list_remove(c, &c->d->partial, id);
             kmc__slab_set_state(s, KMC_SLAB_FULL);
             continue;
         }
-        if (w - s->hint > c->max_scan)
-            c->max_scan = w - s->hint;
+        if (w - s->hint > c->d->max_scan)
+            c->d->max_scan = w - s->hint;
         uint64_t x = KMC_LOAD(&bits[w]);
         uint32_t b = (uint32_t)__builtin_ctzll(x);
         KMC_STORE(&bits[w], x & (x - 1));
@@ -557,10 +558,10 @@ uint8_t *kmc__depot_take(kmc_cache_t *c)
         uint32_t inuse = KMC_LOAD(&s->inuse) + 1;
         KMC_STORE(&s->inuse, inuse);
         if (inuse == c->objperslab) {
-            kmc__list_remove(c, &c->partial, id);
+            kmc__list_remove(c, &c->d->partial, id);
             kmc__slab_set_state(s, KMC_SLAB_FULL);
         }
-        c->depot_allocs++;
+        c->d->depot_allocs++;
         return kmc__slab_mem(c, id) + (size_t)(w * 64 + b) * c->slot_size + c->obj_offset;
     }
 }
@@ -629,18 +630,34 @@ void kmc__depot_put(kmc_cache_t *c, uint32_t id, uint32_t idx)
     KMC_STORE(&bits[w], KMC_LOAD(&bits[w]) | UINT64_C(1) << (idx % 64));
     if (w < s->hint)
         s->hint = (uint16_t)w;
-    c->depot_frees++;
+    c->d->depot_frees++;
     uint32_t inuse = KMC_LOAD(&s->inuse) - 1;
     KMC_STORE(&s->inuse, inuse);
     uint8_t state = kmc__slab_state(s);
     if (inuse == 0) {
         if (state == KMC_SLAB_PARTIAL)
-            kmc__list_remove(c, &c->partial, id);
+            kmc__list_remove(c, &c->d->partial, id);
         slab_retire(c, id);
     } else if (state == KMC_SLAB_FULL) {
         kmc__slab_set_state(s, KMC_SLAB_PARTIAL);
-        kmc__list_push(c, &c->partial, id);
+        kmc__list_push(c, &c->d->partial, id);
     }
+}
+
+/* A slab for a heap: the first partial one, else the newest empty one (its
+ * memory is warm), taken off its list; KMC_NIL when there is none. Cache
+ * locked. */
+uint32_t kmc__depot_pop(kmc_cache_t *c)
+{
+    uint32_t id = c->d->partial.head;
+    kmc_list_t *from = &c->d->partial;
+    if (id == KMC_NIL) {
+        id = c->d->empty.head;
+        from = &c->d->empty;
+    }
+    if (id != KMC_NIL)
+        kmc__list_remove(c, from, id);
+    return id;
 }
 
 /* A slab a heap gives back: on the list its count says. Its owner is already
@@ -657,7 +674,7 @@ void kmc__depot_place(kmc_cache_t *c, uint32_t id)
         kmc__slab_set_state(s, KMC_SLAB_FULL);
     } else {
         kmc__slab_set_state(s, KMC_SLAB_PARTIAL);
-        kmc__list_push(c, &c->partial, id);
+        kmc__list_push(c, &c->d->partial, id);
     }
 }
 
@@ -672,9 +689,9 @@ static void isolate_slab(kmc_cache_t *c, uint32_t id)
     kmc_slab_t *s = kmc__slab(c, id);
     uint8_t state = kmc__slab_state(s);
     if (state == KMC_SLAB_PARTIAL)
-        kmc__list_remove(c, &c->partial, id);
+        kmc__list_remove(c, &c->d->partial, id);
     else if (state == KMC_SLAB_EMPTY)
-        kmc__list_remove(c, &c->empty, id);
+        kmc__list_remove(c, &c->d->empty, id);
     _Atomic uint64_t *bits = kmc__slab_local(c, id);
     for (uint32_t o = 0; debug_fill(c) && o < c->objperslab; o++)
         if (KMC_LOAD(&bits[o / 64]) & (UINT64_C(1) << (o % 64))) /* now used: live red zone */
@@ -683,7 +700,7 @@ static void isolate_slab(kmc_cache_t *c, uint32_t id)
     for (uint32_t w = 0; w < c->bitmap_words; w++)
         KMC_STORE(&bits[w], 0);
     /* the slots it claimed free are now counted as handed out */
-    c->depot_allocs += c->objperslab - KMC_LOAD(&s->inuse);
+    c->d->depot_allocs += c->objperslab - KMC_LOAD(&s->inuse);
     KMC_STORE(&s->inuse, c->objperslab);
     s->hint = 0;
     kmc__slab_set_state(s, KMC_SLAB_FULL);
@@ -702,7 +719,7 @@ static kmc_status check_counts(kmc_cache_t *c, uint32_t id)
 /* The slab that kmc__depot_take is about to use. Cache locked. */
 static uint32_t next_depot_slab(const kmc_cache_t *c)
 {
-    return c->partial.head != KMC_NIL ? c->partial.head : c->empty.head;
+    return c->d->partial.head != KMC_NIL ? c->d->partial.head : c->d->empty.head;
 }
 
 static uint8_t *alloc_locked_debug(kmc_cache_t *c, kmc_status *st)
@@ -722,8 +739,8 @@ static uint8_t *alloc_locked_debug(kmc_cache_t *c, kmc_status *st)
         uint32_t id, idx;
         if (kmc__locate(c, p, NULL, &id, &idx) == KMC_OK)
             kmc__depot_put(c, id, idx);
-        c->depot_allocs--;
-        c->depot_frees--;
+        c->d->depot_allocs--;
+        c->d->depot_frees--;
         *kmc__report_slot() = keep;
         return NULL;
     }
@@ -735,7 +752,7 @@ static uint8_t *alloc_locked_debug(kmc_cache_t *c, kmc_status *st)
 static void *depot_alloc(kmc_cache_t *c, int zero, size_t orig, kmc_status *status)
 {
     for (;;) {
-        kmc__lock(&c->lock);
+        kmc__cache_lock(c);
         uint8_t *p;
         kmc_status st = KMC_OK;
         if (c->flags & KMC_DEBUG_FLAGS) {
@@ -752,7 +769,7 @@ static void *depot_alloc(kmc_cache_t *c, int zero, size_t orig, kmc_status *stat
         } else {
             p = kmc__depot_take(c);
         }
-        kmc__unlock(&c->lock);
+        kmc__cache_unlock(c);
         if (st != KMC_OK) {
             *status = st;
             return NULL;
@@ -818,10 +835,10 @@ kmc_status kmc__depot_free(kmc_cache_t *c, void *p, bool *owned)
     uint32_t id, idx;
     kmc_arena_t *a;
     *owned = false;
-    kmc__lock(&c->lock);
+    kmc__cache_lock(c);
     kmc_status st = kmc__locate(c, p, &a, &id, &idx);
     if (st == KMC_OK && KMC_LOAD(&kmc__slab(c, id)->owner) != KMC_DEPOT) {
-        kmc__unlock(&c->lock);
+        kmc__cache_unlock(c);
         *owned = true;
         return KMC_OK;
     }
@@ -837,7 +854,7 @@ kmc_status kmc__depot_free(kmc_cache_t *c, void *p, bool *owned)
             *orig = (uint32_t)c->size;
         kmc__depot_put(c, id, idx);
     }
-    kmc__unlock(&c->lock);
+    kmc__cache_unlock(c);
     return st;
 }
 
@@ -845,13 +862,13 @@ kmc_status kmc_cache_check_free(kmc_cache_t *c, const void *p)
 {
     uint32_t id, idx;
     kmc_arena_t *a;
-    kmc__lock(&c->lock);
+    kmc__cache_lock(c);
     kmc_status st = kmc__locate(c, p, &a, &id, &idx);
     if (st == KMC_OK && (c->flags & (KMC_RED_ZONE | KMC_POISON))) {
         uint32_t *orig = kmc__debug_orig(c, a, kmc__slab_index(id), idx);
         st = kmc__debug_check_free(c, (uint8_t *)p, orig ? *orig : c->size);
     }
-    kmc__unlock(&c->lock);
+    kmc__cache_unlock(c);
     return st;
 }
 
@@ -863,7 +880,7 @@ int kmc__cache_resize(kmc_cache_t *c, void *p, size_t size)
         return 0;
     uint32_t id, idx;
     kmc_arena_t *a;
-    kmc__lock(&c->lock);
+    kmc__cache_lock(c);
     int ok = kmc__locate(c, p, &a, &id, &idx) == KMC_OK;
     uint32_t *orig = ok ? kmc__debug_orig(c, a, kmc__slab_index(id), idx) : NULL;
     if (orig) {
@@ -871,7 +888,7 @@ int kmc__cache_resize(kmc_cache_t *c, void *p, size_t size)
             memset((uint8_t *)p + size, KMC_RED_ACTIVE, *orig - size);
         *orig = (uint32_t)size;
     }
-    kmc__unlock(&c->lock);
+    kmc__cache_unlock(c);
     return ok;
 }
 
@@ -881,12 +898,12 @@ size_t kmc__cache_ksize(kmc_cache_t *c, const void *p)
 {
     uint32_t id, idx;
     kmc_arena_t *a;
-    kmc__lock(&c->lock);
+    kmc__cache_lock(c);
     size_t n = kmc__locate(c, p, &a, &id, &idx) == KMC_OK ? c->size : 0;
     uint32_t *orig = n ? kmc__debug_orig(c, a, kmc__slab_index(id), idx) : NULL;
     if (orig)
         *orig = (uint32_t)c->size;
-    kmc__unlock(&c->lock);
+    kmc__cache_unlock(c);
     return n;
 }
 
@@ -923,21 +940,21 @@ kmc_status kmc_free(void *p)
 size_t kmc_cache_shrink(kmc_cache_t *c)
 {
     size_t bytes = 0;
-    kmc__lock(&c->lock);
+    kmc__cache_lock(c);
     kmc__heaps_take_back(c, false);
     depot_settle(c);
-    uint64_t before = c->slabs_released;
+    uint64_t before = c->d->slabs_released;
     kmc__depot_release_expired(c, 0, true);
-    bytes += (c->slabs_released - before) * c->slab_size;
+    bytes += (c->d->slabs_released - before) * c->slab_size;
     for (uint32_t i = 0; i < c->nr_arenas; i++) {
         kmc_arena_t *a = kmc__arena(c, i);
         if (!a || a->live_slabs)
             continue;
         /* drop this arena's released slots from the list, then the arena */
-        for (uint32_t r = c->released.head; r != KMC_NIL;) {
+        for (uint32_t r = c->d->released.head; r != KMC_NIL;) {
             uint32_t next = kmc__slab(c, r)->next;
             if ((r >> KMC_SLAB_ID_SHIFT) == i)
-                kmc__list_remove(c, &c->released, r);
+                kmc__list_remove(c, &c->d->released, r);
             r = next;
         }
         bytes += a->meta_bytes;
@@ -947,7 +964,7 @@ size_t kmc_cache_shrink(kmc_cache_t *c)
         c->nr_arenas--;
     if (!c->live_arenas)
         c->next_arena = c->first_arena;
-    kmc__unlock(&c->lock);
+    kmc__cache_unlock(c);
     return bytes;
 }
 
@@ -959,7 +976,7 @@ void kmc__depot_recount(kmc_cache_t *c)
         (void)id;
         live += KMC_LOAD(&s->inuse);
     })
-    c->depot_allocs += live - live_objects(c);
+    c->d->depot_allocs += live - live_objects(c);
 }
 
 static kmc_status validate_locked(kmc_cache_t *c, size_t *problems)
@@ -987,14 +1004,14 @@ static kmc_status validate_locked(kmc_cache_t *c, size_t *problems)
         live += KMC_LOAD(&slab->inuse);
     })
     uint64_t counted = live_objects(c);
-    if (live != counted || partial != c->partial.count || empty != c->empty.count ||
-        committed_slabs != c->num_slabs) {
+    if (live != counted || partial != c->d->partial.count || empty != c->d->empty.count ||
+        committed_slabs != c->d->num_slabs) {
         kmc_status st = kmc__report(
             KMC_ECORRUPT, c, NULL,
             "counters of %s do not add up: %llu/%llu live, %llu/%u partial, %llu/%u empty",
             c->name, (unsigned long long)live, (unsigned long long)counted,
-            (unsigned long long)partial, c->partial.count, (unsigned long long)empty,
-            c->empty.count);
+            (unsigned long long)partial, c->d->partial.count, (unsigned long long)empty,
+            c->d->empty.count);
         if (first == KMC_OK) {
             first = st;
             first_report = *kmc__report_slot();
@@ -1002,12 +1019,12 @@ static kmc_status validate_locked(kmc_cache_t *c, size_t *problems)
         count++;
     }
     /* double frees found when bits met, not yet told */
-    uint64_t late = c->depot_late_double;
+    uint64_t late = c->d->depot_late_double;
     kmc_stats_t unused = {0};
     kmc__heaps_stats(c, &unused, &late);
-    if (late > c->late_double_reported) {
-        uint64_t n = late - c->late_double_reported;
-        c->late_double_reported = late;
+    if (late > c->d->late_double_reported) {
+        uint64_t n = late - c->d->late_double_reported;
+        c->d->late_double_reported = late;
         kmc_status st = kmc__report(KMC_EDOUBLE_FREE, c, NULL,
                                     "%llu object(s) of %s were freed twice by threads racing "
                                     "to free them; each was freed once",
@@ -1030,35 +1047,35 @@ static kmc_status validate_locked(kmc_cache_t *c, size_t *problems)
 kmc_status kmc_cache_validate(kmc_cache_t *c, size_t *problems)
 {
     kmc__report_clear();
-    kmc__lock(&c->lock);
+    kmc__cache_lock(c);
     kmc_status st = validate_locked(c, problems);
-    kmc__unlock(&c->lock);
+    kmc__cache_unlock(c);
     return st;
 }
 
 void kmc_cache_stats(kmc_cache_t *c, kmc_stats_t *o)
 {
     memset(o, 0, sizeof(*o));
-    kmc__lock(&c->lock);
+    kmc__cache_lock(c);
     kmc__heaps_stats(c, o, NULL); /* allocs, frees, remote_frees, cached_objs, heaps' slabs */
-    o->allocs += c->depot_allocs;
-    o->frees += c->depot_frees;
-    o->frees -= c->depot_late_double;
+    o->allocs += c->d->depot_allocs;
+    o->frees += c->d->depot_frees;
+    o->frees -= c->d->depot_late_double;
     o->active_objs = o->allocs - o->frees;
-    o->num_objs = c->num_slabs * c->objperslab;
+    o->num_objs = c->d->num_slabs * c->objperslab;
     o->objsize = c->slot_size;
     o->objperslab = c->objperslab;
     o->pagesperslab = c->slab_size / kmc_page_size();
-    o->empty_slabs += c->empty.count;
-    o->partial_slabs += c->partial.count;
-    o->active_slabs = c->num_slabs - o->empty_slabs;
-    o->num_slabs = c->num_slabs;
+    o->empty_slabs += c->d->empty.count;
+    o->partial_slabs += c->d->partial.count;
+    o->active_slabs = c->d->num_slabs - o->empty_slabs;
+    o->num_slabs = c->d->num_slabs;
     o->size = c->size;
     o->align = c->align;
     o->slab_size = c->slab_size;
-    o->slabs_created = c->slabs_created;
-    o->slabs_released = c->slabs_released;
-    o->committed_bytes = c->num_slabs * c->slab_size;
+    o->slabs_created = c->d->slabs_created;
+    o->slabs_released = c->d->slabs_released;
+    o->committed_bytes = c->d->num_slabs * c->slab_size;
     for (uint32_t i = 0; i < c->nr_arenas; i++)
         if (kmc__arena(c, i)) {
             o->metadata_bytes += kmc__arena(c, i)->meta_bytes;
@@ -1066,15 +1083,15 @@ void kmc_cache_stats(kmc_cache_t *c, kmc_stats_t *o)
         }
     o->arenas = c->live_arenas;
     o->bitmap_words = c->bitmap_words;
-    if (c->max_scan > o->max_scan)
-        o->max_scan = c->max_scan;
+    if (c->d->max_scan > o->max_scan)
+        o->max_scan = c->d->max_scan;
     o->flags = c->flags;
-    kmc__unlock(&c->lock);
+    kmc__cache_unlock(c);
 }
 
 void kmc_cache_for_each_live(kmc_cache_t *c, void (*fn)(void *, void *), void *arg)
 {
-    kmc__lock(&c->lock);
+    kmc__cache_lock(c);
     kmc__heaps_take_back(c, false);
     depot_settle(c);
     FOR_EACH_COMMITTED(c, id, s, {
@@ -1084,7 +1101,7 @@ void kmc_cache_for_each_live(kmc_cache_t *c, void (*fn)(void *, void *), void *a
             if (!kmc__slot_free(c, id, o))
                 fn(mem + (size_t)o * c->slot_size + c->obj_offset, arg);
     })
-    kmc__unlock(&c->lock);
+    kmc__cache_unlock(c);
 }
 
 const char *kmc_cache_name(const kmc_cache_t *c) { return c->name; }

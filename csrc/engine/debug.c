@@ -197,7 +197,7 @@ kmc_status kmc_debug_flip_free_bit(const void *address)
     if (!c)
         return kmc__report(KMC_EINVALID_FREE, NULL, address, "0x%llx is in no cache",
                            (unsigned long long)(uintptr_t)address);
-    kmc__lock(&c->lock);
+    kmc__cache_lock(c);
     kmc__heaps_take_back(c, false);
     size_t off = (uintptr_t)address - a->base;
     uint32_t sidx = (uint32_t)(off >> c->slab_shift);
@@ -211,7 +211,7 @@ kmc_status kmc_debug_flip_free_bit(const void *address)
     else
         atomic_fetch_xor(&a->local[(size_t)sidx * c->bitmap_words + idx / 64],
                          UINT64_C(1) << (idx % 64));
-    kmc__unlock(&c->lock);
+    kmc__cache_unlock(c);
     return st;
 }
 

@@ -386,10 +386,7 @@ static void give_back(kmc_cache_t *c, kmc_heap_t *h, uint32_t id)
     KMC_BUMP(&h->cached, -(uint64_t)kmc__bits_count(kmc__slab_local(c, id), c->bitmap_words));
     KMC_BUMP(&h->slabs, (uint32_t)-1);
     atomic_store_explicit(&s->owner, KMC_DEPOT, memory_order_seq_cst);
-    uint64_t late = 0;
-    c->depot_merged += kmc__slab_merge_remote(c, id, &late);
-    c->depot_merged += late;
-    c->depot_late_double += late;
+    kmc__depot_merge(c, id);
     kmc__depot_place(c, id);
 }
 
@@ -410,20 +407,11 @@ static bool heap_refill(kmc_cache_t *c, kmc_heap_t *h, uint32_t self)
     heap_open(h);
     if (KMC_LOAD(&h->cur) || h->partial.head != KMC_NIL || h->empty.head != KMC_NIL)
         return true; /* something to try again with */
-    uint32_t id = c->partial.head;
-    kmc_list_t *from = &c->partial;
-    if (id == KMC_NIL) {
-        id = c->empty.head; /* the newest: its memory is warm */
-        from = &c->empty;
-    }
+    uint32_t id = kmc__depot_pop(c);
     if (id == KMC_NIL)
         return false;
     kmc_slab_t *s = kmc__slab(c, id);
-    kmc__list_remove(c, from, id);
-    uint64_t late = 0;
-    c->depot_merged += kmc__slab_merge_remote(c, id, &late);
-    c->depot_merged += late;
-    c->depot_late_double += late;
+    kmc__depot_merge(c, id);
     if (KMC_LOAD(&s->inuse) == c->objperslab) { /* remote frees did not make it partial */
         kmc__slab_set_state(s, KMC_SLAB_FULL);
         return true;
@@ -632,7 +620,7 @@ kmc_status kmc__heap_free_slow(kmc_cache_t *c, void *p)
                 (atomic_fetch_or(&kmc__slab_remote(c, id)[w], bit) & bit))
                 rst = double_free(c, p);
             else
-                atomic_fetch_add(&c->orphan_remote_frees, 1);
+                atomic_fetch_add(&c->d->orphan_remote_frees, 1);
             if (rst == KMC_OK && atomic_load(&s->state) == KMC_SLAB_HEAP_FULL &&
                 !atomic_exchange(&s->pushed, 1))
                 push_remote(c, s, id);
@@ -773,7 +761,7 @@ bool kmc__heaps_hold_slabs(const kmc_cache_t *c)
 
 void kmc__heaps_stats(const kmc_cache_t *c, kmc_stats_t *o, uint64_t *late_double)
 {
-    uint64_t remote = atomic_load(&((kmc_cache_t *)c)->orphan_remote_frees), merged = 0;
+    uint64_t remote = atomic_load(&c->d->orphan_remote_frees), merged = 0;
     uint64_t late = 0, cached = 0;
     for (uint32_t i = 0; i < KMC_MAX_HEAPS; i += 1u << KMC_HEAP_CHUNK_SHIFT) {
         if (!atomic_load(&((kmc_cache_t *)c)->chunks[i >> KMC_HEAP_CHUNK_SHIFT]))
@@ -799,7 +787,7 @@ void kmc__heaps_stats(const kmc_cache_t *c, kmc_stats_t *o, uint64_t *late_doubl
     }
     o->frees += remote - late;
     o->remote_frees += remote;
-    uint64_t settled = merged + c->depot_merged;
+    uint64_t settled = merged + c->d->depot_merged;
     o->cached_objs += cached + (remote > settled ? remote - settled : 0);
     if (late_double)
         *late_double += late;

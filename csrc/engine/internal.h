@@ -67,10 +67,10 @@ _Static_assert(((uint64_t)KMC_MAX_ARENAS << KMC_SLAB_ID_SHIFT) < KMC_NIL,
  * read-modify-write instruction. */
 #define KMC_BUMP(p, n)   KMC_STORE((p), KMC_LOAD(p) + (n))
 
-/* The cache lock: a test-and-set lock. Taking it free is one atomic
- * exchange and giving it back one release store, half the atomic work of a
- * pthread mutex; critical sections are short, so a waiter spins briefly,
- * then yields the CPU. */
+/* The private cache lock: a test-and-set lock. Taking it free is one
+ * atomic exchange and giving it back one release store, half the atomic
+ * work of a pthread mutex; critical sections are short, so a waiter spins
+ * briefly, then yields the CPU. */
 typedef struct kmc_lock_s {
     _Atomic int locked;
 } kmc_lock_t;
@@ -201,6 +201,21 @@ typedef struct kmc_heap_chunk_s {
     kmc_heap_t heaps[1 << KMC_HEAP_CHUNK_SHIFT];
 } kmc_heap_chunk_t;
 
+/* The depot: what all threads of a cache share, under the cache lock. It is
+ * pointer-free (slab ids and counts), so that a cache can keep it in memory
+ * other processes map at other addresses. */
+typedef struct kmc_depot_s {
+    kmc_list_t partial, empty, released;
+    uint64_t num_slabs;           /* committed: not UNUSED, NEW, RELEASED, PINNED */
+    uint64_t depot_allocs, depot_frees; /* by locked paths */
+    uint64_t depot_merged;        /* remote frees merged into depot slabs */
+    uint64_t depot_late_double;   /* double frees found merging them */
+    uint64_t late_double_reported;/* of all late double frees, those validate told */
+    uint64_t slabs_created, slabs_released;
+    uint32_t max_scan;            /* most bitmap words skipped by one depot alloc */
+    _Atomic uint64_t orphan_remote_frees; /* remote frees by threads without heaps */
+} kmc_depot_t;
+
 struct kmc_cache_s {
     /* layout: set at create, read-only after */
     char name[KMC_NAME_MAX];
@@ -220,18 +235,11 @@ struct kmc_cache_s {
     bool heaps_on;                /* per-thread caches (never with debug flags) */
     kmc_ctor_fn ctor;
     void *ctor_arg;
+    kmc_depot_t *d;               /* the depot: &own_depot */
 
-    /* the depot: under the lock */
+    /* the cache lock, and the depot it guards */
     kmc_lock_t lock __attribute__((aligned(64)));
-    kmc_list_t partial, empty, released;
-    uint64_t num_slabs;           /* committed: not UNUSED, NEW, RELEASED, PINNED */
-    uint64_t depot_allocs, depot_frees; /* by locked paths */
-    uint64_t depot_merged;        /* remote frees merged into depot slabs */
-    uint64_t depot_late_double;   /* double frees found merging them */
-    uint64_t late_double_reported;/* of all late double frees, those validate told */
-    uint64_t slabs_created, slabs_released;
-    uint32_t max_scan;            /* most bitmap words skipped by one depot alloc */
-    _Atomic uint64_t orphan_remote_frees; /* remote frees by threads without heaps */
+    kmc_depot_t own_depot;
 
     /* arena index -> arena, in chunks that never move (heaps read it
      * without the lock); NULL holes */
@@ -246,6 +254,11 @@ struct kmc_cache_s {
 
     struct kmc_cache_s *prev_cache, *next_cache; /* process list, caches_lock */
 };
+
+/* The cache lock, whatever kind the cache has. heap.c takes c->lock
+ * directly: only private caches have heaps. */
+static inline void kmc__cache_lock(kmc_cache_t *c) { kmc__lock(&c->lock); }
+static inline void kmc__cache_unlock(kmc_cache_t *c) { kmc__unlock(&c->lock); }
 
 /* --- os.c: the page source, the one seam to the OS.
  * Addresses and lengths are page multiples; functions return 0 or -1. */
@@ -358,6 +371,8 @@ void *kmc__cache_alloc_sized(kmc_cache_t *c, int zero, size_t orig); /* kmalloc'
 int kmc__cache_resize(kmc_cache_t *c, void *p, size_t size); /* kmalloc red zone */
 size_t kmc__cache_ksize(kmc_cache_t *c, const void *p);
 void kmc__depot_recount(kmc_cache_t *c);            /* counters from bitmaps; locked */
+uint32_t kmc__depot_merge(kmc_cache_t *c, uint32_t id); /* a depot slab's remote bits */
+uint32_t kmc__depot_pop(kmc_cache_t *c);  /* a slab for a heap, off the depot's lists */
 
 /* --- heap.c: the per-thread caches. */
 extern __thread uint32_t kmc__self __attribute__((tls_model("initial-exec")));

@@ -31,13 +31,13 @@ static bool purge_pass(void)
     bool again = false;
     pthread_mutex_lock(&kmc__caches_lock);
     for (kmc_cache_t *c = kmc__caches_first; c; c = c->next_cache) {
-        kmc__lock(&c->lock);
+        kmc__cache_lock(c);
         if (c->heaps_on && kmc__heaps_take_back(c, true))
             again = true;
         kmc__depot_release_expired(c, now, false);
         if (kmc__depot_has_empty(c))
             again = true;
-        kmc__unlock(&c->lock);
+        kmc__cache_unlock(c);
     }
     pthread_mutex_unlock(&kmc__caches_lock);
     kmc__kmalloc_purge(now, false, &again);

@@ -30,9 +30,9 @@ static void flush_index(uint32_t index, bool close)
         kmc_heap_t *h = kmc__heap_at(c, index);
         if (!h)
             continue;
-        kmc__lock(&c->lock);
+        kmc__cache_lock(c);
         kmc__heap_flush(c, h, close);
-        kmc__unlock(&c->lock);
+        kmc__cache_unlock(c);
     }
     pthread_mutex_unlock(&kmc__caches_lock);
 }
@@ -90,7 +90,7 @@ static void fork_prepare(void)
     kmc__kmalloc_lock(false);
     pthread_mutex_lock(&kmc__caches_lock);
     for (kmc_cache_t *c = kmc__caches_first; c; c = c->next_cache)
-        kmc__lock(&c->lock);
+        kmc__cache_lock(c);
     kmc__registry_lock_all();
     kmc__kmalloc_lock(true);
     pthread_mutex_lock(&threads_lock);
@@ -104,7 +104,7 @@ static void unlock_all(bool child)
     kmc__kmalloc_unlock(true);
     kmc__registry_unlock_all();
     for (kmc_cache_t *c = kmc__caches_first; c; c = c->next_cache)
-        kmc__unlock(&c->lock);
+        kmc__cache_unlock(c);
     pthread_mutex_unlock(&kmc__caches_lock);
     kmc__kmalloc_unlock(false);
 }
@@ -122,7 +122,7 @@ static void fork_child(void)
         used[me / 64] |= UINT64_C(1) << (me % 64);
     for (kmc_cache_t *c = kmc__caches_first; c; c = c->next_cache) {
         bool torn = false;
-        kmc__lock(&c->lock);
+        kmc__cache_lock(c);
         for (uint32_t i = 0; i < KMC_MAX_HEAPS; i++) {
             kmc_heap_t *h = i == me ? NULL : kmc__heap_at(c, i);
             if (!h) {
@@ -137,7 +137,7 @@ static void fork_child(void)
         }
         if (torn)
             kmc__depot_recount(c);
-        kmc__unlock(&c->lock);
+        kmc__cache_unlock(c);
     }
 }
 
