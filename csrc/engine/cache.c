@@ -47,12 +47,6 @@ static bool debug_fill(const kmc_cache_t *c)
     return c->flags & (KMC_RED_ZONE | KMC_POISON);
 }
 
-static bool committed(uint8_t state)
-{
-    return state == KMC_SLAB_PARTIAL || state == KMC_SLAB_FULL || state == KMC_SLAB_EMPTY ||
-           state >= KMC_SLAB_CURRENT;
-}
-
 /* --- layout ------------------------------------------------------------- */
 
 /* Like SLUB's calculate_order: the smallest slab that holds at least
@@ -62,7 +56,7 @@ static bool committed(uint8_t state)
  * every size (1512 bytes at 64: a 32 KiB slab of 21, not 8 KiB of 5). The
  * minimum count keeps a thread's slab from running out at every other alloc
  * (4 KiB objects: 8 to a 32 KiB slab, not 1 to a page). */
-static void choose_layout(kmc_cache_t *c)
+void kmc__cache_layout(kmc_cache_t *c, unsigned min_shift)
 {
     size_t left = 0, slot = c->size;
     if (c->flags & KMC_RED_ZONE) {
@@ -76,7 +70,9 @@ static void choose_layout(kmc_cache_t *c)
         want = KMC_MIN_OBJECTS_SLAB;
     unsigned best = 0;
     size_t best_waste = SIZE_MAX, best_slab = 1;
-    for (unsigned shift = log2_of(kmc_page_size()); shift <= KMC_MAX_SLAB_SHIFT; shift++) {
+    unsigned first = log2_of(kmc_page_size());
+    for (unsigned shift = first > min_shift ? first : min_shift; shift <= KMC_MAX_SLAB_SHIFT;
+         shift++) {
         size_t slab = (size_t)1 << shift;
         if (slab < slot || slab < want)
             continue;
@@ -127,7 +123,7 @@ static size_t meta_layout(const kmc_cache_t *c, uint32_t nslabs, size_t *local_a
 
 /* --- create / destroy ----------------------------------------------------- */
 
-static bool valid_name(const char *name)
+bool kmc__valid_name(const char *name)
 {
     if (!name || !*name)
         return false;
@@ -140,14 +136,12 @@ static bool valid_name(const char *name)
     return true;
 }
 
-kmc_status kmc_cache_create(const char *name, size_t size, size_t align, unsigned flags,
-                            kmc_ctor_fn ctor, void *ctor_arg, kmc_cache_t **out)
+/* Check the arguments and fill in @c (zeroed) as a cache of its own: name,
+ * layout, depot. Nothing is linked or mapped. */
+kmc_status kmc__cache_setup(kmc_cache_t *c, const char *name, size_t size, size_t align,
+                            unsigned flags, kmc_ctor_fn ctor, void *ctor_arg)
 {
-    kmc__report_clear();
-    if (!out)
-        return kmc__report(KMC_EINVAL, NULL, NULL, "no place to put the cache");
-    *out = NULL;
-    if (!valid_name(name))
+    if (!kmc__valid_name(name))
         return kmc__report(KMC_EINVAL, NULL, NULL,
                            "name must be 1 to %d printable bytes without spaces",
                            KMC_NAME_MAX - 1);
@@ -161,12 +155,6 @@ kmc_status kmc_cache_create(const char *name, size_t size, size_t align, unsigne
     if (flags & ~KMC_VALID_FLAGS)
         return kmc__report(KMC_EINVAL, NULL, NULL, "unknown flags 0x%x",
                            flags & ~KMC_VALID_FLAGS);
-
-    kmc__fork_init();
-    kmc_cache_t *c = aligned_alloc(64, round_up(sizeof(*c), 64));
-    if (!c)
-        return kmc__report(KMC_ENOMEM, NULL, NULL, "no memory for the cache");
-    memset(c, 0, sizeof(*c));
     memcpy(c->name, name, strlen(name) + 1);
     c->size = size;
     c->align = align < KMC_MIN_ALIGN ? KMC_MIN_ALIGN : align;
@@ -179,8 +167,20 @@ kmc_status kmc_cache_create(const char *name, size_t size, size_t align, unsigne
     c->ctor_arg = ctor_arg;
     c->d = &c->own_depot;
     c->d->partial = c->d->empty = c->d->released = (kmc_list_t){KMC_NIL, KMC_NIL, 0};
-    choose_layout(c);
+    kmc__cache_layout(c, 0);
+    return KMC_OK;
+}
 
+kmc_cache_t *kmc__cache_new(void)
+{
+    kmc_cache_t *c = aligned_alloc(64, round_up(sizeof(*c), 64));
+    if (c)
+        memset(c, 0, sizeof(*c));
+    return c;
+}
+
+void kmc__cache_link(kmc_cache_t *c)
+{
     pthread_mutex_lock(&kmc__caches_lock);
     c->prev_cache = caches_last;
     if (caches_last)
@@ -189,6 +189,38 @@ kmc_status kmc_cache_create(const char *name, size_t size, size_t align, unsigne
         kmc__caches_first = c;
     caches_last = c;
     pthread_mutex_unlock(&kmc__caches_lock);
+}
+
+/* Take @c off the process list. kmc__caches_lock held. */
+void kmc__cache_unlink(kmc_cache_t *c)
+{
+    if (c->prev_cache)
+        c->prev_cache->next_cache = c->next_cache;
+    else
+        kmc__caches_first = c->next_cache;
+    if (c->next_cache)
+        c->next_cache->prev_cache = c->prev_cache;
+    else
+        caches_last = c->prev_cache;
+}
+
+kmc_status kmc_cache_create(const char *name, size_t size, size_t align, unsigned flags,
+                            kmc_ctor_fn ctor, void *ctor_arg, kmc_cache_t **out)
+{
+    kmc__report_clear();
+    if (!out)
+        return kmc__report(KMC_EINVAL, NULL, NULL, "no place to put the cache");
+    *out = NULL;
+    kmc__fork_init();
+    kmc_cache_t *c = kmc__cache_new();
+    if (!c)
+        return kmc__report(KMC_ENOMEM, NULL, NULL, "no memory for the cache");
+    kmc_status st = kmc__cache_setup(c, name, size, align, flags, ctor, ctor_arg);
+    if (st != KMC_OK) {
+        free(c);
+        return st;
+    }
+    kmc__cache_link(c);
     *out = c;
     return KMC_OK;
 }
@@ -209,6 +241,30 @@ static int arena_set(kmc_cache_t *c, uint32_t index, kmc_arena_t *a)
     }
     atomic_store_explicit(&chunk[index % KMC_ARENA_DIR_CHUNK], a, memory_order_release);
     return 0;
+}
+
+/* Make @a (filled in by the caller, memory mapped) arena 0 of @c, findable
+ * from its addresses: a shared cache's one arena. KMC_OK or KMC_ENOMEM. */
+kmc_status kmc__arena_install(kmc_cache_t *c, kmc_arena_t *a)
+{
+    a->cache = c;
+    a->index = 0;
+    if (arena_set(c, 0, a) != 0 || kmc__registry_insert(a) != 0) {
+        (void)arena_set(c, 0, NULL);
+        return kmc__report(KMC_ENOMEM, c, NULL, "no memory for the owner table");
+    }
+    c->nr_arenas = c->live_arenas = 1;
+    return KMC_OK;
+}
+
+/* Undo kmc__arena_install; the caller unmaps the memory. */
+void kmc__arena_uninstall(kmc_cache_t *c, kmc_arena_t *a)
+{
+    kmc__registry_remove(a);
+    (void)arena_set(c, a->index, NULL);
+    c->nr_arenas = c->live_arenas = 0;
+    for (uint32_t i = 0; i < KMC_MAX_ARENAS / KMC_ARENA_DIR_CHUNK; i++)
+        free(atomic_load(&c->arena_dir[i]));
 }
 
 static void arena_release(kmc_cache_t *c, kmc_arena_t *a)
@@ -238,7 +294,7 @@ static void arena_release(kmc_cache_t *c, kmc_arena_t *a)
         for (uint32_t si_ = 0; a_ && si_ < a_->bump; si_++) {                      \
             kmc_slab_t *s = &a_->slabs[si_];                                       \
             uint32_t id = (ai_ << KMC_SLAB_ID_SHIFT) | si_;                        \
-            if (!committed(kmc__slab_state(s)))                                    \
+            if (!kmc__slab_committed(kmc__slab_state(s)))                                    \
                 continue;                                                          \
             body                                                                   \
         }                                                                          \
@@ -306,6 +362,8 @@ static kmc_status validate_locked(kmc_cache_t *c, size_t *problems);
 kmc_status kmc_cache_destroy(kmc_cache_t *c)
 {
     kmc__report_clear();
+    if (c->region)
+        return kmc_shared_detach(c);
     if (kmc__kmalloc_pinned(c))
         return kmc__report(KMC_EBUSY, c, NULL, "%s serves kmalloc: it is never destroyed",
                            c->name);
@@ -329,14 +387,7 @@ kmc_status kmc_cache_destroy(kmc_cache_t *c)
     for (uint32_t i = 0; i < c->nr_arenas; i++)
         if (kmc__arena(c, i))
             arena_release(c, kmc__arena(c, i));
-    if (c->prev_cache)
-        c->prev_cache->next_cache = c->next_cache;
-    else
-        kmc__caches_first = c->next_cache;
-    if (c->next_cache)
-        c->next_cache->prev_cache = c->prev_cache;
-    else
-        caches_last = c->prev_cache;
+    kmc__cache_unlink(c);
     kmc__cache_unlock(c);
     pthread_mutex_unlock(&kmc__caches_lock);
 
@@ -406,6 +457,10 @@ static kmc_status slab_slot(kmc_cache_t *c, uint32_t *out)
     uint32_t id = kmc__list_pop(c, &c->d->released);
     if (id == KMC_NIL) {
         kmc_arena_t *a = c->fill_arena;
+        if (!a && c->region)
+            return kmc__report(KMC_ENOMEM, c, NULL,
+                               "shared cache %s is full: all %u slabs of its region are in use",
+                               c->name, (unsigned)kmc__arena(c, 0)->nslabs);
         if (!a) {
             kmc_status st = arena_new(c, &a);
             if (st != KMC_OK)
@@ -425,8 +480,16 @@ static kmc_status slab_slot(kmc_cache_t *c, uint32_t *out)
 /* Give a slab's memory back and keep its slot for reuse. Cache locked. */
 static void slab_release(kmc_cache_t *c, uint32_t id)
 {
-    kmc__os_decommit(kmc__slab_mem(c, id), c->slab_size);
-    kmc__slab_set_state(kmc__slab(c, id), KMC_SLAB_RELEASED);
+    if (c->region) {
+        /* the state first: a crash between the two leaves a released slab
+         * still backed (recovery punches it), never a used one without
+         * memory */
+        kmc__slab_set_state(kmc__slab(c, id), KMC_SLAB_RELEASED);
+        kmc__shared_decommit(c, id);
+    } else {
+        kmc__os_decommit(kmc__slab_mem(c, id), c->slab_size);
+        kmc__slab_set_state(kmc__slab(c, id), KMC_SLAB_RELEASED);
+    }
     kmc__slab_arena(c, id)->live_slabs--;
     kmc__list_push(c, &c->d->released, id);
     c->d->num_slabs--;
@@ -469,12 +532,17 @@ bool kmc__depot_has_empty(const kmc_cache_t *c) { return c->d->empty.count != 0;
  * unlocked. */
 kmc_status kmc__depot_grow(kmc_cache_t *c)
 {
+    if (c->region && kmc__shared_lacks_ctor(c))
+        return kmc__report(KMC_ECTOR, c, NULL,
+                           "shared cache %s has a constructor, which this process did not "
+                           "give when it attached: it cannot build slabs",
+                           c->name);
     kmc__cache_lock(c);
     if (c->d->partial.head != KMC_NIL || c->d->empty.head != KMC_NIL) {
         kmc__cache_unlock(c); /* another thread grew it, or a heap gave back */
         return KMC_OK;
     }
-    uint32_t id;
+    uint32_t id = KMC_NIL;
     uint8_t *mem = NULL;
     uint32_t *orig = NULL;
     kmc_status st = slab_slot(c, &id);
@@ -483,13 +551,15 @@ kmc_status kmc__depot_grow(kmc_cache_t *c)
         mem = kmc__slab_mem(c, id);
         orig = kmc__debug_orig(c, kmc__slab_arena(c, id), kmc__slab_index(id), 0);
         kmc__slab_init_free(c, id);
+        if (c->region) /* whoever recovers knows whose slab this is */
+            KMC_STORE(&kmc__slab(c, id)->owner, kmc__shared_builder(c));
     }
     kmc__cache_unlock(c);
     if (st != KMC_OK)
         return st;
 
     int ctor_rc = 0;
-    if (kmc__os_commit(mem, c->slab_size) != 0) {
+    if (c->region ? kmc__shared_commit(c, id) != 0 : kmc__os_commit(mem, c->slab_size) != 0) {
         st = kmc__report(KMC_ENOMEM, c, NULL, "the OS refused %zu bytes for a slab",
                          c->slab_size);
     } else {
@@ -506,6 +576,7 @@ kmc_status kmc__depot_grow(kmc_cache_t *c)
 
     kmc__cache_lock(c);
     kmc_slab_t *s = kmc__slab(c, id);
+    KMC_STORE(&s->owner, KMC_DEPOT);
     if (st == KMC_OK) {
         kmc__slab_set_state(s, KMC_SLAB_PARTIAL);
         kmc__list_push(c, &c->d->partial, id);
@@ -599,7 +670,7 @@ kmc_status kmc__locate(kmc_cache_t *c, const void *p, kmc_arena_t **arena_out, u
     size_t rel = in_slab - c->obj_offset; /* wraps below the first object */
     uint32_t idx = (uint32_t)(((unsigned __int128)rel * c->slot_recip) >> 48);
     size_t rem = rel - (size_t)idx * c->slot_size;
-    bool live_slab = sidx < a->bump && committed(kmc__slab_state(s));
+    bool live_slab = sidx < a->bump && kmc__slab_committed(kmc__slab_state(s));
     if (!live_slab || in_slab < c->obj_offset || idx >= c->objperslab || rem != 0) {
         if (live_slab && in_slab >= c->obj_offset && idx < c->objperslab)
             return kmc__report(KMC_EINVALID_FREE, c, p,
@@ -610,7 +681,7 @@ kmc_status kmc__locate(kmc_cache_t *c, const void *p, kmc_arena_t **arena_out, u
                            (unsigned long long)addr, c->name);
     }
     uint32_t id = (a->index << KMC_SLAB_ID_SHIFT) | sidx;
-    if (slot_is_free(c, id, idx))
+    if (c->region ? !kmc__shared_is_live(c, id, idx) : slot_is_free(c, id, idx))
         return kmc__report(KMC_EDOUBLE_FREE, c, p, "Object already free: 0x%llx in %s",
                            (unsigned long long)addr, c->name);
     if (arena_out)
@@ -722,7 +793,7 @@ static uint32_t next_depot_slab(const kmc_cache_t *c)
     return c->d->partial.head != KMC_NIL ? c->d->partial.head : c->d->empty.head;
 }
 
-static uint8_t *alloc_locked_debug(kmc_cache_t *c, kmc_status *st)
+uint8_t *kmc__depot_take_debug(kmc_cache_t *c, kmc_status *st)
 {
     if (c->flags & KMC_CONSISTENCY_CHECKS) {
         uint32_t id = next_depot_slab(c);
@@ -756,7 +827,7 @@ static void *depot_alloc(kmc_cache_t *c, int zero, size_t orig, kmc_status *stat
         uint8_t *p;
         kmc_status st = KMC_OK;
         if (c->flags & KMC_DEBUG_FLAGS) {
-            p = alloc_locked_debug(c, &st);
+            p = kmc__depot_take_debug(c, &st);
             if (p) {
                 kmc__debug_on_alloc(c, p, zero, orig);
                 uint32_t id, idx;
@@ -799,6 +870,8 @@ void *kmc__cache_alloc_sized(kmc_cache_t *c, int zero, size_t orig)
  * a thread without one). */
 void *kmc__depot_alloc(kmc_cache_t *c, int zero)
 {
+    if (c->region)
+        return kmc_shared_alloc(c, zero, NULL);
     kmc_status st;
     return depot_alloc(c, zero, c->size, &st);
 }
@@ -835,6 +908,8 @@ kmc_status kmc__depot_free(kmc_cache_t *c, void *p, bool *owned)
     uint32_t id, idx;
     kmc_arena_t *a;
     *owned = false;
+    if (c->region)
+        return kmc_shared_free(c, p, KMC_SHARED_ANY_GEN);
     kmc__cache_lock(c);
     kmc_status st = kmc__locate(c, p, &a, &id, &idx);
     if (st == KMC_OK && KMC_LOAD(&kmc__slab(c, id)->owner) != KMC_DEPOT) {
@@ -941,12 +1016,14 @@ size_t kmc_cache_shrink(kmc_cache_t *c)
 {
     size_t bytes = 0;
     kmc__cache_lock(c);
+    uint64_t before = c->d->slabs_released;
+    if (c->region)
+        kmc__shared_flush_mine(c); /* other processes' cached objects stay theirs */
     kmc__heaps_take_back(c, false);
     depot_settle(c);
-    uint64_t before = c->d->slabs_released;
     kmc__depot_release_expired(c, 0, true);
     bytes += (c->d->slabs_released - before) * c->slab_size;
-    for (uint32_t i = 0; i < c->nr_arenas; i++) {
+    for (uint32_t i = 0; c->region == NULL && i < c->nr_arenas; i++) {
         kmc_arena_t *a = kmc__arena(c, i);
         if (!a || a->live_slabs)
             continue;
@@ -987,6 +1064,8 @@ static kmc_status validate_locked(kmc_cache_t *c, size_t *problems)
     kmc_report_t first_report;
     kmc__heaps_take_back(c, false);
     depot_settle(c);
+    if (c->region) /* the records are the truth: bitmaps and lists follow them */
+        kmc__shared_validate_begin(c, &count, &first, &first_report);
     FOR_EACH_COMMITTED(c, id, slab, {
         kmc_status st = check_counts(c, id);
         if (st != KMC_OK)
@@ -1035,6 +1114,8 @@ static kmc_status validate_locked(kmc_cache_t *c, size_t *problems)
         }
         count += n;
     }
+    if (c->region)
+        kmc__shared_validate_end(c, &count, &first, &first_report);
     if (first != KMC_OK) {
         first_report.problems = count;
         *kmc__report_slot() = first_report;
@@ -1086,6 +1167,8 @@ void kmc_cache_stats(kmc_cache_t *c, kmc_stats_t *o)
     if (c->d->max_scan > o->max_scan)
         o->max_scan = c->d->max_scan;
     o->flags = c->flags;
+    if (c->region)
+        kmc__shared_stats(c, o);
     kmc__cache_unlock(c);
 }
 
@@ -1098,7 +1181,7 @@ void kmc_cache_for_each_live(kmc_cache_t *c, void (*fn)(void *, void *), void *a
         (void)s;
         uint8_t *mem = kmc__slab_mem(c, id);
         for (uint32_t o = 0; o < c->objperslab; o++)
-            if (!kmc__slot_free(c, id, o))
+            if (c->region ? kmc__shared_is_live(c, id, o) : !kmc__slot_free(c, id, o))
                 fn(mem + (size_t)o * c->slot_size + c->obj_offset, arg);
     })
     kmc__cache_unlock(c);

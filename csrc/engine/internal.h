@@ -235,9 +235,12 @@ struct kmc_cache_s {
     bool heaps_on;                /* per-thread caches (never with debug flags) */
     kmc_ctor_fn ctor;
     void *ctor_arg;
-    kmc_depot_t *d;               /* the depot: &own_depot */
+    kmc_depot_t *d;               /* the depot: &own_depot, or the region's */
+    struct kmc_region_s *region;  /* NULL, or this process's view of the shared
+                                   * region the cache lives in (shared.c) */
 
-    /* the cache lock, and the depot it guards */
+    /* the cache lock, and the depot it guards (a shared cache uses the
+     * region's, a robust process-shared mutex) */
     kmc_lock_t lock __attribute__((aligned(64)));
     kmc_depot_t own_depot;
 
@@ -255,10 +258,28 @@ struct kmc_cache_s {
     struct kmc_cache_s *prev_cache, *next_cache; /* process list, caches_lock */
 };
 
-/* The cache lock, whatever kind the cache has. heap.c takes c->lock
+/* The cache lock, whatever kind the cache has: the test-and-set lock of a
+ * private cache, the region's robust mutex for a shared one (whose taker
+ * recovers the depot when the last holder died). heap.c takes c->lock
  * directly: only private caches have heaps. */
-static inline void kmc__cache_lock(kmc_cache_t *c) { kmc__lock(&c->lock); }
-static inline void kmc__cache_unlock(kmc_cache_t *c) { kmc__unlock(&c->lock); }
+void kmc__region_lock(kmc_cache_t *c);    /* shared.c */
+void kmc__region_unlock(kmc_cache_t *c);
+
+static inline void kmc__cache_lock(kmc_cache_t *c)
+{
+    if (likely(!c->region))
+        kmc__lock(&c->lock);
+    else
+        kmc__region_lock(c);
+}
+
+static inline void kmc__cache_unlock(kmc_cache_t *c)
+{
+    if (likely(!c->region))
+        kmc__unlock(&c->lock);
+    else
+        kmc__region_unlock(c);
+}
 
 /* --- os.c: the page source, the one seam to the OS.
  * Addresses and lengths are page multiples; functions return 0 or -1. */
@@ -272,9 +293,29 @@ void *kmc__os_map_pages(size_t size, size_t align); /* zeroed read-write, aligne
                                                       (power of two), charged; NULL */
 void kmc__os_unmap_pages(void *addr, size_t size);
 void kmc__os_zero_pages(void *addr, size_t size);  /* read as zero from now on */
+bool kmc__os_injected_failure(void);               /* tests: this request must fail */
 int kmc__os_barrier(void);  /* a memory barrier on every thread of the process:
                              * 0, or -1 when the OS cannot (membarrier(2)) */
 uint32_t kmc__now_ms(void); /* a monotonic clock, wrapping every 49 days */
+
+/* --- shm.c: a shared region's contact with the OS. Offsets and lengths are
+ * page multiples; functions return 0 or an errno value. */
+int kmc__shm_open(const char *path, bool create, int *fd);   /* O_EXCL when create */
+int kmc__shm_open_readonly(const char *path, int *fd);
+void kmc__shm_close(int fd);
+int kmc__shm_unlink(const char *path);
+int kmc__shm_size(int fd, uint64_t *size);
+int kmc__shm_truncate(int fd, uint64_t size);             /* sparse */
+int kmc__shm_commit(int fd, uint64_t offset, uint64_t len); /* back with memory */
+void kmc__shm_decommit(int fd, uint64_t offset, uint64_t len); /* punch a hole */
+int kmc__shm_map(int fd, uint64_t offset, size_t len, size_t align, bool writable,
+                 void **out);                              /* MAP_SHARED at @align */
+void kmc__shm_unmap(void *addr, size_t len);
+uint64_t kmc__shm_nonce(void);                             /* random, never 0 */
+int kmc__shm_proc_start(int pid, uint64_t *start);         /* ESRCH: gone or a zombie */
+int kmc__shm_self(int *pid, uint64_t *start, uint64_t *pidns);
+int kmc__shm_getpid(void);
+void kmc__shm_die(void);                                  /* SIGKILL: crash tests */
 
 /* --- registry.c: address -> arena, lock-free reads. */
 int kmc__registry_insert(kmc_arena_t *arena);      /* 0 or -1 (no memory) */
@@ -344,6 +385,12 @@ static inline void kmc__slab_set_state(kmc_slab_t *s, uint8_t state)
 {
     KMC_STORE(&s->state, state);
 }
+/* A slab in one of these states has memory and object slots in use. */
+static inline bool kmc__slab_committed(uint8_t state)
+{
+    return state == KMC_SLAB_PARTIAL || state == KMC_SLAB_FULL || state == KMC_SLAB_EMPTY ||
+           state >= KMC_SLAB_CURRENT;
+}
 void kmc__list_push(kmc_cache_t *c, kmc_list_t *list, uint32_t id);
 void kmc__list_remove(kmc_cache_t *c, kmc_list_t *list, uint32_t id);
 uint32_t kmc__list_pop(kmc_cache_t *c, kmc_list_t *list);
@@ -356,6 +403,16 @@ bool kmc__slot_free(const kmc_cache_t *c, uint32_t id, uint32_t idx); /* either 
 /* --- cache.c: caches and their depots. */
 extern pthread_mutex_t kmc__caches_lock;
 extern kmc_cache_t *kmc__caches_first;  /* guarded by kmc__caches_lock */
+bool kmc__valid_name(const char *name);
+void kmc__cache_layout(kmc_cache_t *c, unsigned min_shift); /* slab size >= 2^min_shift */
+kmc_status kmc__cache_setup(kmc_cache_t *c, const char *name, size_t size, size_t align,
+                            unsigned flags, kmc_ctor_fn ctor, void *ctor_arg);
+kmc_cache_t *kmc__cache_new(void);        /* zeroed */
+void kmc__cache_link(kmc_cache_t *c);     /* onto the process list */
+void kmc__cache_unlink(kmc_cache_t *c);   /* kmc__caches_lock held */
+kmc_status kmc__arena_install(kmc_cache_t *c, kmc_arena_t *a); /* a shared cache's arena */
+void kmc__arena_uninstall(kmc_cache_t *c, kmc_arena_t *a);
+uint8_t *kmc__depot_take_debug(kmc_cache_t *c, kmc_status *st); /* with debug checks */
 /* The depot's part of an alloc or free, cache locked. */
 uint8_t *kmc__depot_take(kmc_cache_t *c);
 void kmc__depot_put(kmc_cache_t *c, uint32_t id, uint32_t idx);
@@ -373,6 +430,20 @@ size_t kmc__cache_ksize(kmc_cache_t *c, const void *p);
 void kmc__depot_recount(kmc_cache_t *c);            /* counters from bitmaps; locked */
 uint32_t kmc__depot_merge(kmc_cache_t *c, uint32_t id); /* a depot slab's remote bits */
 uint32_t kmc__depot_pop(kmc_cache_t *c);  /* a slab for a heap, off the depot's lists */
+
+/* --- shared.c: caches in a shared region: what cache.c asks of them. */
+bool kmc__shared_is_live(const kmc_cache_t *c, uint32_t id, uint32_t idx);
+uint32_t kmc__shared_builder(kmc_cache_t *c);  /* slab owner while NEW: slot + 1 */
+bool kmc__shared_lacks_ctor(const kmc_cache_t *c);
+int kmc__shared_commit(kmc_cache_t *c, uint32_t id);   /* a slab's memory and records */
+void kmc__shared_decommit(kmc_cache_t *c, uint32_t id);
+void kmc__shared_flush_mine(kmc_cache_t *c);           /* locked: this process's cached */
+void kmc__shared_stats(kmc_cache_t *c, kmc_stats_t *o);  /* locked */
+void kmc__shared_validate_begin(kmc_cache_t *c, size_t *count, kmc_status *first,
+                                kmc_report_t *first_report); /* locked; quiesces */
+void kmc__shared_validate_end(kmc_cache_t *c, size_t *count, kmc_status *first,
+                              kmc_report_t *first_report);
+void kmc__shared_after_fork(kmc_cache_t *c);           /* in the child */
 
 /* --- heap.c: the per-thread caches. */
 extern __thread uint32_t kmc__self __attribute__((tls_model("initial-exec")));

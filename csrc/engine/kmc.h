@@ -70,6 +70,46 @@
  *
  * Errors: functions return a kmc_status (0 is success) or NULL, and leave the
  * details of the last error of the calling thread in kmc_last_report().
+ *
+ * Shared caches (kmc_shared_*; shared.c, and shm.c for their OS calls). A
+ * shared cache is an ordinary cache in each process whose one arena is the
+ * slab area of a POSIX shared-memory region ("/kmemcache.<uid>.<name>",
+ * mode 0600), and whose depot and lock live in the region too: a robust,
+ * process-shared mutex. The region holds, by offset and index only, a
+ * header with the layout its creator chose (attachers take it, and refuse
+ * a region whose layout their engine would not make), a process table,
+ * slab descriptors, bitmaps, one record per object slot, then the slab
+ * area, which every process maps at an address aligned to the slab size
+ * and to 1 MiB, so objects are aligned and kmc_owner works in every
+ * mapping. Its size is fixed at creation (capacity); tmpfs memory is
+ * committed (fallocate) as slabs are built and punched out as they are
+ * released.
+ *
+ * An object slot's record says FREE, CACHED (free, kept by one process's
+ * magazine) or LIVE with a generation (new at every allocation) and who
+ * holds it: the allocating process, then any process that claims it
+ * (kmc_shared_hold, what unpickling does), plus references handed out and
+ * not yet claimed (kmc_shared_ticket, what pickling does). kmc_shared_free
+ * ends the object for everyone, from any process, and a stale generation is
+ * a double free even after the slot was reused; kmc_shared_drop lets this
+ * process go, and the object is freed when no holder and no reference is
+ * left. The records are the truth; bitmaps, counts and lists follow from
+ * them. Per-thread heaps are bypassed; each process has instead a magazine
+ * of up to 64 free objects in its process slot, behind a lock of its own,
+ * so that two processes allocating and freeing do not share a cache line
+ * on the fast path.
+ *
+ * Crashes: a process may die at any instruction. Each locked path writes in
+ * an order whose every prefix can be undone or finished from the records;
+ * whoever next takes the lock of a dead holder (EOWNERDEAD) rebuilds the
+ * depot from the records, breaks the slot locks the dead held, then makes
+ * it consistent (pthread_mutex_consistent). What a dead process held (its
+ * magazine, objects nobody else holds and no reference names, the slab it
+ * was building) goes back at the next attach, when the region is full, or
+ * on kmc_shared_reclaim: only once the process is dead, judged by pid and
+ * start time (/proc/<pid>/stat, so a reused pid is another process) in the
+ * same pid namespace. A reference handed out keeps its object live whoever
+ * dies, until claimed or reclaimed with kmc_shared_reclaim(c, 1).
  */
 #ifndef KMC_H
 #define KMC_H
@@ -119,6 +159,10 @@ typedef enum kmc_status {
     KMC_EREDZONE,       /* a red zone or the slab padding was overwritten */
     KMC_EPOISON,        /* a free object was written to */
     KMC_ECORRUPT,       /* metadata does not add up */
+    KMC_EEXIST,         /* a shared cache of that name exists already */
+    KMC_ENOENT,         /* no shared cache of that name */
+    KMC_ESTALE,         /* a shared object's reference names a freed object */
+    KMC_EOS,            /* the OS refused, for the reason in report.os_error */
 } kmc_status;
 
 typedef struct kmc_cache_s kmc_cache_t;
@@ -147,6 +191,7 @@ typedef struct kmc_report_s {
     size_t dump_len;          /* bytes valid in dump */
     uint8_t dump[64];         /* bytes around the damage */
     char message[256];        /* one line, in SLUB's words where they fit */
+    int os_error;             /* KMC_EOS (and others from an OS call): errno */
 } kmc_report_t;
 
 /* Per-cache counters, one X-macro list so that every consumer (the struct,
@@ -299,6 +344,154 @@ void kmc_os_fail_after(long n);
  * from any thread's cache first. */
 kmc_status kmc_debug_flip_free_bit(const void *address);
 size_t kmc_page_size(void);
+
+/* --- shared caches ---------------------------------------------------------
+ *
+ * A shared cache is a cache whose slabs, slab metadata, depot and lock live
+ * in one POSIX shared-memory region, so that every process of the same
+ * user that attaches it allocates and frees the same objects. In each
+ * process it is an ordinary kmc_cache_t: kmc_owner, kmc_free, kmc_kfree,
+ * stats, validate, shrink and the debug flags work on it; kmc_cache_destroy
+ * detaches this process (see kmc_shared_detach). See the head of this file
+ * for the design; the functions below add what sharing needs: generations
+ * and holders. A generation names one life of an object slot (it changes at
+ * every allocation), so that a stale reference is told from a live one even
+ * after the slot was reused. Generations are never 0; where a function
+ * takes one, KMC_SHARED_ANY_GEN means "whatever lives there now". */
+
+#define KMC_SHARED_ANY_GEN       0u
+#define KMC_SHARED_MAX_PROCS     4096u /* processes attached at once, at most */
+#define KMC_SHARED_DEFAULT_PROCS 64u
+#define KMC_SHARED_PREFIX        "/kmemcache." /* + uid + "." + name: the region */
+
+typedef struct kmc_shared_info_s {
+    char region[96];        /* the region's POSIX shm name, "/kmemcache.<uid>.<name>" */
+    uint64_t nonce;         /* random, set at create: tells a re-created region apart */
+    uint64_t capacity;      /* bytes asked for: the region never grows beyond */
+    uint64_t region_bytes;  /* metadata + slab area, the file's size */
+    uint64_t meta_bytes;    /* header, process table, descriptors, bitmaps, records */
+    uint64_t slab_bytes;    /* the slab area */
+    uint64_t nslabs;        /* slabs the slab area holds */
+    uint64_t max_procs;     /* process slots */
+    uint64_t procs;         /* processes attached now */
+    uint64_t magazine;      /* objects a process keeps for its fast paths, at most */
+    uint64_t recoveries;    /* times the lock's holder was found dead, ever */
+    uint64_t reclaimed;     /* objects given back from dead or detached processes, ever */
+    uint64_t pickled;       /* references handed out (kmc_shared_ticket) and not claimed */
+    int self;               /* this process's slot, -1 when it has none yet */
+    int creator_pid;
+} kmc_shared_info_t;
+
+/* kmc_shared_create - make the region of shared cache @name and attach it.
+ * @name: as kmc_cache_create's, without '/'. @size, @align, @flags, @ctor:
+ * as kmc_cache_create's (@ctor runs in whichever process builds a slab).
+ * @capacity: bytes of the region at most, metadata included; memory is
+ * committed as slabs are built. @max_procs: 1..KMC_SHARED_MAX_PROCS, or 0
+ * for KMC_SHARED_DEFAULT_PROCS.
+ * Return: KMC_OK and *out; KMC_EEXIST, KMC_EINVAL (the report says what, a
+ * too small @capacity with the least that works), KMC_ENOMEM or KMC_EOS. */
+kmc_status kmc_shared_create(const char *name, size_t size, size_t align, unsigned flags,
+                             size_t capacity, unsigned max_procs, kmc_ctor_fn ctor,
+                             void *ctor_arg, kmc_cache_t **out);
+
+/* kmc_shared_attach - attach the region of shared cache @name, made by any
+ * process of this user. @ctor: the constructor this process runs when it
+ * builds a slab; a process that attached a cache made with one, without
+ * giving one, cannot build slabs (KMC_ECTOR). Waits up to about 2 s for a
+ * region still being made. Dead processes' objects are reclaimed first.
+ * Return: KMC_OK and *out, KMC_ENOENT, KMC_EINVAL (not a region of this
+ * version of the engine, or never finished by its creator), KMC_EBUSY
+ * (every process slot is taken), KMC_ENOMEM or KMC_EOS (EACCES: another
+ * user's). */
+kmc_status kmc_shared_attach(const char *name, kmc_ctor_fn ctor, void *ctor_arg,
+                             kmc_cache_t **out);
+
+/* kmc_shared_detach - what kmc_cache_destroy does to a shared cache: this
+ * process lets go of every object it holds (those nobody else holds, and no
+ * pickle names, are freed), gives its cached objects back, frees its
+ * process slot and unmaps the region, which lives on for the others (and on
+ * /dev/shm until unlinked). Always succeeds. */
+kmc_status kmc_shared_detach(kmc_cache_t *cache);
+
+/* kmc_shared_unlink - remove the name of shared cache @name: processes
+ * attached keep working; new attaches fail; the memory goes when the last
+ * one detaches. KMC_OK, KMC_ENOENT or KMC_EOS. */
+kmc_status kmc_shared_unlink(const char *name);
+
+int kmc_cache_is_shared(const kmc_cache_t *cache);
+
+/* kmc_shared_alloc - an object, held by this process; *@gen gets its
+ * generation (may be NULL). NULL with a report on failure; KMC_ENOMEM when
+ * the region is full after dead processes' objects were reclaimed. */
+void *kmc_shared_alloc(kmc_cache_t *cache, int zero, uint32_t *gen);
+
+/* kmc_shared_alloc_bulk - @n objects into @out and their generations into
+ * @gens (may be NULL), all or nothing. */
+kmc_status kmc_shared_alloc_bulk(kmc_cache_t *cache, size_t n, void **out, uint32_t *gens,
+                                 int zero);
+
+/* kmc_shared_free - free live object @object of generation @gen, whoever
+ * holds it: the object ends for every process. Any process may free any
+ * object. A stale @gen (freed, maybe reused since) is KMC_EDOUBLE_FREE and
+ * changes nothing, also when the slot lives again. */
+kmc_status kmc_shared_free(kmc_cache_t *cache, void *object, uint32_t gen);
+
+/* kmc_shared_free_bulk - free @n objects, each checked (live, generation,
+ * listed once, red zones) before the first is freed. */
+kmc_status kmc_shared_free_bulk(kmc_cache_t *cache, size_t n, void *const *objects,
+                                const uint32_t *gens);
+
+/* kmc_shared_drop - this process lets go of @object (generation @gen): the
+ * object is freed when no process holds it and no pickle names it. A
+ * process that does not hold it, or a stale @gen: nothing happens (KMC_OK;
+ * *@freed, when not NULL, says whether the object was freed). */
+kmc_status kmc_shared_drop(kmc_cache_t *cache, void *object, uint32_t gen, int *freed);
+
+/* kmc_shared_ticket - a reference to @object is about to leave this process
+ * (pickling): until one process claims it (kmc_shared_hold with @ticket),
+ * the object is not freed by drops, whoever dies. KMC_ESTALE if @gen is
+ * not the live object's. */
+kmc_status kmc_shared_ticket(kmc_cache_t *cache, void *object, uint32_t gen);
+
+/* kmc_shared_hold - make this process a holder of the object at @offset
+ * (from kmc_shared_offset) of generation @gen (KMC_SHARED_ANY_GEN: the one
+ * live there now); with @ticket, claim one reference handed out by
+ * kmc_shared_ticket. *@object and *@gen_out get the object and its
+ * generation, *@already whether this process held it already.
+ * KMC_EINVAL when @offset names no object slot, KMC_ESTALE when no object
+ * of that generation lives there. */
+kmc_status kmc_shared_hold(kmc_cache_t *cache, uint64_t offset, uint32_t gen, int ticket,
+                           void **object, uint32_t *gen_out, int *already);
+
+/* kmc_shared_offset - @object's offset in the region's slab area: the same
+ * in every process. */
+uint64_t kmc_shared_offset(const kmc_cache_t *cache, const void *object);
+
+/* kmc_shared_reclaim - give back what processes that died held: objects
+ * they alone held (and no pickle names), their cached objects, the slabs
+ * they were building. A process counts as dead when its pid is gone, is a
+ * zombie, or names a process started at another time (pid reuse); a
+ * process of another pid namespace is never judged. With @pickled, also
+ * free the objects that no process holds and only pickles name (call it
+ * only when no pickle can still be loaded). Returns the objects freed. */
+size_t kmc_shared_reclaim(kmc_cache_t *cache, int pickled);
+
+void kmc_shared_info(kmc_cache_t *cache, kmc_shared_info_t *out);
+
+/* kmc_shared_peek - the counters of shared cache @name read from its region
+ * without attaching (no process slot, no lock, no recovery): what other
+ * processes see of it, approximately. KMC_OK, KMC_ENOENT, KMC_EINVAL or
+ * KMC_EOS. */
+kmc_status kmc_shared_peek(const char *name, kmc_stats_t *stats, kmc_shared_info_t *info);
+
+/* kmc_shared_region_name - the region's shm name for cache @name into @out
+ * (@size bytes). KMC_EINVAL if @name is not a valid shared cache name. */
+kmc_status kmc_shared_region_name(const char *name, char *out, size_t size);
+
+/* Test hook: the calling process kills itself with SIGKILL the @n-th time
+ * (1-based) it passes a crash point of a shared cache's locked paths (any
+ * of them; 0 turns it off). For crash tests. */
+void kmc_shared_crash_after(long n);
 
 /* --- kmalloc family -------------------------------------------------------
  *

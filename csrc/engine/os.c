@@ -27,8 +27,9 @@ static _Atomic long fail_after = -1; /* < 0: never fail on purpose */
 
 void kmc_os_fail_after(long n) { atomic_store(&fail_after, n < 0 ? -1 : n); }
 
-/* True when this request must fail (failure injection for tests). */
-static bool injected_failure(void)
+/* True when this request must fail (failure injection for tests; shm.c's
+ * requests count too). */
+bool kmc__os_injected_failure(void)
 {
     long n = atomic_load(&fail_after);
     while (n > 0) {
@@ -66,7 +67,7 @@ static void *reserve_aligned(size_t size, size_t align)
 
 void *kmc__os_reserve(size_t size, size_t align)
 {
-    if (injected_failure())
+    if (kmc__os_injected_failure())
         return NULL;
     return reserve_aligned(size, align);
 }
@@ -75,7 +76,7 @@ void kmc__os_unreserve(void *addr, size_t size) { munmap(addr, size); }
 
 int kmc__os_commit(void *addr, size_t size)
 {
-    if (injected_failure())
+    if (kmc__os_injected_failure())
         return -1;
     return mprotect(addr, size, PROT_READ | PROT_WRITE);
 }
@@ -93,7 +94,7 @@ void kmc__os_decommit(void *addr, size_t size)
 
 void *kmc__os_map_pages(size_t size, size_t align)
 {
-    if (injected_failure())
+    if (kmc__os_injected_failure())
         return NULL;
     /* Without MAP_NORESERVE: the kernel's overcommit policy may refuse a
      * request far beyond memory, as it does malloc's big blocks. */
@@ -119,7 +120,7 @@ void kmc__os_unmap_pages(void *addr, size_t size) { munmap(addr, size); }
 
 void *kmc__os_map_meta(size_t size)
 {
-    if (injected_failure())
+    if (kmc__os_injected_failure())
         return NULL;
     void *p = mmap(NULL, size, PROT_READ | PROT_WRITE,
                    MAP_PRIVATE | MAP_ANONYMOUS | MAP_NORESERVE, -1, 0);

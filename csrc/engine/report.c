@@ -32,6 +32,10 @@ const char *kmc_status_name(kmc_status status)
         [KMC_EREDZONE] = "red zone overwritten",
         [KMC_EPOISON] = "poison overwritten",
         [KMC_ECORRUPT] = "metadata corrupted",
+        [KMC_EEXIST] = "shared cache exists",
+        [KMC_ENOENT] = "no such shared cache",
+        [KMC_ESTALE] = "stale object reference",
+        [KMC_EOS] = "OS error",
     };
     if ((unsigned)status < sizeof(names) / sizeof(names[0]) && names[status])
         return names[status];

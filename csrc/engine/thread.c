@@ -8,7 +8,8 @@
  *
  * fork(): every engine lock is taken before the fork and released after it
  * in both processes (pthread_atfork), so the child never inherits a lock
- * that a thread it does not have was holding. Threads inside a fast path
+ * that a thread it does not have was holding; a shared cache's lock lives
+ * in its region, shared rather than copied, and is left alone. Threads inside a fast path
  * hold no lock: in the child their heaps are given back to the depot, and
  * when one was caught in the middle of an operation the cache's counters
  * are made to agree with its bitmaps again.
@@ -90,7 +91,8 @@ static void fork_prepare(void)
     kmc__kmalloc_lock(false);
     pthread_mutex_lock(&kmc__caches_lock);
     for (kmc_cache_t *c = kmc__caches_first; c; c = c->next_cache)
-        kmc__cache_lock(c);
+        if (!c->region) /* a shared cache's lock is in the region, not copied */
+            kmc__lock(&c->lock);
     kmc__registry_lock_all();
     kmc__kmalloc_lock(true);
     pthread_mutex_lock(&threads_lock);
@@ -104,7 +106,8 @@ static void unlock_all(bool child)
     kmc__kmalloc_unlock(true);
     kmc__registry_unlock_all();
     for (kmc_cache_t *c = kmc__caches_first; c; c = c->next_cache)
-        kmc__cache_unlock(c);
+        if (!c->region)
+            kmc__unlock(&c->lock);
     pthread_mutex_unlock(&kmc__caches_lock);
     kmc__kmalloc_unlock(false);
 }
@@ -121,6 +124,12 @@ static void fork_child(void)
     if (me < KMC_MAX_HEAPS)
         used[me / 64] |= UINT64_C(1) << (me % 64);
     for (kmc_cache_t *c = kmc__caches_first; c; c = c->next_cache) {
+        if (c->region) {
+            /* the child is another process: it gets a slot of its own when
+             * it first uses the cache */
+            kmc__shared_after_fork(c);
+            continue;
+        }
         bool torn = false;
         kmc__cache_lock(c);
         for (uint32_t i = 0; i < KMC_MAX_HEAPS; i++) {
