@@ -413,6 +413,12 @@ kmc_status kmc_shared_attach(const char *name, kmc_ctor_fn ctor, void *ctor_arg,
  * /dev/shm until unlinked). Always succeeds. */
 kmc_status kmc_shared_detach(kmc_cache_t *cache);
 
+/* kmc_shared_leave - what kmc_shared_detach does to the region, the mapping
+ * kept: for a process about to exit, whose objects' memory must stay
+ * readable until it does. The cache stays usable: its next call takes a
+ * process slot again. */
+void kmc_shared_leave(kmc_cache_t *cache);
+
 /* kmc_shared_unlink - remove the name of shared cache @name: processes
  * attached keep working; new attaches fail; the memory goes when the last
  * one detaches. KMC_OK, KMC_ENOENT or KMC_EOS. */
@@ -492,6 +498,11 @@ kmc_status kmc_shared_region_name(const char *name, char *out, size_t size);
  * (1-based) it passes a crash point of a shared cache's locked paths (any
  * of them; 0 turns it off). For crash tests. */
 void kmc_shared_crash_after(long n);
+
+/* Test hook: this process's slot of @cache claims to be process @pid
+ * started at @start (clock ticks since boot), as a slot left by a dead
+ * process whose pid was reused looks. KMC_EINVAL if it has no slot. */
+kmc_status kmc_shared_forge_slot(kmc_cache_t *cache, int pid, uint64_t start);
 
 /* --- kmalloc family -------------------------------------------------------
  *

@@ -189,6 +189,19 @@ static KMC_NOINLINE void crash_point_slow(void)
             crash_point_slow();                                                       \
     } while (0)
 
+kmc_status kmc_shared_forge_slot(kmc_cache_t *c, int pid, uint64_t start)
+{
+    kmc_region_t *r = c->region;
+    uint32_t me = KMC_LOAD(&r->self);
+    if (me == KMC_NIL)
+        return kmc__report(KMC_EINVAL, c, NULL, "this process has no slot in %s", c->name);
+    kmc__region_lock(c);
+    r->procs[me].pid = pid;
+    r->procs[me].start = start;
+    kmc__region_unlock(c);
+    return KMC_OK;
+}
+
 /* --- addressing ----------------------------------------------------------------- */
 
 static inline kmc_region_t *region_of(const kmc_cache_t *c) { return c->region; }
@@ -461,7 +474,8 @@ static void refill(kmc_cache_t *c, uint32_t me)
     kmc_region_t *r = c->region;
     kmc_proc_t *p = &r->procs[me];
     uint32_t want = r->mag_cap / 2 ? r->mag_cap / 2 : 1;
-    for (uint32_t n = KMC_LOAD(&p->mag_count); n < want; n++) {
+    uint32_t first = KMC_LOAD(&p->mag_count);
+    for (uint32_t n = first; n < want; n++) {
         uint8_t *q = kmc__depot_take(c);
         if (!q)
             break;
@@ -472,6 +486,12 @@ static void refill(kmc_cache_t *c, uint32_t me)
                               memory_order_release);
         KMC_STORE(&p->mag[n], off);
         KMC_STORE(&p->mag_count, n + 1);
+    }
+    /* the lowest address first out: memory handed out stays compact */
+    for (uint32_t i = first, j = KMC_LOAD(&p->mag_count); i + 1 < j; i++, j--) {
+        uint64_t t = KMC_LOAD(&p->mag[i]);
+        KMC_STORE(&p->mag[i], KMC_LOAD(&p->mag[j - 1]));
+        KMC_STORE(&p->mag[j - 1], t);
     }
 }
 
@@ -789,6 +809,16 @@ static uint32_t register_self(kmc_cache_t *c)
     return me;
 }
 
+/* Is slot @me still this process's? Not when it was judged dead (a test
+ * hook forged it, or it was reclaimed as another namespace's process
+ * would never be). Region locked. */
+static bool owns(const kmc_region_t *r, uint32_t me)
+{
+    const kmc_proc_t *p = &r->procs[me];
+    return KMC_LOAD(&((kmc_proc_t *)p)->state) == PROC_ALIVE && p->pid == r->pid &&
+           p->start == r->start;
+}
+
 /* This process's slot, registering it first (after a fork, say). */
 static uint32_t ensure_self(kmc_cache_t *c)
 {
@@ -852,6 +882,13 @@ static KMC_NOINLINE void *alloc_slow(kmc_cache_t *c, int zero, uint32_t *gen_out
     bool reclaimed = false;
     for (;;) {
         kmc__region_lock(c);
+        if (!owns(r, me)) { /* its slot was taken back: a new one */
+            KMC_STORE(&r->self, KMC_NIL);
+            kmc__region_unlock(c);
+            if ((me = ensure_self(c)) == KMC_NIL)
+                return NULL;
+            continue;
+        }
         proc_lock(c, me, me, true);
         kmc_proc_t *p = &r->procs[me];
         uint8_t *obj = NULL;
@@ -1004,6 +1041,8 @@ static KMC_NOINLINE kmc_status free_slow(kmc_cache_t *c, void *obj, uint32_t gen
     kmc_region_t *r = c->region;
     uint32_t me = KMC_LOAD(&r->self);
     kmc__region_lock(c);
+    if (me != KMC_NIL && !owns(r, me))
+        KMC_STORE(&r->self, me = KMC_NIL); /* its slot was taken back */
     if (me != KMC_NIL)
         proc_lock(c, me, me, true);
     kmc_status st = free_locked(c, me, obj, gen);
@@ -1053,6 +1092,8 @@ kmc_status kmc_shared_free_bulk(kmc_cache_t *c, size_t n, void *const *objs, con
     if (!sorted)
         return kmc__report(KMC_ENOMEM, c, NULL, "no memory to check %zu objects", n);
     kmc__region_lock(c);
+    if (me != KMC_NIL && !owns(r, me))
+        KMC_STORE(&r->self, me = KMC_NIL);
     if (me != KMC_NIL)
         proc_lock(c, me, me, true);
     kmc_status st = KMC_OK;
@@ -1140,6 +1181,11 @@ kmc_status kmc_shared_drop(kmc_cache_t *c, void *obj, uint32_t gen, int *freed)
     }
     kmc__report_clear();
     kmc__region_lock(c);
+    if (!owns(r, me)) { /* its slot was taken back: it holds nothing */
+        KMC_STORE(&r->self, KMC_NIL);
+        kmc__region_unlock(c);
+        return KMC_OK;
+    }
     proc_lock(c, me, me, true);
     kmc_status st = KMC_OK;
     for (;;) {
@@ -1227,11 +1273,17 @@ kmc_status kmc_shared_hold(kmc_cache_t *c, uint64_t off, uint32_t gen, int ticke
         return kmc__report(KMC_EINVAL, c, NULL,
                            "offset %llu names no object slot of %s (its slab area is %zu bytes)",
                            (unsigned long long)off, c->name, r->slabs_len);
-    uint32_t me = ensure_self(c);
-    if (me == KMC_NIL)
-        return kmc_last_report()->status;
+    uint32_t me;
+    for (;;) {
+        if ((me = ensure_self(c)) == KMC_NIL)
+            return kmc_last_report()->status;
+        kmc__region_lock(c);
+        if (owns(r, me))
+            break;
+        KMC_STORE(&r->self, KMC_NIL); /* its slot was taken back: a new one */
+        kmc__region_unlock(c);
+    }
     void *at = obj_at(c, off);
-    kmc__region_lock(c);
     _Atomic uint64_t *rec = holder_rec(c, at, &sidx, &idx);
     kmc_status st = KMC_OK;
     for (;;) {
@@ -1299,7 +1351,7 @@ void kmc__shared_flush_mine(kmc_cache_t *c)
 {
     kmc_region_t *r = c->region;
     uint32_t me = KMC_LOAD(&r->self);
-    if (me == KMC_NIL)
+    if (me == KMC_NIL || !owns(r, me))
         return;
     proc_lock(c, me, me, true);
     flush(c, me, 0);
@@ -1890,23 +1942,33 @@ fail:
     return st;
 }
 
+void kmc_shared_leave(kmc_cache_t *c)
+{
+    kmc_region_t *r = c->region;
+    uint32_t me = KMC_LOAD(&r->self);
+    if (me == KMC_NIL)
+        return;
+    kmc__region_lock(c);
+    if (!owns(r, me)) {
+        KMC_STORE(&r->self, KMC_NIL);
+        kmc__region_unlock(c);
+        return;
+    }
+    proc_lock(c, me, me, true);
+    flush(c, me, 0);
+    uint64_t mine[KMC_SHARED_MAX_PROCS / 64] = {0};
+    mine[me / 64] |= UINT64_C(1) << (me % 64);
+    size_t n = scan_release(c, mine, false, false);
+    r->hdr->reclaimed -= n; /* let go of, not reclaimed */
+    proc_retire(r, me);
+    KMC_STORE(&r->self, KMC_NIL);
+    kmc__region_unlock(c);
+}
+
 kmc_status kmc_shared_detach(kmc_cache_t *c)
 {
     kmc__report_clear();
-    kmc_region_t *r = c->region;
-    uint32_t me = KMC_LOAD(&r->self);
-    if (me != KMC_NIL) {
-        kmc__region_lock(c);
-        proc_lock(c, me, me, true);
-        flush(c, me, 0);
-        uint64_t mine[KMC_SHARED_MAX_PROCS / 64] = {0};
-        mine[me / 64] |= UINT64_C(1) << (me % 64);
-        size_t n = scan_release(c, mine, false, false);
-        r->hdr->reclaimed -= n; /* let go of, not reclaimed */
-        proc_retire(r, me);
-        KMC_STORE(&r->self, KMC_NIL);
-        kmc__region_unlock(c);
-    }
+    kmc_shared_leave(c);
     pthread_mutex_lock(&kmc__caches_lock);
     kmc__cache_unlink(c);
     pthread_mutex_unlock(&kmc__caches_lock);

@@ -445,6 +445,37 @@ static void test_fork_inherits(void)
     CHECK_EQ(kmc_cache_destroy(forked_cache), KMC_OK);
 }
 
+/* A slot naming a living pid started at another time is a dead process
+ * whose pid was reused: reclaimed. One naming this very process is not. */
+static void test_pid_reuse(void)
+{
+    const char *name = fresh_name();
+    kmc_cache_t *a = make_shared(name, 64, 0, 0, 8 * MiB);
+    kmc_cache_t *b = NULL;
+    CHECK(a != NULL);
+    CHECK_EQ(kmc_shared_attach(name, NULL, NULL, &b), KMC_OK);
+    for (int i = 0; i < 5; i++)
+        CHECK(kmc_shared_alloc(b, 0, NULL) != NULL);
+    CHECK_EQ(kmc_shared_reclaim(a, 0), 0); /* b is this process: alive */
+    CHECK_EQ(stats_of(a).active_objs, 5);
+    /* b's slot now names a process that started long before any now */
+    CHECK_EQ(kmc_shared_forge_slot(b, (int)getpid(), 1), KMC_OK);
+    CHECK_EQ(kmc_shared_reclaim(a, 0), 5);
+    CHECK_EQ(stats_of(a).active_objs, 0);
+    kmc_shared_info_t info;
+    kmc_shared_info(a, &info);
+    CHECK_EQ(info.procs, 1);
+    CHECK_EQ(kmc_cache_validate(a, NULL), KMC_OK);
+    /* b lost its slot; it gets a new one at its next use */
+    kmc_shared_info(b, &info);
+    void *p = kmc_shared_alloc(b, 0, NULL);
+    CHECK(p != NULL);
+    CHECK_EQ(stats_of(a).active_objs, 1);
+    CHECK_EQ(kmc_cache_destroy(b), KMC_OK);
+    CHECK_EQ(stats_of(a).active_objs, 0);
+    CHECK_EQ(kmc_cache_destroy(a), KMC_OK);
+}
+
 /* --- crashes ----------------------------------------------------------------------- */
 
 /* A child's day: allocations, frees, pickles claimed and not, holds, drops,
@@ -647,6 +678,7 @@ int main(void)
     RUN(test_holders);
     RUN(test_other_process);
     RUN(test_fork_inherits);
+    RUN(test_pid_reuse);
     RUN(test_threads);
     RUN(test_crash_at_every_point);
     RUN(test_random_kills);
