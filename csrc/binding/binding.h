@@ -31,6 +31,7 @@ typedef struct CacheObject {
     Py_ssize_t size;       /* the object size, cached for handle creation */
     int in_ctor;           /* ctor calls running: a slab is being built */
     int initialised;       /* __init__ succeeded once (else "uninitialised") */
+    int shared;            /* a SharedCacheObject (shared_type.c) */
 } CacheObject;
 
 /* A handle: one object of one cache. */
@@ -45,6 +46,39 @@ typedef struct HandleObject {
 
 extern PyTypeObject Cache_Type;
 extern PyTypeObject Handle_Type;
+
+/* A shared cache (kmemcache.SharedCache, shared_type.c): a Cache whose
+ * engine cache lives in a shared-memory region. */
+typedef struct SharedCacheObject {
+    CacheObject base;
+    uint64_t nonce;        /* the region's, for references to it */
+    PyObject *dups;        /* {(offset, gen): n}: handles of an object beyond
+                            * the first in this process; NULL until needed */
+    Py_ssize_t handles;    /* live handles of this cache in this process */
+} SharedCacheObject;
+
+/* A handle of a shared object (kmemcache.SharedObject): a handle with the
+ * generation of the object it names. */
+typedef struct SharedHandleObject {
+    HandleObject base;
+    uint32_t gen;
+} SharedHandleObject;
+
+extern PyTypeObject SharedCache_Type;
+extern PyTypeObject SharedHandle_Type;
+extern PyMethodDef kmcpy_shared_methods[]; /* module functions: _shared_unlink, ... */
+
+/* kmcpy_handle_free for a shared object: free it for every process. */
+int kmcpy_shared_handle_free(HandleObject *self);
+
+/* The engine's constructor hook for caches with a Python ctor (cache_type.c). */
+int kmcpy_call_ctor(void *object, size_t size, void *arg);
+/* A cache name argument as UTF-8, or NULL with an exception (cache_type.c). */
+const char *kmcpy_cache_name_arg(PyObject *name);
+int kmcpy_ssize_value(PyObject *arg, const char *what, Py_ssize_t *out);
+/* Raise for a failed allocation, the ctor's own exception if it failed:
+ * 0 with an exception set, 1 to retry (the error factory chose to go on). */
+int kmcpy_raise_alloc_failure(CacheObject *self);
 
 /* The Python package's hooks for caches (kmemcache.cache._Facade), or NULL:
  * cache_flags(name, flags, has_ctor) -> flags, attach(cache), make_stats(dict),

@@ -42,7 +42,7 @@ int kmcpy_track(CacheObject *cache, const char *event, const void *address)
  * point into memory that the engine hands out and gives back to the OS.
  * Returns 0, -1 (the ctor raised), or 1 (a view was kept: the engine must
  * never reuse or unmap this slab's memory). */
-static int call_ctor(void *object, size_t size, void *arg)
+int kmcpy_call_ctor(void *object, size_t size, void *arg)
 {
     CacheObject *self = arg;
     PyGILState_STATE gil = PyGILState_Ensure();
@@ -93,7 +93,7 @@ static int call_ctor(void *object, size_t size, void *arg)
 }
 
 /* Raise for a failed allocation: the ctor's own exception if it failed. */
-static int raise_alloc_failure(CacheObject *self)
+int kmcpy_raise_alloc_failure(CacheObject *self)
 {
     kmc_status st = kmc_last_report()->status;
     if (st == KMC_ECTOR && self->ctor_error) {
@@ -121,7 +121,7 @@ static PyObject *cache_new(PyTypeObject *type, PyObject *Py_UNUSED(args),
  * for one is out of range like any other bad value: ValueError, not
  * OverflowError. Its __index__ may run Python code: call before any check
  * of the cache's state. */
-static int ssize_value(PyObject *arg, const char *what, Py_ssize_t *out)
+int kmcpy_ssize_value(PyObject *arg, const char *what, Py_ssize_t *out)
 {
     if (PyBool_Check(arg)) {
         PyErr_Format(PyExc_TypeError, "%s must be an int, not bool", what);
@@ -147,7 +147,7 @@ static int ssize_value(PyObject *arg, const char *what, Py_ssize_t *out)
 /* A cache name: a str of 1 to KMC_NAME_MAX - 1 bytes of UTF-8 with no
  * whitespace or control character of any kind (it is a /proc/slabinfo
  * column). Returns its UTF-8, owned by @name, or NULL with ValueError. */
-static const char *cache_name_arg(PyObject *name)
+const char *kmcpy_cache_name_arg(PyObject *name)
 {
     if (!PyUnicode_Check(name)) {
         PyErr_Format(PyExc_TypeError, "cache name must be a str, not %.100s",
@@ -197,10 +197,10 @@ static int cache_init(CacheObject *self, PyObject *args, PyObject *kwds)
     if (!PyArg_ParseTupleAndKeywords(args, kwds, "OO|OOO:Cache", kwlist, &name, &size_o,
                                      &align_o, &flags_o, &ctor))
         return -1;
-    const char *cname = cache_name_arg(name);
-    if (!cname || ssize_value(size_o, "size", &size) < 0 ||
-        (align_o && ssize_value(align_o, "align", &align) < 0) ||
-        (flags_o && ssize_value(flags_o, "flags", &flags) < 0))
+    const char *cname = kmcpy_cache_name_arg(name);
+    if (!cname || kmcpy_ssize_value(size_o, "size", &size) < 0 ||
+        (align_o && kmcpy_ssize_value(align_o, "align", &align) < 0) ||
+        (flags_o && kmcpy_ssize_value(flags_o, "flags", &flags) < 0))
         return -1;
     if (ctor != Py_None && !PyCallable_Check(ctor)) {
         PyErr_Format(PyExc_TypeError, "ctor must be callable or None, not %.100s",
@@ -255,7 +255,7 @@ static int cache_init(CacheObject *self, PyObject *args, PyObject *kwds)
     /* no Python code from here to the assignments below */
     kmc_cache_t *made;
     kmc_status st = kmc_cache_create(cname, (size_t)size, (size_t)align, (unsigned)flags,
-                                     ctor != Py_None ? call_ctor : NULL, self, &made);
+                                     ctor != Py_None ? kmcpy_call_ctor : NULL, self, &made);
     if (st != KMC_OK) {
         if (st == KMC_EINVAL)
             PyErr_SetString(PyExc_ValueError, kmc_last_report()->message);
@@ -390,7 +390,7 @@ static PyObject *alloc_one(CacheObject *self, int zero)
                             "zalloc() on a cache with a ctor: the ctor's work would be lost");
             return NULL;
         }
-        if (!raise_alloc_failure(self) || kmcpy_cache_check_alive(self) < 0)
+        if (!kmcpy_raise_alloc_failure(self) || kmcpy_cache_check_alive(self) < 0)
             return NULL;
     }
     return kmcpy_adopt(self, p, self->size);
@@ -415,7 +415,7 @@ static PyObject *cache_alloc_bulk(CacheObject *self, PyObject *args, PyObject *k
     Py_ssize_t n;
     int zero = 0;
     if (!PyArg_ParseTupleAndKeywords(args, kwds, "O|p:alloc_bulk", kwlist, &n_o, &zero) ||
-        ssize_value(n_o, "n", &n) < 0)
+        kmcpy_ssize_value(n_o, "n", &n) < 0)
         return NULL;
     if (kmcpy_cache_check_alive(self) < 0)
         return NULL;
@@ -445,7 +445,7 @@ static PyObject *cache_alloc_bulk(CacheObject *self, PyObject *args, PyObject *k
         }
         if (kmc_cache_alloc_bulk(self->cache, (size_t)n, ptrs, zero) == KMC_OK)
             break;
-        if (!raise_alloc_failure(self))
+        if (!kmcpy_raise_alloc_failure(self))
             goto out;
     }
     /* n objects are live now: the cache cannot be destroyed under us */

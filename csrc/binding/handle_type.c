@@ -73,6 +73,8 @@ static const char *owner_name(const HandleObject *self)
 int kmcpy_handle_free(HandleObject *self)
 {
     CacheObject *owner = self->owner; /* the handle's reference keeps it */
+    if (owner && owner->shared)
+        return kmcpy_shared_handle_free(self);
     void *p = NULL;
     for (int tries = 0;; tries++) {
         if (!self->ptr) {

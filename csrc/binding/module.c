@@ -11,7 +11,7 @@
 
 PyObject *kmcpy_slab_error;
 static PyObject *double_free_error, *invalid_free_error, *cache_busy_error, *redzone_error,
-    *poison_error, *corruption_error;
+    *poison_error, *corruption_error, *stale_object_error;
 static PyObject *error_factory; /* callable(kind, report_dict) -> exception or None */
 PyObject *kmcpy_facade;
 
@@ -38,6 +38,14 @@ PyObject *kmcpy_exception_for(kmc_status status)
         return poison_error;
     case KMC_ECORRUPT:
         return corruption_error;
+    case KMC_ESTALE:
+        return stale_object_error;
+    case KMC_EEXIST:
+        return PyExc_FileExistsError;
+    case KMC_ENOENT:
+        return PyExc_FileNotFoundError;
+    case KMC_EOS:
+        return PyExc_OSError;
     case KMC_OK:
         break;
     }
@@ -64,6 +72,19 @@ static PyObject *report_dict(const kmc_report_t *r)
 static int raise_report(const kmc_report_t *r)
 {
     PyObject *cls = kmcpy_exception_for(r->status);
+    if (r->status == KMC_EEXIST || r->status == KMC_ENOENT || r->status == KMC_EOS) {
+        /* an OSError of the errno the OS gave */
+        int err = r->os_error ? r->os_error
+                  : r->status == KMC_EEXIST ? EEXIST
+                  : r->status == KMC_ENOENT ? ENOENT
+                                            : EIO;
+        PyObject *exc = PyObject_CallFunction(PyExc_OSError, "is", err, r->message);
+        if (exc) {
+            PyErr_SetObject((PyObject *)Py_TYPE(exc), exc);
+            Py_DECREF(exc);
+        }
+        return 0;
+    }
     if (!error_factory || cls == PyExc_MemoryError || cls == PyExc_ValueError) {
         PyErr_SetString(cls, r->message[0] ? r->message : kmc_status_name(r->status));
         return 0;
@@ -258,12 +279,19 @@ PyMODINIT_FUNC PyInit__kmemcache(void)
 {
     if (PyType_Ready(&Cache_Type) < 0 || PyType_Ready(&Handle_Type) < 0)
         return NULL;
+    SharedCache_Type.tp_base = &Cache_Type;
+    SharedHandle_Type.tp_base = &Handle_Type;
+    if (PyType_Ready(&SharedCache_Type) < 0 || PyType_Ready(&SharedHandle_Type) < 0)
+        return NULL;
     PyObject *m = PyModule_Create(&module_def);
     if (!m)
         return NULL;
     if (PyModule_AddObjectRef(m, "Cache", (PyObject *)&Cache_Type) < 0 ||
         PyModule_AddObjectRef(m, "Object", (PyObject *)&Handle_Type) < 0 ||
-        PyModule_AddFunctions(m, kmcpy_kmalloc_methods) < 0)
+        PyModule_AddObjectRef(m, "SharedCache", (PyObject *)&SharedCache_Type) < 0 ||
+        PyModule_AddObjectRef(m, "SharedObject", (PyObject *)&SharedHandle_Type) < 0 ||
+        PyModule_AddFunctions(m, kmcpy_kmalloc_methods) < 0 ||
+        PyModule_AddFunctions(m, kmcpy_shared_methods) < 0)
         goto fail;
     if (!(kmcpy_slab_error = new_error(m, "SlabError", NULL,
                                    "Base of the errors the allocator detects.")) ||
@@ -278,7 +306,10 @@ PyMODINIT_FUNC PyInit__kmemcache(void)
         !(poison_error = new_error(m, "PoisonError", kmcpy_slab_error,
                                    "A freed object was written to.")) ||
         !(corruption_error = new_error(m, "CorruptionError", kmcpy_slab_error,
-                                       "The allocator's metadata does not add up.")))
+                                       "The allocator's metadata does not add up.")) ||
+        !(stale_object_error = new_error(m, "StaleObjectError", kmcpy_slab_error,
+                                         "A shared object reference names an object that "
+                                         "was freed.")))
         goto fail;
     struct {
         const char *name;
@@ -299,6 +330,8 @@ PyMODINIT_FUNC PyInit__kmemcache(void)
         {"POISON_END", KMC_POISON_END},
         {"RED_INACTIVE", KMC_RED_INACTIVE},
         {"RED_ACTIVE", KMC_RED_ACTIVE},
+        {"SHARED_MAX_PROCS", KMC_SHARED_MAX_PROCS},
+        {"SHARED_DEFAULT_PROCS", KMC_SHARED_DEFAULT_PROCS},
     };
     for (size_t i = 0; i < sizeof(constants) / sizeof(constants[0]); i++)
         if (PyModule_AddIntConstant(m, constants[i].name, (long)constants[i].value) < 0)

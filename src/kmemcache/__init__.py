@@ -1,6 +1,7 @@
 """kmemcache: Linux's slab object caches (kmem_cache) for Python.
 
-Memory that is aligned, pooled, checked and inspectable::
+Memory that is aligned, pooled, checked and inspectable, in one process or
+shared between processes (``SharedCache``)::
 
     from kmemcache import Cache
 
@@ -26,9 +27,11 @@ from .errors import (
     RedzoneError,
     SlabError,
     SlabWarning,
+    StaleObjectError,
 )
 from .flags import Flags
 from .kmalloc import kcalloc, kfree, kmalloc, krealloc, ksize, kzalloc
+from .shared import SharedCache, SharedObject
 from .slabinfo import slabinfo
 
 __version__ = "0.1.0"
@@ -47,9 +50,12 @@ __all__ = [
     "Object",
     "PoisonError",
     "RedzoneError",
+    "SharedCache",
+    "SharedObject",
     "SlabError",
     "SlabStats",
     "SlabWarning",
+    "StaleObjectError",
     "debug",
     "kcalloc",
     "kfree",

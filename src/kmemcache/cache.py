@@ -8,7 +8,8 @@ a small facade that the type calls.
 from __future__ import annotations
 
 import dataclasses
-from typing import Any
+from collections.abc import Callable
+from typing import Any, ClassVar
 
 from . import _kmemcache as _core
 from . import debug as _debug
@@ -66,7 +67,12 @@ class SlabStats:
 
 
 class _Facade:
-    """What the C type asks of the package: debug options, statistics, leaks."""
+    """What the C types ask of the package: debug options, statistics, leaks,
+    and for shared caches the per-process registry and the functions their
+    pickles name (set by kmemcache.shared)."""
+
+    shared_rebuild: ClassVar[Callable[[str, int, int, int], Any]]
+    shared_attach_pickled: ClassVar[Callable[[str, int, Any], Any]]
 
     @staticmethod
     def cache_flags(name: str, flags: int, has_ctor: bool) -> int:
@@ -75,6 +81,12 @@ class _Facade:
     @staticmethod
     def attach(cache: Cache) -> None:
         _debug.attach(cache)
+
+    @staticmethod
+    def attach_shared(cache: Any) -> None:
+        from . import shared
+
+        shared._register(cache)
 
     @staticmethod
     def make_stats(raw: dict[str, Any]) -> SlabStats:

@@ -17,6 +17,7 @@ from ._kmemcache import (
     PoisonError,
     RedzoneError,
     SlabError,
+    StaleObjectError,
 )
 
 __all__ = [
@@ -28,6 +29,7 @@ __all__ = [
     "RedzoneError",
     "SlabError",
     "SlabWarning",
+    "StaleObjectError",
     "hexdump",
     "make_error",
 ]

@@ -1,0 +1,1105 @@
+/*
+ * shared_type.c - kmemcache.SharedCache and kmemcache.SharedObject: a Cache
+ * whose objects live in a shared-memory region, and the handle of one such
+ * object, which carries the object's generation and pickles as a
+ * reference (region, offset, generation).
+ *
+ * What a handle means for the object (the engine's holders, kmc.h):
+ *   - alloc(): this process holds the object; the handle is its hold;
+ *   - free(): the object ends for every process (a later free anywhere,
+ *     with this generation, is a double free);
+ *   - dropping the handle: this process lets go; the object is freed when
+ *     no process holds it and no pickle of it is in flight;
+ *   - pickling: a reference in flight, which keeps the object alive until
+ *     a process unpickles it (and becomes a holder), whoever dies;
+ *   - a second handle of one object in one process (object_at, unpickling
+ *     in the sender, copy.copy) shares the process's one hold: the engine's
+ *     hold is let go when the last of them is dropped.
+ * Python code runs in here (the error factory, the tracker, the GC): as in
+ * the Cache type, nothing read before it is trusted after it.
+ */
+#include "binding.h"
+
+#define FREE_HANDLES_MAX 256
+static SharedHandleObject *free_handles[FREE_HANDLES_MAX];
+static int nr_free_handles;
+
+static kmc_cache_t *engine(SharedCacheObject *self) { return self->base.cache; }
+
+static SharedHandleObject *handle_new(SharedCacheObject *owner, void *ptr, uint32_t gen)
+{
+    SharedHandleObject *self;
+    if (nr_free_handles) {
+        self = free_handles[--nr_free_handles];
+        (void)PyObject_Init((PyObject *)self, &SharedHandle_Type);
+    } else {
+        self = PyObject_GC_New(SharedHandleObject, &SharedHandle_Type);
+        if (!self)
+            return NULL;
+    }
+    self->base.ptr = ptr;
+    self->base.size = owner->base.size;
+    self->base.exports = 0;
+    self->base.owner = (CacheObject *)Py_NewRef((PyObject *)owner);
+    self->gen = gen;
+    owner->handles++;
+    PyObject_GC_Track(self);
+    return self;
+}
+
+/* The handle no longer names an object: its ptr cleared, the count of
+ * this process's handles of live objects down by one. */
+static void handle_clear(SharedHandleObject *self)
+{
+    if (self->base.ptr && self->base.owner)
+        ((SharedCacheObject *)self->base.owner)->handles--;
+    self->base.ptr = NULL;
+}
+
+/* A handle for @p (generation @gen), just allocated; on failure the object
+ * goes back. */
+static PyObject *adopt(SharedCacheObject *self, void *p, uint32_t gen)
+{
+    SharedHandleObject *h = handle_new(self, p, gen);
+    if (!h) {
+        kmc_shared_free(engine(self), p, gen);
+        return NULL;
+    }
+    if (self->base.track && kmcpy_track(&self->base, "alloc", p) < 0) {
+        Py_DECREF(h); /* its dealloc lets the object go */
+        return NULL;
+    }
+    return (PyObject *)h;
+}
+
+/* --- second handles of one object ------------------------------------------------ */
+
+static PyObject *dup_key(SharedCacheObject *self, void *p, uint32_t gen)
+{
+    return Py_BuildValue("(KI)", (unsigned long long)kmc_shared_offset(engine(self), p),
+                         (unsigned int)gen);
+}
+
+/* One more handle of (@p, @gen) in this process. 0, or -1 with an exception. */
+static int dup_add(SharedCacheObject *self, void *p, uint32_t gen)
+{
+    if (!self->dups && !(self->dups = PyDict_New()))
+        return -1;
+    PyObject *key = dup_key(self, p, gen);
+    if (!key)
+        return -1;
+    PyObject *n = PyDict_GetItemWithError(self->dups, key);
+    long count = n ? PyLong_AsLong(n) : 0;
+    PyObject *v = PyErr_Occurred() ? NULL : PyLong_FromLong(count + 1);
+    int rc = v ? PyDict_SetItem(self->dups, key, v) : -1;
+    Py_XDECREF(v);
+    Py_DECREF(key);
+    return rc;
+}
+
+/* A handle of (@p, @gen) is going: 1 when another handle of it remains in
+ * this process (the hold stays), 0 when this was the last. No exception. */
+static int dup_take(SharedCacheObject *self, void *p, uint32_t gen)
+{
+    if (!self->dups || !PyDict_GET_SIZE(self->dups))
+        return 0;
+    PyObject *type, *value, *tb;
+    PyErr_Fetch(&type, &value, &tb);
+    int more = 0;
+    PyObject *key = dup_key(self, p, gen);
+    PyObject *n = key ? PyDict_GetItemWithError(self->dups, key) : NULL;
+    if (n) {
+        long count = PyLong_AsLong(n);
+        more = 1;
+        if (count <= 1) {
+            PyDict_DelItem(self->dups, key);
+        } else {
+            PyObject *v = PyLong_FromLong(count - 1);
+            if (v)
+                PyDict_SetItem(self->dups, key, v);
+            Py_XDECREF(v);
+        }
+    }
+    Py_XDECREF(key);
+    PyErr_Clear();
+    PyErr_Restore(type, value, tb);
+    return more;
+}
+
+/* The object is freed: its other handles here are stale, not holds. */
+static void dup_forget(SharedCacheObject *self, void *p, uint32_t gen)
+{
+    if (!self->dups || !PyDict_GET_SIZE(self->dups))
+        return;
+    PyObject *type, *value, *tb;
+    PyErr_Fetch(&type, &value, &tb);
+    PyObject *key = dup_key(self, p, gen);
+    if (key && PyDict_DelItem(self->dups, key) < 0)
+        PyErr_Clear();
+    Py_XDECREF(key);
+    PyErr_Restore(type, value, tb);
+}
+
+/* --- the handle ---------------------------------------------------------------------- */
+
+#define FREE_TRIES 4
+
+int kmcpy_shared_handle_free(HandleObject *h)
+{
+    SharedHandleObject *self = (SharedHandleObject *)h;
+    SharedCacheObject *owner = (SharedCacheObject *)h->owner;
+    void *p = NULL;
+    for (int tries = 0;; tries++) {
+        if (!h->ptr) {
+            if (p)
+                return 0; /* Python code run by a report freed it meanwhile */
+            return kmcpy_raise_message(KMC_EDOUBLE_FREE, &owner->base, NULL,
+                                       "Object already free: this handle was freed before "
+                                       "(cache %s)",
+                                       owner->base.cache ? kmc_cache_name(owner->base.cache)
+                                                         : "(detached)")
+                       ? 0
+                       : -1;
+        }
+        if (h->exports) {
+            PyErr_Format(PyExc_BufferError,
+                         "cannot free a kmemcache object while %zd buffer view%s of it exist%s",
+                         h->exports, h->exports == 1 ? "" : "s", h->exports == 1 ? "s" : "");
+            return -1;
+        }
+        if (!owner->base.cache) {
+            handle_clear(self);
+            return kmcpy_cache_check_alive(&owner->base);
+        }
+        if (tries == FREE_TRIES) {
+            PyErr_Format(kmcpy_slab_error, "cannot free %p of %s: the allocator refused %d times",
+                         h->ptr, kmc_cache_name(engine(owner)), FREE_TRIES);
+            return -1;
+        }
+        p = h->ptr;
+        kmc_status st = kmc_shared_free(engine(owner), p, self->gen);
+        if (st == KMC_OK)
+            break;
+        if (!kmcpy_raise(st))
+            return -1;
+        if (st == KMC_EDOUBLE_FREE || st == KMC_EINVALID_FREE) {
+            handle_clear(self); /* told to go on: nothing to free */
+            return 0;
+        }
+    }
+    handle_clear(self);
+    dup_forget(owner, p, self->gen);
+    if (owner->base.track && kmcpy_track(&owner->base, "free", p) < 0)
+        return -1;
+    return 0;
+}
+
+static void handle_dealloc(SharedHandleObject *self)
+{
+    PyObject_GC_UnTrack(self);
+    HandleObject *h = &self->base;
+    SharedCacheObject *owner = (SharedCacheObject *)h->owner;
+    if (h->ptr && owner && owner->base.cache && !dup_take(owner, h->ptr, self->gen)) {
+        /* the last handle here: this process lets go. A report is written
+         * as unraisable, naming the cache, never the dying handle. */
+        PyObject *type, *value, *tb;
+        PyErr_Fetch(&type, &value, &tb);
+        int freed = 0;
+        void *p = h->ptr;
+        kmc_status st = kmc_shared_drop(engine(owner), p, self->gen, &freed);
+        if (st != KMC_OK && !kmcpy_raise(st))
+            kmcpy_write_unraisable("while dropping a kmemcache shared object of %s",
+                                   owner->base.cache ? kmc_cache_name(owner->base.cache) : "?");
+        else if (freed && owner->base.track && kmcpy_track(&owner->base, "free", p) < 0)
+            kmcpy_write_unraisable("by the tracker of kmemcache cache %s",
+                                   owner->base.cache ? kmc_cache_name(owner->base.cache) : "?");
+        PyErr_Restore(type, value, tb);
+    }
+    handle_clear(self);
+    Py_CLEAR(h->owner);
+    if (nr_free_handles < FREE_HANDLES_MAX && Py_TYPE(self) == &SharedHandle_Type)
+        free_handles[nr_free_handles++] = self;
+    else
+        Py_TYPE(self)->tp_free((PyObject *)self);
+}
+
+static int check_live(SharedHandleObject *self)
+{
+    if (self->base.ptr)
+        return 0;
+    PyErr_SetString(PyExc_ValueError, "operation on a freed kmemcache object");
+    return -1;
+}
+
+static PyObject *handle_get_offset(SharedHandleObject *self, void *Py_UNUSED(closure))
+{
+    if (check_live(self) < 0)
+        return NULL;
+    SharedCacheObject *owner = (SharedCacheObject *)self->base.owner;
+    return PyLong_FromUnsignedLongLong(kmc_shared_offset(engine(owner), self->base.ptr));
+}
+
+static PyObject *handle_get_generation(SharedHandleObject *self, void *Py_UNUSED(closure))
+{
+    return PyLong_FromUnsignedLong(self->gen);
+}
+
+static PyObject *facade_attr(const char *name)
+{
+    if (!kmcpy_facade) {
+        PyErr_SetString(PyExc_RuntimeError, "kmemcache is not initialised");
+        return NULL;
+    }
+    return PyObject_GetAttrString(kmcpy_facade, name);
+}
+
+/* Pickled as a reference: (region name, nonce, offset, generation). The
+ * object is kept alive for the receiver: one reference in flight. */
+static PyObject *handle_reduce(SharedHandleObject *self, PyObject *Py_UNUSED(ignored))
+{
+    if (check_live(self) < 0)
+        return NULL;
+    SharedCacheObject *owner = (SharedCacheObject *)self->base.owner;
+    if (kmcpy_cache_check_alive(&owner->base) < 0)
+        return NULL;
+    PyObject *rebuild = facade_attr("shared_rebuild");
+    if (!rebuild)
+        return NULL;
+    kmc_cache_t *c = engine(owner);
+    kmc_status st = kmc_shared_ticket(c, self->base.ptr, self->gen);
+    if (st != KMC_OK) {
+        Py_DECREF(rebuild);
+        kmcpy_raise(st);
+        if (!PyErr_Occurred())
+            PyErr_SetString(kmcpy_exception_for(st), kmc_last_report()->message);
+        return NULL;
+    }
+    return Py_BuildValue("(N(sKKI))", rebuild, kmc_cache_name(c), (unsigned long long)owner->nonce,
+                         (unsigned long long)kmc_shared_offset(c, self->base.ptr),
+                         (unsigned int)self->gen);
+}
+
+static PyObject *handle_repr(SharedHandleObject *self)
+{
+    SharedCacheObject *owner = (SharedCacheObject *)self->base.owner;
+    const char *name = owner->base.cache ? kmc_cache_name(owner->base.cache) : "(detached)";
+    if (!self->base.ptr || !owner->base.cache)
+        return PyUnicode_FromFormat("<kmemcache.SharedObject of %s, freed>", name);
+    return PyUnicode_FromFormat("<kmemcache.SharedObject of %s, %zd bytes at offset %llu, "
+                                "generation %u>",
+                                name, self->base.size,
+                                (unsigned long long)kmc_shared_offset(engine(owner),
+                                                                      self->base.ptr),
+                                (unsigned)self->gen);
+}
+
+/* Defined here again, not inherited from kmemcache.Object: CPython takes its
+ * fast path for a C method only on an instance of exactly the method's type. */
+static PyObject *handle_free(SharedHandleObject *self, PyObject *Py_UNUSED(ignored))
+{
+    if (kmcpy_shared_handle_free(&self->base) < 0)
+        return NULL;
+    Py_RETURN_NONE;
+}
+
+static PyObject *handle_enter(SharedHandleObject *self, PyObject *Py_UNUSED(ignored))
+{
+    if (check_live(self) < 0)
+        return NULL;
+    return Py_NewRef((PyObject *)self);
+}
+
+static PyObject *handle_exit(SharedHandleObject *self, PyObject *Py_UNUSED(args))
+{
+    if (self->base.ptr && kmcpy_shared_handle_free(&self->base) < 0)
+        return NULL;
+    Py_RETURN_FALSE;
+}
+
+static PyMethodDef handle_methods[] = {
+    {"free", (PyCFunction)handle_free, METH_NOARGS,
+     "free($self, /)\n--\n\nEnd the object for every process. BufferError while views exist; "
+     "DoubleFreeError if it was freed already, here or in another process."},
+    {"__enter__", (PyCFunction)handle_enter, METH_NOARGS,
+     "__enter__($self, /)\n--\n\nThe object."},
+    {"__exit__", (PyCFunction)handle_exit, METH_VARARGS,
+     "__exit__($self, exc_type, exc, tb, /)\n--\n\nFree the object unless it was freed."},
+    {"__reduce__", (PyCFunction)handle_reduce, METH_NOARGS,
+     "__reduce__($self, /)\n--\n\nA reference (region, offset, generation): unpickled in "
+     "any process of this user, it names this object, which stays alive until then."},
+    {NULL, NULL, 0, NULL},
+};
+
+static PyGetSetDef handle_getset[] = {
+    {"offset", (getter)handle_get_offset, NULL,
+     "The object's offset in its region's slab area: the same in every process.", NULL},
+    {"generation", (getter)handle_get_generation, NULL,
+     "Which life of its slot the object is (it changes at every allocation).", NULL},
+    {NULL, NULL, NULL, NULL, NULL},
+};
+
+static int handle_traverse(SharedHandleObject *self, visitproc visit, void *arg)
+{
+    return Handle_Type.tp_traverse((PyObject *)self, visit, arg);
+}
+
+PyTypeObject SharedHandle_Type = {
+    PyVarObject_HEAD_INIT(NULL, 0)
+    .tp_name = "kmemcache.SharedObject",
+    .tp_basicsize = sizeof(SharedHandleObject),
+    .tp_dealloc = (destructor)handle_dealloc,
+    .tp_repr = (reprfunc)handle_repr,
+    .tp_flags = Py_TPFLAGS_DEFAULT | Py_TPFLAGS_HAVE_GC,
+    .tp_traverse = (traverseproc)handle_traverse,
+    .tp_doc = "One object of a kmemcache.SharedCache: memory in a shared-memory region,\n"
+              "exported through the buffer protocol (format 'B'). Pickles as a\n"
+              "reference, which names the same memory in the process that unpickles it.",
+    .tp_methods = handle_methods,
+    .tp_getset = handle_getset,
+};
+
+/* --- the cache -------------------------------------------------------------------------- */
+
+static int shared_alive(SharedCacheObject *self) { return kmcpy_cache_check_alive(&self->base); }
+
+/* Fill in a new SharedCache around engine cache @made (its ctor @ctor),
+ * then tell the package (debug options, the per-process registry). */
+static int adopt_cache(SharedCacheObject *self, kmc_cache_t *made, PyObject *ctor)
+{
+    kmc_shared_info_t info;
+    kmc_shared_info(made, &info);
+    PyObject *old_ctor = self->base.ctor;
+    self->base.ctor = ctor != Py_None ? Py_NewRef(ctor) : NULL;
+    self->base.cache = made;
+    self->base.size = (Py_ssize_t)kmc_cache_size(made);
+    self->base.initialised = 1;
+    self->base.shared = 1;
+    self->nonce = info.nonce;
+    Py_XDECREF(old_ctor);
+    if (kmcpy_facade) {
+        PyObject *r = PyObject_CallMethod(kmcpy_facade, "attach_shared", "O", (PyObject *)self);
+        if (!r) {
+            if (self->base.cache == made) {
+                kmc_cache_destroy(made);
+                self->base.cache = NULL;
+            }
+            return -1;
+        }
+        Py_DECREF(r);
+    }
+    return 0;
+}
+
+static int shared_init(SharedCacheObject *self, PyObject *args, PyObject *kwds)
+{
+    static char *kwlist[] = {"name", "size", "align", "flags", "capacity", "max_processes",
+                             "ctor", NULL};
+    PyObject *name, *size_o, *align_o = NULL, *flags_o = NULL, *cap_o = NULL, *procs_o = NULL,
+                                *ctor = Py_None;
+    Py_ssize_t size, align = 0, flags = 0, capacity = 0, procs = KMC_SHARED_DEFAULT_PROCS;
+    if (self->base.cache) {
+        PyErr_SetString(PyExc_TypeError, "a kmemcache cache cannot be initialised twice");
+        return -1;
+    }
+    if (!PyArg_ParseTupleAndKeywords(args, kwds, "OO|OO$OOO:SharedCache", kwlist, &name,
+                                     &size_o, &align_o, &flags_o, &cap_o, &procs_o, &ctor))
+        return -1;
+    if (!cap_o) {
+        PyErr_SetString(PyExc_TypeError,
+                        "SharedCache() needs capacity=, the region's size in bytes at most");
+        return -1;
+    }
+    const char *cname = kmcpy_cache_name_arg(name);
+    if (!cname || kmcpy_ssize_value(size_o, "size", &size) < 0 ||
+        (align_o && kmcpy_ssize_value(align_o, "align", &align) < 0) ||
+        (flags_o && kmcpy_ssize_value(flags_o, "flags", &flags) < 0) ||
+        kmcpy_ssize_value(cap_o, "capacity", &capacity) < 0 ||
+        (procs_o && kmcpy_ssize_value(procs_o, "max_processes", &procs) < 0))
+        return -1;
+    if (strchr(cname, '/')) {
+        PyErr_Format(PyExc_ValueError, "a shared cache name must not contain '/': %R", name);
+        return -1;
+    }
+    if (ctor != Py_None && !PyCallable_Check(ctor)) {
+        PyErr_Format(PyExc_TypeError, "ctor must be callable or None, not %.100s",
+                     Py_TYPE(ctor)->tp_name);
+        return -1;
+    }
+    if (size < 1 || (size_t)size > KMC_MAX_SIZE) {
+        PyErr_Format(PyExc_ValueError, "size must be 1 to %zu bytes, not %zd",
+                     (size_t)KMC_MAX_SIZE, size);
+        return -1;
+    }
+    if (align < 0 || (align & (align - 1)) || (size_t)align > KMC_MAX_ALIGN) {
+        PyErr_Format(PyExc_ValueError, "align must be 0 or a power of two up to %zu, not %zd",
+                     (size_t)KMC_MAX_ALIGN, align);
+        return -1;
+    }
+    if (flags < 0 || (flags & ~(Py_ssize_t)KMC_VALID_FLAGS)) {
+        PyErr_Format(PyExc_ValueError, "flags has unknown bits 0x%llx",
+                     (unsigned long long)flags & ~(unsigned long long)KMC_VALID_FLAGS);
+        return -1;
+    }
+    if (capacity < 1) {
+        PyErr_Format(PyExc_ValueError, "capacity must be a positive number of bytes, not %zd",
+                     capacity);
+        return -1;
+    }
+    if (procs < 1 || procs > (Py_ssize_t)KMC_SHARED_MAX_PROCS) {
+        PyErr_Format(PyExc_ValueError, "max_processes must be 1 to %u, not %zd",
+                     KMC_SHARED_MAX_PROCS, procs);
+        return -1;
+    }
+    if (ctor != Py_None && (flags & KMC_POISON)) {
+        PyErr_SetString(PyExc_ValueError,
+                        "flags: POISON on a cache with a ctor cannot be had: poisoning "
+                        "freed objects would undo the ctor's work");
+        return -1;
+    }
+    if (kmcpy_facade) {
+        PyObject *f = PyObject_CallMethod(kmcpy_facade, "cache_flags", "OnO", name, flags,
+                                          ctor != Py_None ? Py_True : Py_False);
+        if (!f)
+            return -1;
+        Py_ssize_t got = PyLong_Check(f) ? PyLong_AsSsize_t(f) : -1;
+        Py_DECREF(f);
+        if (got == -1 && PyErr_Occurred())
+            return -1;
+        if (got < 0 || (got & ~(Py_ssize_t)KMC_VALID_FLAGS)) {
+            PyErr_SetString(PyExc_ValueError, "the debug options gave unknown flags");
+            return -1;
+        }
+        flags = got;
+    }
+    if (self->base.cache) {
+        PyErr_SetString(PyExc_TypeError,
+                        "a kmemcache cache cannot be initialised twice (it was, while this "
+                        "__init__ ran)");
+        return -1;
+    }
+    kmc_cache_t *made;
+    kmc_status st = kmc_shared_create(cname, (size_t)size, (size_t)align, (unsigned)flags,
+                                      (size_t)capacity, (unsigned)procs,
+                                      ctor != Py_None ? kmcpy_call_ctor : NULL, self, &made);
+    if (st != KMC_OK) {
+        if (st == KMC_EINVAL)
+            PyErr_SetString(PyExc_ValueError, kmc_last_report()->message);
+        else
+            kmcpy_raise(st);
+        return -1;
+    }
+    return adopt_cache(self, made, ctor);
+}
+
+static PyObject *shared_attach(PyTypeObject *cls, PyObject *args, PyObject *kwds)
+{
+    static char *kwlist[] = {"name", "ctor", NULL};
+    PyObject *name, *ctor = Py_None;
+    if (!PyArg_ParseTupleAndKeywords(args, kwds, "O|$O:attach", kwlist, &name, &ctor))
+        return NULL;
+    const char *cname = kmcpy_cache_name_arg(name);
+    if (!cname)
+        return NULL;
+    if (ctor != Py_None && !PyCallable_Check(ctor)) {
+        PyErr_Format(PyExc_TypeError, "ctor must be callable or None, not %.100s",
+                     Py_TYPE(ctor)->tp_name);
+        return NULL;
+    }
+    if (!PyType_IsSubtype(cls, &SharedCache_Type)) {
+        PyErr_SetString(PyExc_TypeError, "attach() makes a SharedCache");
+        return NULL;
+    }
+    PyObject *empty = PyTuple_New(0);
+    SharedCacheObject *self = empty ? (SharedCacheObject *)cls->tp_new(cls, empty, NULL) : NULL;
+    Py_XDECREF(empty);
+    if (!self)
+        return NULL;
+    kmc_cache_t *made;
+    kmc_status st = kmc_shared_attach(cname, ctor != Py_None ? kmcpy_call_ctor : NULL, self, &made);
+    if (st != KMC_OK) {
+        if (st == KMC_EINVAL)
+            PyErr_SetString(PyExc_ValueError, kmc_last_report()->message);
+        else if (!kmcpy_raise(st) && !PyErr_Occurred())
+            PyErr_SetString(PyExc_OSError, kmc_last_report()->message);
+        Py_DECREF(self);
+        return NULL;
+    }
+    if (adopt_cache(self, made, ctor) < 0) {
+        Py_DECREF(self);
+        return NULL;
+    }
+    return (PyObject *)self;
+}
+
+static PyObject *alloc_one(SharedCacheObject *self, int zero)
+{
+    if (shared_alive(self) < 0)
+        return NULL;
+    void *p;
+    uint32_t gen;
+    while (!(p = kmc_shared_alloc(engine(self), zero, &gen))) {
+        if (zero && self->base.ctor) {
+            PyErr_SetString(PyExc_ValueError,
+                            "zalloc() on a cache with a ctor: the ctor's work would be lost");
+            return NULL;
+        }
+        if (!kmcpy_raise_alloc_failure(&self->base) || shared_alive(self) < 0)
+            return NULL;
+    }
+    return adopt(self, p, gen);
+}
+
+static PyObject *shared_alloc(SharedCacheObject *self, PyObject *Py_UNUSED(ignored))
+{
+    return alloc_one(self, 0);
+}
+
+static PyObject *shared_zalloc(SharedCacheObject *self, PyObject *Py_UNUSED(ignored))
+{
+    return alloc_one(self, 1);
+}
+
+static PyObject *shared_alloc_bulk(SharedCacheObject *self, PyObject *args, PyObject *kwds)
+{
+    static char *kwlist[] = {"n", "zero", NULL};
+    PyObject *n_o;
+    Py_ssize_t n;
+    int zero = 0;
+    if (!PyArg_ParseTupleAndKeywords(args, kwds, "O|p:alloc_bulk", kwlist, &n_o, &zero) ||
+        kmcpy_ssize_value(n_o, "n", &n) < 0)
+        return NULL;
+    if (shared_alive(self) < 0)
+        return NULL;
+    if (n < 0) {
+        PyErr_Format(PyExc_ValueError, "n must be >= 0, not %zd", n);
+        return NULL;
+    }
+    if ((size_t)n > PY_SSIZE_T_MAX / sizeof(void *) / 2) {
+        PyErr_Format(PyExc_MemoryError, "n of %zd objects: no list can be that long", n);
+        return NULL;
+    }
+    void **ptrs = PyMem_Malloc((n ? (size_t)n : 1) * sizeof(void *));
+    uint32_t *gens = PyMem_Malloc((n ? (size_t)n : 1) * sizeof(uint32_t));
+    PyObject *list = NULL;
+    if (!ptrs || !gens) {
+        PyErr_NoMemory();
+        goto out;
+    }
+    for (;;) {
+        if (shared_alive(self) < 0)
+            goto out;
+        if (zero && self->base.ctor) {
+            PyErr_SetString(PyExc_ValueError,
+                            "zero=True on a cache with a ctor: the ctor's work would be lost");
+            goto out;
+        }
+        if (kmc_shared_alloc_bulk(engine(self), (size_t)n, ptrs, gens, zero) == KMC_OK)
+            break;
+        if (!kmcpy_raise_alloc_failure(&self->base))
+            goto out;
+    }
+    /* n objects are held now: handles own them from here (no Python code
+     * until every one has its handle) */
+    if (!(list = PyList_New(n))) {
+        for (Py_ssize_t i = 0; i < n; i++)
+            kmc_shared_free(engine(self), ptrs[i], gens[i]);
+        goto out;
+    }
+    for (Py_ssize_t i = 0; i < n; i++) {
+        SharedHandleObject *h = handle_new(self, ptrs[i], gens[i]);
+        if (!h) {
+            for (Py_ssize_t j = i; j < n; j++)
+                kmc_shared_free(engine(self), ptrs[j], gens[j]);
+            Py_CLEAR(list); /* the handles made let their objects go */
+            goto out;
+        }
+        PyList_SET_ITEM(list, i, (PyObject *)h);
+    }
+    if (self->base.track)
+        for (Py_ssize_t i = 0; i < n; i++)
+            if (kmcpy_track(&self->base, "alloc", ptrs[i]) < 0) {
+                Py_CLEAR(list);
+                goto out;
+            }
+out:
+    PyMem_Free(ptrs);
+    PyMem_Free(gens);
+    return list;
+}
+
+/* Is @arg a handle of this cache? 0, or -1 / 1 as check_freeable says. */
+static int check_mine(SharedCacheObject *self, PyObject *arg)
+{
+    if (!PyObject_TypeCheck(arg, &SharedHandle_Type))
+        return kmcpy_raise_message(KMC_EINVALID_FREE, &self->base, NULL,
+                                   "Invalid free in %s: %.100s is not an object of a shared "
+                                   "cache",
+                                   kmc_cache_name(engine(self)), Py_TYPE(arg)->tp_name)
+                   ? 1
+                   : -1;
+    HandleObject *h = (HandleObject *)arg;
+    if (h->owner != &self->base && h->ptr)
+        return kmcpy_raise_message(KMC_EINVALID_FREE, &self->base, h->ptr,
+                                   "Invalid free of %p in %s: it belongs to cache %s", h->ptr,
+                                   kmc_cache_name(engine(self)),
+                                   h->owner->cache ? kmc_cache_name(h->owner->cache) : "?")
+                   ? 1
+                   : -1;
+    return 0;
+}
+
+static PyObject *shared_free(SharedCacheObject *self, PyObject *arg)
+{
+    if (shared_alive(self) < 0)
+        return NULL;
+    int r = check_mine(self, arg);
+    if (r < 0)
+        return NULL;
+    if (r == 0 && kmcpy_shared_handle_free((HandleObject *)arg) < 0)
+        return NULL;
+    Py_RETURN_NONE;
+}
+
+/* All or nothing: every handle is checked here (live, unviewed, listed
+ * once), then the engine checks every object and frees them under one
+ * hold of the region's lock. No Python code runs between the checks and
+ * the frees. */
+static PyObject *shared_free_bulk(SharedCacheObject *self, PyObject *arg)
+{
+    if (shared_alive(self) < 0)
+        return NULL;
+    PyObject *seq = PyTuple_CheckExact(arg) ? Py_NewRef(arg) : PySequence_Tuple(arg);
+    if (!seq) {
+        if (PyErr_ExceptionMatches(PyExc_TypeError) && !Py_TYPE(arg)->tp_iter &&
+            !PySequence_Check(arg)) {
+            PyErr_Clear();
+            PyErr_Format(PyExc_TypeError, "free_bulk() takes a sequence of objects, not %.100s",
+                         Py_TYPE(arg)->tp_name);
+        }
+        return NULL;
+    }
+    Py_ssize_t n = PyTuple_GET_SIZE(seq);
+    void **ptrs = PyMem_Malloc((n ? (size_t)n : 1) * sizeof(void *));
+    uint32_t *gens = PyMem_Malloc((n ? (size_t)n : 1) * sizeof(uint32_t));
+    PyObject *result = NULL;
+    if (!ptrs || !gens) {
+        PyErr_NoMemory();
+        goto out;
+    }
+    for (Py_ssize_t i = 0; i < n; i++) {
+        PyObject *item = PyTuple_GET_ITEM(seq, i);
+        int r = check_mine(self, item);
+        if (r != 0) {
+            if (r > 0)
+                result = Py_NewRef(Py_None); /* told to go on: nothing freed */
+            goto out;
+        }
+        SharedHandleObject *h = (SharedHandleObject *)item;
+        if (!h->base.ptr) {
+            if (kmcpy_raise_message(KMC_EDOUBLE_FREE, &self->base, NULL,
+                                    "Object already free: item %zd was freed before", i))
+                result = Py_NewRef(Py_None);
+            goto out;
+        }
+        if (h->base.exports) {
+            PyErr_Format(PyExc_BufferError, "cannot free item %zd: %zd buffer view(s) of it exist",
+                         i, h->base.exports);
+            goto out;
+        }
+        ptrs[i] = h->base.ptr;
+        gens[i] = h->gen;
+    }
+    /* Python code (the error factory) may have run: read the items again */
+    if (shared_alive(self) < 0)
+        goto out;
+    for (Py_ssize_t i = 0; i < n; i++) {
+        SharedHandleObject *h = (SharedHandleObject *)PyTuple_GET_ITEM(seq, i);
+        if (h->base.ptr != ptrs[i] || h->base.exports) {
+            PyErr_Format(h->base.exports ? PyExc_BufferError : PyExc_ValueError,
+                         "cannot free item %zd: it was %s while free_bulk() checked the others",
+                         i, h->base.exports ? "viewed" : "freed");
+            goto out;
+        }
+    }
+    kmc_status st = kmc_shared_free_bulk(engine(self), (size_t)n, ptrs, gens);
+    if (st != KMC_OK) {
+        if (kmcpy_raise(st))
+            result = Py_NewRef(Py_None); /* told to go on: nothing freed */
+        goto out;
+    }
+    for (Py_ssize_t i = 0; i < n; i++) {
+        SharedHandleObject *h = (SharedHandleObject *)PyTuple_GET_ITEM(seq, i);
+        handle_clear(h);
+        dup_forget(self, ptrs[i], gens[i]);
+    }
+    int tracked = 0;
+    for (Py_ssize_t i = 0; i < n && self->base.track && tracked == 0; i++)
+        tracked = kmcpy_track(&self->base, "free", ptrs[i]);
+    if (tracked == 0)
+        result = Py_NewRef(Py_None);
+out:
+    PyMem_Free(ptrs);
+    PyMem_Free(gens);
+    Py_DECREF(seq);
+    return result;
+}
+
+static PyObject *shared_destroy(SharedCacheObject *self, PyObject *Py_UNUSED(ignored))
+{
+    if (shared_alive(self) < 0)
+        return NULL;
+    if (self->handles || self->base.in_ctor) {
+        if (!kmcpy_raise_message(KMC_EBUSY, &self->base, NULL,
+                                 self->base.in_ctor
+                                     ? "Cannot detach %s while its ctor runs: a slab is being "
+                                       "built"
+                                     : "Cannot detach %s: this process still has handles of "
+                                       "%zd of its objects (free or drop them first)",
+                                 kmc_cache_name(engine(self)), self->handles))
+            return NULL;
+        Py_RETURN_NONE;
+    }
+    kmc_cache_t *c = engine(self);
+    self->base.cache = NULL;
+    kmc_cache_destroy(c); /* detaches: always succeeds */
+    Py_RETURN_NONE;
+}
+
+static PyObject *shared_exit(SharedCacheObject *self, PyObject *Py_UNUSED(args))
+{
+    if (self->base.cache) {
+        PyObject *r = shared_destroy(self, NULL);
+        if (!r)
+            return NULL;
+        Py_DECREF(r);
+    }
+    Py_RETURN_FALSE;
+}
+
+static PyObject *shared_leave(SharedCacheObject *self, PyObject *Py_UNUSED(ignored))
+{
+    if (self->base.cache)
+        kmc_shared_leave(engine(self));
+    Py_RETURN_NONE;
+}
+
+static PyObject *shared_reclaim(SharedCacheObject *self, PyObject *args, PyObject *kwds)
+{
+    static char *kwlist[] = {"pickled", NULL};
+    int pickled = 0;
+    if (!PyArg_ParseTupleAndKeywords(args, kwds, "|$p:reclaim", kwlist, &pickled))
+        return NULL;
+    if (shared_alive(self) < 0)
+        return NULL;
+    return PyLong_FromSize_t(kmc_shared_reclaim(engine(self), pickled));
+}
+
+/* A handle of the object at @offset (generation @gen, 0: any), this process
+ * becoming one of its holders; @ticket claims a pickled reference. */
+static PyObject *hold(SharedCacheObject *self, unsigned long long offset, uint32_t gen,
+                      int ticket)
+{
+    if (shared_alive(self) < 0)
+        return NULL;
+    void *p;
+    uint32_t got;
+    int already = 0;
+    kmc_status st = kmc_shared_hold(engine(self), offset, gen, ticket, &p, &got, &already);
+    if (st != KMC_OK) {
+        if (st == KMC_EINVAL) {
+            PyErr_SetString(PyExc_ValueError, kmc_last_report()->message);
+        } else if (kmcpy_raise(st)) {
+            PyErr_SetString(kmcpy_exception_for(st), kmc_last_report()->message);
+        }
+        return NULL;
+    }
+    if (already && dup_add(self, p, got) < 0)
+        return NULL;
+    SharedHandleObject *h = handle_new(self, p, got);
+    if (!h) {
+        if (!already || !dup_take(self, p, got))
+            kmc_shared_drop(engine(self), p, got, NULL);
+        return NULL;
+    }
+    return (PyObject *)h;
+}
+
+static PyObject *shared_object_at(SharedCacheObject *self, PyObject *arg)
+{
+    if (PyBool_Check(arg) || !PyLong_Check(arg)) {
+        PyErr_Format(PyExc_TypeError, "offset must be an int, not %.100s", Py_TYPE(arg)->tp_name);
+        return NULL;
+    }
+    unsigned long long off = PyLong_AsUnsignedLongLong(arg);
+    if (off == (unsigned long long)-1 && PyErr_Occurred()) {
+        PyErr_Clear();
+        PyErr_Format(PyExc_ValueError, "offset %R names no object slot", arg);
+        return NULL;
+    }
+    return hold(self, off, KMC_SHARED_ANY_GEN, 0);
+}
+
+static PyObject *shared_hold(SharedCacheObject *self, PyObject *args)
+{
+    unsigned long long off;
+    unsigned int gen;
+    int ticket;
+    if (!PyArg_ParseTuple(args, "KIp:_hold", &off, &gen, &ticket))
+        return NULL;
+    if (gen == KMC_SHARED_ANY_GEN) {
+        PyErr_SetString(PyExc_ValueError, "generation 0 names no object");
+        return NULL;
+    }
+    return hold(self, off, gen, ticket);
+}
+
+static PyObject *raise_status(kmc_status st)
+{
+    if (st == KMC_EINVAL)
+        PyErr_SetString(PyExc_ValueError, kmc_last_report()->message);
+    else if (kmcpy_raise(st) && !PyErr_Occurred())
+        PyErr_SetString(kmcpy_exception_for(st), kmc_last_report()->message);
+    return NULL;
+}
+
+static PyObject *shared_unlink(SharedCacheObject *self, PyObject *Py_UNUSED(ignored))
+{
+    if (shared_alive(self) < 0)
+        return NULL;
+    kmc_status st = kmc_shared_unlink(kmc_cache_name(engine(self)));
+    if (st != KMC_OK)
+        return raise_status(st);
+    Py_RETURN_NONE;
+}
+
+static PyObject *info_dict(const kmc_shared_info_t *i)
+{
+    return Py_BuildValue("{s:s, s:K, s:K, s:K, s:K, s:K, s:K, s:K, s:K, s:K, s:K, s:K, s:K, "
+                         "s:i, s:i}",
+                         "region", i->region, "nonce", (unsigned long long)i->nonce, "capacity",
+                         (unsigned long long)i->capacity, "region_bytes",
+                         (unsigned long long)i->region_bytes, "meta_bytes",
+                         (unsigned long long)i->meta_bytes, "slab_bytes",
+                         (unsigned long long)i->slab_bytes, "nslabs",
+                         (unsigned long long)i->nslabs, "max_processes",
+                         (unsigned long long)i->max_procs, "processes",
+                         (unsigned long long)i->procs, "magazine",
+                         (unsigned long long)i->magazine, "recoveries",
+                         (unsigned long long)i->recoveries, "reclaimed",
+                         (unsigned long long)i->reclaimed, "pickled",
+                         (unsigned long long)i->pickled, "slot", i->self, "creator_pid",
+                         i->creator_pid);
+}
+
+static PyObject *shared_info(SharedCacheObject *self, PyObject *Py_UNUSED(ignored))
+{
+    if (shared_alive(self) < 0)
+        return NULL;
+    kmc_shared_info_t i;
+    kmc_shared_info(engine(self), &i);
+    return info_dict(&i);
+}
+
+static PyObject *shared_reduce(SharedCacheObject *self, PyObject *Py_UNUSED(ignored))
+{
+    if (shared_alive(self) < 0)
+        return NULL;
+    PyObject *fn = facade_attr("shared_attach_pickled");
+    if (!fn)
+        return NULL;
+    return Py_BuildValue("(N(sKO))", fn, kmc_cache_name(engine(self)),
+                         (unsigned long long)self->nonce,
+                         self->base.ctor ? self->base.ctor : Py_None);
+}
+
+static PyObject *shared_get_nonce(SharedCacheObject *self, void *Py_UNUSED(closure))
+{
+    return PyLong_FromUnsignedLongLong(self->nonce);
+}
+
+static PyObject *shared_repr(SharedCacheObject *self)
+{
+    if (!self->base.cache)
+        return PyUnicode_FromString(self->base.initialised ? "<kmemcache.SharedCache (detached)>"
+                                                           : "<kmemcache.SharedCache "
+                                                             "(uninitialised)>");
+    kmc_stats_t s;
+    kmc_shared_info_t i;
+    kmc_cache_stats(engine(self), &s);
+    kmc_shared_info(engine(self), &i);
+    return PyUnicode_FromFormat("<kmemcache.SharedCache '%s' size=%zu align=%zu active=%llu/%llu "
+                                "slabs=%llu processes=%llu>",
+                                kmc_cache_name(engine(self)), (size_t)s.size, (size_t)s.align,
+                                (unsigned long long)s.active_objs,
+                                (unsigned long long)s.num_objs,
+                                (unsigned long long)s.num_slabs, (unsigned long long)i.procs);
+}
+
+static int shared_traverse(SharedCacheObject *self, visitproc visit, void *arg)
+{
+    Py_VISIT(self->dups);
+    return Cache_Type.tp_traverse((PyObject *)self, visit, arg);
+}
+
+static int shared_clear(SharedCacheObject *self)
+{
+    Py_CLEAR(self->dups);
+    return Cache_Type.tp_clear((PyObject *)self);
+}
+
+/* No handle is alive (each holds the cache): detach. */
+static void shared_dealloc(SharedCacheObject *self)
+{
+    PyObject_GC_UnTrack(self);
+    if (self->base.weakrefs)
+        PyObject_ClearWeakRefs((PyObject *)self);
+    if (self->base.cache) {
+        kmc_cache_t *c = engine(self);
+        self->base.cache = NULL;
+        kmc_cache_destroy(c);
+    }
+    Py_CLEAR(self->dups);
+    Cache_Type.tp_clear((PyObject *)self);
+    Py_TYPE(self)->tp_free((PyObject *)self);
+}
+
+static PyMethodDef shared_methods[] = {
+    {"attach", (PyCFunction)(void (*)(void))shared_attach,
+     METH_VARARGS | METH_KEYWORDS | METH_CLASS,
+     "attach(name, *, ctor=None)\n--\n\nAttach the shared cache that a process of this user "
+     "made. ctor: what this process runs on the objects of a slab it builds (a cache made "
+     "with a ctor needs one to build slabs)."},
+    {"alloc", (PyCFunction)shared_alloc, METH_NOARGS,
+     "alloc($self, /)\n--\n\nOne object, held by this process."},
+    {"zalloc", (PyCFunction)shared_zalloc, METH_NOARGS,
+     "zalloc($self, /)\n--\n\nOne zeroed object. ValueError on a cache with a ctor."},
+    {"alloc_bulk", (PyCFunction)(void (*)(void))shared_alloc_bulk, METH_VARARGS | METH_KEYWORDS,
+     "alloc_bulk($self, /, n, zero=False)\n--\n\nA list of n objects, all or nothing."},
+    {"free", (PyCFunction)shared_free, METH_O,
+     "free($self, obj, /)\n--\n\nEnd obj for every process. DoubleFreeError (also when another "
+     "process freed it), InvalidFreeError, BufferError."},
+    {"free_bulk", (PyCFunction)shared_free_bulk, METH_O,
+     "free_bulk($self, objs, /)\n--\n\nFree every object of a sequence; checks all first."},
+    {"destroy", (PyCFunction)shared_destroy, METH_NOARGS,
+     "destroy($self, /)\n--\n\nDetach this process (the region lives on for the others): it "
+     "lets go of what it holds. CacheBusyError while its objects are referenced here."},
+    {"close", (PyCFunction)shared_destroy, METH_NOARGS, "close($self, /)\n--\n\ndestroy()."},
+    {"__exit__", (PyCFunction)shared_exit, METH_VARARGS,
+     "__exit__($self, exc_type, exc, tb, /)\n--\n\nDetach (CacheBusyError while this "
+     "process's objects are referenced)."},
+    {"reclaim", (PyCFunction)(void (*)(void))shared_reclaim, METH_VARARGS | METH_KEYWORDS,
+     "reclaim($self, /, *, pickled=False)\n--\n\nGive back what dead processes held; return "
+     "how many objects were freed. pickled=True also frees objects that only pickles name "
+     "(only when none can still be loaded)."},
+    {"object_at", (PyCFunction)shared_object_at, METH_O,
+     "object_at($self, offset, /)\n--\n\nThe live object at offset (obj.offset in any "
+     "process), this process becoming one of its holders. ValueError if offset names no "
+     "object slot, StaleObjectError if none lives there."},
+    {"unlink", (PyCFunction)shared_unlink, METH_NOARGS,
+     "unlink($self, /)\n--\n\nRemove the region's name: processes attached keep working, new "
+     "attaches fail, the memory goes when the last one detaches."},
+    {"info", (PyCFunction)shared_info, METH_NOARGS,
+     "info($self, /)\n--\n\nThe region: its name, capacity, sizes, processes attached, "
+     "recoveries, objects reclaimed, pickles in flight, this process's slot."},
+    {"__reduce__", (PyCFunction)shared_reduce, METH_NOARGS,
+     "__reduce__($self, /)\n--\n\nPickled by name: unpickled, it attaches the same region."},
+    {"_hold", (PyCFunction)shared_hold, METH_VARARGS,
+     "_hold($self, offset, generation, ticket, /)\n--\n\n"},
+    {"_leave", (PyCFunction)shared_leave, METH_NOARGS, "_leave($self, /)\n--\n\n"},
+    {NULL, NULL, 0, NULL},
+};
+
+static PyGetSetDef shared_getset[] = {
+    {"nonce", (getter)shared_get_nonce, NULL,
+     "A random number of the region, set when it was made: tells it from a later one of the "
+     "same name.",
+     NULL},
+    {NULL, NULL, NULL, NULL, NULL},
+};
+
+PyTypeObject SharedCache_Type = {
+    PyVarObject_HEAD_INIT(NULL, 0)
+    .tp_name = "kmemcache.SharedCache",
+    .tp_basicsize = sizeof(SharedCacheObject),
+    .tp_dealloc = (destructor)shared_dealloc,
+    .tp_flags = Py_TPFLAGS_DEFAULT | Py_TPFLAGS_BASETYPE | Py_TPFLAGS_HAVE_GC,
+    .tp_doc =
+        "SharedCache(name, size, align=0, flags=0, *, capacity, max_processes=64, ctor=None)\n"
+        "--\n\n"
+        "A cache whose slabs live in a shared-memory region of at most `capacity` bytes,\n"
+        "which any process of this user attaches with SharedCache.attach(name). Its\n"
+        "objects pickle as references: multiprocessing passes them without a copy.\n\n"
+        "name, size, align, flags: as Cache's (the name must not contain '/').\n"
+        "capacity: bytes of the region at most, metadata included; memory is used as\n"
+        "    slabs are built.\n"
+        "max_processes: processes attached at once, at most (1 to 4096).\n"
+        "ctor: as Cache's, run in whichever process builds a slab.",
+    .tp_traverse = (traverseproc)shared_traverse,
+    .tp_clear = (inquiry)shared_clear,
+    .tp_methods = shared_methods,
+    .tp_getset = shared_getset,
+    .tp_repr = (reprfunc)shared_repr,
+    .tp_init = (initproc)shared_init,
+};
+
+/* --- module functions ------------------------------------------------------------------- */
+
+static PyObject *mod_shared_unlink(PyObject *Py_UNUSED(module), PyObject *name)
+{
+    const char *cname = kmcpy_cache_name_arg(name);
+    if (!cname)
+        return NULL;
+    kmc_status st = kmc_shared_unlink(cname);
+    if (st != KMC_OK)
+        return raise_status(st);
+    Py_RETURN_NONE;
+}
+
+static PyObject *mod_shared_peek(PyObject *Py_UNUSED(module), PyObject *name)
+{
+    const char *cname = kmcpy_cache_name_arg(name);
+    if (!cname)
+        return NULL;
+    kmcpy_cache_snapshot_t snap;
+    kmc_shared_info_t info;
+    snprintf(snap.name, sizeof(snap.name), "%s", cname);
+    kmc_status st = kmc_shared_peek(cname, &snap.stats, &info);
+    if (st != KMC_OK)
+        return raise_status(st);
+    return Py_BuildValue("(NN)", kmcpy_stats_dict(&snap), info_dict(&info));
+}
+
+static PyObject *mod_shared_region_name(PyObject *Py_UNUSED(module), PyObject *name)
+{
+    const char *cname = kmcpy_cache_name_arg(name);
+    if (!cname)
+        return NULL;
+    char out[96];
+    kmc_status st = kmc_shared_region_name(cname, out, sizeof(out));
+    if (st != KMC_OK)
+        return raise_status(st);
+    return PyUnicode_FromString(out);
+}
+
+static PyObject *mod_shared_crash_after(PyObject *Py_UNUSED(module), PyObject *arg)
+{
+    long n = PyLong_AsLong(arg);
+    if (n == -1 && PyErr_Occurred())
+        return NULL;
+    kmc_shared_crash_after(n);
+    Py_RETURN_NONE;
+}
+
+PyMethodDef kmcpy_shared_methods[] = {
+    {"_shared_unlink", mod_shared_unlink, METH_O,
+     "_shared_unlink($module, name, /)\n--\n\nRemove the name of shared cache name."},
+    {"_shared_peek", mod_shared_peek, METH_O,
+     "_shared_peek($module, name, /)\n--\n\n(stats dict, info dict) of shared cache name, "
+     "read without attaching."},
+    {"_shared_region_name", mod_shared_region_name, METH_O,
+     "_shared_region_name($module, name, /)\n--\n\nThe POSIX shm name of shared cache name."},
+    {"_shared_crash_after", mod_shared_crash_after, METH_O,
+     "_shared_crash_after($module, n, /)\n--\n\nTest hook: this process dies by SIGKILL at "
+     "the n-th crash point of a shared cache's paths (0: off)."},
+    {NULL, NULL, 0, NULL},
+};
