@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import gc
 import os
+import uuid
 from collections.abc import Callable, Iterator
 from typing import Any
 
@@ -61,3 +62,38 @@ def make_cache() -> Iterator[Callable[..., kmemcache.Cache]]:
     for cache in made:
         if not cache.destroyed:
             cache.destroy()
+
+
+#: Shared caches made by this test run carry this prefix in their names.
+SHARED_PREFIX = f"pytest-{os.getpid()}-{uuid.uuid4().hex[:6]}-"
+
+
+def _leftover_regions() -> list[str]:
+    return [n for n in kmemcache.shared.regions() if n.startswith(SHARED_PREFIX)]
+
+
+@pytest.fixture
+def shared_name() -> Iterator[Callable[[], str]]:
+    """Names for shared caches, unique to this run; unlinked at the end of the test."""
+    made: list[str] = []
+
+    def name() -> str:
+        made.append(f"{SHARED_PREFIX}{len(made)}-{uuid.uuid4().hex[:6]}")
+        return made[-1]
+
+    yield name
+    for n in made:
+        try:
+            kmemcache.shared.unlink(n)
+        except FileNotFoundError:
+            pass
+
+
+@pytest.fixture(scope="session", autouse=True)
+def _no_shared_memory_left() -> Iterator[None]:
+    """No test leaves a region of this run in /dev/shm."""
+    yield
+    left = _leftover_regions()
+    for n in left:
+        kmemcache.shared.unlink(n)
+    assert not left, f"shared caches left in /dev/shm: {left}"

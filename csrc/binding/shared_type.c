@@ -180,6 +180,13 @@ int kmcpy_shared_handle_free(HandleObject *h)
         kmc_status st = kmc_shared_free(engine(owner), p, self->gen);
         if (st == KMC_OK)
             break;
+        if (st == KMC_EDOUBLE_FREE) {
+            /* freed elsewhere (another process, or C code): this handle
+             * names nothing any more, whatever the report makes of it */
+            handle_clear(self);
+            dup_forget(owner, p, self->gen);
+            return kmcpy_raise(st) ? 0 : -1;
+        }
         if (!kmcpy_raise(st))
             return -1;
         if (st == KMC_EDOUBLE_FREE || st == KMC_EINVALID_FREE) {
@@ -753,8 +760,8 @@ static PyObject *shared_destroy(SharedCacheObject *self, PyObject *Py_UNUSED(ign
                                  self->base.in_ctor
                                      ? "Cannot detach %s while its ctor runs: a slab is being "
                                        "built"
-                                     : "Cannot detach %s: this process still has handles of "
-                                       "%zd of its objects (free or drop them first)",
+                                     : "Cannot detach %s: this process still has %zd handle(s) "
+                                       "of its objects (free or drop them first)",
                                  kmc_cache_name(engine(self)), self->handles))
             return NULL;
         Py_RETURN_NONE;
