@@ -31,6 +31,7 @@ from .errors import (
 )
 from .flags import Flags
 from .kmalloc import kcalloc, kfree, kmalloc, krealloc, ksize, kzalloc
+from .publishing import publish
 from .shared import SharedCache, SharedObject
 from .slabinfo import slabinfo
 
@@ -63,8 +64,13 @@ __all__ = [
     "krealloc",
     "ksize",
     "kzalloc",
+    "publish",
     "slabinfo",
 ]
 
 # Reports with owner tracking, under the on-error policy (kmemcache.debug).
 _core._set_error_factory(debug.report_error)
+# KMEMCACHE_PUBLISH=1: statistics for kmemcache top (kmemcache.publish).
+from . import publishing as _publish  # noqa: E402
+
+_publish._from_environment()

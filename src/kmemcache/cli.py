@@ -1,8 +1,11 @@
-"""The ``kmemcache`` command: ``demo``, ``slabinfo`` and ``bench``.
+"""The ``kmemcache`` command: ``demo``, ``slabinfo``, ``top`` and ``bench``.
 
 ``kmemcache demo`` runs perf's task context workload with the four allocation
 options and prints what each costs (see :mod:`kmemcache.demo`);
-``kmemcache slabinfo`` prints the live caches as /proc/slabinfo does;
+``kmemcache slabinfo`` prints the live caches as /proc/slabinfo does (with
+``--pid``, those of a process that publishes them);
+``kmemcache top`` shows the machine's shared caches and the published private
+ones, refreshed, as slabtop does (see :mod:`kmemcache.top`);
 ``kmemcache bench`` runs the benchmarks of a source checkout.
 """
 
@@ -21,14 +24,18 @@ from pathlib import Path
 
 from . import __version__
 from . import demo as _demo
-from .cache import MAX_ALIGN
-from .slabinfo import all_stats, slabinfo
+from . import publishing as _publish
+from . import top as _top
+from .cache import MAX_ALIGN, SlabStats
+from .slabinfo import all_stats, format_slabinfo, slabinfo
 
 #: Largest --size and --live the demo accepts: enough for any experiment, small
 #: enough that a typo cannot ask for all the machine's memory.
 MAX_DEMO_SIZE = 1 << 20
 MAX_DEMO_LIVE = 1 << 20
 MAX_DEMO_BYTES = 4 << 30
+#: The largest pid Linux hands out (/proc/sys/kernel/pid_max at most).
+MAX_PID = 1 << 22
 
 
 def _int_arg(low: int, high: int, power_of_two: bool = False) -> Callable[[str], int]:
@@ -46,11 +53,24 @@ def _int_arg(low: int, high: int, power_of_two: bool = False) -> Callable[[str],
     return parse
 
 
+def _float_arg(low: float, high: float) -> Callable[[str], float]:
+    def parse(text: str) -> float:
+        try:
+            value = float(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"not a number: {text!r}") from None
+        if not low <= value <= high:
+            raise argparse.ArgumentTypeError(f"must be from {low:g} to {high:g}, not {text}")
+        return value
+
+    return parse
+
+
 def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="kmemcache",
         description="Linux-style slab object caches for Python: the perf demo, "
-        "slabinfo and the benchmarks.",
+        "slabinfo, top and the benchmarks.",
     )
     parser.add_argument("--version", action="version", version=f"kmemcache {__version__}")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
@@ -103,11 +123,49 @@ def _parser() -> argparse.ArgumentParser:
     info = sub.add_parser(
         "slabinfo",
         help="print the live caches in /proc/slabinfo format",
-        description="Print every live cache of this process in the format of Linux's "
-        "/proc/slabinfo (version 2.1), or with --json every counter of each.",
+        description="Print every live cache of this process, or with --pid of a process "
+        "that publishes its statistics (KMEMCACHE_PUBLISH=1 or kmemcache.publish()), in "
+        "the format of Linux's /proc/slabinfo (version 2.1), or with --json every counter "
+        "of each.",
     )
     info.add_argument("--json", action="store_true", help="print JSON: every counter of each cache")
+    info.add_argument(
+        "--pid",
+        type=_int_arg(1, MAX_PID),
+        help="the caches of process PID, which must publish them",
+    )
     info.set_defaults(own_parser=info)
+
+    top = sub.add_parser(
+        "top",
+        help="a live table of the caches: shared ones, and published private ones",
+        description="Show, refreshed as slabtop does, every shared cache of this user on "
+        "this machine (read from its region) and the private caches of the running "
+        "processes that publish their statistics (KMEMCACHE_PUBLISH=1, or "
+        "kmemcache.publish(); off by default): objects, active ones, object size, slabs "
+        "and memory, largest memory first. Ctrl-C ends it.",
+    )
+    top.add_argument("--once", action="store_true", help="print one table and end")
+    top.add_argument("--json", action="store_true", help="print JSON once and end")
+    top.add_argument(
+        "--sort",
+        choices=sorted(_top.SORT_KEYS),
+        default="memory",
+        help="the column to sort by (default: %(default)s; numbers largest first)",
+    )
+    top.add_argument(
+        "--interval",
+        type=_float_arg(0.1, 60.0),
+        default=2.0,
+        help="seconds between refreshes (default: %(default)s)",
+    )
+    top.add_argument(
+        "-n",
+        "--iterations",
+        type=_int_arg(1, 1 << 20),
+        help="refresh this many times, then end (default: until Ctrl-C)",
+    )
+    top.set_defaults(own_parser=top)
 
     sub.add_parser(
         "bench",
@@ -207,6 +265,52 @@ def _cmd_bench(args: Sequence[str]) -> int:
     return status
 
 
+def _cmd_slabinfo(ns: argparse.Namespace) -> int:
+    if ns.pid is None:
+        stats = all_stats()
+    else:
+        data = _publish.read(ns.pid)
+        if data is None:
+            print(
+                f"kmemcache slabinfo: process {ns.pid} does not publish its cache statistics "
+                "(or is not running): start it with KMEMCACHE_PUBLISH=1, or call "
+                "kmemcache.publish() in it",
+                file=sys.stderr,
+            )
+            return 1
+        stats = [SlabStats.from_dict(raw) for raw in data["caches"]]
+    if ns.json:
+        caches = [dataclasses.asdict(s) for s in stats]
+        out: dict[str, object] = {"version": "2.1", "caches": caches}
+        if ns.pid is not None:
+            out["pid"] = ns.pid
+        print(json.dumps(out, indent=2))
+    else:
+        sys.stdout.write(format_slabinfo(stats) if ns.pid is not None else slabinfo())
+    return 0
+
+
+def _cmd_top(ns: argparse.Namespace) -> int:
+    if ns.json:
+        print(json.dumps(_top.to_json(_top.sort_rows(_top.rows(), ns.sort)), indent=2))
+        return 0
+    live = sys.stdout.isatty() and not ns.once
+    frames = 1 if ns.once else ns.iterations
+    shown = 0
+    while True:
+        frame = _top.render(_top.sort_rows(_top.rows(), ns.sort))
+        if live:
+            sys.stdout.write("\x1b[H\x1b[2J")  # home, clear: one screen, redrawn
+        elif shown:
+            sys.stdout.write("\n")
+        sys.stdout.write(frame + "\n")
+        sys.stdout.flush()
+        shown += 1
+        if frames is not None and shown >= frames:
+            return 0
+        time.sleep(ns.interval)
+
+
 def _run(argv: Sequence[str] | None) -> int:
     parser = _parser()
     ns, extra = parser.parse_known_args(argv)
@@ -219,12 +323,9 @@ def _run(argv: Sequence[str] | None) -> int:
     if ns.command == "demo":
         return _cmd_demo(own, ns)
     if ns.command == "slabinfo":
-        if ns.json:
-            caches = [dataclasses.asdict(s) for s in all_stats()]
-            print(json.dumps({"version": "2.1", "caches": caches}, indent=2))
-        else:
-            sys.stdout.write(slabinfo())
-        return 0
+        return _cmd_slabinfo(ns)
+    if ns.command == "top":
+        return _cmd_top(ns)
     parser.print_help(sys.stderr)
     return 2
 

@@ -1,0 +1,225 @@
+"""``kmemcache top`` and ``kmemcache slabinfo --pid``, and the statistics that
+processes publish for them (kmemcache.publishing). Each command runs in a
+subprocess; the statistics folder is the test's own (KMEMCACHE_STATS_DIR)."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import textwrap
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+import pytest
+
+import kmemcache
+from kmemcache import SharedCache, publishing
+
+CLI = [sys.executable, "-m", "kmemcache.cli"]
+MiB = 1 << 20
+
+
+@pytest.fixture
+def stats_dir(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    folder = tmp_path / "stats"
+    monkeypatch.setenv("KMEMCACHE_STATS_DIR", str(folder))
+    return folder
+
+
+def env() -> dict[str, str]:
+    e = {k: v for k, v in os.environ.items() if k != "KMEMCACHE_PUBLISH"}
+    e["PYTHONPATH"] = os.pathsep.join(p for p in sys.path if p)
+    return e
+
+
+def run(*args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([*CLI, *args], capture_output=True, text=True, timeout=120, env=env())
+
+
+@pytest.fixture
+def publisher(stats_dir: Path) -> Iterator[subprocess.Popen[str]]:
+    """A process with a private cache of 1000 live objects that publishes."""
+    code = textwrap.dedent(
+        """
+        import sys, time, kmemcache
+        c = kmemcache.Cache("published_cache", 100, align=64)
+        objs = c.alloc_bulk(1000)
+        print("ready", flush=True)
+        sys.stdin.read()
+        """
+    )
+    proc = subprocess.Popen(
+        [sys.executable, "-c", code],
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        text=True,
+        env={**env(), "KMEMCACHE_PUBLISH": "0.1"},
+    )
+    assert proc.stdout is not None and proc.stdout.readline() == "ready\n"
+    deadline = time.monotonic() + 10
+    while publishing.read(proc.pid) is None and time.monotonic() < deadline:
+        time.sleep(0.05)
+    yield proc
+    assert proc.stdin is not None
+    proc.stdin.close()
+    proc.wait(timeout=30)
+
+
+def test_top_shows_shared_and_published_caches(
+    shared_name: Callable[[], str], publisher: subprocess.Popen[str]
+) -> None:
+    with SharedCache(shared_name(), 4096, 4096, capacity=16 * MiB) as c:
+        objs = c.alloc_bulk(300)
+        proc = run("top", "--json")
+        assert proc.returncode == 0, proc.stderr
+        rows = json.loads(proc.stdout)["caches"]
+        (mine,) = [r for r in rows if r["name"] == c.name]
+        assert (mine["where"], mine["pid"], mine["active"], mine["objsize"]) == (
+            "shared",
+            None,
+            300,
+            4096,
+        )
+        assert mine["memory"] == c.stats().committed_bytes >= 300 * 4096
+        (theirs,) = [r for r in rows if r["name"] == "published_cache"]
+        assert theirs["pid"] == publisher.pid and theirs["active"] == 1000
+        assert theirs["objsize"] == 128
+        memories = [r["memory"] for r in rows]
+        assert memories == sorted(memories, reverse=True)  # largest memory first
+        table = run("top", "--once")
+        assert table.returncode == 0, table.stderr
+        lines = table.stdout.splitlines()
+        assert lines[0].startswith(" kmemcache top - ")
+        assert "OBJS   ACTIVE  USE OBJ SIZE" in table.stdout
+        line = next(ln for ln in lines if ln.endswith(" " + c.name))
+        assert line.split()[:2] == [str(c.stats().num_objs), "300"] and " shared " in line
+        by_name = run("top", "--once", "--sort", "name")
+        names = [ln.split()[-1] for ln in by_name.stdout.splitlines()[6:]]
+        assert names == sorted(names)
+        c.free_bulk(objs)
+
+
+def test_top_refreshes(stats_dir: Path) -> None:
+    proc = run("top", "-n", "3", "--interval", "0.1")
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout.count(" kmemcache top - ") == 3
+
+
+def test_slabinfo_of_another_process(publisher: subprocess.Popen[str]) -> None:
+    proc = run("slabinfo", "--pid", str(publisher.pid))
+    assert proc.returncode == 0, proc.stderr
+    lines = proc.stdout.splitlines()
+    assert lines[0] == "slabinfo - version: 2.1"
+    (row,) = [ln for ln in lines if ln.startswith("published_cache ")]
+    assert row.split()[1:4] == ["1000", "1024", "128"]
+    as_json = json.loads(run("slabinfo", "--pid", str(publisher.pid), "--json").stdout)
+    assert as_json["pid"] == publisher.pid
+    assert any(c["name"] == "published_cache" for c in as_json["caches"])
+
+
+def test_slabinfo_of_a_process_that_does_not_publish(stats_dir: Path) -> None:
+    proc = run("slabinfo", "--pid", str(os.getpid()))
+    assert proc.returncode == 1
+    assert "does not publish" in proc.stderr and "KMEMCACHE_PUBLISH=1" in proc.stderr
+    assert proc.stdout == ""
+
+
+def test_a_dead_publishers_file_is_ignored_and_removed(stats_dir: Path) -> None:
+    stats_dir.mkdir(mode=0o700)
+    (stats_dir / "999999.json").write_text(json.dumps({"pid": 999999, "caches": []}))
+    stale = {"pid": os.getpid(), "start": 1, "caches": []}  # a reused pid's
+    (stats_dir / f"{os.getpid()}.json").write_text(json.dumps(stale))
+    assert publishing.published() == []
+    assert list(stats_dir.iterdir()) == []
+
+
+@pytest.mark.parametrize(
+    "args,usage,message",
+    [
+        (["top", "--interval", "0"], "usage: kmemcache top", "argument --interval"),
+        (["top", "--sort", "colour"], "usage: kmemcache top", "invalid choice"),
+        (["top", "-n", "0"], "usage: kmemcache top", "argument -n/--iterations"),
+        (["top", "--bogus"], "usage: kmemcache top", "unrecognized arguments"),
+        (["slabinfo", "--pid", "0"], "usage: kmemcache slabinfo", "argument --pid"),
+        (["slabinfo", "--pid", "x"], "usage: kmemcache slabinfo", "not an integer"),
+    ],
+)
+def test_errors_print_the_subcommands_usage(args: list[str], usage: str, message: str) -> None:
+    proc = run(*args)
+    assert proc.returncode == 2
+    assert proc.stderr.startswith(usage), proc.stderr
+    assert message in proc.stderr
+
+
+def test_top_ctrl_c_is_130(stats_dir: Path) -> None:
+    proc = subprocess.Popen(
+        [*CLI, "top", "--interval", "0.2"],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        env=env(),
+    )
+    time.sleep(1.5)
+    proc.send_signal(signal.SIGINT)
+    out, err = proc.communicate(timeout=60)
+    assert proc.returncode == 130, err
+    assert err == "kmemcache: interrupted\n"
+    assert " kmemcache top - " in out
+
+
+def test_top_into_a_closed_pipe_ends_quietly(stats_dir: Path) -> None:
+    proc = subprocess.Popen(
+        [*CLI, "top", "-n", "50", "--interval", "0.1"],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        env=env(),
+    )
+    assert proc.stdout is not None and proc.stderr is not None
+    proc.stdout.close()
+    assert proc.stderr.read().decode() == ""
+    assert proc.wait(timeout=60) in (0, 141)
+
+
+# --- publishing ------------------------------------------------------------------------
+
+
+def test_publish_in_process(stats_dir: Path) -> None:
+    cache = kmemcache.Cache("publish_me", 64)
+    objs = cache.alloc_bulk(5)
+    try:
+        kmemcache.publish(interval=0.1)
+        assert publishing.publishing()
+        deadline = time.monotonic() + 5
+        while publishing.read(os.getpid()) is None and time.monotonic() < deadline:
+            time.sleep(0.05)
+        data = publishing.read(os.getpid())
+        assert data is not None and data["pid"] == os.getpid()
+        (mine,) = [c for c in data["caches"] if c["name"] == "publish_me"]
+        assert mine["active_objs"] == 5 and mine["shared"] is False
+        assert (stats_dir.stat().st_mode & 0o777) == 0o700
+    finally:
+        kmemcache.publish(False)
+        cache.free_bulk(objs)
+        cache.destroy()
+    assert not publishing.publishing()
+    assert publishing.read(os.getpid()) is None  # its file went with it
+    with pytest.raises(ValueError, match="interval"):
+        kmemcache.publish(interval=0.01)
+
+
+def test_publish_is_off_by_default_and_a_bad_value_warns(stats_dir: Path) -> None:
+    code = "import kmemcache; from kmemcache import publishing; print(publishing.publishing())"
+    off = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env())
+    assert off.stdout == "False\n"
+    bad = subprocess.run(
+        [sys.executable, "-c", code],
+        capture_output=True,
+        text=True,
+        env={**env(), "KMEMCACHE_PUBLISH": "often"},
+    )
+    assert bad.stdout == "False\n"
+    assert "KMEMCACHE_PUBLISH='often'" in bad.stderr
