@@ -15,6 +15,8 @@ from typing import Any
 
 import pytest
 
+import kmemcache
+
 BENCHMARKS = Path(__file__).resolve().parent.parent / "benchmarks"
 QUICK_SIZES = [64, 65536]
 QUICK_ALIGNS = [64, 4096]
@@ -323,6 +325,36 @@ def test_threads_shape(tmp_path: Path) -> None:
         assert by_key["kmemcache-2-shared"]["vs_1_thread"] > 0
         assert by_key["bytearray-1"]["vs_kmemcache"] > 0
     table_is_whole(stdout)
+
+
+def test_shared_shape(tmp_path: Path) -> None:
+    out = tmp_path / "shared.json"
+    data, stdout = run_quick("bench_shared.py", out)
+    assert data["benchmark"] == "shared"
+    for size in ("64", "1512"):
+        keys = [r["key"] for r in data["alloc"][size]]
+        assert keys == ["private", "shared", "shared-locked"]
+        for rec in data["alloc"][size]:
+            assert rec["status"] == "ok" and rec["median_ns"] > 0, rec
+    handoff = {r["key"]: r for r in data["handoff"]["results"]}
+    assert set(handoff) == {"shared", "bytes", "shm", "int"}
+    assert handoff["shared"]["vs_shared"] == pytest.approx(1.0)
+    assert all(len(r["samples_ns"]) == data["handoff"]["repeats"] for r in handoff.values())
+    scale = data["scale"]["results"]
+    assert {(r["key"], r["processes"]) for r in scale} == {
+        (k, p) for k in ("shared", "shared-locked", "private") for p in (1, 2)
+    }
+    assert all(r["median_ops_per_s"] > 0 for r in scale)
+    check_targets(data["targets"])
+    assert {t["key"] for t in data["targets"]} == {
+        "shared-alloc-free",
+        "handoff-vs-bytes",
+        "handoff-vs-shm",
+        "two-processes",
+    }
+    assert len(target_lines(stdout)) == 4
+    table_is_whole(stdout)
+    assert not [n for n in kmemcache.shared.regions() if n.startswith("bench-shared-")]
 
 
 # --- run_all ---------------------------------------------------------------------------

@@ -240,6 +240,27 @@ static PyObject *flip_free_bit(PyObject *Py_UNUSED(module), PyObject *arg)
     Py_RETURN_NONE;
 }
 
+/* An engine option by name: its value before, and the new one set (for
+ * benchmarks that compare with and without per-thread caches). */
+static PyObject *set_option(PyObject *Py_UNUSED(module), PyObject *args)
+{
+    const char *name;
+    long value;
+    if (!PyArg_ParseTuple(args, "sl:_set_option", &name, &value))
+        return NULL;
+    for (int i = 0; i < KMC_OPTIONS; i++)
+        if (strcmp(kmc_option_name((kmc_option)i), name) == 0) {
+            long before = kmc_option_get((kmc_option)i);
+            if (kmc_option_set((kmc_option)i, value) != KMC_OK) {
+                PyErr_SetString(PyExc_ValueError, kmc_last_report()->message);
+                return NULL;
+            }
+            return PyLong_FromLong(before);
+        }
+    PyErr_Format(PyExc_ValueError, "no engine option %s", name);
+    return NULL;
+}
+
 static PyMethodDef module_methods[] = {
     {"_set_error_factory", set_error_factory, METH_O, "_set_error_factory($module, factory, /)\n--\n\n"},
     {"_set_facade", set_facade, METH_O,
@@ -252,6 +273,8 @@ static PyMethodDef module_methods[] = {
      "_os_fail_after($module, n, /)\n--\n\nTest hook: the OS page source fails after n more requests (n < 0: never)."},
     {"_owner_of", owner_of, METH_O,
      "_owner_of($module, address, /)\n--\n\n(cache name, object start) of the engine object holding an address, or None."},
+    {"_set_option", set_option, METH_VARARGS,
+     "_set_option($module, name, value, /)\n--\n\nSet engine option name (KMEMCACHE_<NAME>); return its value before."},
     {"_flip_free_bit", flip_free_bit, METH_O,
      "_flip_free_bit($module, address, /)\n--\n\nTest hook: corrupt the free bitmap bit of the slot holding an address."},
     {NULL, NULL, 0, NULL},
