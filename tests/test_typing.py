@@ -18,13 +18,17 @@ USER_PROGRAM = '''
 """A program as a user writes it, typed strictly against kmemcache's stubs."""
 
 import ctypes
+import os
+import pickle
 import warnings
 
 import kmemcache
 from kmemcache import (
-    Cache, DoubleFreeError, Flags, Object, RedzoneError, SlabError, SlabStats,
-    SlabWarning, kcalloc, kfree, kmalloc, krealloc, ksize, kzalloc,
+    Cache, DoubleFreeError, Flags, Object, RedzoneError, SharedCache, SharedObject,
+    SlabError, SlabStats, SlabWarning, StaleObjectError, kcalloc, kfree, kmalloc, krealloc,
+    ksize, kzalloc,
 )
+from kmemcache.shared import peek, regions, unlink
 from kmemcache.debug import LiveObject, Track, set_on_error
 from kmemcache.kmalloc import SIZE_CLASSES, SizeClass, large_stats, shrink, size_class
 
@@ -88,6 +92,26 @@ def main() -> int:
             error: SlabError = w.message.error
             print(w.message.report["kind"], type(error).__name__)
     set_on_error(previous)
+    name = f"typed-{os.getpid()}"
+    with SharedCache(name, 1512, align=64, capacity=8 << 20) as shared:
+        try:
+            frame: SharedObject = shared.zalloc()
+            offset: int = frame.offset
+            again: SharedObject = pickle.loads(pickle.dumps(frame))
+            same: SharedObject = shared.object_at(offset)
+            print(again.generation == frame.generation, same.cache is shared)
+            del again, same
+            frame.free()
+            try:
+                shared.object_at(offset)
+            except StaleObjectError as exc:
+                print(type(exc).__name__)
+            other: SharedCache = SharedCache.attach(name)
+            other.close()
+            stats, info = peek(name)
+            print(stats.active_objs, info["processes"], name in regions(), shared.reclaim())
+        finally:
+            unlink(name)
     return 0
 
 
@@ -98,7 +122,7 @@ if __name__ == "__main__":
 
 def _methods() -> list[tuple[str, object]]:
     found: list[tuple[str, object]] = []
-    for cls in (kmemcache.Cache, kmemcache.Object):
+    for cls in (kmemcache.Cache, kmemcache.Object, kmemcache.SharedCache, kmemcache.SharedObject):
         for name, member in vars(cls).items():
             if callable(member) and (
                 not name.startswith("__") or name in ("__enter__", "__exit__")
@@ -114,7 +138,9 @@ def _methods() -> list[tuple[str, object]]:
 @pytest.mark.parametrize("name,method", _methods(), ids=[n for n, _ in _methods()])
 def test_every_c_method_has_a_signature(name: str, method: object) -> None:
     signature = inspect.signature(method)  # type: ignore[arg-type]
-    if name.startswith(("Cache.", "Object.")):
+    if name.startswith(("Cache.", "Object.", "SharedObject.")) or (
+        name.startswith("SharedCache.") and name != "SharedCache.attach"
+    ):
         assert next(iter(signature.parameters)) == "self", signature
 
 
@@ -124,6 +150,11 @@ def test_signatures_say_what_the_calls_take() -> None:
     assert str(inspect.signature(kmemcache.kmalloc)) == "(size, align=0)"
     assert str(inspect.signature(kmemcache.krealloc)) == "(obj, new_size, align=0)"
     assert str(inspect.signature(kmemcache.Cache)) == "(name, size, align=0, flags=0, ctor=None)"
+    assert (
+        str(inspect.signature(kmemcache.SharedCache))
+        == "(name, size, align=0, flags=0, *, capacity, max_processes=64, ctor=None)"
+    )
+    assert str(inspect.signature(kmemcache.SharedCache.attach)) == "(name, *, ctor=None)"
 
 
 def test_buffer_dunders_exist_where_the_stub_says() -> None:
