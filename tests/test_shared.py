@@ -39,6 +39,13 @@ from kmemcache import _kmemcache as _core
 MiB = 1 << 20
 Name = Callable[[], str]
 
+# Python 3.12 warns at fork() in a process with threads (the engine's purge
+# thread): the engine takes its locks around fork (pthread_atfork), and the
+# children here use nothing else that a thread could hold.
+pytestmark = pytest.mark.filterwarnings(
+    "ignore:This process .* is multi-threaded, use of fork:DeprecationWarning"
+)
+
 
 @pytest.fixture
 def cache(shared_name: Name) -> Iterator[SharedCache]:

@@ -12,9 +12,15 @@
  *     only holding the cache lock after kmc__heaps_take_back's handshake;
  *   - a slab's remote bitmap: atomically, by anyone;
  *   - fields read by other threads without the lock (statistics, owners,
- *     states, bitmaps) are _Atomic and accessed relaxed unless noted.
- * Lock order: kmalloc classes lock, caches_lock, cache locks (in list order),
- * registry lock, large-allocation lock, thread registry lock, purge lock.
+ *     states, bitmaps) are _Atomic and accessed relaxed unless noted;
+ *   - a shared cache (c->region, shared.c): its depot, slabs and records
+ *     under the region's robust mutex (the cache lock), except that a
+ *     record moves between CACHED and LIVE on a process's fast paths under
+ *     that process's slot lock, and leaves LIVE only by compare-and-swap.
+ * Lock order: kmalloc classes lock, caches_lock, cache locks (in list order;
+ * a shared cache's is its region's mutex), process slot locks of a region
+ * (in slot order), registry lock, large-allocation lock, thread registry
+ * lock, purge lock. A process's fast paths take only their own slot lock.
  */
 #ifndef KMC_INTERNAL_H
 #define KMC_INTERNAL_H

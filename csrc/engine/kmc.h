@@ -109,7 +109,9 @@
  * on kmc_shared_reclaim: only once the process is dead, judged by pid and
  * start time (/proc/<pid>/stat, so a reused pid is another process) in the
  * same pid namespace. A reference handed out keeps its object live whoever
- * dies, until claimed or reclaimed with kmc_shared_reclaim(c, 1).
+ * dies, until claimed or reclaimed with kmc_shared_reclaim(c, 1). Validate
+ * and reclaim hold every living process's slot lock for a moment: they wait
+ * for a process stopped (SIGSTOP) in the middle of a fast path.
  */
 #ifndef KMC_H
 #define KMC_H
