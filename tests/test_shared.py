@@ -146,6 +146,33 @@ def test_close_while_referenced(cache: SharedCache) -> None:
     assert repr(cache) == "<kmemcache.SharedCache (detached)>"
 
 
+def test_misuse_of_the_type(shared_name: Name) -> None:
+    raw = SharedCache.__new__(SharedCache)
+    with pytest.raises(ValueError, match="uninitialised"):
+        raw.alloc()
+    kmemcache.Cache.__init__(raw, shared_name(), 64)  # a private cache inside
+    with pytest.raises(TypeError, match="not shared"):
+        raw.alloc()
+    with pytest.raises(TypeError, match="not shared"):
+        raw.object_at(0)
+    kmemcache.Cache.destroy(raw)  # the private cache it holds
+    with pytest.raises(TypeError):
+        SharedCache.__init__(kmemcache.Cache("private", 64), "x", 64, capacity=MiB)  # type: ignore[arg-type]
+
+
+def test_debug_flags_on_a_shared_cache(shared_name: Name) -> None:
+    flags = Flags.CONSISTENCY_CHECKS | Flags.RED_ZONE | Flags.POISON | Flags.STORE_USER
+    with SharedCache(shared_name(), 100, 64, flags, capacity=8 * MiB) as c:
+        assert c.info()["magazine"] == 0  # every check at the call
+        o = c.alloc()
+        assert bytes(memoryview(o)[:4]) == b"\x5a" * 4  # POISON: uninitialised
+        (leak,) = c.leaks()
+        assert leak.address == o.address and leak.alloc is not None
+        assert "test_debug_flags_on_a_shared_cache" in leak.alloc.site
+        o.free()
+        assert c.validate() == 0
+
+
 def test_peek_reads_without_attaching(cache: SharedCache) -> None:
     objs = cache.alloc_bulk(30)
     stats, info = shared.peek(cache.name)

@@ -367,7 +367,19 @@ PyTypeObject SharedHandle_Type = {
 
 /* --- the cache -------------------------------------------------------------------------- */
 
-static int shared_alive(SharedCacheObject *self) { return kmcpy_cache_check_alive(&self->base); }
+/* 0 if @self is a live shared cache. Cache.__init__ run on an uninitialised
+ * SharedCache gives it a private engine cache: refused here. */
+static int shared_alive(SharedCacheObject *self)
+{
+    if (kmcpy_cache_check_alive(&self->base) < 0)
+        return -1;
+    if (!self->base.shared) {
+        PyErr_SetString(PyExc_TypeError,
+                        "this SharedCache was initialised by Cache.__init__: it is not shared");
+        return -1;
+    }
+    return 0;
+}
 
 /* Fill in a new SharedCache around engine cache @made (its ctor @ctor),
  * then tell the package (debug options, the per-process registry). */
