@@ -83,7 +83,10 @@
  * and to 1 MiB, so objects are aligned and kmc_owner works in every
  * mapping. Its size is fixed at creation (capacity); tmpfs memory is
  * committed (fallocate) as slabs are built and punched out as they are
- * released.
+ * released, but for the header, process table, slab descriptors and
+ * bitmaps, committed at creation (about 1/256 of the slab area for 64-byte
+ * objects, less for larger ones). Each object slot costs 8 bytes of record
+ * plus 8 per 64 process slots, committed with its slab.
  *
  * An object slot's record says FREE, CACHED (free, kept by one process's
  * magazine) or LIVE with a generation (new at every allocation) and who
