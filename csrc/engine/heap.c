@@ -20,8 +20,9 @@
  *
  * Remote frees. A thread freeing into a slab another heap owns sets the
  * slot's bit in the slab's remote bitmap with one atomic OR, after checking
- * the owner's bitmap (a set bit there is a double free). A second remote
- * free of the slot finds the bit set in the OR's result. The owner merges
+ * the owner's bitmap (the slab's, or the heap's copy for a current slab: a
+ * set bit there is a double free). A second remote free of the slot finds
+ * the bit set in the OR's result. The owner merges
  * the remote bits when the slab becomes current or the current one runs out;
  * a slot in both bitmaps (a free by the owner racing one by another thread)
  * is counted and told by validate. A HEAP_FULL slab is not visited by its
@@ -109,7 +110,10 @@ kmc_status kmc_cache_free(kmc_cache_t *c, void *p)
         uint64_t bit = UINT64_C(1) << (idx & 63);
         if (likely((size_t)idx * c->slot_size == in && idx < c->objperslab)) {
             heap_enter(h);
-            if (likely(!heap_wanted(h))) {
+            /* a remote free of the same object came first: the slow path
+             * reports the double free */
+            if (likely(!heap_wanted(h)) &&
+                likely(!(KMC_LOAD(&a->remote[(size_t)sidx * c->bitmap_words + w]) & bit))) {
                 if (s == KMC_LOAD(&h->cur)) {
                     uint64_t x = KMC_LOAD(&h->bits[w]);
                     if (likely(!(x & bit))) {
@@ -497,6 +501,8 @@ static kmc_status owned_free(kmc_cache_t *c, kmc_heap_t *h, kmc_slab_t *s, uint3
 {
     uint32_t w = idx / 64;
     uint64_t bit = UINT64_C(1) << (idx % 64);
+    if (KMC_LOAD(&kmc__slab_remote(c, id)[w]) & bit)
+        return double_free(c, p); /* freed by another thread, not merged yet */
     if (s == KMC_LOAD(&h->cur)) {
         uint64_t x = KMC_LOAD(&h->bits[w]);
         if (x & bit)
@@ -553,6 +559,9 @@ static kmc_status remote_free(kmc_cache_t *c, kmc_heap_t *me, kmc_slab_t *s, uin
     uint32_t w = idx / 64;
     uint64_t bit = UINT64_C(1) << (idx % 64);
     if (KMC_LOAD(&kmc__slab_local(c, id)[w]) & bit)
+        return double_free(c, p);
+    uint64_t bits[KMC_HEAP_BITS]; /* a current slab's bitmap is in its heap */
+    if (kmc__heap_bits_of(c, s, bits) && (bits[w] & bit))
         return double_free(c, p);
     uint64_t old = atomic_fetch_or_explicit(&kmc__slab_remote(c, id)[w], bit,
                                             memory_order_seq_cst);
