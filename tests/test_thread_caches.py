@@ -84,7 +84,6 @@ def test_frees_by_another_thread_are_counted(make_cache: MakeCache) -> None:
     assert cache.validate() == 0
 
 
-
 def test_fork_in_a_loop_while_a_thread_churns(make_cache: MakeCache) -> None:
     small, large = make_cache("fork_small", 64), make_cache("fork_large", 3000, 64)
     stop = threading.Event()
