@@ -218,7 +218,7 @@ def environment_sentence(env: dict[str, Any]) -> str:
     pkgs = ", ".join(f"{k} {v}" for k, v in env["packages"].items() if v)
     text = (
         f"{env['implementation']} {env['python']}, {env['system']} {env['machine']}, "
-        f"{env['cpu_count']} CPUs; {pkgs}."
+        f"{env['cpu_count']} CPUs" + (f"; {pkgs}." if pkgs else ".")
     )
     if env.get("clock"):
         text += f" Timed by {env['clock']}."

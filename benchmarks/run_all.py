@@ -38,7 +38,7 @@ import _plots
 HERE = Path(__file__).resolve().parent
 ROOT = HERE.parent
 #: Run in this order; any other bench_*.py follows in name order.
-ORDER = ("alloc", "memory", "scaling", "bulk", "threads")
+ORDER = ("alloc", "memory", "scaling", "bulk", "threads", "engine")
 
 
 def discover() -> list[str]:
