@@ -352,9 +352,9 @@ def plot_engine(data: dict[str, Any], path: Path) -> None:
         "glibc": "#ff7f0e",
     }
     by = {(r["size"], r["pattern"], r["allocator"]): r for r in data["results"]}
-    patterns = [
-        p for p in dict.fromkeys(r["pattern"] for r in data["results"]) if "thread" not in p
-    ]
+    order = ["pair"] + [f"{k} {n}" for n in (1, 10, 100, 1000) for k in ("batch", "shuffled")]
+    present = {r["pattern"] for r in data["results"]}
+    patterns = [p for p in [*order, "remote"] if p in present]
     allocs = [a for a in colours if any(r["allocator"] == a for r in data["results"])]
     width = 0.8 / max(len(allocs), 1)
     handles = {}
