@@ -4,9 +4,10 @@ Timing is not evidence here (shared machines are noisy, and no test holds a
 timing threshold), so these tests check the work itself. An allocation takes
 a bit of the thread's current slab, scanning its free bitmap from the word the
 last allocation used (and around to the start); the engine counts the bitmap
-words the longest scan skipped (``max_scan``). That count stays below ``bitmap_words`` by construction, so no
-test rests on that bound: they build allocations whose scans are known
-exactly, and check that the count is that, at any number of live objects.
+words the longest scan skipped (``max_scan``). That count stays below
+``bitmap_words`` by construction, so no test rests on that bound: they build
+allocations whose scans are known exactly, and check that the count is that,
+at any number of live objects.
 """
 
 from __future__ import annotations

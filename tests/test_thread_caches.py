@@ -16,6 +16,8 @@ import threading
 import warnings
 from collections.abc import Callable
 
+from helpers import run_python
+
 from kmemcache import Cache, Object
 
 MakeCache = Callable[..., Cache]
@@ -131,3 +133,38 @@ def test_fork_in_a_loop_while_a_thread_churns(make_cache: MakeCache) -> None:
         s = cache.stats()
         assert s.active_objs == 0 and s.allocs == s.frees
         assert cache.validate() == 0
+
+
+def test_a_ring_of_large_objects_reuses_its_slabs(make_cache: MakeCache) -> None:
+    # four 256 KiB objects live at a time: every slab emptied is kept and
+    # refilled, none made anew
+    cache = make_cache("ring", 256 * 1024)
+    ring = [cache.alloc() for _ in range(4)]
+    created = cache.stats().slabs_created
+    for i in range(1000):
+        ring[i % 4].free()
+        ring[i % 4] = cache.alloc()
+    s = cache.stats()
+    assert s.slabs_created <= created + 1 and s.slabs_released == 0
+    cache.free_bulk(ring)
+
+
+TEN_THOUSAND = """
+    import resource
+    import kmemcache
+    limit = 16_000_000_000  # ulimit -v 16000000
+    resource.setrlimit(resource.RLIMIT_AS, (limit, limit))
+    caches = [kmemcache.Cache(f"small{i}", 100) for i in range(10_000)]
+    objs = [c.alloc() for c in caches]
+    print(max(c.stats().reserved_bytes for c in caches))
+    for o in objs:
+        o.free()
+    for c in caches:
+        c.destroy()
+"""
+
+
+def test_ten_thousand_one_object_caches_under_a_16_gb_limit() -> None:
+    done = run_python(TEN_THOUSAND)
+    assert done.returncode == 0, done.stderr
+    assert int(done.stdout) <= 1 << 20  # a few objects: 1 MiB of address space

@@ -237,6 +237,62 @@ static void test_thread_exit_gives_its_cache_back(void)
     CHECK_EQ(kmc_cache_destroy(exit_cache), KMC_OK);
 }
 
+/* destroy() while another thread's cache holds slabs of the cache (that
+ * thread no longer uses it): everything goes; the thread lives on. */
+static kmc_cache_t *gone_cache, *other_cache;
+static pthread_barrier_t gone_gate;
+
+static void *cache_then_wait(void *arg)
+{
+    (void)arg;
+    void *objs[50];
+    TCHECK(kmc_cache_alloc_bulk(gone_cache, 50, objs, 0) == KMC_OK);
+    for (int i = 0; i < 50; i++)
+        TCHECK(kmc_cache_free(gone_cache, objs[i]) == KMC_OK);
+    pthread_barrier_wait(&gone_gate); /* main destroys gone_cache */
+    pthread_barrier_wait(&gone_gate);
+    void *p = kmc_cache_alloc(other_cache, 1); /* its other caches still work */
+    TCHECK(p != NULL && kmc_cache_free(other_cache, p) == KMC_OK);
+    return NULL;
+}
+
+static void test_destroy_while_another_threads_cache_holds_slabs(void)
+{
+    gone_cache = make("gone", 128, 0);
+    other_cache = make("other", 128, 0);
+    CHECK(gone_cache && other_cache);
+    atomic_store(&thread_failures, 0);
+    CHECK(pthread_barrier_init(&gone_gate, NULL, 2) == 0);
+    pthread_t t;
+    CHECK(pthread_create(&t, NULL, cache_then_wait, NULL) == 0);
+    pthread_barrier_wait(&gone_gate);
+    CHECK_EQ(stats_of(gone_cache).thread_caches, 1);
+    size_t before = kmc_caches(NULL, 0);
+    CHECK_EQ(kmc_cache_destroy(gone_cache), KMC_OK);
+    CHECK_EQ(kmc_caches(NULL, 0), before - 1);
+    pthread_barrier_wait(&gone_gate);
+    pthread_join(t, NULL);
+    pthread_barrier_destroy(&gone_gate);
+    CHECK_EQ(atomic_load(&thread_failures), 0);
+    CHECK_EQ(kmc_cache_destroy(other_cache), KMC_OK);
+}
+
+/* Debug caches have no per-thread caches: every check runs at the call. */
+static void test_debug_caches_bypass_thread_caches(void)
+{
+    kmc_cache_t *c = NULL;
+    CHECK_EQ(kmc_cache_create("dbg", 64, 0, KMC_RED_ZONE, NULL, NULL, &c), KMC_OK);
+    void *objs[100];
+    CHECK_EQ(kmc_cache_alloc_bulk(c, 100, objs, 0), KMC_OK);
+    for (int i = 0; i < 100; i++)
+        CHECK_EQ(kmc_cache_free(c, objs[i]), KMC_OK);
+    kmc_stats_t s = stats_of(c);
+    CHECK_EQ(s.thread_caches, 0);
+    CHECK_EQ(s.cached_objs, 0);
+    CHECK_EQ(s.allocs, 100);
+    CHECK_EQ(kmc_cache_destroy(c), KMC_OK);
+}
+
 /* --- the purge delay ---------------------------------------------------------------- */
 
 static void test_empty_memory_goes_back_after_the_purge_delay(void)
@@ -535,6 +591,8 @@ int main(void)
     RUN(test_double_free_whichever_cache_took_the_first);
     RUN(test_shrink_takes_back_an_idle_threads_cache);
     RUN(test_thread_exit_gives_its_cache_back);
+    RUN(test_destroy_while_another_threads_cache_holds_slabs);
+    RUN(test_debug_caches_bypass_thread_caches);
     RUN(test_empty_memory_goes_back_after_the_purge_delay);
     RUN(test_fork_while_threads_churn);
     RUN(test_threads_exchange_tagged_objects_and_come_and_go);
