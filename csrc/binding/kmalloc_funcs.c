@@ -371,6 +371,17 @@ static PyObject *kmalloc_index(PyObject *Py_UNUSED(m), PyObject *args)
     return PyLong_FromLong(size < 0 ? -1 : kmc_kmalloc_index((size_t)size, align));
 }
 
+static PyObject *kmalloc_align(PyObject *Py_UNUSED(m), PyObject *args)
+{
+    Py_ssize_t size;
+    PyObject *align_obj;
+    size_t align;
+    if (!PyArg_ParseTuple(args, "nO:_kmalloc_align", &size, &align_obj) ||
+        align_arg(align_obj, &align) < 0)
+        return NULL;
+    return PyLong_FromSize_t(size < 0 ? 0 : kmc_kmalloc_align((size_t)size, align));
+}
+
 static PyObject *kmalloc_caches(PyObject *Py_UNUSED(m), PyObject *Py_UNUSED(ignored))
 {
     PyObject *out = PyTuple_New(KMC_KMALLOC_CLASSES);
@@ -427,6 +438,9 @@ PyMethodDef kmcpy_kmalloc_methods[] = {
     {"_kmalloc_index", kmalloc_index, METH_VARARGS,
      "_kmalloc_index($module, size, align, /)\n--\n\n"
      "The index in _kmalloc_classes() of the class kmalloc(size, align) is served by, or -1."},
+    {"_kmalloc_align", kmalloc_align, METH_VARARGS,
+     "_kmalloc_align($module, size, align, /)\n--\n\n"
+     "The alignment every kmalloc(size, align) object has at least (0 for size 0)."},
     {"_kmalloc_caches", kmalloc_caches, METH_NOARGS,
      "_kmalloc_caches($module, /)\n--\n\nEach size class's Cache, or None before its first use."},
     {"_kmalloc_large_stats", kmalloc_large_stats, METH_NOARGS,
