@@ -88,4 +88,14 @@ typedef struct kmcpy_cache_snapshot_s {
 void kmcpy_cache_snapshot(kmc_cache_t *cache, kmcpy_cache_snapshot_t *out);
 PyObject *kmcpy_stats_dict(const kmcpy_cache_snapshot_t *snap);
 
+/* capi.c: the C API capsule (kmemcache._kmemcache._C_API) and the module's
+ * CAPI_VERSION and TRACE_DOMAIN constants; _capi_layout(). */
+int kmcpy_capi_add(PyObject *module);
+PyObject *kmcpy_capi_layout(PyObject *module, PyObject *ignored);
+
+/* kmalloc_funcs.c: make every size class's cache through the package's
+ * factory (so that KMEMCACHE_DEBUG applies to them) before C code, which
+ * may run without the GIL, allocates from them. 0, or -1 with an exception. */
+int kmcpy_kmalloc_prepare(void);
+
 #endif /* KMCPY_BINDING_H */

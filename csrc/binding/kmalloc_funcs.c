@@ -151,6 +151,14 @@ static CacheObject *class_cache_make(int i)
     return c;
 }
 
+int kmcpy_kmalloc_prepare(void)
+{
+    for (int i = 0; i < KMC_KMALLOC_CLASSES; i++)
+        if (!class_caches[i] && !class_cache_make(i))
+            return -1;
+    return 0;
+}
+
 /* Raise for the failed allocation the engine reported: 1 when the error
  * factory chose to go on (retry), 0 with an exception set. */
 static int raise_alloc_failure(void)
@@ -379,6 +387,13 @@ static PyObject *kmalloc_caches(PyObject *Py_UNUSED(m), PyObject *Py_UNUSED(igno
     return out;
 }
 
+static PyObject *kmalloc_prepare(PyObject *Py_UNUSED(m), PyObject *Py_UNUSED(ignored))
+{
+    if (kmcpy_kmalloc_prepare() < 0)
+        return NULL;
+    Py_RETURN_NONE;
+}
+
 static PyObject *kmalloc_large_stats(PyObject *Py_UNUSED(m), PyObject *Py_UNUSED(ignored))
 {
     kmc_kmalloc_large_stats_t s;
@@ -429,6 +444,8 @@ PyMethodDef kmcpy_kmalloc_methods[] = {
      "The index in _kmalloc_classes() of the class kmalloc(size, align) is served by, or -1."},
     {"_kmalloc_caches", kmalloc_caches, METH_NOARGS,
      "_kmalloc_caches($module, /)\n--\n\nEach size class's Cache, or None before its first use."},
+    {"_kmalloc_prepare", kmalloc_prepare, METH_NOARGS,
+     "_kmalloc_prepare($module, /)\n--\n\nMake every size class's cache now, through the factory."},
     {"_kmalloc_large_stats", kmalloc_large_stats, METH_NOARGS,
      "_kmalloc_large_stats($module, /)\n--\n\nThe large allocations' counters: objects, bytes, table_bytes, kept, kept_bytes."},
     {"_kmalloc_shrink", kmalloc_shrink, METH_NOARGS,
