@@ -8,10 +8,7 @@
  * struct the caller owns take the caller's sizeof, so that an extension
  * built when the struct was shorter gets its prefix and nothing past it.
  */
-#include "binding.h"
-
-#define KMEMCACHE_BUILDING_CAPSULE
-#include "kmemcache.h"
+#include "binding.h" /* and kmemcache.h, for the table */
 
 static void cache_stats_sized(kmc_cache_t *cache, kmc_stats_t *out, size_t out_size)
 {

@@ -188,6 +188,8 @@ static PyObject *new_object(size_t size, size_t align, int zero)
     HandleObject *obj = kmcpy_handle_new(NULL, p, (Py_ssize_t)size);
     if (!obj)
         kmc_kfree(p);
+    else
+        kmcpy_trace(p, (Py_ssize_t)size);
     return (PyObject *)obj;
 }
 
@@ -308,6 +310,8 @@ static PyObject *py_krealloc(PyObject *Py_UNUSED(m), PyObject *const *args, Py_s
     }
     if (kmc_krealloc_in_place(old->ptr, size, align)) {
         old->size = (Py_ssize_t)size;
+        kmcpy_untrace(old->ptr); /* traced again with its new size, or not at 0 */
+        kmcpy_trace(old->ptr, old->size);
         return Py_NewRef(a[0]);
     }
     Py_INCREF(old);
