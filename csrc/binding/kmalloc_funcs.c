@@ -151,6 +151,14 @@ static CacheObject *class_cache_make(int i)
     return c;
 }
 
+int kmcpy_kmalloc_prepare(void)
+{
+    for (int i = 0; i < KMC_KMALLOC_CLASSES; i++)
+        if (!class_caches[i] && !class_cache_make(i))
+            return -1;
+    return 0;
+}
+
 /* Raise for the failed allocation the engine reported: 1 when the error
  * factory chose to go on (retry), 0 with an exception set. */
 static int raise_alloc_failure(void)
@@ -180,6 +188,8 @@ static PyObject *new_object(size_t size, size_t align, int zero)
     HandleObject *obj = kmcpy_handle_new(NULL, p, (Py_ssize_t)size);
     if (!obj)
         kmc_kfree(p);
+    else
+        kmcpy_trace(p, (Py_ssize_t)size);
     return (PyObject *)obj;
 }
 
@@ -300,6 +310,8 @@ static PyObject *py_krealloc(PyObject *Py_UNUSED(m), PyObject *const *args, Py_s
     }
     if (kmc_krealloc_in_place(old->ptr, size, align)) {
         old->size = (Py_ssize_t)size;
+        kmcpy_untrace(old->ptr); /* traced again with its new size, or not at 0 */
+        kmcpy_trace(old->ptr, old->size);
         return Py_NewRef(a[0]);
     }
     Py_INCREF(old);
@@ -390,6 +402,13 @@ static PyObject *kmalloc_caches(PyObject *Py_UNUSED(m), PyObject *Py_UNUSED(igno
     return out;
 }
 
+static PyObject *kmalloc_prepare(PyObject *Py_UNUSED(m), PyObject *Py_UNUSED(ignored))
+{
+    if (kmcpy_kmalloc_prepare() < 0)
+        return NULL;
+    Py_RETURN_NONE;
+}
+
 static PyObject *kmalloc_large_stats(PyObject *Py_UNUSED(m), PyObject *Py_UNUSED(ignored))
 {
     kmc_kmalloc_large_stats_t s;
@@ -443,6 +462,8 @@ PyMethodDef kmcpy_kmalloc_methods[] = {
      "The alignment every kmalloc(size, align) object has at least (0 for size 0)."},
     {"_kmalloc_caches", kmalloc_caches, METH_NOARGS,
      "_kmalloc_caches($module, /)\n--\n\nEach size class's Cache, or None before its first use."},
+    {"_kmalloc_prepare", kmalloc_prepare, METH_NOARGS,
+     "_kmalloc_prepare($module, /)\n--\n\nMake every size class's cache now, through the factory."},
     {"_kmalloc_large_stats", kmalloc_large_stats, METH_NOARGS,
      "_kmalloc_large_stats($module, /)\n--\n\nThe large allocations' counters: objects, bytes, table_bytes, kept, kept_bytes."},
     {"_kmalloc_shrink", kmalloc_shrink, METH_NOARGS,
