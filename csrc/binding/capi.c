@@ -64,6 +64,7 @@ static const kmemcache_capi_t capi = {
     .kmc_kfree = kmc_kfree,
     .kmc_kmalloc_large_stats_sized = kmalloc_large_stats_sized,
     .kmc_kmalloc_shrink = kmc_kmalloc_shrink,
+    .kmc_kmalloc_align = kmc_kmalloc_align,
 };
 
 /* The members of the table, by name and offset, for callers that read it
@@ -91,7 +92,7 @@ static const struct {
     MEMBER(kmc_kcalloc),             MEMBER(kmc_krealloc),
     MEMBER(kmc_krealloc_in_place),   MEMBER(kmc_ksize),
     MEMBER(kmc_kfree),               MEMBER(kmc_kmalloc_large_stats_sized),
-    MEMBER(kmc_kmalloc_shrink),
+    MEMBER(kmc_kmalloc_shrink),      MEMBER(kmc_kmalloc_align),
 };
 #undef MEMBER
 

@@ -117,6 +117,7 @@ typedef struct kmemcache_capi_s {
     /* kmc_kmalloc_large_stats(out) fills sizeof(*out) bytes of it */
     void (*kmc_kmalloc_large_stats_sized)(kmc_kmalloc_large_stats_t *out, size_t out_size);
     size_t (*kmc_kmalloc_shrink)(void);
+    size_t (*kmc_kmalloc_align)(size_t size, size_t align);
     /* --- version 2 appends here ----------------------------------------- */
 } kmemcache_capi_t;
 
@@ -210,6 +211,7 @@ KMEMCACHE_UNUSED static int kmemcache_import(void)
 #define kmc_kmalloc_large_stats(out) \
     (KMEMCACHE_API_NAME->kmc_kmalloc_large_stats_sized((out), sizeof(*(out))))
 #define kmc_kmalloc_shrink       (KMEMCACHE_API_NAME->kmc_kmalloc_shrink)
+#define kmc_kmalloc_align        (KMEMCACHE_API_NAME->kmc_kmalloc_align)
 
 #endif /* KMEMCACHE_BUILDING_CAPSULE */
 
