@@ -17,7 +17,8 @@ import time
 import warnings
 from collections.abc import Callable
 
-from helpers import run_python
+import pytest
+from helpers import run_python, under_asan
 
 from kmemcache import Cache, Object
 
@@ -172,6 +173,7 @@ TEN_THOUSAND = """
 """
 
 
+@pytest.mark.skipif(under_asan(), reason="AddressSanitizer's shadow memory is above any limit")
 def test_ten_thousand_one_object_caches_under_a_16_gb_limit() -> None:
     done = run_python(TEN_THOUSAND)
     assert done.returncode == 0, done.stderr
