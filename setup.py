@@ -7,6 +7,7 @@ Environment:
 
 import glob
 import os
+import shutil
 
 from setuptools import Extension, setup
 
@@ -31,14 +32,22 @@ if os.environ.get("KMEMCACHE_SANITIZE") == "1":
 
 engine_sources = sorted(glob.glob("csrc/engine/*.c"))
 
+# The C API's header (src/kmemcache/include/kmemcache.h, kmemcache.get_include())
+# includes the engine's header, which the package carries beside it: copied here,
+# so that there is one kmc.h, the engine's.
+if os.path.exists("csrc/engine/kmc.h"):
+    shutil.copyfile("csrc/engine/kmc.h", "src/kmemcache/include/kmc.h")
+
 setup(
     options=options,
     ext_modules=[
         Extension(
             "kmemcache._kmemcache",
             sources=[*engine_sources, *sorted(glob.glob("csrc/binding/*.c"))],
-            include_dirs=["csrc/engine"],
-            extra_compile_args=cflags,
+            include_dirs=["csrc/engine", "src/kmemcache/include"],
+            # Only PyInit__kmemcache is exported: other extensions reach the
+            # engine through the C API capsule, never through its symbols.
+            extra_compile_args=[*cflags, "-fvisibility=hidden"],
             extra_link_args=[*ldflags, "-pthread"],
         ),
         Extension(

@@ -5,9 +5,11 @@ The benchmarks use it to measure what the engine itself costs, apart from the
 live object (bench_memory.py) is measured once with handles and once through these
 calls, and the difference is the handle's cost.
 
-It relies on the engine's C functions (``csrc/engine/kmc.h``) being visible in the
-extension module, which they are on Linux builds; ``EngineUnavailable`` says so when
-they are not. This is a measuring tool, not an API.
+The engine's functions are reached as other extensions reach them: through the C
+API's function table (``kmemcache.h``), taken from its capsule, each member found
+by name at the offset the extension reports (``_capi_layout()``), so that no
+offset is written here. ``EngineUnavailable`` says when that cannot be done. This
+is a measuring tool, not an API.
 """
 
 from __future__ import annotations
@@ -42,17 +44,21 @@ def stats_struct() -> type[ctypes.Structure]:
     return KmcStats
 
 
-@functools.cache
-def library() -> ctypes.CDLL:
-    """The loaded extension module, with the prototypes used here declared."""
-    try:
-        from kmemcache import _kmemcache
-    except ImportError as exc:
-        raise EngineUnavailable(f"kmemcache not importable: {exc}") from exc
-    lib = ctypes.CDLL(_kmemcache.__file__)
-    vp, size_t = ctypes.c_void_p, ctypes.c_size_t
-    try:
-        lib.kmc_cache_create.argtypes = [
+class Engine:
+    """The C API's functions used here, as ctypes functions."""
+
+    def __init__(self, table: int, offsets: dict[str, int]) -> None:
+        vp, size_t, c_int = ctypes.c_void_p, ctypes.c_size_t, ctypes.c_int
+
+        def fn(name: str, restype: Any, *argtypes: Any) -> Any:
+            if name not in offsets:
+                raise EngineUnavailable(f"the C API has no {name}")
+            address = ctypes.c_void_p.from_address(table + offsets[name]).value
+            return ctypes.CFUNCTYPE(restype, *argtypes)(address)
+
+        self.kmc_cache_create = fn(
+            "kmc_cache_create",
+            c_int,
             ctypes.c_char_p,
             size_t,
             size_t,
@@ -60,19 +66,33 @@ def library() -> ctypes.CDLL:
             vp,
             vp,
             ctypes.POINTER(vp),
-        ]
-        lib.kmc_cache_create.restype = ctypes.c_int
-        lib.kmc_cache_alloc.argtypes = [vp, ctypes.c_int]
-        lib.kmc_cache_alloc.restype = vp
-        lib.kmc_cache_alloc_bulk.argtypes = [vp, size_t, ctypes.POINTER(vp), ctypes.c_int]
-        lib.kmc_cache_alloc_bulk.restype = ctypes.c_int
-        lib.kmc_cache_free.argtypes = [vp, vp]
-        lib.kmc_cache_free.restype = ctypes.c_int
-        lib.kmc_cache_stats.argtypes = [vp, ctypes.POINTER(stats_struct())]
-        lib.kmc_cache_stats.restype = None
-    except AttributeError as exc:
-        raise EngineUnavailable(f"engine functions not exported by the extension: {exc}") from exc
-    return lib
+        )
+        self.kmc_cache_alloc = fn("kmc_cache_alloc", vp, vp, c_int)
+        self.kmc_cache_alloc_bulk = fn(
+            "kmc_cache_alloc_bulk", c_int, vp, size_t, ctypes.POINTER(vp), c_int
+        )
+        self.kmc_cache_free = fn("kmc_cache_free", c_int, vp, vp)
+        self.kmc_cache_stats_sized = fn(
+            "kmc_cache_stats_sized", None, vp, ctypes.POINTER(stats_struct()), size_t
+        )
+
+
+@functools.cache
+def library() -> Engine:
+    """The engine's functions, from the C API capsule."""
+    try:
+        import kmemcache
+        from kmemcache import _kmemcache
+    except ImportError as exc:
+        raise EngineUnavailable(f"kmemcache not importable: {exc}") from exc
+    if not hasattr(_kmemcache, "_capi_layout"):
+        raise EngineUnavailable("this kmemcache has no C API")
+    get_pointer = ctypes.pythonapi.PyCapsule_GetPointer
+    get_pointer.restype = ctypes.c_void_p
+    get_pointer.argtypes = [ctypes.py_object, ctypes.c_char_p]
+    table = get_pointer(kmemcache._c_api(), b"kmemcache._kmemcache._C_API")
+    members, _, _ = _kmemcache._capi_layout()
+    return Engine(table, dict(members))
 
 
 class EngineCache:
@@ -95,5 +115,5 @@ class EngineCache:
 
     def stats(self) -> dict[str, int]:
         raw = stats_struct()()
-        self.lib.kmc_cache_stats(self.ptr, ctypes.byref(raw))
+        self.lib.kmc_cache_stats_sized(self.ptr, ctypes.byref(raw), ctypes.sizeof(raw))
         return {name: getattr(raw, name) for name, _ in raw._fields_}

@@ -24,6 +24,7 @@ Ratios are only ever taken between ops measured in the same run.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import gc
 import importlib.metadata
 import json
@@ -79,6 +80,22 @@ class Candidate:
         self.cpu_share.clear()
 
 
+@contextlib.contextmanager
+def entered(op: Any) -> Any:
+    """Run the block inside ``op.enter()`` / ``op.exit(token)`` when the op has them:
+    state an op needs while it runs (a NumPy data-memory handler) is set once per
+    timed loop, not on every call."""
+    enter = getattr(op, "enter", None)
+    if enter is None:
+        yield
+        return
+    token = enter()
+    try:
+        yield
+    finally:
+        op.exit(token)
+
+
 def measure_loop_overhead(repeats: int, number: int | None, target_ns: int) -> dict[str, float]:
     """Measure the loop itself once: bare, and calling an op that does nothing.
 
@@ -119,11 +136,12 @@ def run_round_robin(
         if progress is not None:
             progress.step(f"warm-up {cand.label}")
         try:
-            if number is None:
-                cand.number = m.calibrate(cand.op, target_ns)
-            else:
-                cand.number = number
-                m.timed_loop(cand.op, min(number, 100))  # warm-up
+            with entered(cand.op):
+                if number is None:
+                    cand.number = m.calibrate(cand.op, target_ns)
+                else:
+                    cand.number = number
+                    m.timed_loop(cand.op, min(number, 100))  # warm-up
         except Exception as exc:  # a broken peer must not stop the others
             cand.fail(exc)
     for rep in range(repeats):
@@ -136,7 +154,8 @@ def run_round_robin(
                 continue
             assert cand.op is not None
             try:
-                elapsed, cpu = m.timed_loop(cand.op, cand.number)
+                with entered(cand.op):
+                    elapsed, cpu = m.timed_loop(cand.op, cand.number)
             except Exception as exc:
                 cand.fail(exc)
                 continue
@@ -218,7 +237,7 @@ def environment_sentence(env: dict[str, Any]) -> str:
     pkgs = ", ".join(f"{k} {v}" for k, v in env["packages"].items() if v)
     text = (
         f"{env['implementation']} {env['python']}, {env['system']} {env['machine']}, "
-        f"{env['cpu_count']} CPUs; {pkgs}."
+        f"{env['cpu_count']} CPUs" + (f"; {pkgs}." if pkgs else ".")
     )
     if env.get("clock"):
         text += f" Timed by {env['clock']}."

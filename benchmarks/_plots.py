@@ -21,7 +21,8 @@ FAMILIES = (
     ("numpy_slice", "#1f77b4"),
     ("numpy_zeros", "#17becf"),
     ("numpy_empty", "#17becf"),
-    ("numpy_allocator", "#bcbd22"),
+    ("numpy_kmemcache", "#bcbd22"),
+    ("numpy_c_handler", "#e377c2"),
     ("pyfftw", "#d62728"),
     ("posix_memalign", "#2ca02c"),
     ("mmap", "#8c564b"),
@@ -339,6 +340,58 @@ def plot_bulk_threads(bulk: dict[str, Any] | None, threads: dict[str, Any] | Non
     _finish(fig, path)
 
 
+def plot_engine(data: dict[str, Any], path: Path) -> None:
+    """ns per alloc+free by pattern for each allocator, one panel per size, and the
+    2-thread scaling."""
+    plt = _pyplot()
+    sizes = data["sizes"]
+    fig, axes = plt.subplots(1, len(sizes) + 1, figsize=(5 * len(sizes) + 4, 5))
+    colours = {
+        "kmemcache": "black",
+        "mimalloc": "#1f77b4",
+        "jemalloc": "#2ca02c",
+        "glibc": "#ff7f0e",
+    }
+    by = {(r["size"], r["pattern"], r["allocator"]): r for r in data["results"]}
+    order = ["pair"] + [f"{k} {n}" for n in (1, 10, 100, 1000) for k in ("batch", "shuffled")]
+    present = {r["pattern"] for r in data["results"]}
+    patterns = [p for p in [*order, "remote"] if p in present]
+    allocs = [a for a in colours if any(r["allocator"] == a for r in data["results"])]
+    width = 0.8 / max(len(allocs), 1)
+    handles = {}
+    for ax, size in zip(axes[:-1], sizes, strict=True):
+        for i, a in enumerate(allocs):
+            ys = [by.get((size, p, a), {}).get("median", float("nan")) for p in patterns]
+            bars = ax.barh(
+                [j + i * width for j in range(len(patterns))], ys, height=width, color=colours[a]
+            )
+            handles[a] = bars
+        ax.set_yticks([j + width * (len(allocs) - 1) / 2 for j in range(len(patterns))])
+        ax.set_yticklabels(patterns, fontsize=8)
+        ax.invert_yaxis()
+        ax.set_xscale("log")
+        _plain_log_axis(ax.xaxis, "ns")
+        ax.set_xlabel("ns per alloc+free (remote: per object)")
+        ax.set_title(f"{size} B at alignment {data['align']}", fontsize=10)
+        ax.grid(True, axis="x", alpha=0.3)
+    ax = axes[-1]
+    for i, a in enumerate(allocs):
+        ys = []
+        for size in sizes:
+            one = by.get((size, "threads 1", a), {}).get("median")
+            two = by.get((size, "threads 2", a), {}).get("median")
+            ys.append(two / one if one and two else float("nan"))
+        ax.bar([j + i * width for j in range(len(sizes))], ys, width=width, color=colours[a])
+    ax.axhline(1.0, color="grey", linewidth=0.8)
+    ax.axhline(2.0, color="grey", linewidth=0.8, linestyle=":")
+    ax.set_xticks([j + width * (len(allocs) - 1) / 2 for j in range(len(sizes))])
+    ax.set_xticklabels([_size_label(s) for s in sizes])
+    ax.set_ylabel("2 threads' throughput / 1 thread's")
+    ax.set_title("two threads on one allocator", fontsize=10)
+    ax.grid(True, axis="y", alpha=0.3)
+    _finish(fig, path, "The engine from C against glibc, mimalloc and jemalloc", handles, 0.08)
+
+
 def plot_all(results: dict[str, Any], folder: Path) -> list[Path]:
     """Draw every plot the results allow into ``folder``; return the files written."""
     folder.mkdir(parents=True, exist_ok=True)
@@ -347,6 +400,7 @@ def plot_all(results: dict[str, Any], folder: Path) -> list[Path]:
         ("alloc.png", "alloc", plot_alloc),
         ("memory.png", "memory", plot_memory),
         ("scaling.png", "scaling", plot_scaling),
+        ("engine.png", "engine", plot_engine),
     ]
     for name, key, draw in jobs:
         data = results.get(key)

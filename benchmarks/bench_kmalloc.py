@@ -53,22 +53,13 @@ LARGE_SIZES = (8193, 12288, 16384, 65536)
 MEMORY_BYTES = 16 << 20
 QUICK_MEMORY_BYTES = 1 << 20
 MIN_LIVE, MAX_LIVE = 64, 16384
-#: sizeof(kmc_slab_t) in csrc/engine/internal.h: a slab's descriptor.
-SLAB_DESCRIPTOR_BYTES = 16
 
 PAGE_SIZE = kmemcache.PAGE_SIZE
 
 
 def guaranteed_align(size: int) -> int:
-    """The alignment kmalloc(size) guarantees: its class's, as the engine chooses the
-    class; above the classes, kmc.h's rule for large requests (the page, or the size
-    when that is a larger power of two), which the engine does not export."""
-    cls = size_class(size)
-    if cls is not None:
-        return cls.align
-    if size & (size - 1) == 0:
-        return max(size, PAGE_SIZE)
-    return PAGE_SIZE
+    """The alignment kmalloc(size) guarantees, as the engine says (kmc.h's rule)."""
+    return int(_core._kmalloc_align(size, 0))
 
 
 # --- the ops ---------------------------------------------------------------------
@@ -168,8 +159,7 @@ def measure_memory(request: int, budget: int) -> dict[str, Any]:
         objs = [kmalloc(request) for _ in range(count)]
         s = kmemcache.SlabStats.from_dict(cache_of(cls.name)._stats())
         held = s.committed_bytes / s.active_objs
-        bitmap_bytes = s.bitmap_words * 8
-        meta = s.num_slabs * (SLAB_DESCRIPTOR_BYTES + bitmap_bytes) / s.active_objs
+        meta = s.metadata_bytes / s.active_objs  # descriptors and bitmaps, mapped
         name, objsize = cls.name, s.objsize
     for o in objs:
         kfree(o)

@@ -431,7 +431,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         "quick": args.quick,
         "max_gb": args.max_gb,
         "environment": {
-            **h.environment(["kmemcache", "numpy", "pyfftw", "numpy-allocator"]),
+            **h.environment(["kmemcache", "numpy", "pyfftw"]),
             "clock": None,  # nothing is timed here
         },
         "configs": out_configs,

@@ -228,15 +228,19 @@ def prepare_pyfftw_zeros(size: int, align: int, n: int) -> tuple[Fill, Inspect]:
     return fill, inspect
 
 
-def prepare_numpy_allocator(size: int, align: int, n: int) -> tuple[Fill, Inspect]:
+def _prepare_numpy_handler(name: str, size: int, align: int, n: int) -> tuple[Fill, Inspect]:
     np = peers._require("numpy")
-    handler = peers._aligned_handler(align)
+    knp = peers._require("kmemcache.numpy")
+    handler = peers.numpy_handler(name, align)
     zeros, uint8 = np.zeros, np.uint8
     holder: list[Any] = [None] * n
 
     def chunk(k: int) -> list[Any]:
-        with handler:
+        previous = knp.set_handler(handler)
+        try:
             return [zeros(size, uint8) for _ in range(k)]
+        finally:
+            knp.set_handler(previous)
 
     def fill() -> None:
         _fill_list(holder, n, chunk)
@@ -245,6 +249,14 @@ def prepare_numpy_allocator(size: int, align: int, n: int) -> tuple[Fill, Inspec
         return {"addresses": _array_addresses(holder), "handle_sizeof": _header_chain(holder[0])}
 
     return fill, inspect
+
+
+def prepare_numpy_kmemcache(size: int, align: int, n: int) -> tuple[Fill, Inspect]:
+    return _prepare_numpy_handler("kmemcache", size, align, n)
+
+
+def prepare_numpy_c_handler(size: int, align: int, n: int) -> tuple[Fill, Inspect]:
+    return _prepare_numpy_handler("aligned_alloc", size, align, n)
 
 
 def prepare_mmap(size: int, align: int, n: int) -> tuple[Fill, Inspect]:
@@ -359,9 +371,17 @@ HOLDERS: tuple[Holder, ...] = (
     # one mapping per object: vm.max_map_count (65530 by default) caps n
     Holder("mmap", "mmap(-1, n)", prepare_mmap, "header", 10**4, 4096),
     Holder(
-        "numpy_allocator",
-        "numpy zeros(n), numpy-allocator aligned handler",
-        prepare_numpy_allocator,
+        "numpy_kmemcache",
+        "numpy zeros(n), kmemcache.numpy handler",
+        prepare_numpy_kmemcache,
+        "header",
+        10**5,
+        160,
+    ),
+    Holder(
+        "numpy_c_handler",
+        "numpy zeros(n), C aligned_alloc handler",
+        prepare_numpy_c_handler,
         "header",
         10**5,
         160,

@@ -364,72 +364,70 @@ def aligned_mmap(size: int, align: int) -> bool:
             m.close()
 
 
-# --- numpy-allocator: an aligned NumPy data handler made of ctypes callbacks --------
+# --- NumPy data-memory handlers (NEP 49), each installed once per timed loop ---------
 
 
-@functools.cache
-def _aligned_handler(align: int) -> Any:
-    """A numpy-allocator handler whose calloc/malloc return ``align``-aligned memory.
-
-    Without a compiler the only way to write one is ctypes callbacks, so every array
-    allocation calls back into Python; that is the cost this peer shows.
-    """
-    numpy_allocator = _require("numpy_allocator")
+def numpy_handler(name: str, align: int) -> Any:
+    """The "mem_handler" capsule of ``name``: "kmemcache" (kmemcache.numpy) or
+    "aligned_alloc" (a C handler over aligned_alloc, built by the benchmark)."""
     _require("numpy")
-    libc = _libc()
-    boundary = _memalign_align(align)
+    knp = _require("kmemcache.numpy")
+    boundary = max(align, 16)
+    if name == "kmemcache":
+        return knp.handler(boundary)
+    import _c_handler
 
-    def aligned(nbytes: int) -> int | None:
-        ptr = ctypes.c_void_p()
-        if libc.posix_memalign(ctypes.byref(ptr), boundary, max(nbytes, 1)):
-            return None
-        return ptr.value
-
-    @ctypes.CFUNCTYPE(ctypes.c_void_p, ctypes.c_size_t, ctypes.c_size_t)
-    def calloc(nelem: int, elsize: int) -> int | None:
-        ptr = aligned(nelem * elsize)
-        if ptr:
-            libc.memset(ptr, 0, nelem * elsize)
-        return ptr
-
-    @ctypes.CFUNCTYPE(ctypes.c_void_p, ctypes.c_size_t)
-    def malloc(nbytes: int) -> int | None:
-        return aligned(nbytes)
-
-    # The handler keeps the callbacks alive; functools.cache keeps the handler alive.
-    return numpy_allocator.type(
-        f"aligned_{boundary}",
-        (),
-        {"_calloc_": calloc, "_malloc_": malloc, "_free_": ctypes.addressof(libc.free)},
-    )
+    if boundary > 4096:
+        raise PeerUnavailable("the aligned_alloc handler serves alignments up to 4096")
+    return _c_handler.load().handler(boundary)
 
 
-def _numpy_allocator_op(size: int, align: int, new_name: str) -> Op:
-    np = _require("numpy")
-    handler = _aligned_handler(align)
-    new, uint8 = getattr(np, new_name), np.uint8
-
-    def op() -> None:
-        # The handler is entered per allocation so it never leaks into other peers.
-        with handler:
-            new(size, uint8)
-
+def with_handler(op: Op, handler: Any) -> Op:
+    """``op`` run with ``handler`` as NumPy's current one: set by the harness once per
+    timed loop (``_harness.entered``), as an application installs it once."""
+    knp = _require("kmemcache.numpy")
+    op.enter = lambda: knp.set_handler(handler)  # type: ignore[attr-defined]
+    op.exit = knp.set_handler  # type: ignore[attr-defined]
     return op
 
 
-def make_numpy_allocator(size: int, align: int) -> Op:
-    return _numpy_allocator_op(size, align, "zeros")
+def _numpy_handler_op(size: int, align: int, new_name: str, name: str) -> Op:
+    return with_handler(_numpy_op(size, new_name), numpy_handler(name, align))
 
 
-def make_numpy_allocator_empty(size: int, align: int) -> Op:
-    return _numpy_allocator_op(size, align, "empty")
+def make_numpy_kmemcache(size: int, align: int) -> Op:
+    return _numpy_handler_op(size, align, "zeros", "kmemcache")
 
 
-def aligned_numpy_allocator(size: int, align: int) -> bool:
+def make_numpy_kmemcache_empty(size: int, align: int) -> Op:
+    return _numpy_handler_op(size, align, "empty", "kmemcache")
+
+
+def make_numpy_c_handler(size: int, align: int) -> Op:
+    return _numpy_handler_op(size, align, "zeros", "aligned_alloc")
+
+
+def make_numpy_c_handler_empty(size: int, align: int) -> Op:
+    return _numpy_handler_op(size, align, "empty", "aligned_alloc")
+
+
+def _aligned_under(name: str, size: int, align: int) -> bool:
     np = _require("numpy")
-    with _aligned_handler(align):
+    knp = _require("kmemcache.numpy")
+    previous = knp.set_handler(numpy_handler(name, align))
+    try:
         samples = [np.zeros(size, np.uint8) for _ in range(ALIGN_SAMPLES)]
+    finally:
+        knp.set_handler(previous)
     return _all_aligned([s.ctypes.data for s in samples], align)
+
+
+def aligned_numpy_kmemcache(size: int, align: int) -> bool:
+    return _aligned_under("kmemcache", size, align)
+
+
+def aligned_numpy_c_handler(size: int, align: int) -> bool:
+    return _aligned_under("aligned_alloc", size, align)
 
 
 # --- registry ---------------------------------------------------------------------
@@ -487,10 +485,17 @@ PEERS: tuple[Peer, ...] = (
     ),
     Peer("mmap", "mmap(-1, n) create+close", make_mmap, aligned_mmap, True),
     Peer(
-        "numpy_allocator",
-        "numpy zeros(n), numpy-allocator aligned handler",
-        make_numpy_allocator,
-        aligned_numpy_allocator,
+        "numpy_kmemcache",
+        "numpy zeros(n), kmemcache.numpy handler",
+        make_numpy_kmemcache,
+        aligned_numpy_kmemcache,
+        True,
+    ),
+    Peer(
+        "numpy_c_handler",
+        "numpy zeros(n), C aligned_alloc handler",
+        make_numpy_c_handler,
+        aligned_numpy_c_handler,
         True,
     ),
     # contents undefined; the first is the baseline of every unzeroed peer
@@ -525,10 +530,17 @@ PEERS: tuple[Peer, ...] = (
         False,
     ),
     Peer(
-        "numpy_allocator_empty",
-        "numpy empty(n), numpy-allocator aligned handler",
-        make_numpy_allocator_empty,
-        aligned_numpy_allocator,
+        "numpy_kmemcache_empty",
+        "numpy empty(n), kmemcache.numpy handler",
+        make_numpy_kmemcache_empty,
+        aligned_numpy_kmemcache,
+        False,
+    ),
+    Peer(
+        "numpy_c_handler_empty",
+        "numpy empty(n), C aligned_alloc handler",
+        make_numpy_c_handler_empty,
+        aligned_numpy_c_handler,
         False,
     ),
 )

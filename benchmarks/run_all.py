@@ -38,7 +38,7 @@ import _plots
 HERE = Path(__file__).resolve().parent
 ROOT = HERE.parent
 #: Run in this order; any other bench_*.py follows in name order.
-ORDER = ("alloc", "memory", "scaling", "bulk", "threads", "shared")
+ORDER = ("alloc", "numpy", "memory", "scaling", "bulk", "threads", "engine", "shared")
 
 
 def discover() -> list[str]:
@@ -137,7 +137,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     targets = [
         {**t, "benchmark": name} for name, data in results.items() for t in data.get("targets", [])
     ]
-    env = h.environment(["kmemcache", "numpy", "pyfftw", "numpy-allocator", "matplotlib"])
+    env = h.environment(["kmemcache", "numpy", "pyfftw", "matplotlib"])
     env["clock"] = None  # each benchmark says how it timed
     combined = {
         "format": 1,

@@ -128,7 +128,17 @@ def test_alloc_every_peer_reported_everywhere(bench_alloc: tuple[dict[str, Any],
 @pytest.mark.parametrize(
     ("module", "keys"),
     [
-        ("numpy", ["numpy_slice", "numpy_zeros", "numpy_empty", "numpy_slice_empty"]),
+        (
+            "numpy",
+            [
+                "numpy_slice",
+                "numpy_zeros",
+                "numpy_empty",
+                "numpy_slice_empty",
+                "numpy_kmemcache",
+                "numpy_kmemcache_empty",
+            ],
+        ),
         ("pyfftw", ["pyfftw_zeros", "pyfftw_empty"]),
         ("kmemcache", ["kmemcache_zalloc_free", "kmemcache_zalloc_drop", "kmemcache_alloc_free"]),
     ],
@@ -147,7 +157,15 @@ def test_alloc_optional_peers_match_what_is_installed(
 
 def test_alloc_always_aligned_peers_are_aligned(bench_alloc: tuple[dict[str, Any], str]) -> None:
     data, _ = bench_alloc
-    prefixes = ("kmemcache", "kmalloc", "posix_memalign", "numpy_slice", "pyfftw")
+    prefixes = (
+        "kmemcache",
+        "kmalloc",
+        "posix_memalign",
+        "numpy_slice",
+        "pyfftw",
+        "numpy_kmemcache",
+        "numpy_c_handler",
+    )
     for by_size in data["results"].values():
         for records in by_size.values():
             for rec in records:
@@ -325,6 +343,61 @@ def test_threads_shape(tmp_path: Path) -> None:
         assert by_key["kmemcache-2-shared"]["vs_1_thread"] > 0
         assert by_key["bytearray-1"]["vs_kmemcache"] > 0
     table_is_whole(stdout)
+
+
+# --- bench_numpy ---------------------------------------------------------------------
+
+
+def test_numpy_shape(tmp_path: Path) -> None:
+    if not installed("numpy"):
+        pytest.skip("numpy not installed")
+    data, stdout = run_quick("bench_numpy.py", tmp_path / "numpy.json")
+    assert data["benchmark"] == "numpy" and data["align"] == 64
+    assert data["sizes"] == [64, 65536]
+    for size in data["sizes"]:
+        records = {r["key"]: r for r in data["results"][str(size)]}
+        assert set(records) == {
+            f"{f}_{h}"
+            for f in ("empty", "zeros")
+            for h in ("default", "kmemcache", "aligned_alloc")
+        }
+        for key, rec in records.items():
+            assert rec["status"] in STATUSES, rec
+            assert rec["baseline"] == key.split("_")[0] + "_default"
+            if key.endswith(("_kmemcache", "_aligned_alloc")) and rec["status"] == "ok":
+                assert rec["aligned"] is True and "ratio" in rec, rec
+    # the handler is entered once per timed loop, not left installed afterwards
+    assert data["aligned"]["kmemcache"]["share"] == 1.0
+    assert data["aligned"]["kmemcache"]["arrays"] >= 100
+    check_targets(data["targets"])
+    assert {t["key"] for t in data["targets"]} == {
+        "numpy.vs_default",
+        "numpy.vs_aligned_alloc",
+        "numpy.aligned_share",
+    }
+    assert len(target_lines(stdout)) == 3
+    table_is_whole(stdout)
+    assert "kmemcache / aligned_alloc" in stdout
+
+
+def test_harness_enters_an_op_once_per_loop() -> None:
+    sys.path.insert(0, str(BENCHMARKS))
+    try:
+        import _harness
+    finally:
+        sys.path.remove(str(BENCHMARKS))
+    events: list[str] = []
+
+    def op() -> None:
+        events.append("call")
+
+    op.enter = lambda: events.append("enter") or "token"  # type: ignore[attr-defined]
+    op.exit = lambda token: events.append(f"exit {token}")  # type: ignore[attr-defined]
+    cand = _harness.Candidate(key="k", label="k", op=op)
+    _harness.run_round_robin([cand], repeats=2, number=5, target_ns=0)
+    assert events.count("enter") == events.count("exit token") == 3  # warm-up, 2 loops
+    assert events[0] == "enter" and events[-1] == "exit token"
+    assert events.count("call") == 5 + 2 * 5
 
 
 def test_shared_shape(tmp_path: Path) -> None:

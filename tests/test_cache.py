@@ -742,13 +742,15 @@ def test_slab_waste_is_at_most_a_thirty_second(make_cache: MakeCache, size: int)
     s = make_cache("waste", size).stats()
     assert s.objperslab >= 1
     assert (s.slab_size - s.objperslab * s.objsize) * 32 <= s.slab_size
-    # and the slab is the smallest that does it while holding at least 8
-    # objects (up to a 32 KiB slab, SLUB's order 3: slub_min_objects)
-    if s.slab_size > PAGE_SIZE:
+    # and the slab is the smallest that does it of at least 64 KiB, or of as
+    # many bytes as 1024 objects fill when fewer bytes hold that many (what a
+    # thread's cache holds of its current slab)
+    floor = min(64 * 1024, 1 << (s.objsize * 1024).bit_length() - 1)
+    assert s.slab_size >= floor and s.objperslab <= 1024 or s.objperslab == 1
+    if s.slab_size > max(floor, s.objsize):
         smaller = s.slab_size // 2
         waste = smaller % s.objsize if smaller >= s.objsize else smaller
-        too_few = smaller < min(8 * s.objsize, 32 * 1024)
-        assert too_few or waste * 32 > smaller
+        assert smaller < floor or waste * 32 > smaller
 
 
 # Linux's slabinfo_show() (mm/slab_common.c), printf format and all.

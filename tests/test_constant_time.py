@@ -2,11 +2,12 @@
 
 Timing is not evidence here (shared machines are noisy, and no test holds a
 timing threshold), so these tests check the work itself. An allocation takes
-the head of the partial list and scans one slab's free bitmap from that
-slab's hint; the engine counts the bitmap words the longest scan skipped
-(``max_scan``). That count stays below ``bitmap_words`` by construction, so no
-test rests on that bound: they build allocations whose scans are known
-exactly, and check that the count is that, at any number of live objects.
+a bit of the thread's current slab, scanning its free bitmap from the word the
+last allocation used (and around to the start); the engine counts the bitmap
+words the longest scan skipped (``max_scan``). That count stays below
+``bitmap_words`` by construction, so no test rests on that bound: they build
+allocations whose scans are known exactly, and check that the count is that,
+at any number of live objects.
 """
 
 from __future__ import annotations
@@ -36,25 +37,27 @@ def churn(cache: Cache, live: int, rounds: int, seed: int) -> None:
 def test_filling_a_cache_scans_one_word_past_each_full_one(live: int) -> None:
     # Allocation takes up where the last one left off: a word of the bitmap is
     # skipped once it is full, so filling any number of slabs skips one word at
-    # a time. Scanning from the start of the bitmap (no hint) would skip up to
-    # bitmap_words - 1 = 7 words here.
-    with Cache(f"fill{live}", 8) as cache:  # 512 objects, 8 words per slab
+    # a time. Scanning from the start of the bitmap would skip up to
+    # bitmap_words - 1 = 15 words here.
+    with Cache(f"fill{live}", 8) as cache:  # 1024 objects, 16 words per slab
         objs = [cache.alloc() for _ in range(live)]
         s = cache.stats()
-        assert (s.objperslab, s.bitmap_words, s.num_slabs) == (512, 8, -(-live // 512))
+        assert (s.objperslab, s.bitmap_words, s.num_slabs) == (1024, 16, -(-live // 1024))
         assert s.max_scan == 1
         cache.free_bulk(objs)
 
 
 @pytest.mark.parametrize(
     "size, skip",
-    [(8, k) for k in range(1, 8)]  # 512 objects, 8 words per slab
-    + [(24, 2)],  # 170 objects, 3 words: the last one partly used
+    [(8, k) for k in range(1, 15)]  # 1024 objects, 16 words per slab (the last one
+    # is where the scan starts)
+    + [(24, 2)],  # 682 objects, 11 words: the last one partly used
 )
 def test_max_scan_is_the_words_an_allocation_skipped(size: int, skip: int) -> None:
     # One full slab; free slot 0 and the first slot of word `skip`. The next
-    # allocation takes slot 0 (the hint moved down to its word) and the one
-    # after it finds words 0 to skip - 1 full: it skips exactly `skip` words.
+    # allocation finds the last word full and takes slot 0 (one word skipped,
+    # around to the start), and the one after it finds words 0 to skip - 1
+    # full: it skips exactly `skip` words.
     with Cache("skip", size) as cache:
         per_slab = cache.stats().objperslab
         objs = sorted((cache.alloc() for _ in range(per_slab)), key=lambda o: o.address)

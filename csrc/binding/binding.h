@@ -19,6 +19,9 @@
 
 #include "kmc.h"
 
+#define KMEMCACHE_BUILDING_CAPSULE /* the C API's table and constants, no macros */
+#include "kmemcache.h"
+
 typedef struct CacheObject {
     PyObject_HEAD
     kmc_cache_t *cache;    /* NULL once destroyed */
@@ -121,5 +124,31 @@ typedef struct kmcpy_cache_snapshot_s {
 
 void kmcpy_cache_snapshot(kmc_cache_t *cache, kmcpy_cache_snapshot_t *out);
 PyObject *kmcpy_stats_dict(const kmcpy_cache_snapshot_t *snap);
+
+/* tracemalloc: every object a handle stands for is traced while its handle
+ * holds it, in kmemcache's own domain, with the size asked for (len());
+ * zero-size objects, which all share one address, are not. When tracemalloc
+ * is not tracing, each call tests one flag and returns (about ten
+ * instructions, no GIL work: CPython 3.10 to 3.13). */
+static inline void kmcpy_trace(const void *p, Py_ssize_t size)
+{
+    if (size > 0)
+        (void)PyTraceMalloc_Track(KMEMCACHE_TRACE_DOMAIN, (uintptr_t)p, (size_t)size);
+}
+
+static inline void kmcpy_untrace(const void *p)
+{
+    (void)PyTraceMalloc_Untrack(KMEMCACHE_TRACE_DOMAIN, (uintptr_t)p);
+}
+
+/* capi.c: the C API capsule (kmemcache._kmemcache._C_API) and the module's
+ * CAPI_VERSION and TRACE_DOMAIN constants; _capi_layout(). */
+int kmcpy_capi_add(PyObject *module);
+PyObject *kmcpy_capi_layout(PyObject *module, PyObject *ignored);
+
+/* kmalloc_funcs.c: make every size class's cache through the package's
+ * factory (so that KMEMCACHE_DEBUG applies to them) before C code, which
+ * may run without the GIL, allocates from them. 0, or -1 with an exception. */
+int kmcpy_kmalloc_prepare(void);
 
 #endif /* KMCPY_BINDING_H */

@@ -369,6 +369,7 @@ PyObject *kmcpy_adopt(CacheObject *cache, void *p, Py_ssize_t size)
         kmc_cache_free(cache->cache, p); /* alive: p is live in it */
         return NULL;
     }
+    kmcpy_trace(p, size);
     if (cache->track && kmcpy_track(cache, "alloc", p) < 0) {
         Py_DECREF(obj); /* its dealloc gives the object back */
         return NULL;
@@ -455,6 +456,7 @@ static PyObject *cache_alloc_bulk(CacheObject *self, PyObject *args, PyObject *k
                 kmc_cache_free(self->cache, ptrs[j]);
             goto out;
         }
+        kmcpy_trace(ptrs[made], self->size);
     }
     if (self->track)
         for (Py_ssize_t i = 0; i < n; i++)
@@ -576,6 +578,7 @@ static int free_bulk_item(CacheObject *self, HandleObject *obj, void *p, int rep
             return 1;
     }
     obj->ptr = NULL;
+    kmcpy_untrace(p);
     return 0;
 }
 

@@ -97,6 +97,7 @@ int kmcpy_handle_free(HandleObject *self)
         if (owner && !owner->cache) {
             /* C code freed the object behind the handle and destroyed its
              * cache: the memory is gone */
+            kmcpy_untrace(self->ptr);
             self->ptr = NULL;
             return kmcpy_cache_check_alive(owner);
         }
@@ -112,12 +113,14 @@ int kmcpy_handle_free(HandleObject *self)
         if (!kmcpy_raise(st))
             return -1;
         if (st == KMC_EDOUBLE_FREE || st == KMC_EINVALID_FREE) {
+            kmcpy_untrace(p);
             self->ptr = NULL; /* told to go on: nothing to free */
             return 0;
         }
         /* damage reported and repaired: free it now, if it still may be */
     }
     self->ptr = NULL;
+    kmcpy_untrace(p);
     if (owner && owner->track && kmcpy_track(owner, "free", p) < 0)
         return -1;
     return 0;

@@ -151,6 +151,14 @@ static CacheObject *class_cache_make(int i)
     return c;
 }
 
+int kmcpy_kmalloc_prepare(void)
+{
+    for (int i = 0; i < KMC_KMALLOC_CLASSES; i++)
+        if (!class_caches[i] && !class_cache_make(i))
+            return -1;
+    return 0;
+}
+
 /* Raise for the failed allocation the engine reported: 1 when the error
  * factory chose to go on (retry), 0 with an exception set. */
 static int raise_alloc_failure(void)
@@ -180,6 +188,8 @@ static PyObject *new_object(size_t size, size_t align, int zero)
     HandleObject *obj = kmcpy_handle_new(NULL, p, (Py_ssize_t)size);
     if (!obj)
         kmc_kfree(p);
+    else
+        kmcpy_trace(p, (Py_ssize_t)size);
     return (PyObject *)obj;
 }
 
@@ -300,6 +310,8 @@ static PyObject *py_krealloc(PyObject *Py_UNUSED(m), PyObject *const *args, Py_s
     }
     if (kmc_krealloc_in_place(old->ptr, size, align)) {
         old->size = (Py_ssize_t)size;
+        kmcpy_untrace(old->ptr); /* traced again with its new size, or not at 0 */
+        kmcpy_trace(old->ptr, old->size);
         return Py_NewRef(a[0]);
     }
     Py_INCREF(old);
@@ -371,12 +383,30 @@ static PyObject *kmalloc_index(PyObject *Py_UNUSED(m), PyObject *args)
     return PyLong_FromLong(size < 0 ? -1 : kmc_kmalloc_index((size_t)size, align));
 }
 
+static PyObject *kmalloc_align(PyObject *Py_UNUSED(m), PyObject *args)
+{
+    Py_ssize_t size;
+    PyObject *align_obj;
+    size_t align;
+    if (!PyArg_ParseTuple(args, "nO:_kmalloc_align", &size, &align_obj) ||
+        align_arg(align_obj, &align) < 0)
+        return NULL;
+    return PyLong_FromSize_t(size < 0 ? 0 : kmc_kmalloc_align((size_t)size, align));
+}
+
 static PyObject *kmalloc_caches(PyObject *Py_UNUSED(m), PyObject *Py_UNUSED(ignored))
 {
     PyObject *out = PyTuple_New(KMC_KMALLOC_CLASSES);
     for (Py_ssize_t i = 0; out && i < KMC_KMALLOC_CLASSES; i++)
         PyTuple_SET_ITEM(out, i, Py_NewRef(class_caches[i] ? (PyObject *)class_caches[i] : Py_None));
     return out;
+}
+
+static PyObject *kmalloc_prepare(PyObject *Py_UNUSED(m), PyObject *Py_UNUSED(ignored))
+{
+    if (kmcpy_kmalloc_prepare() < 0)
+        return NULL;
+    Py_RETURN_NONE;
 }
 
 static PyObject *kmalloc_large_stats(PyObject *Py_UNUSED(m), PyObject *Py_UNUSED(ignored))
@@ -427,8 +457,13 @@ PyMethodDef kmcpy_kmalloc_methods[] = {
     {"_kmalloc_index", kmalloc_index, METH_VARARGS,
      "_kmalloc_index($module, size, align, /)\n--\n\n"
      "The index in _kmalloc_classes() of the class kmalloc(size, align) is served by, or -1."},
+    {"_kmalloc_align", kmalloc_align, METH_VARARGS,
+     "_kmalloc_align($module, size, align, /)\n--\n\n"
+     "The alignment every kmalloc(size, align) object has at least (0 for size 0)."},
     {"_kmalloc_caches", kmalloc_caches, METH_NOARGS,
      "_kmalloc_caches($module, /)\n--\n\nEach size class's Cache, or None before its first use."},
+    {"_kmalloc_prepare", kmalloc_prepare, METH_NOARGS,
+     "_kmalloc_prepare($module, /)\n--\n\nMake every size class's cache now, through the factory."},
     {"_kmalloc_large_stats", kmalloc_large_stats, METH_NOARGS,
      "_kmalloc_large_stats($module, /)\n--\n\nThe large allocations' counters: objects, bytes, table_bytes, kept, kept_bytes."},
     {"_kmalloc_shrink", kmalloc_shrink, METH_NOARGS,

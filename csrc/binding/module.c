@@ -16,6 +16,7 @@ static PyObject *error_factory; /* callable(kind, report_dict) -> exception or N
 PyObject *kmcpy_facade;
 
 extern PyMethodDef kmcpy_kmalloc_methods[]; /* kmalloc_funcs.c: kmalloc, kfree, ... */
+extern PyMethodDef kmcpy_numpy_methods[];   /* numpy_handler.c: the NEP 49 handlers */
 PyObject *kmcpy_stats_layout(PyObject *module, PyObject *ignored); /* cache_type.c */
 
 PyObject *kmcpy_exception_for(kmc_status status)
@@ -269,6 +270,9 @@ static PyMethodDef module_methods[] = {
     {"_stats_layout", kmcpy_stats_layout, METH_NOARGS,
      "_stats_layout($module, /)\n--\n\n"
      "((name, offset, size), ...) of kmc_stats_t's fields in struct order, and its sizeof."},
+    {"_capi_layout", kmcpy_capi_layout, METH_NOARGS,
+     "_capi_layout($module, /)\n--\n\n"
+     "((name, offset), ...) of the C API table's functions, its sizeof, and its version."},
     {"_os_fail_after", os_fail_after, METH_O,
      "_os_fail_after($module, n, /)\n--\n\nTest hook: the OS page source fails after n more requests (n < 0: never)."},
     {"_owner_of", owner_of, METH_O,
@@ -314,7 +318,8 @@ PyMODINIT_FUNC PyInit__kmemcache(void)
         PyModule_AddObjectRef(m, "SharedCache", (PyObject *)&SharedCache_Type) < 0 ||
         PyModule_AddObjectRef(m, "SharedObject", (PyObject *)&SharedHandle_Type) < 0 ||
         PyModule_AddFunctions(m, kmcpy_kmalloc_methods) < 0 ||
-        PyModule_AddFunctions(m, kmcpy_shared_methods) < 0)
+        PyModule_AddFunctions(m, kmcpy_shared_methods) < 0 ||
+        PyModule_AddFunctions(m, kmcpy_numpy_methods) < 0 || kmcpy_capi_add(m) < 0)
         goto fail;
     if (!(kmcpy_slab_error = new_error(m, "SlabError", NULL,
                                    "Base of the errors the allocator detects.")) ||

@@ -18,6 +18,8 @@
  * Python code runs in here (the error factory, the tracker, the GC): as in
  * the Cache type, nothing read before it is trusted after it.
  */
+#include <stdbool.h>
+
 #include "binding.h"
 
 #define FREE_HANDLES_MAX 256
@@ -43,16 +45,20 @@ static SharedHandleObject *handle_new(SharedCacheObject *owner, void *ptr, uint3
     self->base.owner = (CacheObject *)Py_NewRef((PyObject *)owner);
     self->gen = gen;
     owner->handles++;
+    kmcpy_trace(ptr, self->base.size); /* tracemalloc: as any kmemcache object */
     PyObject_GC_Track(self);
     return self;
 }
 
 /* The handle no longer names an object: its ptr cleared, the count of
- * this process's handles of live objects down by one. */
-static void handle_clear(SharedHandleObject *self)
+ * this process's handles of live objects down by one, and (@untrace) the
+ * object no longer traced by tracemalloc in this process. */
+static void handle_clear(SharedHandleObject *self, bool untrace)
 {
     if (self->base.ptr && self->base.owner)
         ((SharedCacheObject *)self->base.owner)->handles--;
+    if (self->base.ptr && untrace)
+        kmcpy_untrace(self->base.ptr);
     self->base.ptr = NULL;
 }
 
@@ -168,7 +174,7 @@ int kmcpy_shared_handle_free(HandleObject *h)
             return -1;
         }
         if (!owner->base.cache) {
-            handle_clear(self);
+            handle_clear(self, true);
             return kmcpy_cache_check_alive(&owner->base);
         }
         if (tries == FREE_TRIES) {
@@ -183,18 +189,18 @@ int kmcpy_shared_handle_free(HandleObject *h)
         if (st == KMC_EDOUBLE_FREE) {
             /* freed elsewhere (another process, or C code): this handle
              * names nothing any more, whatever the report makes of it */
-            handle_clear(self);
+            handle_clear(self, true);
             dup_forget(owner, p, self->gen);
             return kmcpy_raise(st) ? 0 : -1;
         }
         if (!kmcpy_raise(st))
             return -1;
         if (st == KMC_EDOUBLE_FREE || st == KMC_EINVALID_FREE) {
-            handle_clear(self); /* told to go on: nothing to free */
+            handle_clear(self, true); /* told to go on: nothing to free */
             return 0;
         }
     }
-    handle_clear(self);
+    handle_clear(self, true);
     dup_forget(owner, p, self->gen);
     if (owner->base.track && kmcpy_track(&owner->base, "free", p) < 0)
         return -1;
@@ -206,7 +212,10 @@ static void handle_dealloc(SharedHandleObject *self)
     PyObject_GC_UnTrack(self);
     HandleObject *h = &self->base;
     SharedCacheObject *owner = (SharedCacheObject *)h->owner;
-    if (h->ptr && owner && owner->base.cache && !dup_take(owner, h->ptr, self->gen)) {
+    bool last = true; /* the last handle of its object here */
+    if (h->ptr && owner && owner->base.cache)
+        last = !dup_take(owner, h->ptr, self->gen);
+    if (h->ptr && owner && owner->base.cache && last) {
         /* the last handle here: this process lets go. A report is written
          * as unraisable, naming the cache, never the dying handle. */
         PyObject *type, *value, *tb;
@@ -222,7 +231,7 @@ static void handle_dealloc(SharedHandleObject *self)
                                    owner->base.cache ? kmc_cache_name(owner->base.cache) : "?");
         PyErr_Restore(type, value, tb);
     }
-    handle_clear(self);
+    handle_clear(self, last);
     Py_CLEAR(h->owner);
     if (nr_free_handles < FREE_HANDLES_MAX && Py_TYPE(self) == &SharedHandle_Type)
         free_handles[nr_free_handles++] = self;
@@ -748,7 +757,7 @@ static PyObject *shared_free_bulk(SharedCacheObject *self, PyObject *arg)
     }
     for (Py_ssize_t i = 0; i < n; i++) {
         SharedHandleObject *h = (SharedHandleObject *)PyTuple_GET_ITEM(seq, i);
-        handle_clear(h);
+        handle_clear(h, true);
         dup_forget(self, ptrs[i], gens[i]);
     }
     int tracked = 0;

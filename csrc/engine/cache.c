@@ -49,13 +49,15 @@ static bool debug_fill(const kmc_cache_t *c)
 
 /* --- layout ------------------------------------------------------------- */
 
-/* Like SLUB's calculate_order: the smallest slab that holds at least
- * KMC_MIN_OBJECTS objects (up to a 32 KiB slab, SLUB's order 3) and wastes
- * at most 1/KMC_WASTE_DIVISOR of itself, else the one that wastes the least.
- * SLUB accepts 1/16; 1/32 keeps memory per object within 5% of the ideal at
- * every size (1512 bytes at 64: a 32 KiB slab of 21, not 8 KiB of 5). The
- * minimum count keeps a thread's slab from running out at every other alloc
- * (4 KiB objects: 8 to a 32 KiB slab, not 1 to a page). */
+/* Like SLUB's calculate_order: the smallest slab of at least KMC_MIN_SLAB
+ * bytes (but no more than KMC_MAX_SLAB_OBJECTS objects) that wastes at most
+ * 1/KMC_WASTE_DIVISOR of itself, else the one that wastes the least. SLUB
+ * accepts 1/16; 1/32 keeps memory per object within 5% of the ideal at
+ * every size (1512 bytes at 64: a 64 KiB slab of 42). 64 KiB slabs, as
+ * mimalloc's small pages, let a thread allocate and free a thousand small
+ * objects in its current slab; their pages cost memory only once touched.
+ * @min_shift: slabs of at least 2^min_shift bytes (a shared region asks for
+ * bigger ones when its slab ids would not fit). */
 void kmc__cache_layout(kmc_cache_t *c, unsigned min_shift)
 {
     size_t left = 0, slot = c->size;
@@ -65,9 +67,9 @@ void kmc__cache_layout(kmc_cache_t *c, unsigned min_shift)
     }
     slot = round_up(slot, c->align);
 
-    size_t want = slot * KMC_MIN_OBJECTS;
-    if (want > KMC_MIN_OBJECTS_SLAB)
-        want = KMC_MIN_OBJECTS_SLAB;
+    size_t want = KMC_MIN_SLAB;
+    if (want / slot > KMC_MAX_SLAB_OBJECTS) /* the largest power of two that fits */
+        want = (size_t)1 << (63 - __builtin_clzll(slot * KMC_MAX_SLAB_OBJECTS));
     unsigned best = 0;
     size_t best_waste = SIZE_MAX, best_slab = 1;
     unsigned first = log2_of(kmc_page_size());
@@ -96,6 +98,7 @@ void kmc__cache_layout(kmc_cache_t *c, unsigned min_shift)
     c->slab_size = (size_t)1 << best;
     c->objperslab = (uint32_t)(c->slab_size / slot);
     c->bitmap_words = (c->objperslab + 63) / 64;
+    c->slots_bytes = (size_t)c->objperslab * slot;
     c->first_arena = (size_t)1 << KMC_ARENA_MIN_SHIFT;
     if (c->first_arena < c->slab_size)
         c->first_arena = c->slab_size;

@@ -131,44 +131,67 @@ void kmc__debug_on_free(kmc_cache_t *c, uint8_t *obj)
     }
 }
 
+/* Keep the first of several checks' results and its report; count them. */
+typedef struct tally_s {
+    kmc_status first;
+    size_t problems;
+    kmc_report_t report;
+} tally_t;
+
+static void tally(tally_t *t, kmc_status st)
+{
+    if (st == KMC_OK)
+        return;
+    if (t->first == KMC_OK) {
+        t->first = st;
+        t->report = *kmc__report_slot();
+    }
+    t->problems++;
+}
+
+static kmc_status tally_end(const tally_t *t)
+{
+    if (t->first != KMC_OK)
+        *kmc__report_slot() = t->report;
+    return t->first;
+}
+
 /* The bytes around the object: its red zones (0xcc live, 0xbb free; a live
  * kmalloc object's from @orig on), or with POISON alone the rounding to the
- * alignment (0x5a). */
-static kmc_status check_around(const kmc_cache_t *c, uint8_t *obj, bool live, size_t orig)
+ * alignment (0x5a). Every region is checked and repaired, as SLUB's
+ * check_object does; the report is the first one's. */
+static void check_around(const kmc_cache_t *c, uint8_t *obj, bool live, size_t orig, tally_t *t)
 {
     if (c->flags & KMC_RED_ZONE) {
         uint8_t red = live ? KMC_RED_ACTIVE : KMC_RED_INACTIVE;
-        kmc_status st = check_bytes(c, obj, -left(c), 0, red, KMC_EREDZONE,
-                                    "Left Redzone overwritten");
-        if (st == KMC_OK && live && orig < c->size)
-            st = check_bytes(c, obj, (ptrdiff_t)orig, (ptrdiff_t)c->size, red, KMC_EREDZONE,
-                             "kmalloc Redzone overwritten");
-        if (st == KMC_OK)
-            st = check_bytes(c, obj, (ptrdiff_t)c->size, right_end(c), red, KMC_EREDZONE,
-                             "Right Redzone overwritten");
-        return st;
+        tally(t, check_bytes(c, obj, -left(c), 0, red, KMC_EREDZONE, "Left Redzone overwritten"));
+        if (live && orig < c->size)
+            tally(t, check_bytes(c, obj, (ptrdiff_t)orig, (ptrdiff_t)c->size, red, KMC_EREDZONE,
+                                 "kmalloc Redzone overwritten"));
+        tally(t, check_bytes(c, obj, (ptrdiff_t)c->size, right_end(c), red, KMC_EREDZONE,
+                             "Right Redzone overwritten"));
+    } else if (c->flags & KMC_POISON) {
+        tally(t, check_bytes(c, obj, (ptrdiff_t)c->size, right_end(c), KMC_POISON_INUSE,
+                             KMC_EREDZONE, "Object padding overwritten"));
     }
-    if (c->flags & KMC_POISON)
-        return check_bytes(c, obj, (ptrdiff_t)c->size, right_end(c), KMC_POISON_INUSE,
-                           KMC_EREDZONE, "Object padding overwritten");
-    return KMC_OK;
 }
 
 /* @obj was free and is about to be handed out. */
 kmc_status kmc__debug_check_alloc(kmc_cache_t *c, uint8_t *obj)
 {
-    if (c->flags & KMC_POISON) {
-        kmc_status st = check_poison(c, obj);
-        if (st != KMC_OK)
-            return st;
-    }
-    return check_around(c, obj, false, c->size);
+    tally_t t = {.first = KMC_OK};
+    if (c->flags & KMC_POISON)
+        tally(&t, check_poison(c, obj));
+    check_around(c, obj, false, c->size, &t);
+    return tally_end(&t);
 }
 
 /* @obj (asked for @orig bytes) is live and about to be freed. */
 kmc_status kmc__debug_check_free(kmc_cache_t *c, uint8_t *obj, size_t orig)
 {
-    return check_around(c, obj, true, orig);
+    tally_t t = {.first = KMC_OK};
+    check_around(c, obj, true, orig, &t);
+    return tally_end(&t);
 }
 
 /* CONSISTENCY_CHECKS, on every alloc and free: the slab's live counter and
@@ -215,24 +238,6 @@ kmc_status kmc_debug_flip_free_bit(const void *address)
     return st;
 }
 
-/* Tally a check's result, keeping the report of the first problem. */
-typedef struct tally_s {
-    kmc_status first;
-    size_t problems;
-    kmc_report_t report;
-} tally_t;
-
-static void tally(tally_t *t, kmc_status st)
-{
-    if (st == KMC_OK)
-        return;
-    if (t->first == KMC_OK) {
-        t->first = st;
-        t->report = *kmc__report_slot();
-    }
-    t->problems++;
-}
-
 /* Every byte check on one committed slab of the depot (its counters are
  * checked by kmc__debug_check_counts). Cache locked. On return the report is
  * that of the slab's first problem. */
@@ -249,14 +254,12 @@ kmc_status kmc__debug_check_slab(kmc_cache_t *c, uint32_t id, size_t *problems)
             if (!live && (c->flags & KMC_POISON))
                 tally(&t, check_poison(c, obj));
             uint32_t *orig = kmc__debug_orig(c, a, sidx, i);
-            tally(&t, check_around(c, obj, live, orig ? *orig : c->size));
+            check_around(c, obj, live, orig ? *orig : c->size, &t);
         }
         size_t used = (size_t)c->objperslab * c->slot_size;
         tally(&t, check_bytes(c, mem, (ptrdiff_t)used, (ptrdiff_t)c->slab_size, KMC_POISON_INUSE,
                               KMC_EREDZONE, "Padding overwritten"));
     }
-    if (t.first != KMC_OK)
-        *kmc__report_slot() = t.report;
     *problems += t.problems;
-    return t.first;
+    return tally_end(&t);
 }

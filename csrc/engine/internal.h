@@ -44,17 +44,18 @@
 #define KMC_ARENA_MAX_SHIFT 26                  /* 64 MiB: arenas stop doubling */
 #define KMC_MAX_SLAB_SHIFT  24                  /* 16 MiB slabs at most */
 #define KMC_WASTE_DIVISOR   32                  /* slab waste <= 1/32 */
-#define KMC_MIN_OBJECTS     8                   /* per slab, as slub_min_objects... */
-#define KMC_MIN_OBJECTS_SLAB ((size_t)32 << 10) /* ...for slabs up to 32 KiB (order 3) */
+#define KMC_MIN_SLAB        ((size_t)64 << 10)  /* slabs are 64 KiB at least (as mimalloc's */
+#define KMC_MAX_SLAB_OBJECTS 1024               /* small pages), unless that is more
+                                                   objects than a heap's bitmap holds */
 #define KMC_MAX_ARENAS      4096                /* per cache: 256 GiB */
 #define KMC_SLAB_ID_SHIFT   16                  /* slab id = arena index << 16 | slab */
 #define KMC_NIL             UINT32_MAX          /* no slab */
 #define KMC_RED_ZONE_MIN    8                   /* bytes of red zone at least, each side */
-#define KMC_HEAP_BITS       8                   /* bitmap words a heap holds: 512 slots */
+#define KMC_HEAP_BITS       16                  /* bitmap words a heap holds: 1024 slots */
 #define KMC_HEAP_CHUNK_SHIFT 4                  /* heaps are made 16 at a time */
 #define KMC_HEAP_CHUNKS     64                  /* so the first 1024 threads get heaps */
 #define KMC_MAX_HEAPS       (KMC_HEAP_CHUNKS << KMC_HEAP_CHUNK_SHIFT)
-#define KMC_HEAP_KEEP_BYTES ((size_t)256 << 10) /* empty slabs a heap keeps */
+#define KMC_HEAP_KEEP_BYTES ((size_t)1 << 20)   /* empty slabs a heap keeps */
 #define KMC_DEPOT           0u                  /* slab owner: the depot */
 #define KMC_ARENA_DIR_CHUNK 64                  /* arena pointers per directory chunk */
 
@@ -72,6 +73,16 @@ _Static_assert(((uint64_t)KMC_MAX_ARENAS << KMC_SLAB_ID_SHIFT) < KMC_NIL,
 /* An increment by the one thread that writes @p: a load and a store, no
  * read-modify-write instruction. */
 #define KMC_BUMP(p, n)   KMC_STORE((p), KMC_LOAD(p) + (n))
+/* The same for a 64-bit counter on the fast paths. Compilers do not fold a
+ * relaxed load and store into one add to memory; on x86-64 an add to an
+ * aligned word is that load and store in one instruction, which readers see
+ * whole (not a locked add: no other thread writes the counter). Sanitizers
+ * see the portable form. */
+#if defined(__x86_64__) && !defined(__SANITIZE_THREAD__) && !defined(__SANITIZE_ADDRESS__)
+#define KMC_COUNT(p) __asm__("addq $1, %0" : "+m"(*(p)))
+#else
+#define KMC_COUNT(p) KMC_BUMP((p), 1)
+#endif
 
 /* The private cache lock: a test-and-set lock. Taking it free is one
  * atomic exchange and giving it back one release store, half the atomic
@@ -168,38 +179,48 @@ typedef struct kmc_list_s {
 } kmc_list_t;
 
 /* A thread's cache of one cache's slabs (what SLUB's kmem_cache_cpu is to a
- * CPU). Line 0 is all the owner's fast paths touch; other threads write only
- * remote_head, on a line of its own. */
+ * CPU), five cache lines. Line 0 and a word of lines 1-2 are all that an
+ * alloc, or a free into the current slab, touches; other threads write only
+ * the last line. */
 typedef struct kmc_heap_s {
     /* line 0: the fast paths */
     _Atomic uint8_t busy;        /* the owner is inside a fast path */
     _Atomic uint8_t request;     /* a taker waits: the owner takes the slow path */
     uint8_t unused[2];
     uint32_t word;               /* no free bit in bits[] below this word */
-    _Atomic(kmc_slab_t *) cur;   /* the CURRENT slab, or NULL */
-    uint8_t *cur_mem;            /* its memory */
+    uint8_t *cur_mem;            /* the current slab's memory, or KMC_NO_SLAB */
+    _Atomic uint64_t *cur_remote;/* its remote bitmap */
+    _Atomic(kmc_slab_t *) cur;   /* its descriptor, or NULL */
     _Atomic uint64_t allocs;     /* objects handed out by this heap, ever */
     _Atomic uint64_t frees;      /* objects freed into its own slabs, ever */
-    _Atomic uint64_t cached;     /* free slots in its slabs (remote ones aside) */
     uint32_t cur_id;             /* cur's slab id */
     _Atomic uint32_t max_scan;   /* most bitmap words one alloc skipped */
+    /* lines 1-2: the current slab's free bitmap */
     _Atomic uint64_t bits[KMC_HEAP_BITS] __attribute__((aligned(64)));
-    /* line 2: the owner's slow paths */
+    /* line 3: the owner's slow paths */
     kmc_list_t partial __attribute__((aligned(64)));
     kmc_list_t full, empty;
     _Atomic uint32_t slabs;      /* slabs it owns, cur included */
     _Atomic uint32_t empties;    /* HEAP_EMPTY ones */
     _Atomic uint32_t fulls;      /* HEAP_FULL ones */
+    _Atomic uint64_t cached_other;/* free slots in its slabs but cur (remote aside) */
     _Atomic uint64_t remote_frees;/* objects this thread freed into others' slabs */
+    /* line 4: written by other threads. The stack of HEAP_FULL slabs that
+     * remote frees reached: generation << 32 | top slab id + 1 (0: empty).
+     * A new generation each time the stack is closed or opened, so that a
+     * push prepared against an older one fails. */
+    _Atomic uint64_t remote_head __attribute__((aligned(64)));
     _Atomic uint64_t merged;     /* remote frees merged into this heap's slabs */
     _Atomic uint64_t late_double;/* double frees found when merging */
     uint64_t seen_ops;           /* the purge thread's last look at allocs+frees */
-    /* line 3: other threads. The stack of HEAP_FULL slabs that remote frees
-     * reached: generation << 32 | top slab id + 1 (0: empty). A new
-     * generation each time the stack is closed or opened, so that a push
-     * prepared against an older one fails. */
-    _Atomic uint64_t remote_head __attribute__((aligned(64)));
 } kmc_heap_t;
+
+_Static_assert(sizeof(kmc_heap_t) == 320, "a heap is five cache lines");
+_Static_assert(KMC_MAX_SLAB_OBJECTS <= KMC_HEAP_BITS * 64, "a heap holds a slab's bitmap");
+
+/* cur_mem without a current slab: any user-space address minus this is
+ * above every slab size, so the free fast path needs no second test. */
+#define KMC_NO_SLAB ((uint8_t *)(UINTPTR_MAX - ((uintptr_t)1 << (KMC_MAX_SLAB_SHIFT + 1))))
 
 #define KMC_STACK_CLOSED UINT32_MAX /* low half of remote_head: no pushes */
 
@@ -235,6 +256,7 @@ struct kmc_cache_s {
     unsigned slab_shift;
     uint32_t objperslab;
     uint32_t bitmap_words;        /* 64-bit words of free bitmap per slab */
+    size_t slots_bytes;           /* objperslab * slot_size: the slab before its padding */
     size_t first_arena;           /* bytes of the first arena */
     uint32_t heap_keep;           /* empty slabs a heap keeps */
     unsigned flags;
@@ -470,6 +492,7 @@ void kmc__heaps_free(kmc_cache_t *c);
 void kmc__heaps_stats(const kmc_cache_t *c, kmc_stats_t *o, uint64_t *late_double);
                                   /* adds the heaps' part; cache locked */
 bool kmc__heap_bits_of(const kmc_cache_t *c, const kmc_slab_t *s, uint64_t *bits);
+                                  /* a CURRENT slab's bitmap, from its heap */
 bool kmc__heaps_hold_slabs(const kmc_cache_t *c);
 
 /* --- thread.c: thread indices, thread exit, fork. */

@@ -527,9 +527,10 @@ kmc_status kmc_kfree(void *p)
                        (unsigned long long)(uintptr_t)p);
 }
 
-/* The alignment a fresh kmc_kmalloc(@size, @align) has at least. */
-static size_t fresh_align(size_t size, size_t align)
+size_t kmc_kmalloc_align(size_t size, size_t align)
 {
+    if (size == 0 || !valid_align(align))
+        return 0;
     int i = kmc_kmalloc_index(size, align);
     if (i >= 0)
         return kmc_kmalloc_classes[i].align;
@@ -543,7 +544,7 @@ int kmc_krealloc_in_place(void *p, size_t size, size_t align)
         return 0;
     if (is_zero_ptr(p))
         return size == 0;
-    if (size == 0 || ((uintptr_t)p & (fresh_align(size, align) - 1)))
+    if (size == 0 || ((uintptr_t)p & (kmc_kmalloc_align(size, align) - 1)))
         return 0;
     kmc_cache_t *c = kmc_owner(p, NULL);
     if (c)

@@ -581,6 +581,11 @@ extern const kmc_kmalloc_class_t kmc_kmalloc_classes[KMC_KMALLOC_CLASSES];
  * class's alignment). O(1). */
 int kmc_kmalloc_index(size_t size, size_t align);
 
+/* kmc_kmalloc_align - the alignment every kmc_kmalloc(@size, @align) object
+ * has at least, as above: its class's, or for pages the page, @align, and
+ * @size when that is a larger power of two. 0 for size 0 or a bad @align. */
+size_t kmc_kmalloc_align(size_t size, size_t align);
+
 /* kmc_kmalloc_cache - the cache of size class @index, made with no flags
  * if none is installed yet. NULL (and a report) if it cannot be made. */
 kmc_cache_t *kmc_kmalloc_cache(unsigned index);

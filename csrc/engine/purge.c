@@ -65,7 +65,8 @@ static void *purge_thread(void *arg)
 
 void kmc__purge_arm(void)
 {
-    if (atomic_load_explicit(&armed, memory_order_relaxed) || atomic_exchange(&armed, 1))
+    if (atomic_load_explicit(&armed, memory_order_relaxed) || kmc__purge_delay_ms() == 0 ||
+        atomic_exchange(&armed, 1))
         return;
     pthread_mutex_lock(&purge_lock);
     if (!started) {

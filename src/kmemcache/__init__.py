@@ -15,6 +15,9 @@ shared between processes (``SharedCache``)::
 
 from __future__ import annotations
 
+import os as _os
+from typing import Any as _Any
+
 from . import _kmemcache as _core
 from . import debug
 from .cache import MAX_ALIGN, MAX_SIZE, MIN_ALIGN, PAGE_SIZE, Cache, Object, SlabStats
@@ -57,7 +60,9 @@ __all__ = [
     "SlabStats",
     "SlabWarning",
     "StaleObjectError",
+    "TRACE_DOMAIN",
     "debug",
+    "get_include",
     "kcalloc",
     "kfree",
     "kmalloc",
@@ -67,6 +72,23 @@ __all__ = [
     "publish",
     "slabinfo",
 ]
+
+#: The tracemalloc domain of kmemcache's objects (``tracemalloc.DomainFilter``).
+TRACE_DOMAIN: int = _core.TRACE_DOMAIN
+
+
+def get_include() -> str:
+    """The folder holding ``kmemcache.h`` (the C API), ``kmc.h`` and ``kmemcache.pxd``,
+    for ``include_dirs`` of an extension that calls the engine."""
+    return _os.path.join(_os.path.dirname(_os.path.abspath(__file__)), "include")
+
+
+def _c_api() -> _Any:
+    """The C API capsule, for ``kmemcache_import()``: the kmalloc size classes' caches
+    are made first, through the package, so that KMEMCACHE_DEBUG applies to them."""
+    _core._kmalloc_prepare()
+    return _core._C_API
+
 
 # Reports with owner tracking, under the on-error policy (kmemcache.debug).
 _core._set_error_factory(debug.report_error)

@@ -321,9 +321,9 @@ static void test_failure_injection_then_recovery(void)
     CHECK(kmc_cache_alloc(c, 1) == NULL);
     kmc_os_fail_after(-1);
     CHECK_EQ(stats_of(c).arenas, 0);
-    void *a[8];
+    void *a[64];
     size_t per = stats_of(c).objperslab;
-    CHECK(per <= 8);
+    CHECK(per <= 64);
     for (size_t i = 0; i < per; i++) { /* fill the first slab */
         CHECK((a[i] = kmc_cache_alloc(c, 0)) != NULL);
         memset(a[i], 1, 4096);
@@ -631,8 +631,9 @@ static void test_ctor_keeping_a_reference_pins_the_slab(void)
 
 /* --- red zones and poison: exact problem counts -------------------------- */
 
-/* size 40 between two 8-byte red zones: 56-byte slots, 73 per 4 KiB slab,
- * 8 bytes of padding after the last slot */
+/* size 40 between two 8-byte red zones: 56-byte slots, 585 per 32 KiB slab
+ * (a 64 KiB one would hold more than 1024), 8 bytes of padding after the
+ * last slot */
 static kmc_cache_t *debug_cache(void)
 {
     return make("debug", 40, 0, KMC_RED_ZONE | KMC_POISON);
@@ -646,7 +647,7 @@ static void test_debug_fills(void)
     CHECK(a != NULL);
     kmc_stats_t s = stats_of(c);
     CHECK_EQ(s.objsize, 56);
-    CHECK_EQ(s.objperslab, 73);
+    CHECK_EQ(s.objperslab, 585);
     /* the first object's left red zone is inside its slab, at its start */
     CHECK_EQ((uintptr_t)(a - 8) % s.slab_size, 0);
     CHECK(all_bytes(a - 8, 8, KMC_RED_ACTIVE));
@@ -760,6 +761,56 @@ static void test_poison_detection(void)
     size_t before = kmc_caches(NULL, 0);
     CHECK_EQ(kmc_cache_destroy(c), KMC_EPOISON);
     CHECK_EQ(kmc_caches(NULL, 0), before - 1);
+}
+
+/* A write just before an object lands in its own left red zone, even for
+ * the first object of an arena, and is blamed on it; alignment holds. */
+static void test_left_red_zone(void)
+{
+    for (size_t align = 8; align <= 4096; align *= 8) {
+        kmc_cache_t *c = make("left", 64, align, KMC_RED_ZONE);
+        CHECK(c != NULL);
+        uint8_t *first = kmc_cache_alloc(c, 0), *second = kmc_cache_alloc(c, 0);
+        CHECK(first && second);
+        CHECK_EQ((uintptr_t)first % align, 0);
+        CHECK_EQ((uintptr_t)second % align, 0);
+        kmc_stats_t s = stats_of(c);
+        CHECK_EQ(((uintptr_t)first - align) % s.slab_size, 0); /* the arena's start */
+        first[-1] = 0x41;
+        second[-3] = 0x41;
+        CHECK_EQ(kmc_cache_free(c, first), KMC_EREDZONE);
+        const kmc_report_t *r = kmc_last_report();
+        CHECK_EQ(r->object, (uintptr_t)first);
+        CHECK_EQ(r->offset, -1);
+        CHECK_STR_HAS(r->message, "Left Redzone overwritten");
+        size_t problems = 0;
+        CHECK_EQ(kmc_cache_validate(c, &problems), KMC_EREDZONE); /* second's */
+        CHECK_EQ(problems, 1);
+        CHECK_EQ(kmc_last_report()->object, (uintptr_t)second);
+        CHECK_EQ(kmc_last_report()->offset, -3);
+        CHECK_EQ(kmc_cache_free(c, first), KMC_OK); /* repaired */
+        CHECK_EQ(kmc_cache_free(c, second), KMC_OK);
+        CHECK_EQ(kmc_cache_validate(c, NULL), KMC_OK);
+        CHECK_EQ(kmc_cache_destroy(c), KMC_OK);
+    }
+}
+
+/* kmc_cache_check_free reports a damaged red zone (and repairs it) but
+ * frees nothing: what makes a bulk free all or nothing. */
+static void test_check_free_sees_red_zones(void)
+{
+    kmc_cache_t *c = make("checkfree", 64, 0, KMC_RED_ZONE);
+    CHECK(c != NULL);
+    uint8_t *p = kmc_cache_alloc(c, 0);
+    CHECK(p != NULL);
+    p[64] = 0;
+    CHECK_EQ(kmc_cache_check_free(c, p), KMC_EREDZONE);
+    CHECK_EQ(kmc_last_report()->offset, 64);
+    CHECK_EQ(stat_active(c), 1);
+    CHECK_EQ(kmc_cache_check_free(c, p), KMC_OK); /* reported once */
+    CHECK_EQ(kmc_cache_free(c, p), KMC_OK);
+    CHECK_EQ(kmc_cache_check_free(c, p), KMC_EDOUBLE_FREE);
+    CHECK_EQ(kmc_cache_destroy(c), KMC_OK);
 }
 
 /* --- threads ------------------------------------------------------------ */
@@ -1010,6 +1061,8 @@ int main(void)
     RUN(test_debug_fills);
     RUN(test_red_zone_detection);
     RUN(test_poison_detection);
+    RUN(test_left_red_zone);
+    RUN(test_check_free_sees_red_zones);
     RUN(test_threads_stress);
     RUN(test_threads_cache_churn);
     RUN(test_threads_grow_arenas);

@@ -303,6 +303,38 @@ static void test_large_runs_are_kept_and_reused(void)
     CHECK_EQ(large_now().kept_bytes, 0);
 }
 
+/* The kmalloc red zone: in a red-zoned class, the bytes from the size asked
+ * for to the class size are checked; krealloc in place moves the boundary;
+ * ksize makes the whole object usable, as in SLUB. */
+static void test_kmalloc_red_zone(void)
+{
+    int i = kmc_kmalloc_index(100, 64);
+    CHECK_EQ(i, 5); /* kmalloc-128 */
+    kmc_cache_t *rz = NULL;
+    CHECK_EQ(kmc_cache_create("kmalloc-128", 128, 128, KMC_RED_ZONE, NULL, NULL, &rz), KMC_OK);
+    kmc_cache_t *old = kmc_kmalloc_cache((unsigned)i);
+    CHECK_EQ(kmc_kmalloc_install((unsigned)i, rz), KMC_OK);
+    uint8_t *p = kmc_kzalloc(100, 64);
+    CHECK(p != NULL && kmc_owner(p, NULL) == rz);
+    memset(p, 0x41, 104); /* 4 bytes too far */
+    CHECK_EQ(kmc_kfree(p), KMC_EREDZONE);
+    CHECK_STR_HAS(kmc_last_report()->message, "kmalloc Redzone overwritten");
+    CHECK_EQ(kmc_last_report()->offset, 100);
+    CHECK_EQ(kmc_last_report()->length, 4);
+    CHECK_EQ(kmc_kfree(p), KMC_OK); /* repaired */
+    uint8_t *q = kmc_kmalloc(100, 0);
+    CHECK(q && kmc_krealloc(q, 120, 0) == q); /* in place: the red zone moves */
+    memset(q, 0x42, 120);
+    CHECK_EQ(kmc_cache_validate(rz, NULL), KMC_OK);
+    CHECK(kmc_krealloc(q, 110, 0) == q);
+    q[110] = 0;
+    CHECK_EQ(kmc_cache_validate(rz, NULL), KMC_EREDZONE);
+    CHECK_EQ(kmc_ksize(q), 128); /* from now on all 128 bytes are its */
+    memset(q, 0x43, 128);
+    CHECK_EQ(kmc_kfree(q), KMC_OK);
+    CHECK_EQ(kmc_kmalloc_install((unsigned)i, old), KMC_OK);
+}
+
 /* --- kfree ------------------------------------------------------------------------ */
 
 static void test_kfree_any_object_and_nothing_else(void)
@@ -556,5 +588,6 @@ int main(void)
     RUN(test_krealloc_failure_keeps_the_old_object);
     RUN(test_install);
     RUN(test_threads);
+    RUN(test_kmalloc_red_zone);
     return TESTS_DONE();
 }

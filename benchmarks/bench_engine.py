@@ -1,0 +1,322 @@
+"""The engine from C against glibc, mimalloc and jemalloc, in one process.
+
+Builds ``benchmarks/bench_engine.c`` with the engine's sources (``cc -O2``, as the
+extension is built) and runs it for 64 B, 1512 B and 4 KiB objects at alignment 64:
+kmemcache's ``kmc_cache_alloc``/``kmc_cache_free`` on a cache of that size against
+``aligned_alloc(64, n)``/``free`` of glibc, mimalloc and jemalloc (Debian's
+libmimalloc-dev and libjemalloc-dev; an allocator that is not installed is skipped
+with a line saying so). Patterns: alloc+free pairs; batches of 1, 10, 100 and 1000
+allocations then frees, in order and shuffled; a producer thread allocating and a
+consumer thread freeing (remote frees); 1 and 2 threads on one allocator (one cache
+shared by both). Allocators take turns, the median of the repeats is reported, and
+every figure is also given as a ratio to mimalloc's in the same run.
+
+    python benchmarks/bench_engine.py                  # Markdown tables on stdout
+    python benchmarks/bench_engine.py --json out.json  # also machine-readable results
+    python benchmarks/bench_engine.py --quick          # tiny counts: checks it runs
+    python benchmarks/bench_engine.py --callgrind      # instructions per call instead
+
+``--callgrind`` runs kmemcache's pair and batch-of-1000 patterns under valgrind's
+callgrind and reports instructions per alloc+free: counts that, unlike times, are
+the same on a busy machine. It takes about a minute and a half; the default run
+about a minute on two CPUs.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import statistics
+import subprocess
+import sys
+import tempfile
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import _harness as h
+
+from kmemcache.demo import measure as m
+
+HERE = Path(__file__).resolve().parent
+ENGINE = HERE.parent / "csrc" / "engine"
+SIZES = (64, 1512, 4096)
+ALLOCATORS = ("kmemcache", "mimalloc", "jemalloc", "glibc")
+SINGLE = ["pair"] + [f"{kind} {k}" for k in (1, 10, 100, 1000) for kind in ("batch", "shuffled")]
+# jemalloc's static TLS is larger than what glibc keeps for libraries loaded later
+TUNABLES = "glibc.rtld.optional_static_tls=65536"
+
+
+def build(out_dir: Path) -> Path:
+    """Compile the benchmark with the engine; return the program's path."""
+    cc = os.environ.get("CC") or shutil.which("cc") or shutil.which("gcc")
+    if not cc:
+        raise SystemExit("bench_engine: no C compiler (cc or gcc) found")
+    exe = out_dir / "bench_engine"
+    cmd = [
+        cc,
+        "-std=c11",
+        "-O2",
+        "-D_GNU_SOURCE",
+        "-pthread",
+        f"-I{ENGINE}",
+        *sorted(str(p) for p in ENGINE.glob("*.c")),
+        str(HERE / "bench_engine.c"),
+        "-ldl",
+        "-o",
+        str(exe),
+    ]
+    subprocess.run(cmd, check=True)
+    return exe
+
+
+def run_sizes(exe: Path, repeats: int, quick: bool, progress: m.Progress) -> tuple[list, list]:
+    """Run the program for every size; (samples, notes)."""
+    env = {**os.environ, "GLIBC_TUNABLES": TUNABLES}
+    samples: list[dict[str, Any]] = []
+    notes: list[str] = []
+    for size in SIZES:
+        progress.step(f"{size} B")
+        out = subprocess.run(
+            [str(exe), str(size), str(repeats), "1" if quick else "0"],
+            capture_output=True,
+            text=True,
+            env=env,
+            check=True,
+        ).stdout
+        for line in out.splitlines():
+            rec = json.loads(line)
+            if "note" in rec:
+                if rec["note"] not in notes:
+                    notes.append(rec["note"])
+            else:
+                samples.append(rec)
+    return samples, notes
+
+
+def summarize(samples: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """One record per (size, pattern, allocator): the median, and its ratio to
+    mimalloc's (time / mimalloc's time; for threads, mimalloc's rate / this one's)."""
+    groups: dict[tuple[int, str, str], list[float]] = {}
+    for s in samples:
+        groups.setdefault((s["size"], s["pattern"], s["allocator"]), []).append(s["value"])
+    med = {k: statistics.median(v) for k, v in groups.items()}
+    out = []
+    for (size, pattern, alloc), values in sorted(groups.items()):
+        rec: dict[str, Any] = {
+            "size": size,
+            "pattern": pattern,
+            "allocator": alloc,
+            "unit": "Mpairs/s" if pattern.startswith("threads") else "ns",
+            "samples": values,
+            "median": med[(size, pattern, alloc)],
+        }
+        mi = med.get((size, pattern, "mimalloc"))
+        if mi:
+            rate = pattern.startswith("threads")
+            rec["vs_mimalloc"] = mi / rec["median"] if rate else rec["median"] / mi
+        out.append(rec)
+    return out
+
+
+def scaling(results: list[dict[str, Any]], size: int, alloc: str) -> float | None:
+    """2-thread throughput / 1-thread throughput."""
+    by = {(r["size"], r["pattern"], r["allocator"]): r["median"] for r in results}
+    one, two = by.get((size, "threads 1", alloc)), by.get((size, "threads 2", alloc))
+    return two / one if one and two else None
+
+
+def judge(results: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    by = {(r["size"], r["pattern"], r["allocator"]): r for r in results}
+    single = h.make_target(
+        "engine_single_vs_mimalloc",
+        "every single-thread pattern, engine time / mimalloc aligned_alloc+free (worst)",
+        1.0,
+        "lower",
+    )
+    scale = h.make_target(
+        "engine_scaling_vs_mimalloc",
+        "2 threads on one cache: engine scaling / mimalloc's scaling (worst size)",
+        0.9,
+        "higher",
+    )
+    remote = h.make_target(
+        "engine_remote_vs_mimalloc",
+        "producer/consumer remote frees, engine / mimalloc (worst size)",
+        1.5,
+        "lower",
+    )
+    ratios = [
+        (by[(s, p, "kmemcache")]["vs_mimalloc"], f"{p}, {s} B")
+        for s in SIZES
+        for p in SINGLE
+        if "vs_mimalloc" in by.get((s, p, "kmemcache"), {})
+    ]
+    if ratios:
+        worst = max(ratios)
+        h.judge_target(single, worst[0])
+        single["where"] = worst[1]
+        single["detail"] = f"best {m.fmt_ratio(min(ratios)[0])} ({min(ratios)[1]})"
+    else:
+        h.skip_target(single, "mimalloc not installed")
+    scales = []
+    for s in SIZES:
+        ours, theirs = scaling(results, s, "kmemcache"), scaling(results, s, "mimalloc")
+        if ours and theirs:
+            scales.append((ours / theirs, f"{s} B (kmemcache {ours:.2f}x, mimalloc {theirs:.2f}x)"))
+    if scales:
+        worst = min(scales)
+        h.judge_target(scale, worst[0])
+        scale["where"] = worst[1]
+    else:
+        h.skip_target(scale, "mimalloc not installed")
+    rem = [
+        (by[(s, "remote", "kmemcache")]["vs_mimalloc"], f"{s} B")
+        for s in SIZES
+        if "vs_mimalloc" in by.get((s, "remote", "kmemcache"), {})
+    ]
+    if rem:
+        worst = max(rem)
+        h.judge_target(remote, worst[0])
+        remote["where"] = worst[1]
+    else:
+        h.skip_target(remote, "mimalloc not installed")
+    return [single, scale, remote]
+
+
+def callgrind_counts(exe: Path) -> list[dict[str, Any]]:
+    """Instructions per alloc+free of kmemcache's pair and batch patterns."""
+    if not shutil.which("valgrind"):
+        raise SystemExit("--callgrind needs valgrind (Debian's valgrind package)")
+    out = []
+    with tempfile.TemporaryDirectory() as tmp:
+        for size in SIZES:
+            for pattern in ("pair", "batch"):
+                totals = []
+                for n in (1_000_000, 2_000_000):
+                    log = Path(tmp) / "log"
+                    subprocess.run(
+                        [
+                            "valgrind",
+                            "--tool=callgrind",
+                            f"--callgrind-out-file={tmp}/out",
+                            f"--log-file={log}",
+                            str(exe),
+                            str(size),
+                            "count",
+                            pattern,
+                            str(n),
+                        ],
+                        check=True,
+                    )
+                    refs = [ln for ln in log.read_text().splitlines() if "refs:" in ln]
+                    totals.append(int(refs[-1].split()[-1].replace(",", "")))
+                out.append(
+                    {
+                        "size": size,
+                        "pattern": "pair" if pattern == "pair" else "batch 1000",
+                        "instructions_per_pair": (totals[1] - totals[0]) / 1_000_000,
+                    }
+                )
+    return out
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = h.argument_parser(__doc__.split("\n\n", 1)[0])
+    parser.add_argument(
+        "--callgrind", action="store_true", help="count instructions under callgrind instead"
+    )
+    args = parser.parse_args(argv)
+    repeats = h.QUICK_REPEATS if args.quick else args.repeats
+    with tempfile.TemporaryDirectory() as tmp:
+        exe = build(Path(tmp))
+        if args.callgrind:
+            data: dict[str, Any] = {
+                "benchmark": "engine_callgrind",
+                "environment": h.environment([]),
+                "results": callgrind_counts(exe),
+                "targets": [],
+            }
+            return h.finish(args, data, render_callgrind)
+        progress = h.progress_for(args, len(SIZES), "bench_engine")
+        try:
+            samples, notes = run_sizes(exe, repeats, args.quick, progress)
+        finally:
+            progress.close()
+    results = summarize(samples)
+    data = {
+        "benchmark": "engine",
+        "sizes": list(SIZES),
+        "align": 64,
+        "repeats": repeats,
+        "quick": args.quick,
+        "environment": {
+            **h.environment([]),
+            "clock": "wall clock (CLOCK_MONOTONIC), in C",
+            "compiler": "cc -O2",
+        },
+        "notes": notes,
+        "results": results,
+        "targets": judge(results),
+    }
+    return h.finish(args, data, render)
+
+
+def render(data: dict[str, Any]) -> str:
+    by = {(r["size"], r["pattern"], r["allocator"]): r for r in data["results"]}
+    present = [a for a in ALLOCATORS if any(r["allocator"] == a for r in data["results"])]
+    lines = [
+        f"The engine from C (csrc/engine built with cc -O2 into one program with the "
+        f"benchmark), {data['align']}-byte aligned objects; median of {data['repeats']} "
+        "repeats, allocators taking turns. ns per alloc+free (per object for remote: a "
+        "producer thread allocates, a consumer frees); in brackets, this / mimalloc's "
+        "(below 1: faster than mimalloc). " + h.environment_sentence(data["environment"]),
+    ]
+    lines += h.quick_lines(data, "counts far too small")
+    lines += [f"- {n}" for n in data.get("notes", [])]
+    for size in data["sizes"]:
+        headers = ["pattern", *present]
+        rows = []
+        for pattern in [*SINGLE, "remote"]:
+            row = [pattern]
+            for a in present:
+                r = by.get((size, pattern, a))
+                if not r:
+                    row.append("-")
+                elif a == "mimalloc":
+                    row.append(f"{r['median']:.1f}")
+                else:
+                    row.append(f"{r['median']:.1f} ({m.fmt_ratio(r.get('vs_mimalloc'))})")
+            rows.append(row)
+        for n in (1, 2):
+            row = [f"threads {n}: Mpairs/s"]
+            for a in present:
+                r = by.get((size, f"threads {n}", a))
+                row.append(f"{r['median']:.1f}" if r else "-")
+            rows.append(row)
+        row = ["2 threads / 1 thread"]
+        for a in present:
+            sc = scaling(data["results"], size, a)
+            row.append(m.fmt_ratio(sc) if sc else "-")
+        rows.append(row)
+        lines += ["", f"{size} B objects:", "", m.markdown_table(headers, rows, set(range(1, 5)))]
+    lines += ["", "Targets:"] + [h.target_line(t) for t in data["targets"]]
+    return "\n".join(lines)
+
+
+def render_callgrind(data: dict[str, Any]) -> str:
+    headers = ["size", "pattern", "instructions per alloc+free"]
+    rows = [
+        [m.fmt_size(r["size"]), r["pattern"], f"{r['instructions_per_pair']:.0f}"]
+        for r in data["results"]
+    ]
+    return (
+        "kmemcache's engine under callgrind (valgrind), cc -O2: instructions per "
+        "alloc+free pair, loop included (the difference between runs of 1e6 and 2e6 "
+        "pairs).\n\n" + m.markdown_table(headers, rows, {2})
+    )
+
+
+if __name__ == "__main__":
+    sys.exit(main())
