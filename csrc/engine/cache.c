@@ -270,6 +270,12 @@ void kmc__arena_uninstall(kmc_cache_t *c, kmc_arena_t *a)
         free(atomic_load(&c->arena_dir[i]));
 }
 
+/* Give an arena's address space back. Its descriptor and metadata mapping
+ * outlive it, with the metadata's pages dropped (they read as zero: no slab
+ * committed), until the next shrink that has taken every thread's heap back,
+ * or the cache's destroy: a free of a stale pointer that read the owner
+ * table just before the arena left it still reads memory that exists.
+ * Cache locked. */
 static void arena_release(kmc_cache_t *c, kmc_arena_t *a)
 {
     if (c->fill_arena == a)
@@ -284,20 +290,35 @@ static void arena_release(kmc_cache_t *c, kmc_arena_t *a)
                 kmc__os_decommit((uint8_t *)a->base + ((size_t)s << c->slab_shift),
                                  c->slab_size);
     }
-    kmc__os_unmap_meta(a->slabs, a->meta_bytes);
+    kmc__os_zero_pages(a->slabs, a->meta_bytes);
     (void)arena_set(c, a->index, NULL);
     c->live_arenas--;
-    free(a);
+    a->next_dead = c->dead_arenas;
+    c->dead_arenas = a;
 }
 
-/* Call @fn on every committed slab, in address order. Cache locked. */
+/* Free the descriptors of arenas released before. Cache locked, and no
+ * thread can hold a pointer to them (see arena_release). */
+static void free_dead_arenas(kmc_cache_t *c)
+{
+    for (kmc_arena_t *a = c->dead_arenas, *next; a; a = next) {
+        next = a->next_dead;
+        kmc__os_unmap_meta(a->slabs, a->meta_bytes);
+        free(a);
+    }
+    c->dead_arenas = NULL;
+}
+
+/* Run @body on every committed slab of the depot, in address order. Cache
+ * locked. */
 #define FOR_EACH_COMMITTED(c, id, s, body)                                        \
     for (uint32_t ai_ = 0; ai_ < (c)->nr_arenas; ai_++) {                          \
         kmc_arena_t *a_ = kmc__arena((c), ai_);                                    \
         for (uint32_t si_ = 0; a_ && si_ < a_->bump; si_++) {                      \
             kmc_slab_t *s = &a_->slabs[si_];                                       \
             uint32_t id = (ai_ << KMC_SLAB_ID_SHIFT) | si_;                        \
-            if (!kmc__slab_committed(kmc__slab_state(s)))                                    \
+            if (!kmc__slab_committed(kmc__slab_state(s)) ||                        \
+                KMC_LOAD(&s->owner) != KMC_DEPOT) /* a heap's still: not ours */   \
                 continue;                                                          \
             body                                                                   \
         }                                                                          \
@@ -312,6 +333,8 @@ uint32_t kmc__depot_merge(kmc_cache_t *c, uint32_t id)
     uint32_t n = kmc__slab_merge_remote(c, id, &late);
     c->d->depot_merged += n + late;
     c->d->depot_late_double += late;
+    if (n)
+        kmc__slab(c, id)->hint = 0; /* a merged bit may be below it */
     return n;
 }
 
@@ -372,7 +395,7 @@ kmc_status kmc_cache_destroy(kmc_cache_t *c)
                            c->name);
     pthread_mutex_lock(&kmc__caches_lock);
     kmc__cache_lock(c);
-    kmc__heaps_take_back(c, false);
+    kmc__heaps_take_back(c, KMC_TAKE_FORCE); /* no other thread uses it now */
     depot_settle(c);
     uint64_t live = live_objects(c);
     if (live) {
@@ -390,6 +413,7 @@ kmc_status kmc_cache_destroy(kmc_cache_t *c)
     for (uint32_t i = 0; i < c->nr_arenas; i++)
         if (kmc__arena(c, i))
             arena_release(c, kmc__arena(c, i));
+    free_dead_arenas(c);
     kmc__cache_unlink(c);
     kmc__cache_unlock(c);
     pthread_mutex_unlock(&kmc__caches_lock);
@@ -1022,7 +1046,8 @@ size_t kmc_cache_shrink(kmc_cache_t *c)
     uint64_t before = c->d->slabs_released;
     if (c->region)
         kmc__shared_flush_mine(c); /* other processes' cached objects stay theirs */
-    kmc__heaps_take_back(c, false);
+    if (kmc__heaps_take_back(c, KMC_TAKE_ALL))
+        free_dead_arenas(c); /* no thread is inside a free that began before */
     depot_settle(c);
     kmc__depot_release_expired(c, 0, true);
     bytes += (c->d->slabs_released - before) * c->slab_size;
@@ -1065,7 +1090,9 @@ static kmc_status validate_locked(kmc_cache_t *c, size_t *problems)
     kmc_status first = KMC_OK;
     uint64_t live = 0, partial = 0, empty = 0, committed_slabs = 0;
     kmc_report_t first_report;
-    kmc__heaps_take_back(c, false);
+    /* without a process-wide barrier, other threads' slabs stay theirs: they
+     * are not walked, and the counters cannot be compared */
+    bool all = kmc__heaps_take_back(c, KMC_TAKE_ALL);
     depot_settle(c);
     if (c->region) /* the records are the truth: bitmaps and lists follow them */
         kmc__shared_validate_begin(c, &count, &first, &first_report);
@@ -1086,8 +1113,8 @@ static kmc_status validate_locked(kmc_cache_t *c, size_t *problems)
         live += KMC_LOAD(&slab->inuse);
     })
     uint64_t counted = live_objects(c);
-    if (live != counted || partial != c->d->partial.count || empty != c->d->empty.count ||
-        committed_slabs != c->d->num_slabs) {
+    if ((all && (live != counted || committed_slabs != c->d->num_slabs)) ||
+        partial != c->d->partial.count || empty != c->d->empty.count) {
         kmc_status st = kmc__report(
             KMC_ECORRUPT, c, NULL,
             "counters of %s do not add up: %llu/%llu live, %llu/%u partial, %llu/%u empty",
@@ -1145,6 +1172,8 @@ void kmc_cache_stats(kmc_cache_t *c, kmc_stats_t *o)
     o->allocs += c->d->depot_allocs;
     o->frees += c->d->depot_frees;
     o->frees -= c->d->depot_late_double;
+    if (o->frees > o->allocs) /* reads racing other threads' counts */
+        o->frees = o->allocs;
     o->active_objs = o->allocs - o->frees;
     o->num_objs = c->d->num_slabs * c->objperslab;
     o->objsize = c->slot_size;
@@ -1178,7 +1207,7 @@ void kmc_cache_stats(kmc_cache_t *c, kmc_stats_t *o)
 void kmc_cache_for_each_live(kmc_cache_t *c, void (*fn)(void *, void *), void *arg)
 {
     kmc__cache_lock(c);
-    kmc__heaps_take_back(c, false);
+    kmc__heaps_take_back(c, KMC_TAKE_ALL);
     depot_settle(c);
     FOR_EACH_COMMITTED(c, id, s, {
         (void)s;

@@ -221,7 +221,7 @@ kmc_status kmc_debug_flip_free_bit(const void *address)
         return kmc__report(KMC_EINVALID_FREE, NULL, address, "0x%llx is in no cache",
                            (unsigned long long)(uintptr_t)address);
     kmc__cache_lock(c);
-    kmc__heaps_take_back(c, false);
+    kmc__heaps_take_back(c, KMC_TAKE_ALL);
     size_t off = (uintptr_t)address - a->base;
     uint32_t sidx = (uint32_t)(off >> c->slab_shift);
     uint32_t idx = (uint32_t)((off & (c->slab_size - 1)) / c->slot_size);

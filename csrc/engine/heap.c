@@ -53,6 +53,13 @@
 
 __thread uint32_t kmc__self __attribute__((tls_model("initial-exec")));
 
+/* cur_remote without a current slab: every bit set, so that the free fast
+ * path's test fails into free_other for any pointer. */
+_Atomic uint64_t kmc__no_remote[KMC_HEAP_BITS] = {
+    UINT64_MAX, UINT64_MAX, UINT64_MAX, UINT64_MAX, UINT64_MAX, UINT64_MAX,
+    UINT64_MAX, UINT64_MAX, UINT64_MAX, UINT64_MAX, UINT64_MAX, UINT64_MAX,
+    UINT64_MAX, UINT64_MAX, UINT64_MAX, UINT64_MAX};
+
 static inline void heap_enter(kmc_heap_t *h)
 {
     KMC_STORE(&h->busy, 1);
@@ -211,6 +218,7 @@ static kmc_heap_t *heap_get(kmc_cache_t *c, uint32_t t)
                 kmc_heap_t *fresh = &ch->heaps[i];
                 fresh->partial = fresh->full = fresh->empty = (kmc_list_t){KMC_NIL, KMC_NIL, 0};
                 fresh->cur_mem = KMC_NO_SLAB;
+                fresh->cur_remote = kmc__no_remote;
             }
             atomic_store_explicit(slot, ch, memory_order_release);
         }
@@ -299,8 +307,45 @@ static void owned_unlist(kmc_cache_t *c, kmc_heap_t *h, uint32_t id)
         KMC_BUMP(&h->fulls, (uint32_t)-1);
 }
 
+/* cur and bits change between these two (cur_gen odd); other threads
+ * read them with cur_read, which retries over a change. */
+static void cur_change(kmc_heap_t *h)
+{
+    atomic_store_explicit(&h->cur_gen, KMC_LOAD(&h->cur_gen) + 1, memory_order_seq_cst);
+}
+
+static void cur_changed(kmc_heap_t *h)
+{
+    atomic_store_explicit(&h->cur_gen, KMC_LOAD(&h->cur_gen) + 1, memory_order_seq_cst);
+}
+
+/* Another thread's consistent read of heap @o: true when @s is its current
+ * slab, with the heap's copy of the bitmap in @bits (words @from to @to).
+ * Without the retry a slab switch between the reads of cur and bits would
+ * show another slab's free bits as @s's. */
+static bool cur_read(kmc_heap_t *o, const kmc_slab_t *s, uint64_t *bits, uint32_t from,
+                     uint32_t to)
+{
+    for (unsigned spins = 0;; spins++) {
+        uint32_t gen = atomic_load_explicit(&o->cur_gen, memory_order_seq_cst);
+        if (!(gen & 1)) {
+            bool current = KMC_LOAD(&o->cur) == s;
+            for (uint32_t w = from; current && w < to; w++)
+                bits[w] = atomic_load_explicit(&o->bits[w], memory_order_seq_cst);
+            if (atomic_load_explicit(&o->cur_gen, memory_order_seq_cst) == gen)
+                return current;
+        }
+        if (spins > 64)
+            sched_yield();
+    }
+}
+
 /* Make owned slab @id (on a heap list) the current one: its bitmap (with the
- * remote bits) moves into the heap, and its own reads all used. */
+ * remote bits) moves into the heap, and its own reads all used. The copy
+ * is published (heap bits, cur, then the state, sequentially consistent)
+ * before the slab's own bitmap is cleared, so that a remote freer, which
+ * reads the state, the slab's bitmap and the state again, finds a free
+ * slot in one copy or the other (see remote_free). */
 static void make_current(kmc_cache_t *c, kmc_heap_t *h, uint32_t id)
 {
     kmc_slab_t *s = kmc__slab(c, id);
@@ -309,42 +354,48 @@ static void make_current(kmc_cache_t *c, kmc_heap_t *h, uint32_t id)
     _Atomic uint64_t *local = kmc__slab_local(c, id);
     KMC_BUMP(&h->cached_other, -(uint64_t)kmc__bits_count(local, c->bitmap_words));
     uint32_t first = KMC_HEAP_BITS;
+    cur_change(h);
     for (uint32_t w = 0; w < KMC_HEAP_BITS; w++) {
         uint64_t x = w < c->bitmap_words ? KMC_LOAD(&local[w]) : 0;
         KMC_STORE(&h->bits[w], x);
         if (x && first == KMC_HEAP_BITS)
             first = w;
-        if (w < c->bitmap_words)
-            KMC_STORE(&local[w], 0);
     }
-    kmc__slab_set_state(s, KMC_SLAB_CURRENT);
     h->cur_id = id;
     h->cur_mem = kmc__slab_mem(c, id);
     h->cur_remote = kmc__slab_remote(c, id);
     h->word = first == KMC_HEAP_BITS ? 0 : first;
     KMC_STORE(&h->cur, s);
+    atomic_store_explicit(&s->state, KMC_SLAB_CURRENT, memory_order_seq_cst);
+    cur_changed(h);
+    for (uint32_t w = 0; w < c->bitmap_words; w++)
+        atomic_store_explicit(&local[w], 0, memory_order_seq_cst);
 }
 
 /* The current slab leaves the heap's bitmap: back into its own, with its
- * count. Owner (busy or locked) or taker. */
-static void cur_unload(kmc_cache_t *c, kmc_heap_t *h)
+ * count, then the state (@state), then the heap's copy is cleared: the
+ * reverse order of make_current. Owner (busy or locked) or taker. */
+static void cur_unload(kmc_cache_t *c, kmc_heap_t *h, uint8_t state)
 {
     kmc_slab_t *s = KMC_LOAD(&h->cur);
     _Atomic uint64_t *local = kmc__slab_local(c, h->cur_id);
     uint32_t nfree = 0;
-    for (uint32_t w = 0; w < KMC_HEAP_BITS; w++) {
+    for (uint32_t w = 0; w < c->bitmap_words; w++) {
         uint64_t x = KMC_LOAD(&h->bits[w]);
-        if (w < c->bitmap_words)
-            KMC_STORE(&local[w], x);
+        atomic_store_explicit(&local[w], x, memory_order_seq_cst);
         nfree += (uint32_t)__builtin_popcountll(x);
-        KMC_STORE(&h->bits[w], 0);
     }
     KMC_STORE(&s->inuse, c->objperslab - nfree);
+    atomic_store_explicit(&s->state, state, memory_order_seq_cst);
+    cur_change(h);
+    for (uint32_t w = 0; w < KMC_HEAP_BITS; w++)
+        atomic_store_explicit(&h->bits[w], 0, memory_order_seq_cst);
     KMC_BUMP(&h->cached_other, nfree);
     KMC_STORE(&h->cur, NULL);
     h->cur_mem = KMC_NO_SLAB;
-    h->cur_remote = NULL;
+    h->cur_remote = kmc__no_remote;
     h->word = 0;
+    cur_changed(h);
 }
 
 /* The current slab has no free slot left: unless a last merge finds some,
@@ -358,7 +409,7 @@ static bool cur_retire_full(kmc_cache_t *c, kmc_heap_t *h)
         return false;
     }
     uint32_t id = h->cur_id;
-    cur_unload(c, h);
+    cur_unload(c, h, KMC_SLAB_HEAP_FULL);
     kmc__list_push(c, &h->full, id);
     KMC_BUMP(&h->fulls, 1);
     return true;
@@ -380,6 +431,9 @@ static void drain_remote(kmc_cache_t *c, kmc_heap_t *h, uint32_t self, bool clos
         kmc_slab_t *s = kmc__slab(c, id);
         top = KMC_LOAD(&s->remote_next);
         atomic_store_explicit(&s->pushed, 0, memory_order_seq_cst);
+        /* the merge's first look at the remote words must not pass the
+         * store (weakly ordered CPUs): a free after it pushes again */
+        atomic_thread_fence(memory_order_seq_cst);
         if (close || KMC_LOAD(&s->owner) != self)
             continue; /* the flush, or its new owner, merges it */
         if (s == KMC_LOAD(&h->cur)) {
@@ -438,6 +492,8 @@ static void give_back(kmc_cache_t *c, kmc_heap_t *h, uint32_t id)
     KMC_BUMP(&h->cached_other, -(uint64_t)kmc__bits_count(kmc__slab_local(c, id), c->bitmap_words));
     KMC_BUMP(&h->slabs, (uint32_t)-1);
     atomic_store_explicit(&s->owner, KMC_DEPOT, memory_order_seq_cst);
+    /* a push prepared against this heap's stack for this slab now fails */
+    atomic_fetch_add_explicit(&h->remote_head, UINT64_C(1) << 32, memory_order_seq_cst);
     kmc__depot_merge(c, id);
     kmc__depot_place(c, id);
 }
@@ -588,17 +644,31 @@ static void push_remote(kmc_cache_t *c, kmc_slab_t *s, uint32_t id)
             atomic_store_explicit(&s->pushed, 0, memory_order_seq_cst);
             return; /* the depot merges on its next touch */
         }
-        uint64_t head = atomic_load_explicit(&o->remote_head, memory_order_acquire);
+        uint64_t head = atomic_load_explicit(&o->remote_head, memory_order_seq_cst);
         if (stack_low(head) == KMC_STACK_CLOSED) {
             sched_yield();
             continue;
         }
+        /* still the owner after the head was read? A slab that leaves a
+         * heap bumps its stack's generation, so the CAS below then fails */
+        if (atomic_load_explicit(&s->owner, memory_order_seq_cst) != owner)
+            continue;
         KMC_STORE(&s->remote_next, stack_low(head));
         if (atomic_compare_exchange_weak_explicit(&o->remote_head, &head,
                                                   stack_gen(head) << 32 | (id + 1),
                                                   memory_order_release, memory_order_relaxed))
             return;
     }
+}
+
+/* Is slot @idx free in the heap copy of current slab @s's bitmap? */
+static bool heap_has_free(const kmc_cache_t *c, kmc_slab_t *s, uint32_t idx)
+{
+    uint32_t owner = KMC_LOAD(&s->owner);
+    kmc_heap_t *o = owner == KMC_DEPOT ? NULL : kmc__heap_at(c, owner - 1);
+    uint64_t bits[KMC_HEAP_BITS];
+    return o && cur_read(o, s, bits, idx / 64, idx / 64 + 1) &&
+           (bits[idx / 64] & (UINT64_C(1) << (idx % 64)));
 }
 
 /* A free into a slab another heap owns. Busy on the freeing thread's own
@@ -609,14 +679,20 @@ static kmc_status remote_free(kmc_cache_t *c, kmc_heap_t *me, kmc_arena_t *a, ui
     kmc_slab_t *s = &a->slabs[sidx];
     size_t word = (size_t)sidx * c->bitmap_words + idx / 64;
     uint64_t bit = UINT64_C(1) << (idx % 64);
-    if (KMC_LOAD(&a->local[word]) & bit)
+    /* The slot's free bit is in the slab's bitmap, or in its owner's heap
+     * while the slab is current. Read the state, the slab's bitmap, and the
+     * state again (all sequentially consistent): make_current and
+     * cur_unload publish the new copy before clearing the old, so a free
+     * slot shows in one of the reads. */
+    uint8_t state = atomic_load_explicit(&s->state, memory_order_seq_cst);
+    if (state == KMC_SLAB_CURRENT && heap_has_free(c, s, idx))
         return double_free(c, p);
-    if (kmc__slab_state(s) == KMC_SLAB_CURRENT) { /* its bitmap is in its heap */
-        uint32_t owner = KMC_LOAD(&s->owner);
-        kmc_heap_t *o = owner == KMC_DEPOT ? NULL : kmc__heap_at(c, owner - 1);
-        if (o && KMC_LOAD(&o->cur) == s && (KMC_LOAD(&o->bits[idx / 64]) & bit))
-            return double_free(c, p);
-    }
+    if (atomic_load_explicit(&a->local[word], memory_order_seq_cst) & bit)
+        return double_free(c, p);
+    if (state != KMC_SLAB_CURRENT &&
+        atomic_load_explicit(&s->state, memory_order_seq_cst) == KMC_SLAB_CURRENT &&
+        heap_has_free(c, s, idx))
+        return double_free(c, p);
     if (atomic_fetch_or_explicit(&a->remote[word], bit, memory_order_seq_cst) & bit)
         return double_free(c, p);
     KMC_COUNT(&me->remote_frees);
@@ -712,7 +788,7 @@ void kmc__heap_flush(kmc_cache_t *c, kmc_heap_t *h, bool close)
     drain_remote(c, h, 0, true);
     if (KMC_LOAD(&h->cur)) {
         uint32_t id = h->cur_id;
-        cur_unload(c, h);
+        cur_unload(c, h, KMC_SLAB_HEAP_PARTIAL); /* on no list: give_back places it */
         give_back(c, h, id);
     }
     kmc_list_t *lists[] = {&h->partial, &h->full, &h->empty};
@@ -743,22 +819,63 @@ static uint64_t ops_of(kmc_heap_t *h)
     return KMC_LOAD(&h->allocs) + KMC_LOAD(&h->frees) + KMC_LOAD(&h->remote_frees);
 }
 
-/* Take heaps back to the depot: every heap (and wait for every remote free
- * in flight, so that the caller may unmap slabs), or with @idle_only those
- * that hold an empty slab and did nothing since the last call. Returns true
- * when some heap was busy since the last idle call (come back later).
- * Cache locked. */
-bool kmc__heaps_take_back(kmc_cache_t *c, bool idle_only)
+/* Set or clear the request of every heap of @c but the caller's. */
+static void request_all(kmc_cache_t *c, uint8_t on)
 {
     uint32_t me = kmc__self - 1;
-    kmc_heap_t *wanted[KMC_MAX_HEAPS];
-    uint32_t nwanted = 0;
-    bool active = false;
+    for (uint32_t i = 0; i < KMC_MAX_HEAPS; i += 1u << KMC_HEAP_CHUNK_SHIFT) {
+        if (!atomic_load_explicit(&c->chunks[i >> KMC_HEAP_CHUNK_SHIFT], memory_order_acquire))
+            continue;
+        for (uint32_t j = i; j < i + (1u << KMC_HEAP_CHUNK_SHIFT); j++)
+            if (j != me)
+                atomic_store_explicit(&kmc__heap_at(c, j)->request, on, memory_order_release);
+    }
+}
+
+/* Wait until no heap of @c but the caller's is inside a fast path. */
+static void wait_idle(kmc_cache_t *c)
+{
+    uint32_t me = kmc__self - 1;
     for (uint32_t i = 0; i < KMC_MAX_HEAPS; i += 1u << KMC_HEAP_CHUNK_SHIFT) {
         if (!atomic_load_explicit(&c->chunks[i >> KMC_HEAP_CHUNK_SHIFT], memory_order_acquire))
             continue;
         for (uint32_t j = i; j < i + (1u << KMC_HEAP_CHUNK_SHIFT); j++) {
             kmc_heap_t *h = kmc__heap_at(c, j);
+            for (unsigned spins = 0;
+                 j != me && atomic_load_explicit(&h->busy, memory_order_acquire); spins++)
+                if (spins > 64)
+                    sched_yield();
+        }
+    }
+}
+
+void kmc__heaps_hold(kmc_cache_t *c, bool on)
+{
+    request_all(c, on);
+}
+
+void kmc__heaps_wait_idle(kmc_cache_t *c) { wait_idle(c); }
+
+/* Take heaps back to the depot. KMC_TAKE_ALL: every heap, after the
+ * handshake, which also waits for every remote free in flight (busy on its
+ * own heap), so that the caller may then unmap slabs; without a process-wide
+ * barrier only the caller's heap, and false is returned (other heaps' slabs
+ * stay theirs: walkers skip them). KMC_TAKE_FORCE: every heap, with no
+ * handshake: no other thread may be using the cache (destroy, a forked
+ * child). KMC_TAKE_IDLE: the heaps that hold an empty slab and did nothing
+ * since the last such call; true when some heap was busy since then (come
+ * back later). Cache locked. */
+bool kmc__heaps_take_back(kmc_cache_t *c, kmc_take mode)
+{
+    uint32_t me = kmc__self - 1;
+    bool active = false, idle_only = mode == KMC_TAKE_IDLE;
+    bool any_other = false;
+    for (uint32_t i = 0; i < KMC_MAX_HEAPS; i += 1u << KMC_HEAP_CHUNK_SHIFT) {
+        if (!atomic_load_explicit(&c->chunks[i >> KMC_HEAP_CHUNK_SHIFT], memory_order_acquire))
+            continue;
+        for (uint32_t j = i; j < i + (1u << KMC_HEAP_CHUNK_SHIFT); j++) {
+            kmc_heap_t *h = kmc__heap_at(c, j);
+            h->taking = 0;
             if (idle_only) {
                 uint64_t ops = ops_of(h);
                 bool idle = ops == h->seen_ops;
@@ -772,37 +889,43 @@ bool kmc__heaps_take_back(kmc_cache_t *c, bool idle_only)
                 if (!holds_empty(c, h))
                     continue;
             }
+            if (j == me || mode == KMC_TAKE_FORCE) {
+                kmc__heap_flush(c, h, j != me);
+                continue;
+            }
             /* otherwise every heap, holding slabs or not: a thread inside
              * a remote free is busy on its own heap, and the caller may be
              * about to unmap the slab it touches */
-            if (j == me) {
-                kmc__heap_flush(c, h, false);
-                continue;
-            }
             atomic_store_explicit(&h->request, 1, memory_order_relaxed);
-            wanted[nwanted++] = h;
+            h->taking = 1;
+            any_other = true;
         }
     }
-    if (!nwanted)
-        return active;
-    if (kmc__os_barrier() != 0) {
-        /* without a process-wide barrier other threads' heaps stay theirs
-         * (only their memory is not given back early) */
-        for (uint32_t k = 0; k < nwanted; k++)
-            atomic_store_explicit(&wanted[k]->request, 0, memory_order_release);
-        return active;
+    if (!any_other)
+        return idle_only ? active : true;
+    bool barrier = kmc__os_barrier() == 0;
+    for (uint32_t i = 0; i < KMC_MAX_HEAPS; i += 1u << KMC_HEAP_CHUNK_SHIFT) {
+        if (!atomic_load_explicit(&c->chunks[i >> KMC_HEAP_CHUNK_SHIFT], memory_order_acquire))
+            continue;
+        for (uint32_t j = i; j < i + (1u << KMC_HEAP_CHUNK_SHIFT); j++) {
+            kmc_heap_t *h = kmc__heap_at(c, j);
+            if (!h->taking)
+                continue;
+            if (barrier) {
+                for (unsigned spins = 0; atomic_load_explicit(&h->busy, memory_order_acquire);
+                     spins++)
+                    if (spins > 64)
+                        sched_yield();
+                if (holds_slabs(h))
+                    kmc__heap_flush(c, h, true);
+            }
+            /* without the barrier other threads' heaps stay theirs (only
+             * their memory is not given back early) */
+            atomic_store_explicit(&h->request, 0, memory_order_release);
+            h->taking = 0;
+        }
     }
-    for (uint32_t k = 0; k < nwanted; k++) {
-        for (unsigned spins = 0; atomic_load_explicit(&wanted[k]->busy, memory_order_acquire);
-             spins++)
-            if (spins > 64)
-                sched_yield();
-        if (holds_slabs(wanted[k]))
-            kmc__heap_flush(c, wanted[k], true);
-    }
-    for (uint32_t k = 0; k < nwanted; k++)
-        atomic_store_explicit(&wanted[k]->request, 0, memory_order_release);
-    return active;
+    return idle_only ? active : barrier;
 }
 
 /* --- what the depot asks of heaps -------------------------------------------------- */
@@ -813,11 +936,7 @@ bool kmc__heap_bits_of(const kmc_cache_t *c, const kmc_slab_t *s, uint64_t *bits
         return false;
     uint32_t owner = KMC_LOAD(&((kmc_slab_t *)s)->owner);
     kmc_heap_t *h = owner == KMC_DEPOT ? NULL : kmc__heap_at(c, owner - 1);
-    if (!h || KMC_LOAD(&h->cur) != s)
-        return false;
-    for (uint32_t w = 0; w < KMC_HEAP_BITS; w++)
-        bits[w] = KMC_LOAD(&h->bits[w]);
-    return true;
+    return h && cur_read(h, s, bits, 0, KMC_HEAP_BITS);
 }
 
 bool kmc__heaps_hold_slabs(const kmc_cache_t *c)
@@ -832,18 +951,29 @@ bool kmc__heaps_hold_slabs(const kmc_cache_t *c)
     return false;
 }
 
+/* The heaps' part of the statistics. While threads work, every "freed"
+ * counter is read before every "allocated" one, so that an object freed is
+ * never counted without its allocation (live counts never go below 0). */
 void kmc__heaps_stats(const kmc_cache_t *c, kmc_stats_t *o, uint64_t *late_double)
 {
     uint64_t remote = atomic_load(&c->d->orphan_remote_frees), merged = 0;
-    uint64_t late = 0, cached = 0;
+    uint64_t late = 0, cached = 0, frees = 0;
+    for (uint32_t i = 0; i < KMC_MAX_HEAPS; i += 1u << KMC_HEAP_CHUNK_SHIFT) {
+        if (!atomic_load(&((kmc_cache_t *)c)->chunks[i >> KMC_HEAP_CHUNK_SHIFT]))
+            continue;
+        for (uint32_t j = i; j < i + (1u << KMC_HEAP_CHUNK_SHIFT); j++) {
+            kmc_heap_t *h = kmc__heap_at(c, j);
+            frees += atomic_load_explicit(&h->frees, memory_order_acquire);
+            remote += atomic_load_explicit(&h->remote_frees, memory_order_acquire);
+        }
+    }
+    atomic_thread_fence(memory_order_seq_cst);
     for (uint32_t i = 0; i < KMC_MAX_HEAPS; i += 1u << KMC_HEAP_CHUNK_SHIFT) {
         if (!atomic_load(&((kmc_cache_t *)c)->chunks[i >> KMC_HEAP_CHUNK_SHIFT]))
             continue;
         for (uint32_t j = i; j < i + (1u << KMC_HEAP_CHUNK_SHIFT); j++) {
             kmc_heap_t *h = kmc__heap_at(c, j);
             o->allocs += KMC_LOAD(&h->allocs);
-            o->frees += KMC_LOAD(&h->frees);
-            remote += KMC_LOAD(&h->remote_frees);
             merged += KMC_LOAD(&h->merged);
             late += KMC_LOAD(&h->late_double);
             cached += KMC_LOAD(&h->cached_other);
@@ -860,7 +990,7 @@ void kmc__heaps_stats(const kmc_cache_t *c, kmc_stats_t *o, uint64_t *late_doubl
             o->partial_slabs += slabs - empty - KMC_LOAD(&h->fulls);
         }
     }
-    o->frees += remote - late;
+    o->frees += frees + remote - late;
     o->remote_frees += remote;
     uint64_t settled = merged + c->d->depot_merged;
     o->cached_objs += cached + (remote > settled ? remote - settled : 0);

@@ -20,7 +20,8 @@
  * Lock order: kmalloc classes lock, caches_lock, cache locks (in list order;
  * a shared cache's is its region's mutex), process slot locks of a region
  * (in slot order), registry lock, large-allocation lock, thread registry
- * lock, purge lock. A process's fast paths take only their own slot lock.
+ * lock, purge lock, options lock. A process's fast paths take only their
+ * own slot lock.
  */
 #ifndef KMC_INTERNAL_H
 #define KMC_INTERNAL_H
@@ -168,6 +169,7 @@ typedef struct kmc_arena_s {
     _Atomic uint64_t *remote;
     uint32_t *orig;              /* NULL unless the cache has red zones */
     size_t meta_bytes;           /* mapped for all of the above */
+    struct kmc_arena_s *next_dead; /* released, not yet freed: see arena_release */
 } kmc_arena_t;
 
 typedef _Atomic(kmc_arena_t *) kmc_arena_slot_t;
@@ -195,6 +197,8 @@ typedef struct kmc_heap_s {
     _Atomic uint64_t frees;      /* objects freed into its own slabs, ever */
     uint32_t cur_id;             /* cur's slab id */
     _Atomic uint32_t max_scan;   /* most bitmap words one alloc skipped */
+    _Atomic uint32_t cur_gen;    /* odd while cur and bits change (a seqlock
+                                  * for other threads' reads of them) */
     /* lines 1-2: the current slab's free bitmap */
     _Atomic uint64_t bits[KMC_HEAP_BITS] __attribute__((aligned(64)));
     /* line 3: the owner's slow paths */
@@ -213,6 +217,7 @@ typedef struct kmc_heap_s {
     _Atomic uint64_t merged;     /* remote frees merged into this heap's slabs */
     _Atomic uint64_t late_double;/* double frees found when merging */
     uint64_t seen_ops;           /* the purge thread's last look at allocs+frees */
+    uint8_t taking;              /* kmc__heaps_take_back's mark, cache locked */
 } kmc_heap_t;
 
 _Static_assert(sizeof(kmc_heap_t) == 320, "a heap is five cache lines");
@@ -221,6 +226,7 @@ _Static_assert(KMC_MAX_SLAB_OBJECTS <= KMC_HEAP_BITS * 64, "a heap holds a slab'
 /* cur_mem without a current slab: any user-space address minus this is
  * above every slab size, so the free fast path needs no second test. */
 #define KMC_NO_SLAB ((uint8_t *)(UINTPTR_MAX - ((uintptr_t)1 << (KMC_MAX_SLAB_SHIFT + 1))))
+extern _Atomic uint64_t kmc__no_remote[KMC_HEAP_BITS]; /* heap.c: its cur_remote */
 
 #define KMC_STACK_CLOSED UINT32_MAX /* low half of remote_head: no pushes */
 
@@ -278,6 +284,7 @@ struct kmc_cache_s {
     uint32_t nr_arenas;           /* entries in use, holes included */
     uint32_t live_arenas;
     kmc_arena_t *fill_arena;      /* the one arena with never-used slab slots */
+    kmc_arena_t *dead_arenas;     /* released arenas whose descriptors remain */
     size_t next_arena;            /* bytes of the next arena */
 
     /* the threads' heaps, made 16 at a time; never freed before the cache */
@@ -487,7 +494,10 @@ void *kmc__heap_alloc_slow(kmc_cache_t *c, int zero);
 kmc_status kmc__heap_free_slow(kmc_cache_t *c, void *p);
 void kmc__heap_flush(kmc_cache_t *c, kmc_heap_t *h, bool close); /* cache locked;
                                   * the heap's thread is quiescent or the caller */
-bool kmc__heaps_take_back(kmc_cache_t *c, bool idle_only); /* cache locked */
+typedef enum kmc_take { KMC_TAKE_IDLE, KMC_TAKE_ALL, KMC_TAKE_FORCE } kmc_take;
+bool kmc__heaps_take_back(kmc_cache_t *c, kmc_take mode); /* cache locked */
+void kmc__heaps_hold(kmc_cache_t *c, bool on);  /* fork: requests, and back */
+void kmc__heaps_wait_idle(kmc_cache_t *c);      /* fork: after the barrier */
 void kmc__heaps_free(kmc_cache_t *c);
 void kmc__heaps_stats(const kmc_cache_t *c, kmc_stats_t *o, uint64_t *late_double);
                                   /* adds the heaps' part; cache locked */
@@ -507,6 +517,7 @@ void kmc__purge_unlock_all(bool child); /* child: no thread */
 
 /* --- options.c */
 long kmc__option(kmc_option option);
+void kmc__options_lock(bool on);          /* fork */
 
 /* --- debug.c: red zones, poison, consistency checks. */
 void kmc__debug_init_slab(kmc_cache_t *c, uint8_t *mem, uint32_t *orig);

@@ -328,7 +328,7 @@ static void *large_alloc(size_t size, size_t align, int zero)
         if (bytes >= LARGE_ZERO_BY_OS)
             kmc__os_zero_pages(p, bytes);
         else
-            memset(p, 0, size);
+            memset(p, 0, bytes); /* all of ksize: krealloc may grow into it */
     }
     if (!p && !(p = kmc__os_map_pages(bytes, a))) {
         kmc__report(KMC_ENOMEM, NULL, NULL, "the OS refused %zu bytes for a large kmalloc",

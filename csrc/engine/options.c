@@ -43,19 +43,28 @@ static void read_env(option_t *o)
     KMC_STORE(&o->value, v);
 }
 
+static pthread_mutex_t options_lock = PTHREAD_MUTEX_INITIALIZER; /* the first reads */
+
 long kmc__option(kmc_option option)
 {
     option_t *o = &options[option];
     if (!atomic_load_explicit(&o->read, memory_order_acquire)) {
-        static pthread_mutex_t lock = PTHREAD_MUTEX_INITIALIZER;
-        pthread_mutex_lock(&lock);
+        pthread_mutex_lock(&options_lock);
         if (!atomic_load(&o->read)) {
             read_env(o);
             atomic_store_explicit(&o->read, 1, memory_order_release);
         }
-        pthread_mutex_unlock(&lock);
+        pthread_mutex_unlock(&options_lock);
     }
     return KMC_LOAD(&o->value);
+}
+
+void kmc__options_lock(bool on)
+{
+    if (on)
+        pthread_mutex_lock(&options_lock);
+    else
+        pthread_mutex_unlock(&options_lock);
 }
 
 long kmc_option_get(kmc_option option)

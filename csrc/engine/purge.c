@@ -32,7 +32,7 @@ static bool purge_pass(void)
     pthread_mutex_lock(&kmc__caches_lock);
     for (kmc_cache_t *c = kmc__caches_first; c; c = c->next_cache) {
         kmc__cache_lock(c);
-        if (c->heaps_on && kmc__heaps_take_back(c, true))
+        if (c->heaps_on && kmc__heaps_take_back(c, KMC_TAKE_IDLE))
             again = true;
         kmc__depot_release_expired(c, now, false);
         if (kmc__depot_has_empty(c))

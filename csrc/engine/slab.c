@@ -64,8 +64,7 @@ void kmc__slab_init_free(kmc_cache_t *c, uint32_t id)
     kmc_slab_t *s = kmc__slab(c, id);
     KMC_STORE(&s->inuse, 0);
     KMC_STORE(&s->owner, KMC_DEPOT);
-    KMC_STORE(&s->pushed, 0);
-    s->hint = 0;
+    s->hint = 0; /* pushed is left as it is: a drain resets it */
 }
 
 uint32_t kmc__bits_count(const _Atomic uint64_t *bits, uint32_t words)

@@ -49,7 +49,9 @@ static void thread_exit(void *arg)
 {
     (void)arg;
     uint32_t self = kmc__self;
-    kmc__self = 0; /* a later call (another key's destructor) registers again */
+    /* a later call (another key's destructor) uses the depot: registering
+     * again could come after the last round of destructors */
+    kmc__self = KMC_NIL;
     if (self - 1 < KMC_MAX_HEAPS) {
         flush_index(self - 1, true);
         release_index(self - 1);
@@ -86,28 +88,43 @@ uint32_t kmc__thread_register(void)
 
 /* --- fork ------------------------------------------------------------------------ */
 
+/* Before fork: every lock, then every other thread out of its fast paths
+ * (the take-back handshake, without taking anything): the child then finds
+ * every heap at a point where its lists are whole. */
 static void fork_prepare(void)
 {
     kmc__kmalloc_lock(false);
     pthread_mutex_lock(&kmc__caches_lock);
-    for (kmc_cache_t *c = kmc__caches_first; c; c = c->next_cache)
-        if (!c->region) /* a shared cache's lock is in the region, not copied */
-            kmc__lock(&c->lock);
+    for (kmc_cache_t *c = kmc__caches_first; c; c = c->next_cache) {
+        if (c->region) /* a shared cache's lock is in the region, not copied */
+            continue;
+        kmc__lock(&c->lock);
+        kmc__heaps_hold(c, true);
+    }
+    if (kmc__os_barrier() == 0)
+        for (kmc_cache_t *c = kmc__caches_first; c; c = c->next_cache)
+            if (!c->region)
+                kmc__heaps_wait_idle(c);
     kmc__registry_lock_all();
     kmc__kmalloc_lock(true);
     pthread_mutex_lock(&threads_lock);
     kmc__purge_lock_all();
+    kmc__options_lock(true);
 }
 
 static void unlock_all(bool child)
 {
+    kmc__options_lock(false);
     kmc__purge_unlock_all(child);
     pthread_mutex_unlock(&threads_lock);
     kmc__kmalloc_unlock(true);
     kmc__registry_unlock_all();
-    for (kmc_cache_t *c = kmc__caches_first; c; c = c->next_cache)
-        if (!c->region)
-            kmc__unlock(&c->lock);
+    for (kmc_cache_t *c = kmc__caches_first; c; c = c->next_cache) {
+        if (c->region)
+            continue;
+        kmc__heaps_hold(c, false);
+        kmc__unlock(&c->lock);
+    }
     pthread_mutex_unlock(&kmc__caches_lock);
     kmc__kmalloc_unlock(false);
 }

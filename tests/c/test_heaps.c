@@ -293,6 +293,238 @@ static void test_debug_caches_bypass_thread_caches(void)
     CHECK_EQ(kmc_cache_destroy(c), KMC_OK);
 }
 
+/* A double free of an object long free, by another thread, while the owner
+ * makes its slab current: the freer must find the free bit in the slab's
+ * bitmap or in the heap's copy, whichever it reads, never neither. */
+static kmc_cache_t *mc_cache;
+static void *volatile mc_obj;
+static atomic_int mc_go, mc_started, mc_stop, mc_stopped, mc_quit;
+static atomic_long mc_accepted;
+
+static void *free_again_and_again(void *arg)
+{
+    (void)arg;
+    for (;;) {
+        while (!atomic_load(&mc_go))
+            if (atomic_load(&mc_quit))
+                return NULL;
+        atomic_store(&mc_go, 0);
+        atomic_store(&mc_started, 1);
+        while (!atomic_load(&mc_stop))
+            if (kmc_cache_free(mc_cache, mc_obj) == KMC_OK) {
+                atomic_fetch_add(&mc_accepted, 1);
+                break;
+            }
+        atomic_store(&mc_stop, 0);
+        atomic_store(&mc_stopped, 1);
+    }
+}
+
+static void test_double_free_racing_a_slab_becoming_current(void)
+{
+    mc_cache = make("current", 64, 0);
+    CHECK(mc_cache != NULL);
+    unsigned n = (unsigned)stats_of(mc_cache).objperslab;
+    void **a = calloc(2 * (size_t)n, sizeof(void *));
+    CHECK(a != NULL);
+    atomic_store(&mc_accepted, 0);
+    pthread_t t;
+    CHECK(pthread_create(&t, NULL, free_again_and_again, NULL) == 0);
+    for (int it = 0; it < 1500 && !atomic_load(&mc_accepted); it++) {
+        for (unsigned i = 0; i <= n; i++) /* the first slab full, the next current */
+            a[i] = kmc_cache_alloc(mc_cache, 0);
+        mc_obj = a[1];
+        kmc_cache_free(mc_cache, a[0]); /* the first slab: partial, two free */
+        kmc_cache_free(mc_cache, a[1]);
+        for (unsigned i = n + 1; i < 2 * n; i++) /* the current one full */
+            a[i] = kmc_cache_alloc(mc_cache, 0);
+        atomic_store(&mc_go, 1);
+        while (!atomic_load(&mc_started))
+            ;
+        atomic_store(&mc_started, 0);
+        for (volatile int k = 0; k < (it % 64) * 4; k++)
+            ;
+        a[0] = kmc_cache_alloc(mc_cache, 0); /* the first slab becomes current */
+        atomic_store(&mc_stop, 1);
+        while (!atomic_load(&mc_stopped))
+            ;
+        atomic_store(&mc_stopped, 0);
+        a[1] = NULL;
+        for (unsigned i = 0; i < 2 * n; i++)
+            if (a[i])
+                CHECK_EQ(kmc_cache_free(mc_cache, a[i]), KMC_OK);
+        kmc_thread_flush();
+    }
+    atomic_store(&mc_quit, 1);
+    pthread_join(t, NULL);
+    CHECK_EQ(atomic_load(&mc_accepted), 0);
+    CHECK_EQ(kmc_cache_validate(mc_cache, NULL), KMC_OK);
+    free(a);
+    CHECK_EQ(kmc_cache_destroy(mc_cache), KMC_OK);
+}
+
+/* fork() while a thread moves slabs in and out of its cache at every few
+ * operations (16 KiB objects, four a slab): the child's caches are whole. */
+static kmc_cache_t *torn_cache;
+static atomic_int torn_stop;
+
+static void *switch_slabs(void *arg)
+{
+    (void)arg;
+    void *held[256] = {0};
+    uint64_t r = 0x9e3779b97f4a7c15ull;
+    while (!atomic_load(&torn_stop)) {
+        r ^= r << 13, r ^= r >> 7, r ^= r << 17;
+        unsigned i = (unsigned)(r % 256);
+        if (held[i]) {
+            TCHECK(kmc_cache_free(torn_cache, held[i]) == KMC_OK);
+            held[i] = NULL;
+        } else {
+            TCHECK((held[i] = kmc_cache_alloc(torn_cache, 0)) != NULL);
+        }
+    }
+    for (int i = 0; i < 256; i++)
+        if (held[i])
+            TCHECK(kmc_cache_free(torn_cache, held[i]) == KMC_OK);
+    return NULL;
+}
+
+static int torn_child(void)
+{
+    kmc_option_set(KMC_OPTION_PURGE_DELAY_MS, 0);
+    void *p[600];
+    for (int i = 0; i < 600; i++)
+        if (!(p[i] = kmc_cache_alloc(torn_cache, 0)) || kmc_owner(p[i], NULL) != torn_cache)
+            return 1;
+    for (int i = 0; i < 600; i++)
+        if (kmc_cache_free(torn_cache, p[i]) != KMC_OK)
+            return 2;
+    if (kmc_cache_validate(torn_cache, NULL) != KMC_OK)
+        return 3;
+    kmc_stats_t s = stats_of(torn_cache);
+    return s.thread_caches == 0 ? 0 : 4;
+}
+
+static void test_fork_while_a_thread_switches_slabs(void)
+{
+    torn_cache = make("torn", 16384, 0);
+    CHECK(torn_cache != NULL);
+    atomic_store(&torn_stop, 0);
+    atomic_store(&thread_failures, 0);
+    pthread_t t;
+    CHECK(pthread_create(&t, NULL, switch_slabs, NULL) == 0);
+    int bad = 0;
+    for (int n = 0; n < 40; n++) {
+        pid_t pid = fork();
+        if (pid == 0)
+            _exit(torn_child());
+        int status = 0;
+        if (pid < 0 || waitpid(pid, &status, 0) != pid || !WIFEXITED(status) ||
+            WEXITSTATUS(status) != 0) {
+            fprintf(stderr, "  child %d: status 0x%x\n", n, status);
+            bad++;
+        }
+    }
+    atomic_store(&torn_stop, 1);
+    pthread_join(t, NULL);
+    CHECK_EQ(bad, 0);
+    CHECK_EQ(atomic_load(&thread_failures), 0);
+    CHECK_EQ(stats_of(torn_cache).active_objs, 0);
+    CHECK_EQ(kmc_cache_validate(torn_cache, NULL), KMC_OK);
+    CHECK_EQ(kmc_cache_destroy(torn_cache), KMC_OK);
+}
+
+/* A double free racing a shrink that releases the object's arena: detected
+ * (double or invalid), never a read of memory given back. */
+static kmc_cache_t *sh_cache;
+static atomic_int sh_stop;
+
+static void *shrink_forever(void *arg)
+{
+    (void)arg;
+    while (!atomic_load(&sh_stop))
+        kmc_cache_shrink(sh_cache);
+    return NULL;
+}
+
+static void test_double_free_racing_shrink(void)
+{
+    sh_cache = make("shrinkrace", 64, 0);
+    CHECK(sh_cache != NULL);
+    atomic_store(&sh_stop, 0);
+    pthread_t t;
+    CHECK(pthread_create(&t, NULL, shrink_forever, NULL) == 0);
+    long wrong = 0;
+    for (int i = 0; i < 20000; i++) {
+        void *p = kmc_cache_alloc(sh_cache, 0);
+        if (!p || kmc_cache_free(sh_cache, p) != KMC_OK)
+            wrong++;
+        kmc_thread_flush(); /* its slab goes to the depot, empty: shrink may release it */
+        for (int k = 0; k < 8; k++) {
+            kmc_status st = (k & 1) ? kmc_free(p) : kmc_cache_free(sh_cache, p);
+            wrong += st != KMC_EDOUBLE_FREE && st != KMC_EINVALID_FREE;
+        }
+    }
+    atomic_store(&sh_stop, 1);
+    pthread_join(t, NULL);
+    CHECK_EQ(wrong, 0);
+    CHECK_EQ(kmc_cache_destroy(sh_cache), KMC_OK);
+}
+
+/* Any pointer, even near the end of the address space, is an invalid free. */
+static void test_wild_pointers_are_invalid_frees(void)
+{
+    kmc_cache_t *c = make("wild", 64, 0);
+    CHECK(c != NULL);
+    void *p = kmc_cache_alloc(c, 0); /* a heap exists... */
+    CHECK_EQ(kmc_cache_free(c, p), KMC_OK);
+    kmc_thread_flush(); /* ...with no current slab */
+    uintptr_t wild[] = {UINTPTR_MAX - ((uintptr_t)1 << 25), UINTPTR_MAX - 63, UINTPTR_MAX,
+                        (uintptr_t)1 << 47, 64};
+    for (size_t i = 0; i < sizeof(wild) / sizeof(wild[0]); i++)
+        CHECK_EQ(kmc_cache_free(c, (void *)wild[i]), KMC_EINVALID_FREE);
+    CHECK_EQ(kmc_cache_destroy(c), KMC_OK);
+}
+
+/* Statistics read while other threads allocate and free never count more
+ * frees than allocations. */
+static kmc_cache_t *st_cache;
+static atomic_int st_stop;
+
+static void *pairs_until_stopped(void *arg)
+{
+    (void)arg;
+    while (!atomic_load(&st_stop)) {
+        void *p = kmc_cache_alloc(st_cache, 0);
+        TCHECK(p && kmc_cache_free(st_cache, p) == KMC_OK);
+    }
+    return NULL;
+}
+
+static void test_stats_read_during_churn_add_up(void)
+{
+    st_cache = make("statsrace", 64, 0);
+    CHECK(st_cache != NULL);
+    void *keep[2] = {kmc_cache_alloc(st_cache, 0), kmc_cache_alloc(st_cache, 0)};
+    CHECK(keep[0] && keep[1]);
+    atomic_store(&st_stop, 0);
+    atomic_store(&thread_failures, 0);
+    pthread_t t;
+    CHECK(pthread_create(&t, NULL, pairs_until_stopped, NULL) == 0);
+    long bad = 0; /* counts move meanwhile, but never below zero */
+    for (int i = 0; i < 300000; i++) {
+        kmc_stats_t s = stats_of(st_cache);
+        bad += s.frees > s.allocs || s.active_objs > s.allocs;
+    }
+    atomic_store(&st_stop, 1);
+    pthread_join(t, NULL);
+    CHECK_EQ(bad, 0);
+    CHECK_EQ(atomic_load(&thread_failures), 0);
+    CHECK_EQ(kmc_cache_free(st_cache, keep[0]), KMC_OK);
+    CHECK_EQ(kmc_cache_free(st_cache, keep[1]), KMC_OK);
+    CHECK_EQ(kmc_cache_destroy(st_cache), KMC_OK);
+}
+
 /* --- the purge delay ---------------------------------------------------------------- */
 
 static void test_empty_memory_goes_back_after_the_purge_delay(void)
@@ -427,6 +659,7 @@ static void test_fork_while_threads_churn(void)
 static kmc_cache_t *xcaches[3];
 static const size_t xsize[3] = {16, 200, 5000};
 static _Atomic(uint64_t *) slots[SLOTS];
+static pthread_barrier_t xstart; /* the exchangers of a wave start together */
 
 /* An object carries its size class and a tag in its first and last words. */
 static uint64_t *tagged(uint64_t tag)
@@ -449,6 +682,7 @@ static int tag_ok(const uint64_t *p)
 static void *exchanger(void *arg)
 {
     uint64_t r = (uint64_t)(uintptr_t)arg * 0x2545f4914f6cdd1dull + 1;
+    pthread_barrier_wait(&xstart);
     for (int i = 0; i < 20000; i++) {
         r ^= r << 13, r ^= r >> 7, r ^= r << 17;
         uint64_t *mine = tagged(r | 1);
@@ -456,7 +690,10 @@ static void *exchanger(void *arg)
         uint64_t *theirs = atomic_exchange(&slots[r % SLOTS], mine);
         if (theirs) {
             TCHECK(tag_ok(theirs));
-            TCHECK(kmc_free(theirs) == KMC_OK); /* often another thread's slab */
+            kmc_status st = kmc_free(theirs); /* often another thread's slab */
+            if (st != KMC_OK)
+                fprintf(stderr, "  free %p: %s\n", (void *)theirs, kmc_last_report()->message);
+            TCHECK(st == KMC_OK);
         }
         if ((r & 0x3ff) == 0)
             kmc_cache_shrink(xcaches[(r >> 10) % 3]); /* takes back live threads' caches */
@@ -469,6 +706,7 @@ static void test_threads_exchange_tagged_objects_and_come_and_go(void)
     for (int k = 0; k < 3; k++)
         CHECK((xcaches[k] = make("exchange", xsize[k], 0)) != NULL);
     atomic_store(&thread_failures, 0);
+    CHECK(pthread_barrier_init(&xstart, NULL, EXCHANGERS) == 0);
     for (int wave = 0; wave < WAVES; wave++) {
         pthread_t t[EXCHANGERS];
         for (uintptr_t i = 0; i < EXCHANGERS; i++)
@@ -477,6 +715,7 @@ static void test_threads_exchange_tagged_objects_and_come_and_go(void)
         for (int i = 0; i < EXCHANGERS; i++)
             pthread_join(t[i], NULL);
     }
+    pthread_barrier_destroy(&xstart);
     CHECK_EQ(atomic_load(&thread_failures), 0);
     for (int i = 0; i < SLOTS; i++) {
         uint64_t *p = atomic_exchange(&slots[i], NULL);
@@ -592,6 +831,11 @@ int main(void)
     RUN(test_shrink_takes_back_an_idle_threads_cache);
     RUN(test_thread_exit_gives_its_cache_back);
     RUN(test_destroy_while_another_threads_cache_holds_slabs);
+    RUN(test_double_free_racing_a_slab_becoming_current);
+    RUN(test_fork_while_a_thread_switches_slabs);
+    RUN(test_double_free_racing_shrink);
+    RUN(test_wild_pointers_are_invalid_frees);
+    RUN(test_stats_read_during_churn_add_up);
     RUN(test_debug_caches_bypass_thread_caches);
     RUN(test_empty_memory_goes_back_after_the_purge_delay);
     RUN(test_fork_while_threads_churn);

@@ -335,6 +335,23 @@ static void test_kmalloc_red_zone(void)
     CHECK_EQ(kmc_kmalloc_install((unsigned)i, old), KMC_OK);
 }
 
+/* kzalloc of a kept large run zeroes all of it (ksize), not just the size
+ * asked for: krealloc may grow into the rest. */
+static void test_kzalloc_of_a_kept_run_zeroes_all_of_it(void)
+{
+    kmc_kmalloc_shrink();
+    uint8_t *p = kmc_kmalloc(12 * KiB, 0);
+    CHECK(p != NULL);
+    memset(p, 0xee, 12 * KiB);
+    CHECK_EQ(kmc_kfree(p), KMC_OK);
+    uint8_t *q = kmc_kzalloc(10000, 0); /* the same run */
+    CHECK(q == p);
+    CHECK_EQ(kmc_ksize(q), 12 * KiB);
+    for (size_t b = 0; b < 12 * KiB; b++)
+        CHECK(q[b] == 0);
+    CHECK_EQ(kmc_kfree(q), KMC_OK);
+}
+
 /* --- kfree ------------------------------------------------------------------------ */
 
 static void test_kfree_any_object_and_nothing_else(void)
@@ -589,5 +606,6 @@ int main(void)
     RUN(test_install);
     RUN(test_threads);
     RUN(test_kmalloc_red_zone);
+    RUN(test_kzalloc_of_a_kept_run_zeroes_all_of_it);
     return TESTS_DONE();
 }
