@@ -134,6 +134,7 @@ static void fork_child(void)
         used[w] = 0;
     if (me < KMC_MAX_HEAPS)
         used[me / 64] |= UINT64_C(1) << (me % 64);
+    kmc__purge_defer(true);
     for (kmc_cache_t *c = kmc__caches_first; c; c = c->next_cache) {
         bool torn = false;
         kmc__lock(&c->lock);
@@ -153,6 +154,7 @@ static void fork_child(void)
             kmc__depot_recount(c);
         kmc__unlock(&c->lock);
     }
+    kmc__purge_defer(false);
 }
 
 static void init_once(void)
