@@ -297,16 +297,39 @@ static void arena_release(kmc_cache_t *c, kmc_arena_t *a)
     c->dead_arenas = a;
 }
 
-/* Free the descriptors of arenas released before. Cache locked, and no
- * thread can hold a pointer to them (see arena_release). */
+static void spare_arena(kmc_cache_t *c, kmc_arena_t *a)
+{
+    if (a) {
+        a->next_dead = c->spare_arenas;
+        c->spare_arenas = a;
+    }
+}
+
+/* Unmap the metadata of arenas released before; their descriptors become
+ * spares. Cache locked, and every heap seen idle since they were released:
+ * no free path still reads their metadata (see arena_release). */
 static void free_dead_arenas(kmc_cache_t *c)
 {
     for (kmc_arena_t *a = c->dead_arenas, *next; a; a = next) {
         next = a->next_dead;
         kmc__os_unmap_meta(a->slabs, a->meta_bytes);
-        free(a);
+        spare_arena(c, a);
     }
     c->dead_arenas = NULL;
+}
+
+/* The descriptors themselves are type-stable while the cache lives: kept
+ * for its next arenas, freed at destroy. kmc_owner reads a descriptor
+ * without any lock, and one that read the owner table before the arena
+ * left it still finds this cache in it (every other field is checked
+ * again by the free paths, which look the address up anew). */
+static void free_spare_arenas(kmc_cache_t *c)
+{
+    for (kmc_arena_t *a = c->spare_arenas, *next; a; a = next) {
+        next = a->next_dead;
+        free(a);
+    }
+    c->spare_arenas = NULL;
 }
 
 /* Run @body on every committed slab of the depot, in address order. Cache
@@ -414,6 +437,7 @@ kmc_status kmc_cache_destroy(kmc_cache_t *c)
         if (kmc__arena(c, i))
             arena_release(c, kmc__arena(c, i));
     free_dead_arenas(c);
+    free_spare_arenas(c);
     kmc__cache_unlink(c);
     kmc__cache_unlock(c);
     pthread_mutex_unlock(&kmc__caches_lock);
@@ -442,15 +466,21 @@ static kmc_status arena_new(kmc_cache_t *c, kmc_arena_t **out)
     uint32_t nslabs = (uint32_t)(bytes >> c->slab_shift);
     size_t local_at, remote_at, orig_at;
     size_t meta = meta_layout(c, nslabs, &local_at, &remote_at, &orig_at);
-    kmc_arena_t *a = calloc(1, sizeof(*a));
+    kmc_arena_t *a = c->spare_arenas;
+    if (a)
+        c->spare_arenas = a->next_dead;
+    else
+        a = calloc(1, sizeof(*a));
     void *base = a ? kmc__os_reserve(bytes, bytes) : NULL;
     uint8_t *m = base ? kmc__os_map_meta(meta) : NULL;
     if (!m) {
         if (base)
             kmc__os_unreserve(base, bytes);
-        free(a);
+        spare_arena(c, a);
         return kmc__report(KMC_ENOMEM, c, NULL, "the OS refused %zu bytes for an arena", bytes);
     }
+    a->bump = a->live_slabs = a->pinned = 0;
+    a->next_dead = NULL;
     a->base = (uintptr_t)base;
     a->bytes = bytes;
     a->index = index;
@@ -465,7 +495,7 @@ static kmc_status arena_new(kmc_cache_t *c, kmc_arena_t **out)
         (void)arena_set(c, index, NULL);
         kmc__os_unmap_meta(m, meta);
         kmc__os_unreserve(base, bytes);
-        free(a);
+        spare_arena(c, a);
         return kmc__report(KMC_ENOMEM, c, NULL, "no memory for the owner table");
     }
     if (index == c->nr_arenas)

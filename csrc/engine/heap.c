@@ -707,75 +707,84 @@ kmc_status kmc__heap_free_slow(kmc_cache_t *c, void *p)
     kmc__report_clear();
     uint32_t self = 0;
     kmc_heap_t *h = my_heap(c, &self);
+    uintptr_t addr = (uintptr_t)p;
     for (;;) {
-        uintptr_t addr = (uintptr_t)p;
-        kmc_arena_t *a = kmc__registry_lookup(addr);
         bool owned = false;
-        if (h && a && a->cache == c) {
-            size_t off = addr - a->base;
-            size_t in = off & (c->slab_size - 1);
-            uint32_t idx = (uint32_t)(((unsigned __int128)in * c->slot_recip) >> 48);
-            uint32_t sidx = (uint32_t)(off >> c->slab_shift);
-            kmc_slab_t *s = &a->slabs[sidx];
-            uint32_t id = (a->index << KMC_SLAB_ID_SHIFT) | sidx;
-            if ((size_t)idx * c->slot_size == in && idx < c->objperslab && sidx < a->nslabs &&
-                KMC_LOAD(&s->owner) != KMC_DEPOT) {
-                heap_enter(h);
-                if (heap_wanted(h)) {
-                    heap_leave(h);
-                    kmc__lock(&c->lock); /* the taker holds it: wait */
-                    kmc__unlock(&c->lock);
-                    continue;
-                }
-                uint32_t owner = KMC_LOAD(&s->owner);
-                kmc_status st = KMC_OK;
-                bool trim = false;
-                if (owner == self)
-                    st = owned_free(c, h, s, id, idx, p, &trim);
-                else if (owner != KMC_DEPOT)
-                    st = remote_free(c, h, a, sidx, idx, p);
+        if (h) {
+            /* busy before the owner lookup: shrink unmaps released arenas'
+             * metadata only after every heap was seen idle */
+            heap_enter(h);
+            if (heap_wanted(h)) {
                 heap_leave(h);
-                if (owner == KMC_DEPOT)
-                    continue; /* given back meanwhile */
-                if (trim) {
-                    kmc__lock(&c->lock);
-                    heap_trim(c, h);
-                    kmc__unlock(&c->lock);
-                }
-                return st;
+                kmc__lock(&c->lock); /* the taker holds it: wait */
+                kmc__unlock(&c->lock);
+                continue;
             }
+            kmc_arena_t *a = kmc__registry_lookup(addr);
+            if (a && a->cache == c) {
+                size_t off = addr - a->base;
+                size_t in = off & (c->slab_size - 1);
+                uint32_t idx = (uint32_t)(((unsigned __int128)in * c->slot_recip) >> 48);
+                uint32_t sidx = (uint32_t)(off >> c->slab_shift);
+                kmc_slab_t *s = &a->slabs[sidx];
+                uint32_t id = (a->index << KMC_SLAB_ID_SHIFT) | sidx;
+                uint32_t owner;
+                if ((size_t)idx * c->slot_size == in && idx < c->objperslab &&
+                    sidx < a->nslabs && (owner = KMC_LOAD(&s->owner)) != KMC_DEPOT) {
+                    kmc_status st = KMC_OK;
+                    bool trim = false;
+                    if (owner == self)
+                        st = owned_free(c, h, s, id, idx, p, &trim);
+                    else
+                        st = remote_free(c, h, a, sidx, idx, p);
+                    heap_leave(h);
+                    if (trim) {
+                        kmc__lock(&c->lock);
+                        heap_trim(c, h);
+                        kmc__unlock(&c->lock);
+                    }
+                    return st;
+                }
+            }
+            heap_leave(h);
         }
         kmc_status st = kmc__depot_free(c, p, &owned);
         if (!owned)
             return st;
-        if (!h) {
-            /* a thread without a heap frees into a heap's slab: under the
-             * lock, so that shrink cannot unmap the slab meanwhile */
-            kmc__lock(&c->lock);
-            size_t off = addr - a->base;
-            uint32_t sidx = (uint32_t)(off >> c->slab_shift);
-            uint32_t idx = (uint32_t)((((unsigned __int128)(off & (c->slab_size - 1))) *
-                                       c->slot_recip) >> 48);
-            kmc_slab_t *s = &a->slabs[sidx];
-            uint32_t id = (a->index << KMC_SLAB_ID_SHIFT) | sidx;
-            kmc_status rst = KMC_OK;
-            if (KMC_LOAD(&s->owner) == KMC_DEPOT) {
-                kmc__unlock(&c->lock);
-                continue;
-            }
-            uint32_t w = idx / 64;
-            uint64_t bit = UINT64_C(1) << (idx % 64);
-            if ((KMC_LOAD(&kmc__slab_local(c, id)[w]) & bit) ||
-                (atomic_fetch_or(&kmc__slab_remote(c, id)[w], bit) & bit))
-                rst = double_free(c, p);
-            else
-                atomic_fetch_add(&c->d->orphan_remote_frees, 1);
-            if (rst == KMC_OK && atomic_load(&s->state) == KMC_SLAB_HEAP_FULL &&
-                !atomic_exchange(&s->pushed, 1))
-                push_remote(c, s, id);
+        if (h)
+            continue; /* a heap's slab after all: the path above */
+        /* a thread without a heap frees into a heap's slab: under the lock,
+         * so that shrink cannot unmap the slab meanwhile (the arena is
+         * looked up again: it may have been released since) */
+        kmc__lock(&c->lock);
+        kmc_arena_t *a = kmc__registry_lookup(addr);
+        if (!a || a->cache != c) {
             kmc__unlock(&c->lock);
-            return rst;
+            continue; /* the depot path reports it */
         }
+        size_t off = addr - a->base;
+        uint32_t sidx = (uint32_t)(off >> c->slab_shift);
+        uint32_t idx =
+            (uint32_t)((((unsigned __int128)(off & (c->slab_size - 1))) * c->slot_recip) >> 48);
+        kmc_slab_t *s = &a->slabs[sidx];
+        uint32_t id = (a->index << KMC_SLAB_ID_SHIFT) | sidx;
+        kmc_status rst = KMC_OK;
+        if (KMC_LOAD(&s->owner) == KMC_DEPOT) {
+            kmc__unlock(&c->lock);
+            continue;
+        }
+        uint32_t w = idx / 64;
+        uint64_t bit = UINT64_C(1) << (idx % 64);
+        if ((KMC_LOAD(&kmc__slab_local(c, id)[w]) & bit) ||
+            (atomic_fetch_or(&kmc__slab_remote(c, id)[w], bit) & bit))
+            rst = double_free(c, p);
+        else
+            atomic_fetch_add(&c->d->orphan_remote_frees, 1);
+        if (rst == KMC_OK && atomic_load(&s->state) == KMC_SLAB_HEAP_FULL &&
+            !atomic_exchange(&s->pushed, 1))
+            push_remote(c, s, id);
+        kmc__unlock(&c->lock);
+        return rst;
     }
 }
 

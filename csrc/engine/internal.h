@@ -169,7 +169,7 @@ typedef struct kmc_arena_s {
     _Atomic uint64_t *remote;
     uint32_t *orig;              /* NULL unless the cache has red zones */
     size_t meta_bytes;           /* mapped for all of the above */
-    struct kmc_arena_s *next_dead; /* released, not yet freed: see arena_release */
+    struct kmc_arena_s *next_dead; /* on dead_arenas or spare_arenas */
 } kmc_arena_t;
 
 typedef _Atomic(kmc_arena_t *) kmc_arena_slot_t;
@@ -285,6 +285,7 @@ struct kmc_cache_s {
     uint32_t live_arenas;
     kmc_arena_t *fill_arena;      /* the one arena with never-used slab slots */
     kmc_arena_t *dead_arenas;     /* released arenas whose descriptors remain */
+    kmc_arena_t *spare_arenas;    /* descriptors of freed arenas, for new ones */
     size_t next_arena;            /* bytes of the next arena */
 
     /* the threads' heaps, made 16 at a time; never freed before the cache */
@@ -514,6 +515,7 @@ void kmc__purge_arm(void);                /* something will expire: wake up late
 uint32_t kmc__purge_delay_ms(void);
 void kmc__purge_lock_all(void);           /* fork */
 void kmc__purge_unlock_all(bool child); /* child: no thread */
+void kmc__purge_defer(bool on);           /* a forked child's handler: start none */
 
 /* --- options.c */
 long kmc__option(kmc_option option);

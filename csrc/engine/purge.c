@@ -63,10 +63,19 @@ static void *purge_thread(void *arg)
     return NULL;
 }
 
+/* Set while a forked child's handler gives the other threads' heaps back:
+ * no thread is started there (ThreadSanitizer cannot follow one, and POSIX
+ * allows little in a child before it returns from fork). The empty slabs
+ * wait for the child's next arming, or its shrink(). */
+static _Atomic bool arm_deferred;
+
+void kmc__purge_defer(bool on) { atomic_store_explicit(&arm_deferred, on, memory_order_relaxed); }
+
 void kmc__purge_arm(void)
 {
-    if (atomic_load_explicit(&armed, memory_order_relaxed) || kmc__purge_delay_ms() == 0 ||
-        atomic_exchange(&armed, 1))
+    if (atomic_load_explicit(&armed, memory_order_relaxed) ||
+        atomic_load_explicit(&arm_deferred, memory_order_relaxed) ||
+        kmc__purge_delay_ms() == 0 || atomic_exchange(&armed, 1))
         return;
     pthread_mutex_lock(&purge_lock);
     if (!started) {

@@ -140,6 +140,7 @@ static void fork_child(void)
         used[w] = 0;
     if (me < KMC_MAX_HEAPS)
         used[me / 64] |= UINT64_C(1) << (me % 64);
+    kmc__purge_defer(true);
     for (kmc_cache_t *c = kmc__caches_first; c; c = c->next_cache) {
         if (c->region) {
             /* the child is another process: it gets a slot of its own when
@@ -165,6 +166,7 @@ static void fork_child(void)
             kmc__depot_recount(c);
         kmc__cache_unlock(c);
     }
+    kmc__purge_defer(false);
 }
 
 static void init_once(void)
