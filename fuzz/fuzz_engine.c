@@ -36,10 +36,10 @@ static unsigned next_byte(input_t *in) { return in->at < in->size ? in->data[in-
 
 static unsigned next_u16(input_t *in) { return next_byte(in) | next_byte(in) << 8; }
 
-#define FIND(cond)                                                                     \
-    do {                                                                               \
-        if (!(cond))                                                                   \
-            abort();                                                                   \
+#define FIND(cond)   \
+    do {             \
+        if (!(cond)) \
+            abort(); \
     } while (0)
 
 static void check_contents(const live_t *o)

@@ -24,26 +24,26 @@
 
 typedef struct CacheObject {
     PyObject_HEAD
-    kmc_cache_t *cache;    /* NULL once destroyed */
-    PyObject *ctor;        /* callable or NULL */
-    PyObject *track;       /* callable(event, address) or NULL: STORE_USER */
-    PyObject *ctor_error;  /* exception raised by ctor during the last grow */
-    PyObject *dict;        /* instance attributes; made with the object, see
+    kmc_cache_t *cache;   /* NULL once destroyed */
+    PyObject *ctor;       /* callable or NULL */
+    PyObject *track;      /* callable(event, address) or NULL: STORE_USER */
+    PyObject *ctor_error; /* exception raised by ctor during the last grow */
+    PyObject *dict;       /* instance attributes; made with the object, see
                             * Cache_Type */
     PyObject *weakrefs;
-    Py_ssize_t size;       /* the object size, cached for handle creation */
-    int in_ctor;           /* ctor calls running: a slab is being built */
-    int initialised;       /* __init__ succeeded once (else "uninitialised") */
-    int shared;            /* a SharedCacheObject (shared_type.c) */
+    Py_ssize_t size; /* the object size, cached for handle creation */
+    int in_ctor;     /* ctor calls running: a slab is being built */
+    int initialised; /* __init__ succeeded once (else "uninitialised") */
+    int shared;      /* a SharedCacheObject (shared_type.c) */
 } CacheObject;
 
 /* A handle: one object of one cache. */
 typedef struct HandleObject {
     PyObject_HEAD
-    char *ptr;             /* NULL once freed */
-    Py_ssize_t size;       /* len(); at most the cache's size */
-    Py_ssize_t exports;    /* live buffer views */
-    CacheObject *owner;    /* strong reference; NULL for kmalloc's pages and
+    char *ptr;          /* NULL once freed */
+    Py_ssize_t size;    /* len(); at most the cache's size */
+    Py_ssize_t exports; /* live buffer views */
+    CacheObject *owner; /* strong reference; NULL for kmalloc's pages and
                               zero-size objects, which no cache holds */
 } HandleObject;
 
@@ -54,10 +54,10 @@ extern PyTypeObject Handle_Type;
  * engine cache lives in a shared-memory region. */
 typedef struct SharedCacheObject {
     CacheObject base;
-    uint64_t nonce;        /* the region's, for references to it */
-    PyObject *dups;        /* {(offset, gen): n}: handles of an object beyond
+    uint64_t nonce;     /* the region's, for references to it */
+    PyObject *dups;     /* {(offset, gen): n}: handles of an object beyond
                             * the first in this process; NULL until needed */
-    Py_ssize_t handles;    /* live handles of this cache in this process */
+    Py_ssize_t handles; /* live handles of this cache in this process */
 } SharedCacheObject;
 
 /* A handle of a shared object (kmemcache.SharedObject): a handle with the
@@ -99,14 +99,14 @@ PyObject *kmcpy_exception_for(kmc_status status);
 int kmcpy_raise(kmc_status status);
 
 /* Raise for a misuse found by the binding itself (freed handle, ...). */
-int kmcpy_raise_message(kmc_status status, CacheObject *cache, const void *object,
-                        const char *fmt, ...);
+int kmcpy_raise_message(kmc_status status, CacheObject *cache, const void *object, const char *fmt,
+                        ...);
 
 HandleObject *kmcpy_handle_new(CacheObject *owner, void *ptr, Py_ssize_t size);
 /* A handle of @size bytes for @p, just allocated from @cache, reported to the
  * cache's tracker; on failure @p goes back and NULL is returned. */
 PyObject *kmcpy_adopt(CacheObject *cache, void *p, Py_ssize_t size);
-int kmcpy_handle_free(HandleObject *self);   /* 0 ok or retried-away, -1 error */
+int kmcpy_handle_free(HandleObject *self); /* 0 ok or retried-away, -1 error */
 int kmcpy_cache_check_alive(CacheObject *self);
 int kmcpy_track(CacheObject *cache, const char *event, const void *address);
 

@@ -69,30 +69,52 @@ static const kmemcache_capi_t capi = {
 
 /* The members of the table, by name and offset, for callers that read it
  * without a compiler (the benchmarks, through ctypes). */
-#define MEMBER(name) {#name, offsetof(kmemcache_capi_t, name)}
+#define MEMBER(name)                            \
+    {                                           \
+#name, offsetof(kmemcache_capi_t, name) \
+    }
 static const struct {
     const char *name;
     size_t offset;
 } members[] = {
-    MEMBER(kmc_cache_create),        MEMBER(kmc_cache_destroy),
-    MEMBER(kmc_cache_alloc),         MEMBER(kmc_cache_alloc_bulk),
-    MEMBER(kmc_cache_free),          MEMBER(kmc_cache_check_free),
-    MEMBER(kmc_cache_shrink),        MEMBER(kmc_cache_validate),
-    MEMBER(kmc_cache_stats_sized),   MEMBER(kmc_cache_name),
-    MEMBER(kmc_cache_size),          MEMBER(kmc_cache_align),
-    MEMBER(kmc_cache_flags),         MEMBER(kmc_cache_for_each_live),
-    MEMBER(kmc_owner),               MEMBER(kmc_free),
-    MEMBER(kmc_caches),              MEMBER(kmc_thread_flush),
-    MEMBER(kmc_last_report),         MEMBER(kmc_status_name),
-    MEMBER(kmc_option_get),          MEMBER(kmc_option_set),
-    MEMBER(kmc_option_name),         MEMBER(kmc_page_size),
-    MEMBER(kmc_kmalloc_classes),     MEMBER(kmc_kmalloc_index),
-    MEMBER(kmc_kmalloc_cache),       MEMBER(kmc_kmalloc_install),
-    MEMBER(kmc_kmalloc),             MEMBER(kmc_kzalloc),
-    MEMBER(kmc_kcalloc),             MEMBER(kmc_krealloc),
-    MEMBER(kmc_krealloc_in_place),   MEMBER(kmc_ksize),
-    MEMBER(kmc_kfree),               MEMBER(kmc_kmalloc_large_stats_sized),
-    MEMBER(kmc_kmalloc_shrink),      MEMBER(kmc_kmalloc_align),
+    MEMBER(kmc_cache_create),
+    MEMBER(kmc_cache_destroy),
+    MEMBER(kmc_cache_alloc),
+    MEMBER(kmc_cache_alloc_bulk),
+    MEMBER(kmc_cache_free),
+    MEMBER(kmc_cache_check_free),
+    MEMBER(kmc_cache_shrink),
+    MEMBER(kmc_cache_validate),
+    MEMBER(kmc_cache_stats_sized),
+    MEMBER(kmc_cache_name),
+    MEMBER(kmc_cache_size),
+    MEMBER(kmc_cache_align),
+    MEMBER(kmc_cache_flags),
+    MEMBER(kmc_cache_for_each_live),
+    MEMBER(kmc_owner),
+    MEMBER(kmc_free),
+    MEMBER(kmc_caches),
+    MEMBER(kmc_thread_flush),
+    MEMBER(kmc_last_report),
+    MEMBER(kmc_status_name),
+    MEMBER(kmc_option_get),
+    MEMBER(kmc_option_set),
+    MEMBER(kmc_option_name),
+    MEMBER(kmc_page_size),
+    MEMBER(kmc_kmalloc_classes),
+    MEMBER(kmc_kmalloc_index),
+    MEMBER(kmc_kmalloc_cache),
+    MEMBER(kmc_kmalloc_install),
+    MEMBER(kmc_kmalloc),
+    MEMBER(kmc_kzalloc),
+    MEMBER(kmc_kcalloc),
+    MEMBER(kmc_krealloc),
+    MEMBER(kmc_krealloc_in_place),
+    MEMBER(kmc_ksize),
+    MEMBER(kmc_kfree),
+    MEMBER(kmc_kmalloc_large_stats_sized),
+    MEMBER(kmc_kmalloc_shrink),
+    MEMBER(kmc_kmalloc_align),
 };
 #undef MEMBER
 
@@ -103,8 +125,7 @@ int kmcpy_capi_add(PyObject *module)
         return -1;
     int rc = PyModule_AddObjectRef(module, "_C_API", capsule);
     Py_DECREF(capsule);
-    if (rc < 0 ||
-        PyModule_AddIntConstant(module, "CAPI_VERSION", KMEMCACHE_CAPI_VERSION) < 0 ||
+    if (rc < 0 || PyModule_AddIntConstant(module, "CAPI_VERSION", KMEMCACHE_CAPI_VERSION) < 0 ||
         PyModule_AddIntConstant(module, "TRACE_DOMAIN", (long)KMEMCACHE_TRACE_DOMAIN) < 0)
         return -1;
     return 0;

@@ -55,7 +55,9 @@ static int check_live(HandleObject *self)
 static const char *owner_name(const HandleObject *self)
 {
     CacheObject *owner = self->owner;
-    return !owner ? no_cache_name(self) : owner->cache ? kmc_cache_name(owner->cache) : "(destroyed)";
+    return !owner         ? no_cache_name(self)
+           : owner->cache ? kmc_cache_name(owner->cache)
+                          : "(destroyed)";
 }
 
 /* How often one free goes on after the error factory chose to go on past a
@@ -260,6 +262,8 @@ static PyGetSetDef handle_getset[] = {
     {NULL, NULL, NULL, NULL, NULL},
 };
 
+/* PyVarObject_HEAD_INIT ends without a comma: left as written */
+/* clang-format off */
 PyTypeObject Handle_Type = {
     PyVarObject_HEAD_INIT(NULL, 0)
     .tp_name = "kmemcache.Object",
@@ -275,3 +279,4 @@ PyTypeObject Handle_Type = {
     .tp_methods = handle_methods,
     .tp_getset = handle_getset,
 };
+/* clang-format on */

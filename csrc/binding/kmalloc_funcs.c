@@ -33,8 +33,7 @@ static int size_arg(PyObject *arg, const char *what, size_t *out)
         PyErr_Clear(); /* negative or too large: said below */
     }
     if (PyBool_Check(arg) || !PyIndex_Check(arg)) {
-        PyErr_Format(PyExc_TypeError, "%s must be an int, not %.100s", what,
-                     Py_TYPE(arg)->tp_name);
+        PyErr_Format(PyExc_TypeError, "%s must be an int, not %.100s", what, Py_TYPE(arg)->tp_name);
         return -1;
     }
     int overflow;
@@ -46,8 +45,7 @@ static int size_arg(PyObject *arg, const char *what, size_t *out)
         return -1;
     }
     if (overflow > 0 || (unsigned long long)v > (unsigned long long)PY_SSIZE_T_MAX) {
-        PyErr_Format(PyExc_MemoryError, "%s of %S bytes: no object can be that large", what,
-                     arg);
+        PyErr_Format(PyExc_MemoryError, "%s of %S bytes: no object can be that large", what, arg);
         return -1;
     }
     *out = (size_t)v;
@@ -83,8 +81,8 @@ static int unpack(const char *fname, PyObject *const *args, Py_ssize_t nargs, Py
                   const char *const *names, int count, int required, PyObject **out)
 {
     if (nargs > count) {
-        PyErr_Format(PyExc_TypeError, "%s() takes at most %d arguments (%zd given)", fname,
-                     count, nargs);
+        PyErr_Format(PyExc_TypeError, "%s() takes at most %d arguments (%zd given)", fname, count,
+                     nargs);
         return -1;
     }
     for (int i = 0; i < count; i++)
@@ -109,8 +107,7 @@ static int unpack(const char *fname, PyObject *const *args, Py_ssize_t nargs, Py
     }
     for (int i = 0; i < required; i++)
         if (!out[i]) {
-            PyErr_Format(PyExc_TypeError, "%s() missing required argument '%s'", fname,
-                         names[i]);
+            PyErr_Format(PyExc_TypeError, "%s() missing required argument '%s'", fname, names[i]);
             return -1;
         }
     return 0;
@@ -202,8 +199,7 @@ static PyObject *alloc_call(const char *fname, PyObject *const *args, Py_ssize_t
 {
     size_t size, align = 0;
     if (!kwnames && (nargs == 1 || nargs == 2)) { /* the common calls: no keywords */
-        if (size_arg(args[0], "size", &size) < 0 ||
-            (nargs == 2 && align_arg(args[1], &align) < 0))
+        if (size_arg(args[0], "size", &size) < 0 || (nargs == 2 && align_arg(args[1], &align) < 0))
             return NULL;
         return new_object(size, align, zero);
     }
@@ -236,8 +232,8 @@ static PyObject *py_kcalloc(PyObject *Py_UNUSED(m), PyObject *const *args, Py_ss
         size_arg(a[0], "n", &n) < 0 || size_arg(a[1], "size", &size) < 0)
         return NULL;
     if (__builtin_mul_overflow(n, size, &total) || total > (size_t)PY_SSIZE_T_MAX) {
-        PyErr_Format(PyExc_MemoryError, "kcalloc(%zu, %zu): %zu * %zu bytes overflows", n, size,
-                     n, size);
+        PyErr_Format(PyExc_MemoryError, "kcalloc(%zu, %zu): %zu * %zu bytes overflows", n, size, n,
+                     size);
         return NULL;
     }
     return new_object(total, 0, 1);
@@ -249,8 +245,8 @@ static PyObject *py_kfree(PyObject *Py_UNUSED(m), PyObject *arg)
         Py_RETURN_NONE; /* kfree(NULL) */
     if (!PyObject_TypeCheck(arg, &Handle_Type)) {
         if (!kmcpy_raise_message(KMC_EINVALID_FREE, NULL, NULL,
-                               "Invalid free: %.100s is not a kmemcache object",
-                               Py_TYPE(arg)->tp_name))
+                                 "Invalid free: %.100s is not a kmemcache object",
+                                 Py_TYPE(arg)->tp_name))
             return NULL;
         Py_RETURN_NONE; /* told to go on: nothing to free */
     }
@@ -292,8 +288,8 @@ static PyObject *py_krealloc(PyObject *Py_UNUSED(m), PyObject *const *args, Py_s
         return new_object(size, align, 0); /* krealloc(NULL, n) is kmalloc(n) */
     if (!PyObject_TypeCheck(a[0], &Handle_Type)) {
         if (!kmcpy_raise_message(KMC_EINVALID_FREE, NULL, NULL,
-                               "krealloc of %.100s: not a kmemcache object",
-                               Py_TYPE(a[0])->tp_name))
+                                 "krealloc of %.100s: not a kmemcache object",
+                                 Py_TYPE(a[0])->tp_name))
             return NULL;
         Py_RETURN_NONE; /* told to go on: nothing was made */
     }
@@ -325,7 +321,9 @@ static PyObject *py_krealloc(PyObject *Py_UNUSED(m), PyObject *const *args, Py_s
     if (!old->ptr || old->exports || !obj->ptr) {
         PyErr_Format(old->exports ? PyExc_BufferError : PyExc_ValueError,
                      "krealloc: the object was %s while its new copy was being made",
-                     !old->ptr ? "freed" : old->exports ? "viewed" : "lost");
+                     !old->ptr      ? "freed"
+                     : old->exports ? "viewed"
+                                    : "lost");
         Py_DECREF(obj);
         Py_DECREF(old);
         return NULL;
@@ -398,7 +396,8 @@ static PyObject *kmalloc_caches(PyObject *Py_UNUSED(m), PyObject *Py_UNUSED(igno
 {
     PyObject *out = PyTuple_New(KMC_KMALLOC_CLASSES);
     for (Py_ssize_t i = 0; out && i < KMC_KMALLOC_CLASSES; i++)
-        PyTuple_SET_ITEM(out, i, Py_NewRef(class_caches[i] ? (PyObject *)class_caches[i] : Py_None));
+        PyTuple_SET_ITEM(out, i,
+                         Py_NewRef(class_caches[i] ? (PyObject *)class_caches[i] : Py_None));
     return out;
 }
 
@@ -429,7 +428,7 @@ static PyObject *kmalloc_shrink(PyObject *Py_UNUSED(m), PyObject *Py_UNUSED(igno
 }
 
 #define FASTCALL_KW (METH_FASTCALL | METH_KEYWORDS)
-#define FN(f) ((PyCFunction)(void (*)(void))(f))
+#define FN(f)       ((PyCFunction)(void (*)(void))(f))
 
 /* One line each: the contract (sizes, classes, alignment, krealloc's rules)
  * is written once, in kmc.h, and for Python in kmemcache.kmalloc's doc. */
@@ -453,7 +452,8 @@ PyMethodDef kmcpy_kmalloc_methods[] = {
     {"_set_kmalloc_factory", set_kmalloc_factory, METH_O,
      "_set_kmalloc_factory($module, factory, /)\n--\n\n"},
     {"_kmalloc_classes", kmalloc_classes, METH_NOARGS,
-     "_kmalloc_classes($module, /)\n--\n\nThe size classes: (name, size, align) tuples, smallest first."},
+     "_kmalloc_classes($module, /)\n--\n\nThe size classes: (name, size, align) tuples, smallest "
+     "first."},
     {"_kmalloc_index", kmalloc_index, METH_VARARGS,
      "_kmalloc_index($module, size, align, /)\n--\n\n"
      "The index in _kmalloc_classes() of the class kmalloc(size, align) is served by, or -1."},
@@ -465,8 +465,10 @@ PyMethodDef kmcpy_kmalloc_methods[] = {
     {"_kmalloc_prepare", kmalloc_prepare, METH_NOARGS,
      "_kmalloc_prepare($module, /)\n--\n\nMake every size class's cache now, through the factory."},
     {"_kmalloc_large_stats", kmalloc_large_stats, METH_NOARGS,
-     "_kmalloc_large_stats($module, /)\n--\n\nThe large allocations' counters: objects, bytes, table_bytes, kept, kept_bytes."},
+     "_kmalloc_large_stats($module, /)\n--\n\nThe large allocations' counters: objects, bytes, "
+     "table_bytes, kept, kept_bytes."},
     {"_kmalloc_shrink", kmalloc_shrink, METH_NOARGS,
-     "_kmalloc_shrink($module, /)\n--\n\nGive the freed large runs kept for reuse back to the OS; return their bytes."},
+     "_kmalloc_shrink($module, /)\n--\n\nGive the freed large runs kept for reuse back to the OS; "
+     "return their bytes."},
     {NULL, NULL, 0, NULL},
 };

@@ -58,13 +58,13 @@ static PyObject *report_dict(const kmc_report_t *r)
     PyObject *dump = PyBytes_FromStringAndSize((const char *)r->dump, (Py_ssize_t)r->dump_len);
     if (!dump)
         return NULL;
-    PyObject *d = Py_BuildValue(
-        "{s:s, s:s, s:s, s:K, s:n, s:n, s:n, s:n, s:i, s:i, s:K, s:N}", "kind",
-        kmc_status_name(r->status), "message", r->message, "cache", r->cache, "address",
-        (unsigned long long)r->object, "object_size", (Py_ssize_t)r->object_size, "offset",
-        (Py_ssize_t)r->offset, "length", (Py_ssize_t)r->length, "problems",
-        (Py_ssize_t)r->problems, "found", r->found, "expected", r->expected, "dump_start",
-        (unsigned long long)r->dump_start, "dump", dump);
+    PyObject *d = Py_BuildValue("{s:s, s:s, s:s, s:K, s:n, s:n, s:n, s:n, s:i, s:i, s:K, s:N}",
+                                "kind", kmc_status_name(r->status), "message", r->message, "cache",
+                                r->cache, "address", (unsigned long long)r->object, "object_size",
+                                (Py_ssize_t)r->object_size, "offset", (Py_ssize_t)r->offset,
+                                "length", (Py_ssize_t)r->length, "problems",
+                                (Py_ssize_t)r->problems, "found", r->found, "expected", r->expected,
+                                "dump_start", (unsigned long long)r->dump_start, "dump", dump);
     return d;
 }
 
@@ -75,7 +75,7 @@ static int raise_report(const kmc_report_t *r)
     PyObject *cls = kmcpy_exception_for(r->status);
     if (r->status == KMC_EEXIST || r->status == KMC_ENOENT || r->status == KMC_EOS) {
         /* an OSError of the errno the OS gave */
-        int err = r->os_error ? r->os_error
+        int err = r->os_error               ? r->os_error
                   : r->status == KMC_EEXIST ? EEXIST
                   : r->status == KMC_ENOENT ? ENOENT
                                             : EIO;
@@ -141,8 +141,8 @@ int kmcpy_raise(kmc_status status)
     return raise_report(&r);
 }
 
-int kmcpy_raise_message(kmc_status status, CacheObject *cache, const void *object,
-                      const char *fmt, ...)
+int kmcpy_raise_message(kmc_status status, CacheObject *cache, const void *object, const char *fmt,
+                        ...)
 {
     kmc_report_t r;
     memset(&r, 0, sizeof(r));
@@ -263,10 +263,13 @@ static PyObject *set_option(PyObject *Py_UNUSED(module), PyObject *args)
 }
 
 static PyMethodDef module_methods[] = {
-    {"_set_error_factory", set_error_factory, METH_O, "_set_error_factory($module, factory, /)\n--\n\n"},
+    {"_set_error_factory", set_error_factory, METH_O,
+     "_set_error_factory($module, factory, /)\n--\n\n"},
     {"_set_facade", set_facade, METH_O,
-     "_set_facade($module, facade, /)\n--\n\nHooks of the Python package for caches: cache_flags, attach, make_stats, leaks."},
-    {"_caches", caches, METH_NOARGS, "_caches($module, /)\n--\n\nEvery live cache's counters, oldest first."},
+     "_set_facade($module, facade, /)\n--\n\nHooks of the Python package for caches: cache_flags, "
+     "attach, make_stats, leaks."},
+    {"_caches", caches, METH_NOARGS,
+     "_caches($module, /)\n--\n\nEvery live cache's counters, oldest first."},
     {"_stats_layout", kmcpy_stats_layout, METH_NOARGS,
      "_stats_layout($module, /)\n--\n\n"
      "((name, offset, size), ...) of kmc_stats_t's fields in struct order, and its sizeof."},
@@ -274,13 +277,17 @@ static PyMethodDef module_methods[] = {
      "_capi_layout($module, /)\n--\n\n"
      "((name, offset), ...) of the C API table's functions, its sizeof, and its version."},
     {"_os_fail_after", os_fail_after, METH_O,
-     "_os_fail_after($module, n, /)\n--\n\nTest hook: the OS page source fails after n more requests (n < 0: never)."},
+     "_os_fail_after($module, n, /)\n--\n\nTest hook: the OS page source fails after n more "
+     "requests (n < 0: never)."},
     {"_owner_of", owner_of, METH_O,
-     "_owner_of($module, address, /)\n--\n\n(cache name, object start) of the engine object holding an address, or None."},
+     "_owner_of($module, address, /)\n--\n\n(cache name, object start) of the engine object "
+     "holding an address, or None."},
     {"_set_option", set_option, METH_VARARGS,
-     "_set_option($module, name, value, /)\n--\n\nSet engine option name (KMEMCACHE_<NAME>); return its value before."},
+     "_set_option($module, name, value, /)\n--\n\nSet engine option name (KMEMCACHE_<NAME>); "
+     "return its value before."},
     {"_flip_free_bit", flip_free_bit, METH_O,
-     "_flip_free_bit($module, address, /)\n--\n\nTest hook: corrupt the free bitmap bit of the slot holding an address."},
+     "_flip_free_bit($module, address, /)\n--\n\nTest hook: corrupt the free bitmap bit of the "
+     "slot holding an address."},
     {NULL, NULL, 0, NULL},
 };
 
@@ -322,7 +329,7 @@ PyMODINIT_FUNC PyInit__kmemcache(void)
         PyModule_AddFunctions(m, kmcpy_numpy_methods) < 0 || kmcpy_capi_add(m) < 0)
         goto fail;
     if (!(kmcpy_slab_error = new_error(m, "SlabError", NULL,
-                                   "Base of the errors the allocator detects.")) ||
+                                       "Base of the errors the allocator detects.")) ||
         !(double_free_error = new_error(m, "DoubleFreeError", kmcpy_slab_error,
                                         "An object was freed twice.")) ||
         !(invalid_free_error = new_error(m, "InvalidFreeError", kmcpy_slab_error,

@@ -301,12 +301,11 @@ static PyObject *handle_repr(SharedHandleObject *self)
     const char *name = owner->base.cache ? kmc_cache_name(owner->base.cache) : "(detached)";
     if (!self->base.ptr || !owner->base.cache)
         return PyUnicode_FromFormat("<kmemcache.SharedObject of %s, freed>", name);
-    return PyUnicode_FromFormat("<kmemcache.SharedObject of %s, %zd bytes at offset %llu, "
-                                "generation %u>",
-                                name, self->base.size,
-                                (unsigned long long)kmc_shared_offset(engine(owner),
-                                                                      self->base.ptr),
-                                (unsigned)self->gen);
+    return PyUnicode_FromFormat(
+        "<kmemcache.SharedObject of %s, %zd bytes at offset %llu, "
+        "generation %u>",
+        name, self->base.size, (unsigned long long)kmc_shared_offset(engine(owner), self->base.ptr),
+        (unsigned)self->gen);
 }
 
 /* Defined here again, not inherited from kmemcache.Object: CPython takes its
@@ -336,8 +335,7 @@ static PyMethodDef handle_methods[] = {
     {"free", (PyCFunction)handle_free, METH_NOARGS,
      "free($self, /)\n--\n\nEnd the object for every process. BufferError while views exist; "
      "DoubleFreeError if it was freed already, here or in another process."},
-    {"__enter__", (PyCFunction)handle_enter, METH_NOARGS,
-     "__enter__($self, /)\n--\n\nThe object."},
+    {"__enter__", (PyCFunction)handle_enter, METH_NOARGS, "__enter__($self, /)\n--\n\nThe object."},
     {"__exit__", (PyCFunction)handle_exit, METH_VARARGS,
      "__exit__($self, exc_type, exc, tb, /)\n--\n\nFree the object unless it was freed."},
     {"__reduce__", (PyCFunction)handle_reduce, METH_NOARGS,
@@ -359,6 +357,8 @@ static int handle_traverse(SharedHandleObject *self, visitproc visit, void *arg)
     return Handle_Type.tp_traverse((PyObject *)self, visit, arg);
 }
 
+/* PyVarObject_HEAD_INIT ends without a comma: left as written */
+/* clang-format off */
 PyTypeObject SharedHandle_Type = {
     PyVarObject_HEAD_INIT(NULL, 0)
     .tp_name = "kmemcache.SharedObject",
@@ -373,6 +373,7 @@ PyTypeObject SharedHandle_Type = {
     .tp_methods = handle_methods,
     .tp_getset = handle_getset,
 };
+/* clang-format on */
 
 /* --- the cache -------------------------------------------------------------------------- */
 
@@ -420,17 +421,17 @@ static int adopt_cache(SharedCacheObject *self, kmc_cache_t *made, PyObject *cto
 
 static int shared_init(SharedCacheObject *self, PyObject *args, PyObject *kwds)
 {
-    static char *kwlist[] = {"name", "size", "align", "flags", "capacity", "max_processes",
-                             "ctor", NULL};
+    static char *kwlist[] = {"name",     "size",          "align", "flags",
+                             "capacity", "max_processes", "ctor",  NULL};
     PyObject *name, *size_o, *align_o = NULL, *flags_o = NULL, *cap_o = NULL, *procs_o = NULL,
-                                *ctor = Py_None;
+                             *ctor = Py_None;
     Py_ssize_t size, align = 0, flags = 0, capacity = 0, procs = KMC_SHARED_DEFAULT_PROCS;
     if (self->base.cache) {
         PyErr_SetString(PyExc_TypeError, "a kmemcache cache cannot be initialised twice");
         return -1;
     }
-    if (!PyArg_ParseTupleAndKeywords(args, kwds, "OO|OO$OOO:SharedCache", kwlist, &name,
-                                     &size_o, &align_o, &flags_o, &cap_o, &procs_o, &ctor))
+    if (!PyArg_ParseTupleAndKeywords(args, kwds, "OO|OO$OOO:SharedCache", kwlist, &name, &size_o,
+                                     &align_o, &flags_o, &cap_o, &procs_o, &ctor))
         return -1;
     if (!cap_o) {
         PyErr_SetString(PyExc_TypeError,
@@ -454,8 +455,8 @@ static int shared_init(SharedCacheObject *self, PyObject *args, PyObject *kwds)
         return -1;
     }
     if (size < 1 || (size_t)size > KMC_MAX_SIZE) {
-        PyErr_Format(PyExc_ValueError, "size must be 1 to %zu bytes, not %zd",
-                     (size_t)KMC_MAX_SIZE, size);
+        PyErr_Format(PyExc_ValueError, "size must be 1 to %zu bytes, not %zd", (size_t)KMC_MAX_SIZE,
+                     size);
         return -1;
     }
     if (align < 0 || (align & (align - 1)) || (size_t)align > KMC_MAX_ALIGN) {
@@ -744,8 +745,8 @@ static PyObject *shared_free_bulk(SharedCacheObject *self, PyObject *arg)
         SharedHandleObject *h = (SharedHandleObject *)PyTuple_GET_ITEM(seq, i);
         if (h->base.ptr != ptrs[i] || h->base.exports) {
             PyErr_Format(h->base.exports ? PyExc_BufferError : PyExc_ValueError,
-                         "cannot free item %zd: it was %s while free_bulk() checked the others",
-                         i, h->base.exports ? "viewed" : "freed");
+                         "cannot free item %zd: it was %s while free_bulk() checked the others", i,
+                         h->base.exports ? "viewed" : "freed");
             goto out;
         }
     }
@@ -824,8 +825,7 @@ static PyObject *shared_reclaim(SharedCacheObject *self, PyObject *args, PyObjec
 
 /* A handle of the object at @offset (generation @gen, 0: any), this process
  * becoming one of its holders; @ticket claims a pickled reference. */
-static PyObject *hold(SharedCacheObject *self, unsigned long long offset, uint32_t gen,
-                      int ticket)
+static PyObject *hold(SharedCacheObject *self, unsigned long long offset, uint32_t gen, int ticket)
 {
     if (shared_alive(self) < 0)
         return NULL;
@@ -902,21 +902,17 @@ static PyObject *shared_unlink(SharedCacheObject *self, PyObject *Py_UNUSED(igno
 
 static PyObject *info_dict(const kmc_shared_info_t *i)
 {
-    return Py_BuildValue("{s:s, s:K, s:K, s:K, s:K, s:K, s:K, s:K, s:K, s:K, s:K, s:K, s:K, "
-                         "s:i, s:i}",
-                         "region", i->region, "nonce", (unsigned long long)i->nonce, "capacity",
-                         (unsigned long long)i->capacity, "region_bytes",
-                         (unsigned long long)i->region_bytes, "meta_bytes",
-                         (unsigned long long)i->meta_bytes, "slab_bytes",
-                         (unsigned long long)i->slab_bytes, "nslabs",
-                         (unsigned long long)i->nslabs, "max_processes",
-                         (unsigned long long)i->max_procs, "processes",
-                         (unsigned long long)i->procs, "magazine",
-                         (unsigned long long)i->magazine, "recoveries",
-                         (unsigned long long)i->recoveries, "reclaimed",
-                         (unsigned long long)i->reclaimed, "pickled",
-                         (unsigned long long)i->pickled, "slot", i->self, "creator_pid",
-                         i->creator_pid);
+    return Py_BuildValue(
+        "{s:s, s:K, s:K, s:K, s:K, s:K, s:K, s:K, s:K, s:K, s:K, s:K, s:K, "
+        "s:i, s:i}",
+        "region", i->region, "nonce", (unsigned long long)i->nonce, "capacity",
+        (unsigned long long)i->capacity, "region_bytes", (unsigned long long)i->region_bytes,
+        "meta_bytes", (unsigned long long)i->meta_bytes, "slab_bytes",
+        (unsigned long long)i->slab_bytes, "nslabs", (unsigned long long)i->nslabs, "max_processes",
+        (unsigned long long)i->max_procs, "processes", (unsigned long long)i->procs, "magazine",
+        (unsigned long long)i->magazine, "recoveries", (unsigned long long)i->recoveries,
+        "reclaimed", (unsigned long long)i->reclaimed, "pickled", (unsigned long long)i->pickled,
+        "slot", i->self, "creator_pid", i->creator_pid);
 }
 
 static PyObject *shared_info(SharedCacheObject *self, PyObject *Py_UNUSED(ignored))
@@ -958,8 +954,7 @@ static PyObject *shared_repr(SharedCacheObject *self)
     return PyUnicode_FromFormat("<kmemcache.SharedCache '%s' size=%zu align=%zu active=%llu/%llu "
                                 "slabs=%llu processes=%llu>",
                                 kmc_cache_name(engine(self)), (size_t)s.size, (size_t)s.align,
-                                (unsigned long long)s.active_objs,
-                                (unsigned long long)s.num_objs,
+                                (unsigned long long)s.active_objs, (unsigned long long)s.num_objs,
                                 (unsigned long long)s.num_slabs, (unsigned long long)i.procs);
 }
 
@@ -1045,6 +1040,8 @@ static PyGetSetDef shared_getset[] = {
     {NULL, NULL, NULL, NULL, NULL},
 };
 
+/* PyVarObject_HEAD_INIT ends without a comma: left as written */
+/* clang-format off */
 PyTypeObject SharedCache_Type = {
     PyVarObject_HEAD_INIT(NULL, 0)
     .tp_name = "kmemcache.SharedCache",
@@ -1069,6 +1066,7 @@ PyTypeObject SharedCache_Type = {
     .tp_repr = (reprfunc)shared_repr,
     .tp_init = (initproc)shared_init,
 };
+/* clang-format on */
 
 /* --- module functions ------------------------------------------------------------------- */
 

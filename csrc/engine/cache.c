@@ -17,8 +17,8 @@
 #include "internal.h"
 
 pthread_mutex_t kmc__caches_lock = PTHREAD_MUTEX_INITIALIZER;
-kmc_cache_t *kmc__caches_first;      /* guarded by kmc__caches_lock */
-static kmc_cache_t *caches_last;     /* likewise */
+kmc_cache_t *kmc__caches_first;  /* guarded by kmc__caches_lock */
+static kmc_cache_t *caches_last; /* likewise */
 
 void kmc__lock_wait(kmc_lock_t *lock)
 {
@@ -42,10 +42,7 @@ static bool is_pow2(size_t x) { return x && !(x & (x - 1)); }
 static size_t round_up(size_t x, size_t a) { return (x + a - 1) & ~(a - 1); }
 static unsigned log2_of(size_t pow2) { return (unsigned)__builtin_ctzll(pow2); }
 
-static bool debug_fill(const kmc_cache_t *c)
-{
-    return c->flags & (KMC_RED_ZONE | KMC_POISON);
-}
+static bool debug_fill(const kmc_cache_t *c) { return c->flags & (KMC_RED_ZONE | KMC_POISON); }
 
 /* --- layout ------------------------------------------------------------- */
 
@@ -146,18 +143,15 @@ kmc_status kmc__cache_setup(kmc_cache_t *c, const char *name, size_t size, size_
 {
     if (!kmc__valid_name(name))
         return kmc__report(KMC_EINVAL, NULL, NULL,
-                           "name must be 1 to %d printable bytes without spaces",
-                           KMC_NAME_MAX - 1);
+                           "name must be 1 to %d printable bytes without spaces", KMC_NAME_MAX - 1);
     if (size < 1 || size > KMC_MAX_SIZE)
         return kmc__report(KMC_EINVAL, NULL, NULL, "size %zu is not in 1..%zu", size,
                            (size_t)KMC_MAX_SIZE);
     if (align != 0 && (!is_pow2(align) || align > KMC_MAX_ALIGN))
-        return kmc__report(KMC_EINVAL, NULL, NULL,
-                           "align %zu is not 0 or a power of two up to %zu", align,
-                           (size_t)KMC_MAX_ALIGN);
+        return kmc__report(KMC_EINVAL, NULL, NULL, "align %zu is not 0 or a power of two up to %zu",
+                           align, (size_t)KMC_MAX_ALIGN);
     if (flags & ~KMC_VALID_FLAGS)
-        return kmc__report(KMC_EINVAL, NULL, NULL, "unknown flags 0x%x",
-                           flags & ~KMC_VALID_FLAGS);
+        return kmc__report(KMC_EINVAL, NULL, NULL, "unknown flags 0x%x", flags & ~KMC_VALID_FLAGS);
     memcpy(c->name, name, strlen(name) + 1);
     c->size = size;
     c->align = align < KMC_MIN_ALIGN ? KMC_MIN_ALIGN : align;
@@ -287,8 +281,7 @@ static void arena_release(kmc_cache_t *c, kmc_arena_t *a)
         /* leave the pinned slabs mapped (and the range reserved) for good */
         for (uint32_t s = 0; s < a->bump; s++)
             if (kmc__slab_state(&a->slabs[s]) != KMC_SLAB_PINNED)
-                kmc__os_decommit((uint8_t *)a->base + ((size_t)s << c->slab_shift),
-                                 c->slab_size);
+                kmc__os_decommit((uint8_t *)a->base + ((size_t)s << c->slab_shift), c->slab_size);
     }
     kmc__os_zero_pages(a->slabs, a->meta_bytes);
     (void)arena_set(c, a->index, NULL);
@@ -334,17 +327,17 @@ static void free_spare_arenas(kmc_cache_t *c)
 
 /* Run @body on every committed slab of the depot, in address order. Cache
  * locked. */
-#define FOR_EACH_COMMITTED(c, id, s, body)                                        \
-    for (uint32_t ai_ = 0; ai_ < (c)->nr_arenas; ai_++) {                          \
-        kmc_arena_t *a_ = kmc__arena((c), ai_);                                    \
-        for (uint32_t si_ = 0; a_ && si_ < a_->bump; si_++) {                      \
-            kmc_slab_t *s = &a_->slabs[si_];                                       \
-            uint32_t id = (ai_ << KMC_SLAB_ID_SHIFT) | si_;                        \
-            if (!kmc__slab_committed(kmc__slab_state(s)) ||                        \
-                KMC_LOAD(&s->owner) != KMC_DEPOT) /* a heap's still: not ours */   \
-                continue;                                                          \
-            body                                                                   \
-        }                                                                          \
+#define FOR_EACH_COMMITTED(c, id, s, body)                                       \
+    for (uint32_t ai_ = 0; ai_ < (c)->nr_arenas; ai_++) {                        \
+        kmc_arena_t *a_ = kmc__arena((c), ai_);                                  \
+        for (uint32_t si_ = 0; a_ && si_ < a_->bump; si_++) {                    \
+            kmc_slab_t *s = &a_->slabs[si_];                                     \
+            uint32_t id = (ai_ << KMC_SLAB_ID_SHIFT) | si_;                      \
+            if (!kmc__slab_committed(kmc__slab_state(s)) ||                      \
+                KMC_LOAD(&s->owner) != KMC_DEPOT) /* a heap's still: not ours */ \
+                continue;                                                        \
+            body                                                                 \
+        }                                                                        \
     }
 
 static void slab_retire(kmc_cache_t *c, uint32_t id);
@@ -414,8 +407,7 @@ kmc_status kmc_cache_destroy(kmc_cache_t *c)
     if (c->region)
         return kmc_shared_detach(c);
     if (kmc__kmalloc_pinned(c))
-        return kmc__report(KMC_EBUSY, c, NULL, "%s serves kmalloc: it is never destroyed",
-                           c->name);
+        return kmc__report(KMC_EBUSY, c, NULL, "%s serves kmalloc: it is never destroyed", c->name);
     pthread_mutex_lock(&kmc__caches_lock);
     kmc__cache_lock(c);
     kmc__heaps_take_back(c, KMC_TAKE_FORCE); /* no other thread uses it now */
@@ -617,8 +609,7 @@ kmc_status kmc__depot_grow(kmc_cache_t *c)
 
     int ctor_rc = 0;
     if (c->region ? kmc__shared_commit(c, id) != 0 : kmc__os_commit(mem, c->slab_size) != 0) {
-        st = kmc__report(KMC_ENOMEM, c, NULL, "the OS refused %zu bytes for a slab",
-                         c->slab_size);
+        st = kmc__report(KMC_ENOMEM, c, NULL, "the OS refused %zu bytes for a slab", c->slab_size);
     } else {
         if (debug_fill(c))
             kmc__debug_init_slab(c, mem, orig);
@@ -733,8 +724,7 @@ kmc_status kmc__locate(kmc_cache_t *c, const void *p, kmc_arena_t **arena_out, u
             return kmc__report(KMC_EINVALID_FREE, c, p,
                                "Invalid free of 0x%llx in %s: %zu bytes into an object",
                                (unsigned long long)addr, c->name, rem);
-        return kmc__report(KMC_EINVALID_FREE, c, p,
-                           "Invalid free of 0x%llx in %s: not an object",
+        return kmc__report(KMC_EINVALID_FREE, c, p, "Invalid free of 0x%llx in %s: not an object",
                            (unsigned long long)addr, c->name);
     }
     uint32_t id = (a->index << KMC_SLAB_ID_SHIFT) | sidx;
@@ -823,8 +813,8 @@ static void isolate_slab(kmc_cache_t *c, uint32_t id)
     _Atomic uint64_t *bits = kmc__slab_local(c, id);
     for (uint32_t o = 0; debug_fill(c) && o < c->objperslab; o++)
         if (KMC_LOAD(&bits[o / 64]) & (UINT64_C(1) << (o % 64))) /* now used: live red zone */
-            kmc__debug_on_alloc(
-                c, kmc__slab_mem(c, id) + (size_t)o * c->slot_size + c->obj_offset, 1, c->size);
+            kmc__debug_on_alloc(c, kmc__slab_mem(c, id) + (size_t)o * c->slot_size + c->obj_offset,
+                                1, c->size);
     for (uint32_t w = 0; w < c->bitmap_words; w++)
         KMC_STORE(&bits[w], 0);
     /* the slots it claimed free are now counted as handed out */
@@ -1147,10 +1137,9 @@ static kmc_status validate_locked(kmc_cache_t *c, size_t *problems)
         partial != c->d->partial.count || empty != c->d->empty.count) {
         kmc_status st = kmc__report(
             KMC_ECORRUPT, c, NULL,
-            "counters of %s do not add up: %llu/%llu live, %llu/%u partial, %llu/%u empty",
-            c->name, (unsigned long long)live, (unsigned long long)counted,
-            (unsigned long long)partial, c->d->partial.count, (unsigned long long)empty,
-            c->d->empty.count);
+            "counters of %s do not add up: %llu/%llu live, %llu/%u partial, %llu/%u empty", c->name,
+            (unsigned long long)live, (unsigned long long)counted, (unsigned long long)partial,
+            c->d->partial.count, (unsigned long long)empty, c->d->empty.count);
         if (first == KMC_OK) {
             first = st;
             first_report = *kmc__report_slot();

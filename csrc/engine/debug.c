@@ -74,8 +74,7 @@ static ptrdiff_t right_end(const kmc_cache_t *c)
     return (ptrdiff_t)(c->slot_size - c->obj_offset);
 }
 
-uint32_t *kmc__debug_orig(const kmc_cache_t *c, const kmc_arena_t *a, uint32_t sidx,
-                          uint32_t idx)
+uint32_t *kmc__debug_orig(const kmc_cache_t *c, const kmc_arena_t *a, uint32_t sidx, uint32_t idx)
 {
     return a->orig ? &a->orig[(size_t)sidx * c->objperslab + idx] : NULL;
 }
@@ -88,8 +87,8 @@ static void poison_free(const kmc_cache_t *c, uint8_t *obj)
 
 static kmc_status check_poison(const kmc_cache_t *c, uint8_t *obj)
 {
-    kmc_status st = check_bytes(c, obj, 0, (ptrdiff_t)c->size - 1, KMC_POISON_FREE,
-                                KMC_EPOISON, "Poison overwritten");
+    kmc_status st = check_bytes(c, obj, 0, (ptrdiff_t)c->size - 1, KMC_POISON_FREE, KMC_EPOISON,
+                                "Poison overwritten");
     if (st == KMC_OK && obj[c->size - 1] != KMC_POISON_END)
         st = kmc__report_bytes(KMC_EPOISON, c, obj, (ptrdiff_t)c->size - 1, 1, KMC_POISON_END,
                                "Poison overwritten");
@@ -232,8 +231,8 @@ kmc_status kmc_debug_flip_free_bit(const void *address)
         st = kmc__report(KMC_EINVALID_FREE, c, address, "0x%llx is not in a slot of %s",
                          (unsigned long long)(uintptr_t)address, c->name);
     else
-        atomic_fetch_xor(&a->local[(size_t)sidx * c->bitmap_words + idx / 64],
-                         UINT64_C(1) << (idx % 64));
+        atomic_fetch_xor(&a->local[(size_t)sidx * c->bitmap_words + idx / 64], UINT64_C(1)
+                                                                                   << (idx % 64));
     kmc__cache_unlock(c);
     return st;
 }

@@ -56,9 +56,8 @@ __thread uint32_t kmc__self __attribute__((tls_model("initial-exec")));
 /* cur_remote without a current slab: every bit set, so that the free fast
  * path's test fails into free_other for any pointer. */
 _Atomic uint64_t kmc__no_remote[KMC_HEAP_BITS] = {
-    UINT64_MAX, UINT64_MAX, UINT64_MAX, UINT64_MAX, UINT64_MAX, UINT64_MAX,
-    UINT64_MAX, UINT64_MAX, UINT64_MAX, UINT64_MAX, UINT64_MAX, UINT64_MAX,
-    UINT64_MAX, UINT64_MAX, UINT64_MAX, UINT64_MAX};
+    UINT64_MAX, UINT64_MAX, UINT64_MAX, UINT64_MAX, UINT64_MAX, UINT64_MAX, UINT64_MAX, UINT64_MAX,
+    UINT64_MAX, UINT64_MAX, UINT64_MAX, UINT64_MAX, UINT64_MAX, UINT64_MAX, UINT64_MAX, UINT64_MAX};
 
 static inline void heap_enter(kmc_heap_t *h)
 {
@@ -92,8 +91,8 @@ void *kmc_cache_alloc(kmc_cache_t *c, int zero)
             if (likely(x)) {
                 KMC_STORE(&h->bits[w], x & (x - 1));
                 KMC_COUNT(&h->allocs);
-                uint8_t *p =
-                    h->cur_mem + ((size_t)w * 64 + (unsigned)__builtin_ctzll(x)) * c->slot_size;
+                uint8_t *p = h->cur_mem +
+                             ((size_t)w * 64 + (unsigned)__builtin_ctzll(x)) * c->slot_size;
                 heap_leave(h);
                 if (zero)
                     memset(p, 0, c->size);
@@ -156,8 +155,8 @@ static KMC_NOINLINE kmc_status free_other(kmc_cache_t *c, void *p, kmc_heap_t *h
     kmc_slab_t *s;
     uint8_t state;
     uint32_t owner;
-    if (unlikely(!a || a->cache != c || (size_t)idx * c->slot_size != in ||
-                 idx >= c->objperslab || heap_wanted(h)) ||
+    if (unlikely(!a || a->cache != c || (size_t)idx * c->slot_size != in || idx >= c->objperslab ||
+                 heap_wanted(h)) ||
         (owner = KMC_LOAD(&(s = &a->slabs[sidx])->owner)) == KMC_DEPOT) {
         heap_leave(h); /* a taker, the depot, or an error */
         return kmc__heap_free_slow(c, p);
@@ -286,9 +285,9 @@ static void owned_place(kmc_cache_t *c, kmc_heap_t *h, uint32_t id)
 {
     kmc_slab_t *s = kmc__slab(c, id);
     uint32_t inuse = KMC_LOAD(&s->inuse);
-    uint8_t state = inuse == 0                ? KMC_SLAB_HEAP_EMPTY
+    uint8_t state = inuse == 0               ? KMC_SLAB_HEAP_EMPTY
                     : inuse == c->objperslab ? KMC_SLAB_HEAP_FULL
-                                              : KMC_SLAB_HEAP_PARTIAL;
+                                             : KMC_SLAB_HEAP_PARTIAL;
     kmc__slab_set_state(s, state);
     kmc__list_push(c, list_of(h, state), id);
     if (state == KMC_SLAB_HEAP_EMPTY)
@@ -323,8 +322,7 @@ static void cur_changed(kmc_heap_t *h)
  * slab, with the heap's copy of the bitmap in @bits (words @from to @to).
  * Without the retry a slab switch between the reads of cur and bits would
  * show another slab's free bits as @s's. */
-static bool cur_read(kmc_heap_t *o, const kmc_slab_t *s, uint64_t *bits, uint32_t from,
-                     uint32_t to)
+static bool cur_read(kmc_heap_t *o, const kmc_slab_t *s, uint64_t *bits, uint32_t from, uint32_t to)
 {
     for (unsigned spins = 0;; spins++) {
         uint32_t gen = atomic_load_explicit(&o->cur_gen, memory_order_seq_cst);
@@ -729,8 +727,8 @@ kmc_status kmc__heap_free_slow(kmc_cache_t *c, void *p)
                 kmc_slab_t *s = &a->slabs[sidx];
                 uint32_t id = (a->index << KMC_SLAB_ID_SHIFT) | sidx;
                 uint32_t owner;
-                if ((size_t)idx * c->slot_size == in && idx < c->objperslab &&
-                    sidx < a->nslabs && (owner = KMC_LOAD(&s->owner)) != KMC_DEPOT) {
+                if ((size_t)idx * c->slot_size == in && idx < c->objperslab && sidx < a->nslabs &&
+                    (owner = KMC_LOAD(&s->owner)) != KMC_DEPOT) {
                     kmc_status st = KMC_OK;
                     bool trim = false;
                     if (owner == self)
@@ -858,10 +856,7 @@ static void wait_idle(kmc_cache_t *c)
     }
 }
 
-void kmc__heaps_hold(kmc_cache_t *c, bool on)
-{
-    request_all(c, on);
-}
+void kmc__heaps_hold(kmc_cache_t *c, bool on) { request_all(c, on); }
 
 void kmc__heaps_wait_idle(kmc_cache_t *c) { wait_idle(c); }
 

@@ -34,31 +34,32 @@
 
 #include "kmc.h"
 
-#define likely(x)   __builtin_expect(!!(x), 1)
-#define unlikely(x) __builtin_expect(!!(x), 0)
+#define likely(x)    __builtin_expect(!!(x), 1)
+#define unlikely(x)  __builtin_expect(!!(x), 0)
 #define KMC_NOINLINE __attribute__((noinline))
 
 /* --- tunables ------------------------------------------------------------
  * An arena is the unit of address space and of owner lookup; the registry
  * resolves addresses at the smallest arena's granularity. */
-#define KMC_ARENA_MIN_SHIFT 20                  /* 1 MiB: a cache's first arena */
-#define KMC_ARENA_MAX_SHIFT 26                  /* 64 MiB: arenas stop doubling */
-#define KMC_MAX_SLAB_SHIFT  24                  /* 16 MiB slabs at most */
-#define KMC_WASTE_DIVISOR   32                  /* slab waste <= 1/32 */
-#define KMC_MIN_SLAB        ((size_t)64 << 10)  /* slabs are 64 KiB at least (as mimalloc's */
-#define KMC_MAX_SLAB_OBJECTS 1024               /* small pages), unless that is more
+#define KMC_ARENA_MIN_SHIFT 20                 /* 1 MiB: a cache's first arena */
+#define KMC_ARENA_MAX_SHIFT 26                 /* 64 MiB: arenas stop doubling */
+#define KMC_MAX_SLAB_SHIFT  24                 /* 16 MiB slabs at most */
+#define KMC_WASTE_DIVISOR   32                 /* slab waste <= 1/32 */
+#define KMC_MIN_SLAB        ((size_t)64 << 10) /* slabs are 64 KiB at least (as mimalloc's */
+#define KMC_MAX_SLAB_OBJECTS \
+    1024                                /* small pages), unless that is more
                                                    objects than a heap's bitmap holds */
-#define KMC_MAX_ARENAS      4096                /* per cache: 256 GiB */
-#define KMC_SLAB_ID_SHIFT   16                  /* slab id = arena index << 16 | slab */
-#define KMC_NIL             UINT32_MAX          /* no slab */
-#define KMC_RED_ZONE_MIN    8                   /* bytes of red zone at least, each side */
-#define KMC_HEAP_BITS       16                  /* bitmap words a heap holds: 1024 slots */
-#define KMC_HEAP_CHUNK_SHIFT 4                  /* heaps are made 16 at a time */
-#define KMC_HEAP_CHUNKS     64                  /* so the first 1024 threads get heaps */
-#define KMC_MAX_HEAPS       (KMC_HEAP_CHUNKS << KMC_HEAP_CHUNK_SHIFT)
-#define KMC_HEAP_KEEP_BYTES ((size_t)1 << 20)   /* empty slabs a heap keeps */
-#define KMC_DEPOT           0u                  /* slab owner: the depot */
-#define KMC_ARENA_DIR_CHUNK 64                  /* arena pointers per directory chunk */
+#define KMC_MAX_ARENAS       4096       /* per cache: 256 GiB */
+#define KMC_SLAB_ID_SHIFT    16         /* slab id = arena index << 16 | slab */
+#define KMC_NIL              UINT32_MAX /* no slab */
+#define KMC_RED_ZONE_MIN     8          /* bytes of red zone at least, each side */
+#define KMC_HEAP_BITS        16         /* bitmap words a heap holds: 1024 slots */
+#define KMC_HEAP_CHUNK_SHIFT 4          /* heaps are made 16 at a time */
+#define KMC_HEAP_CHUNKS      64         /* so the first 1024 threads get heaps */
+#define KMC_MAX_HEAPS        (KMC_HEAP_CHUNKS << KMC_HEAP_CHUNK_SHIFT)
+#define KMC_HEAP_KEEP_BYTES  ((size_t)1 << 20) /* empty slabs a heap keeps */
+#define KMC_DEPOT            0u                /* slab owner: the depot */
+#define KMC_ARENA_DIR_CHUNK  64                /* arena pointers per directory chunk */
 
 _Static_assert(((size_t)1 << KMC_MAX_SLAB_SHIFT) <= ((size_t)1 << KMC_ARENA_MAX_SHIFT),
                "a slab fits in the largest arena");
@@ -69,11 +70,11 @@ _Static_assert((KMC_ARENA_MAX_SHIFT - 12) <= KMC_SLAB_ID_SHIFT,
 _Static_assert(((uint64_t)KMC_MAX_ARENAS << KMC_SLAB_ID_SHIFT) < KMC_NIL,
                "every slab id is below KMC_NIL");
 
-#define KMC_LOAD(p)      atomic_load_explicit((p), memory_order_relaxed)
-#define KMC_STORE(p, v)  atomic_store_explicit((p), (v), memory_order_relaxed)
+#define KMC_LOAD(p)     atomic_load_explicit((p), memory_order_relaxed)
+#define KMC_STORE(p, v) atomic_store_explicit((p), (v), memory_order_relaxed)
 /* An increment by the one thread that writes @p: a load and a store, no
  * read-modify-write instruction. */
-#define KMC_BUMP(p, n)   KMC_STORE((p), KMC_LOAD(p) + (n))
+#define KMC_BUMP(p, n) KMC_STORE((p), KMC_LOAD(p) + (n))
 /* The same for a 64-bit counter on the fast paths. Compilers do not fold a
  * relaxed load and store into one add to memory; on x86-64 an add to an
  * aligned word is that load and store in one instruction, which readers see
@@ -138,16 +139,16 @@ enum kmc_slab_state {
 };
 
 typedef struct kmc_slab_s {
-    uint32_t next;               /* slab id in the same list, or KMC_NIL */
-    uint32_t prev;               /* slab id in the same list, or KMC_NIL */
-    _Atomic uint32_t inuse;      /* slots not free in the slab's own bitmap:
+    uint32_t next;                /* slab id in the same list, or KMC_NIL */
+    uint32_t prev;                /* slab id in the same list, or KMC_NIL */
+    _Atomic uint32_t inuse;       /* slots not free in the slab's own bitmap:
                                   * live objects + remote frees not merged */
-    _Atomic uint32_t owner;      /* KMC_DEPOT, or the owning heap's index + 1 */
-    _Atomic uint32_t remote_next;/* next slab id + 1 on a heap's remote stack */
-    _Atomic uint8_t state;       /* enum kmc_slab_state */
-    _Atomic uint8_t pushed;      /* on a heap's remote stack */
-    uint16_t hint;               /* depot: no free bit in bitmap words below */
-    uint32_t empty_since;        /* kmc__now_ms() when it became EMPTY */
+    _Atomic uint32_t owner;       /* KMC_DEPOT, or the owning heap's index + 1 */
+    _Atomic uint32_t remote_next; /* next slab id + 1 on a heap's remote stack */
+    _Atomic uint8_t state;        /* enum kmc_slab_state */
+    _Atomic uint8_t pushed;       /* on a heap's remote stack */
+    uint16_t hint;                /* depot: no free bit in bitmap words below */
+    uint32_t empty_since;         /* kmc__now_ms() when it became EMPTY */
 } kmc_slab_t;
 
 /* An arena: its memory, and out of it, its slabs' metadata, mapped apart:
@@ -156,27 +157,27 @@ typedef struct kmc_slab_s {
  * lock); remote: free slots given back by other threads, not yet merged;
  * orig: with red zones, the size each object was asked for (kmalloc). */
 typedef struct kmc_arena_s {
-    uintptr_t base;              /* where its address space starts */
-    size_t bytes;                /* how much, a power of two >= 1 MiB */
-    kmc_cache_t *cache;          /* owner */
-    uint32_t index;              /* position in cache->arenas */
-    uint32_t nslabs;             /* bytes >> slab_shift */
-    uint32_t bump;               /* slabs below this index have been used */
-    uint32_t live_slabs;         /* slabs not UNUSED or RELEASED */
-    uint32_t pinned;             /* PINNED slabs: the arena stays mapped */
+    uintptr_t base;      /* where its address space starts */
+    size_t bytes;        /* how much, a power of two >= 1 MiB */
+    kmc_cache_t *cache;  /* owner */
+    uint32_t index;      /* position in cache->arenas */
+    uint32_t nslabs;     /* bytes >> slab_shift */
+    uint32_t bump;       /* slabs below this index have been used */
+    uint32_t live_slabs; /* slabs not UNUSED or RELEASED */
+    uint32_t pinned;     /* PINNED slabs: the arena stays mapped */
     kmc_slab_t *slabs;
     _Atomic uint64_t *local;
     _Atomic uint64_t *remote;
-    uint32_t *orig;              /* NULL unless the cache has red zones */
-    size_t meta_bytes;           /* mapped for all of the above */
+    uint32_t *orig;                /* NULL unless the cache has red zones */
+    size_t meta_bytes;             /* mapped for all of the above */
     struct kmc_arena_s *next_dead; /* on dead_arenas or spare_arenas */
 } kmc_arena_t;
 
 typedef _Atomic(kmc_arena_t *) kmc_arena_slot_t;
 
 typedef struct kmc_list_s {
-    uint32_t head;  /* slab id or KMC_NIL */
-    uint32_t tail;  /* slab id or KMC_NIL: the oldest entry */
+    uint32_t head; /* slab id or KMC_NIL */
+    uint32_t tail; /* slab id or KMC_NIL: the oldest entry */
     uint32_t count;
 } kmc_list_t;
 
@@ -186,38 +187,38 @@ typedef struct kmc_list_s {
  * the last line. */
 typedef struct kmc_heap_s {
     /* line 0: the fast paths */
-    _Atomic uint8_t busy;        /* the owner is inside a fast path */
-    _Atomic uint8_t request;     /* a taker waits: the owner takes the slow path */
+    _Atomic uint8_t busy;    /* the owner is inside a fast path */
+    _Atomic uint8_t request; /* a taker waits: the owner takes the slow path */
     uint8_t unused[2];
-    uint32_t word;               /* no free bit in bits[] below this word */
-    uint8_t *cur_mem;            /* the current slab's memory, or KMC_NO_SLAB */
-    _Atomic uint64_t *cur_remote;/* its remote bitmap */
-    _Atomic(kmc_slab_t *) cur;   /* its descriptor, or NULL */
-    _Atomic uint64_t allocs;     /* objects handed out by this heap, ever */
-    _Atomic uint64_t frees;      /* objects freed into its own slabs, ever */
-    uint32_t cur_id;             /* cur's slab id */
-    _Atomic uint32_t max_scan;   /* most bitmap words one alloc skipped */
-    _Atomic uint32_t cur_gen;    /* odd while cur and bits change (a seqlock
+    uint32_t word;                /* no free bit in bits[] below this word */
+    uint8_t *cur_mem;             /* the current slab's memory, or KMC_NO_SLAB */
+    _Atomic uint64_t *cur_remote; /* its remote bitmap */
+    _Atomic(kmc_slab_t *) cur;    /* its descriptor, or NULL */
+    _Atomic uint64_t allocs;      /* objects handed out by this heap, ever */
+    _Atomic uint64_t frees;       /* objects freed into its own slabs, ever */
+    uint32_t cur_id;              /* cur's slab id */
+    _Atomic uint32_t max_scan;    /* most bitmap words one alloc skipped */
+    _Atomic uint32_t cur_gen;     /* odd while cur and bits change (a seqlock
                                   * for other threads' reads of them) */
     /* lines 1-2: the current slab's free bitmap */
     _Atomic uint64_t bits[KMC_HEAP_BITS] __attribute__((aligned(64)));
     /* line 3: the owner's slow paths */
     kmc_list_t partial __attribute__((aligned(64)));
     kmc_list_t full, empty;
-    _Atomic uint32_t slabs;      /* slabs it owns, cur included */
-    _Atomic uint32_t empties;    /* HEAP_EMPTY ones */
-    _Atomic uint32_t fulls;      /* HEAP_FULL ones */
-    _Atomic uint64_t cached_other;/* free slots in its slabs but cur (remote aside) */
-    _Atomic uint64_t remote_frees;/* objects this thread freed into others' slabs */
+    _Atomic uint32_t slabs;        /* slabs it owns, cur included */
+    _Atomic uint32_t empties;      /* HEAP_EMPTY ones */
+    _Atomic uint32_t fulls;        /* HEAP_FULL ones */
+    _Atomic uint64_t cached_other; /* free slots in its slabs but cur (remote aside) */
+    _Atomic uint64_t remote_frees; /* objects this thread freed into others' slabs */
     /* line 4: written by other threads. The stack of HEAP_FULL slabs that
      * remote frees reached: generation << 32 | top slab id + 1 (0: empty).
      * A new generation each time the stack is closed or opened, so that a
      * push prepared against an older one fails. */
     _Atomic uint64_t remote_head __attribute__((aligned(64)));
-    _Atomic uint64_t merged;     /* remote frees merged into this heap's slabs */
-    _Atomic uint64_t late_double;/* double frees found when merging */
-    uint64_t seen_ops;           /* the purge thread's last look at allocs+frees */
-    uint8_t taking;              /* kmc__heaps_take_back's mark, cache locked */
+    _Atomic uint64_t merged;      /* remote frees merged into this heap's slabs */
+    _Atomic uint64_t late_double; /* double frees found when merging */
+    uint64_t seen_ops;            /* the purge thread's last look at allocs+frees */
+    uint8_t taking;               /* kmc__heaps_take_back's mark, cache locked */
 } kmc_heap_t;
 
 _Static_assert(sizeof(kmc_heap_t) == 320, "a heap is five cache lines");
@@ -239,38 +240,38 @@ typedef struct kmc_heap_chunk_s {
  * other processes map at other addresses. */
 typedef struct kmc_depot_s {
     kmc_list_t partial, empty, released;
-    uint64_t num_slabs;           /* committed: not UNUSED, NEW, RELEASED, PINNED */
+    uint64_t num_slabs;                 /* committed: not UNUSED, NEW, RELEASED, PINNED */
     uint64_t depot_allocs, depot_frees; /* by locked paths */
-    uint64_t depot_merged;        /* remote frees merged into depot slabs */
-    uint64_t depot_late_double;   /* double frees found merging them */
-    uint64_t late_double_reported;/* of all late double frees, those validate told */
+    uint64_t depot_merged;              /* remote frees merged into depot slabs */
+    uint64_t depot_late_double;         /* double frees found merging them */
+    uint64_t late_double_reported;      /* of all late double frees, those validate told */
     uint64_t slabs_created, slabs_released;
-    uint32_t max_scan;            /* most bitmap words skipped by one depot alloc */
+    uint32_t max_scan;                    /* most bitmap words skipped by one depot alloc */
     _Atomic uint64_t orphan_remote_frees; /* remote frees by threads without heaps */
 } kmc_depot_t;
 
 struct kmc_cache_s {
     /* layout: set at create, read-only after */
     char name[KMC_NAME_MAX];
-    size_t size;                  /* requested object size */
-    size_t align;                 /* guaranteed alignment, power of two */
-    size_t slot_size;             /* left red zone + object + right red zone,
+    size_t size;         /* requested object size */
+    size_t align;        /* guaranteed alignment, power of two */
+    size_t slot_size;    /* left red zone + object + right red zone,
                                    * a multiple of align */
-    size_t obj_offset;            /* the left red zone: object start in a slot */
-    uint64_t slot_recip;          /* 2^48 / slot_size + 1: offset -> slot index */
-    size_t slab_size;             /* 1 << slab_shift */
+    size_t obj_offset;   /* the left red zone: object start in a slot */
+    uint64_t slot_recip; /* 2^48 / slot_size + 1: offset -> slot index */
+    size_t slab_size;    /* 1 << slab_shift */
     unsigned slab_shift;
     uint32_t objperslab;
-    uint32_t bitmap_words;        /* 64-bit words of free bitmap per slab */
-    size_t slots_bytes;           /* objperslab * slot_size: the slab before its padding */
-    size_t first_arena;           /* bytes of the first arena */
-    uint32_t heap_keep;           /* empty slabs a heap keeps */
+    uint32_t bitmap_words; /* 64-bit words of free bitmap per slab */
+    size_t slots_bytes;    /* objperslab * slot_size: the slab before its padding */
+    size_t first_arena;    /* bytes of the first arena */
+    uint32_t heap_keep;    /* empty slabs a heap keeps */
     unsigned flags;
-    bool heaps_on;                /* per-thread caches (never with debug flags) */
+    bool heaps_on; /* per-thread caches (never with debug flags) */
     kmc_ctor_fn ctor;
     void *ctor_arg;
-    kmc_depot_t *d;               /* the depot: &own_depot, or the region's */
-    struct kmc_region_s *region;  /* NULL, or this process's view of the shared
+    kmc_depot_t *d;              /* the depot: &own_depot, or the region's */
+    struct kmc_region_s *region; /* NULL, or this process's view of the shared
                                    * region the cache lives in (shared.c) */
 
     /* the cache lock, and the depot it guards (a shared cache uses the
@@ -281,12 +282,12 @@ struct kmc_cache_s {
     /* arena index -> arena, in chunks that never move (heaps read it
      * without the lock); NULL holes */
     _Atomic(kmc_arena_slot_t *) arena_dir[KMC_MAX_ARENAS / KMC_ARENA_DIR_CHUNK];
-    uint32_t nr_arenas;           /* entries in use, holes included */
+    uint32_t nr_arenas; /* entries in use, holes included */
     uint32_t live_arenas;
-    kmc_arena_t *fill_arena;      /* the one arena with never-used slab slots */
-    kmc_arena_t *dead_arenas;     /* released arenas whose descriptors remain */
-    kmc_arena_t *spare_arenas;    /* descriptors of freed arenas, for new ones */
-    size_t next_arena;            /* bytes of the next arena */
+    kmc_arena_t *fill_arena;   /* the one arena with never-used slab slots */
+    kmc_arena_t *dead_arenas;  /* released arenas whose descriptors remain */
+    kmc_arena_t *spare_arenas; /* descriptors of freed arenas, for new ones */
+    size_t next_arena;         /* bytes of the next arena */
 
     /* the threads' heaps, made 16 at a time; never freed before the cache */
     _Atomic(kmc_heap_chunk_t *) chunks[KMC_HEAP_CHUNKS];
@@ -298,7 +299,7 @@ struct kmc_cache_s {
  * private cache, the region's robust mutex for a shared one (whose taker
  * recovers the depot when the last holder died). heap.c takes c->lock
  * directly: only private caches have heaps. */
-void kmc__region_lock(kmc_cache_t *c);    /* shared.c */
+void kmc__region_lock(kmc_cache_t *c); /* shared.c */
 void kmc__region_unlock(kmc_cache_t *c);
 
 static inline void kmc__cache_lock(kmc_cache_t *c)
@@ -319,42 +320,42 @@ static inline void kmc__cache_unlock(kmc_cache_t *c)
 
 /* --- os.c: the page source, the one seam to the OS.
  * Addresses and lengths are page multiples; functions return 0 or -1. */
-void *kmc__os_reserve(size_t size, size_t align);  /* no access, or NULL */
+void *kmc__os_reserve(size_t size, size_t align); /* no access, or NULL */
 void kmc__os_unreserve(void *addr, size_t size);
-int kmc__os_commit(void *addr, size_t size);       /* make read-write */
-void kmc__os_decommit(void *addr, size_t size);    /* back to the OS, no access */
-void *kmc__os_map_meta(size_t size);               /* zeroed read-write, or NULL */
+int kmc__os_commit(void *addr, size_t size);    /* make read-write */
+void kmc__os_decommit(void *addr, size_t size); /* back to the OS, no access */
+void *kmc__os_map_meta(size_t size);            /* zeroed read-write, or NULL */
 void kmc__os_unmap_meta(void *addr, size_t size);
 void *kmc__os_map_pages(size_t size, size_t align); /* zeroed read-write, aligned
                                                       (power of two), charged; NULL */
 void kmc__os_unmap_pages(void *addr, size_t size);
-void kmc__os_zero_pages(void *addr, size_t size);  /* read as zero from now on */
-bool kmc__os_injected_failure(void);               /* tests: this request must fail */
+void kmc__os_zero_pages(void *addr, size_t size); /* read as zero from now on */
+bool kmc__os_injected_failure(void);              /* tests: this request must fail */
 int kmc__os_barrier(void);  /* a memory barrier on every thread of the process:
                              * 0, or -1 when the OS cannot (membarrier(2)) */
 uint32_t kmc__now_ms(void); /* a monotonic clock, wrapping every 49 days */
 
 /* --- shm.c: a shared region's contact with the OS. Offsets and lengths are
  * page multiples; functions return 0 or an errno value. */
-int kmc__shm_open(const char *path, bool create, int *fd);   /* O_EXCL when create */
+int kmc__shm_open(const char *path, bool create, int *fd); /* O_EXCL when create */
 int kmc__shm_open_readonly(const char *path, int *fd);
 void kmc__shm_close(int fd);
 int kmc__shm_unlink(const char *path);
 int kmc__shm_size(int fd, uint64_t *size);
-int kmc__shm_truncate(int fd, uint64_t size);             /* sparse */
-int kmc__shm_commit(int fd, uint64_t offset, uint64_t len); /* back with memory */
+int kmc__shm_truncate(int fd, uint64_t size);                  /* sparse */
+int kmc__shm_commit(int fd, uint64_t offset, uint64_t len);    /* back with memory */
 void kmc__shm_decommit(int fd, uint64_t offset, uint64_t len); /* punch a hole */
 int kmc__shm_map(int fd, uint64_t offset, size_t len, size_t align, bool writable,
-                 void **out);                              /* MAP_SHARED at @align */
+                 void **out); /* MAP_SHARED at @align */
 void kmc__shm_unmap(void *addr, size_t len);
-uint64_t kmc__shm_nonce(void);                             /* random, never 0 */
-int kmc__shm_proc_start(int pid, uint64_t *start);         /* ESRCH: gone or a zombie */
+uint64_t kmc__shm_nonce(void);                     /* random, never 0 */
+int kmc__shm_proc_start(int pid, uint64_t *start); /* ESRCH: gone or a zombie */
 int kmc__shm_self(int *pid, uint64_t *start, uint64_t *pidns);
 int kmc__shm_getpid(void);
-void kmc__shm_die(void);                                  /* SIGKILL: crash tests */
+void kmc__shm_die(void); /* SIGKILL: crash tests */
 
 /* --- registry.c: address -> arena, lock-free reads. */
-int kmc__registry_insert(kmc_arena_t *arena);      /* 0 or -1 (no memory) */
+int kmc__registry_insert(kmc_arena_t *arena); /* 0 or -1 (no memory) */
 void kmc__registry_remove(kmc_arena_t *arena);
 
 #define KMC_ADDRESS_BITS 48 /* user space on x86_64 and aarch64 (4-level tables) */
@@ -392,10 +393,7 @@ static inline kmc_arena_t *kmc__slab_arena(const kmc_cache_t *c, uint32_t id)
 {
     return kmc__arena(c, id >> KMC_SLAB_ID_SHIFT);
 }
-static inline uint32_t kmc__slab_index(uint32_t id)
-{
-    return id & ((1u << KMC_SLAB_ID_SHIFT) - 1);
-}
+static inline uint32_t kmc__slab_index(uint32_t id) { return id & ((1u << KMC_SLAB_ID_SHIFT) - 1); }
 static inline kmc_slab_t *kmc__slab(const kmc_cache_t *c, uint32_t id)
 {
     return &kmc__slab_arena(c, id)->slabs[kmc__slab_index(id)];
@@ -430,22 +428,22 @@ static inline bool kmc__slab_committed(uint8_t state)
 void kmc__list_push(kmc_cache_t *c, kmc_list_t *list, uint32_t id);
 void kmc__list_remove(kmc_cache_t *c, kmc_list_t *list, uint32_t id);
 uint32_t kmc__list_pop(kmc_cache_t *c, kmc_list_t *list);
-void kmc__slab_init_free(kmc_cache_t *c, uint32_t id);       /* all free */
+void kmc__slab_init_free(kmc_cache_t *c, uint32_t id); /* all free */
 uint32_t kmc__bits_count(const _Atomic uint64_t *bits, uint32_t words);
-uint32_t kmc__slab_merge_remote(kmc_cache_t *c, uint32_t id,  /* into the slab's */
-                                uint64_t *late_double);       /* own bitmap */
+uint32_t kmc__slab_merge_remote(kmc_cache_t *c, uint32_t id,          /* into the slab's */
+                                uint64_t *late_double);               /* own bitmap */
 bool kmc__slot_free(const kmc_cache_t *c, uint32_t id, uint32_t idx); /* either bitmap */
 
 /* --- cache.c: caches and their depots. */
 extern pthread_mutex_t kmc__caches_lock;
-extern kmc_cache_t *kmc__caches_first;  /* guarded by kmc__caches_lock */
+extern kmc_cache_t *kmc__caches_first; /* guarded by kmc__caches_lock */
 bool kmc__valid_name(const char *name);
 void kmc__cache_layout(kmc_cache_t *c, unsigned min_shift); /* slab size >= 2^min_shift */
 kmc_status kmc__cache_setup(kmc_cache_t *c, const char *name, size_t size, size_t align,
                             unsigned flags, kmc_ctor_fn ctor, void *ctor_arg);
-kmc_cache_t *kmc__cache_new(void);        /* zeroed */
-void kmc__cache_link(kmc_cache_t *c);     /* onto the process list */
-void kmc__cache_unlink(kmc_cache_t *c);   /* kmc__caches_lock held */
+kmc_cache_t *kmc__cache_new(void);                             /* zeroed */
+void kmc__cache_link(kmc_cache_t *c);                          /* onto the process list */
+void kmc__cache_unlink(kmc_cache_t *c);                        /* kmc__caches_lock held */
 kmc_status kmc__arena_install(kmc_cache_t *c, kmc_arena_t *a); /* a shared cache's arena */
 void kmc__arena_uninstall(kmc_cache_t *c, kmc_arena_t *a);
 uint8_t *kmc__depot_take_debug(kmc_cache_t *c, kmc_status *st); /* with debug checks */
@@ -461,29 +459,29 @@ kmc_status kmc__depot_free(kmc_cache_t *c, void *p, bool *owned);
 kmc_status kmc__locate(kmc_cache_t *c, const void *p, kmc_arena_t **arena, uint32_t *id,
                        uint32_t *idx); /* checks p is a slot start of @c */
 void *kmc__cache_alloc_sized(kmc_cache_t *c, int zero, size_t orig); /* kmalloc's */
-int kmc__cache_resize(kmc_cache_t *c, void *p, size_t size); /* kmalloc red zone */
+int kmc__cache_resize(kmc_cache_t *c, void *p, size_t size);         /* kmalloc red zone */
 size_t kmc__cache_ksize(kmc_cache_t *c, const void *p);
-void kmc__depot_recount(kmc_cache_t *c);            /* counters from bitmaps; locked */
+void kmc__depot_recount(kmc_cache_t *c);                /* counters from bitmaps; locked */
 uint32_t kmc__depot_merge(kmc_cache_t *c, uint32_t id); /* a depot slab's remote bits */
-uint32_t kmc__depot_pop(kmc_cache_t *c);  /* a slab for a heap, off the depot's lists */
+uint32_t kmc__depot_pop(kmc_cache_t *c); /* a slab for a heap, off the depot's lists */
 
 /* --- shared.c: caches in a shared region: what cache.c asks of them. */
 bool kmc__shared_is_live(const kmc_cache_t *c, uint32_t id, uint32_t idx);
-uint32_t kmc__shared_builder(kmc_cache_t *c);  /* slab owner while NEW: slot + 1 */
+uint32_t kmc__shared_builder(kmc_cache_t *c); /* slab owner while NEW: slot + 1 */
 bool kmc__shared_lacks_ctor(const kmc_cache_t *c);
-int kmc__shared_commit(kmc_cache_t *c, uint32_t id);   /* a slab's memory and records */
+int kmc__shared_commit(kmc_cache_t *c, uint32_t id); /* a slab's memory and records */
 void kmc__shared_decommit(kmc_cache_t *c, uint32_t id);
-void kmc__shared_flush_mine(kmc_cache_t *c);           /* locked: this process's cached */
-void kmc__shared_stats(kmc_cache_t *c, kmc_stats_t *o);  /* locked */
+void kmc__shared_flush_mine(kmc_cache_t *c);            /* locked: this process's cached */
+void kmc__shared_stats(kmc_cache_t *c, kmc_stats_t *o); /* locked */
 void kmc__shared_validate_begin(kmc_cache_t *c, size_t *count, kmc_status *first,
                                 kmc_report_t *first_report); /* locked; quiesces */
 void kmc__shared_validate_end(kmc_cache_t *c, size_t *count, kmc_status *first,
                               kmc_report_t *first_report);
-void kmc__shared_after_fork(kmc_cache_t *c);           /* in the child */
+void kmc__shared_after_fork(kmc_cache_t *c); /* in the child */
 
 /* --- heap.c: the per-thread caches. */
 extern __thread uint32_t kmc__self __attribute__((tls_model("initial-exec")));
-                            /* the calling thread's heap index + 1; 0 before its
+/* the calling thread's heap index + 1; 0 before its
                              * first call, KMC_NIL when it has no heap */
 static inline kmc_heap_t *kmc__heap_at(const kmc_cache_t *c, uint32_t index)
 {
@@ -497,29 +495,29 @@ void kmc__heap_flush(kmc_cache_t *c, kmc_heap_t *h, bool close); /* cache locked
                                   * the heap's thread is quiescent or the caller */
 typedef enum kmc_take { KMC_TAKE_IDLE, KMC_TAKE_ALL, KMC_TAKE_FORCE } kmc_take;
 bool kmc__heaps_take_back(kmc_cache_t *c, kmc_take mode); /* cache locked */
-void kmc__heaps_hold(kmc_cache_t *c, bool on);  /* fork: requests, and back */
-void kmc__heaps_wait_idle(kmc_cache_t *c);      /* fork: after the barrier */
+void kmc__heaps_hold(kmc_cache_t *c, bool on);            /* fork: requests, and back */
+void kmc__heaps_wait_idle(kmc_cache_t *c);                /* fork: after the barrier */
 void kmc__heaps_free(kmc_cache_t *c);
 void kmc__heaps_stats(const kmc_cache_t *c, kmc_stats_t *o, uint64_t *late_double);
-                                  /* adds the heaps' part; cache locked */
+/* adds the heaps' part; cache locked */
 bool kmc__heap_bits_of(const kmc_cache_t *c, const kmc_slab_t *s, uint64_t *bits);
-                                  /* a CURRENT slab's bitmap, from its heap */
+/* a CURRENT slab's bitmap, from its heap */
 bool kmc__heaps_hold_slabs(const kmc_cache_t *c);
 
 /* --- thread.c: thread indices, thread exit, fork. */
-uint32_t kmc__thread_register(void);      /* sets kmc__self; returns it */
-void kmc__fork_init(void);                /* once, at the first cache */
+uint32_t kmc__thread_register(void); /* sets kmc__self; returns it */
+void kmc__fork_init(void);           /* once, at the first cache */
 
 /* --- purge.c: the background release of empty memory. */
-void kmc__purge_arm(void);                /* something will expire: wake up later */
+void kmc__purge_arm(void); /* something will expire: wake up later */
 uint32_t kmc__purge_delay_ms(void);
-void kmc__purge_lock_all(void);           /* fork */
+void kmc__purge_lock_all(void);         /* fork */
 void kmc__purge_unlock_all(bool child); /* child: no thread */
-void kmc__purge_defer(bool on);           /* a forked child's handler: start none */
+void kmc__purge_defer(bool on);         /* a forked child's handler: start none */
 
 /* --- options.c */
 long kmc__option(kmc_option option);
-void kmc__options_lock(bool on);          /* fork */
+void kmc__options_lock(bool on); /* fork */
 
 /* --- debug.c: red zones, poison, consistency checks. */
 void kmc__debug_init_slab(kmc_cache_t *c, uint8_t *mem, uint32_t *orig);
@@ -529,24 +527,22 @@ kmc_status kmc__debug_check_alloc(kmc_cache_t *c, uint8_t *obj);
 kmc_status kmc__debug_check_free(kmc_cache_t *c, uint8_t *obj, size_t orig);
 kmc_status kmc__debug_check_slab(kmc_cache_t *c, uint32_t id, size_t *problems);
 kmc_status kmc__debug_check_counts(kmc_cache_t *c, uint32_t id);
-uint32_t *kmc__debug_orig(const kmc_cache_t *c, const kmc_arena_t *a, uint32_t sidx,
-                          uint32_t idx);
+uint32_t *kmc__debug_orig(const kmc_cache_t *c, const kmc_arena_t *a, uint32_t sidx, uint32_t idx);
 
 /* --- report.c: the calling thread's last error. */
-kmc_status kmc__report(kmc_status status, const kmc_cache_t *c, const void *obj,
-                       const char *fmt, ...) __attribute__((format(printf, 4, 5)));
-kmc_status kmc__report_bytes(kmc_status status, const kmc_cache_t *c,
-                             const uint8_t *obj, ptrdiff_t offset, size_t length,
-                             int expected, const char *what);
+kmc_status kmc__report(kmc_status status, const kmc_cache_t *c, const void *obj, const char *fmt,
+                       ...) __attribute__((format(printf, 4, 5)));
+kmc_status kmc__report_bytes(kmc_status status, const kmc_cache_t *c, const uint8_t *obj,
+                             ptrdiff_t offset, size_t length, int expected, const char *what);
 void kmc__report_clear(void);
 kmc_report_t *kmc__report_slot(void);
 
 /* --- kmalloc.c: the size classes. */
 bool kmc__kmalloc_pinned(const kmc_cache_t *c); /* a class's cache: never destroyed */
 void kmc__kmalloc_purge(uint32_t now, bool all, bool *pending); /* kept large runs */
-void kmc__kmalloc_lock(bool large);             /* fork: the classes' lock, or */
-void kmc__kmalloc_unlock(bool large);           /* the large allocations' */
-void kmc__registry_lock_all(void);              /* registry.c, fork */
+void kmc__kmalloc_lock(bool large);                             /* fork: the classes' lock, or */
+void kmc__kmalloc_unlock(bool large);                           /* the large allocations' */
+void kmc__registry_lock_all(void);                              /* registry.c, fork */
 void kmc__registry_unlock_all(void);
 
 #endif /* KMC_INTERNAL_H */

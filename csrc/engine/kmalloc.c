@@ -50,10 +50,10 @@
  *   kmalloc-8k    8192   8192   4097 .. 8192
  */
 const kmc_kmalloc_class_t kmc_kmalloc_classes[KMC_KMALLOC_CLASSES] = {
-    {"kmalloc-8", 8, 8},         {"kmalloc-16", 16, 16},     {"kmalloc-32", 32, 32},
-    {"kmalloc-64", 64, 64},      {"kmalloc-96", 96, 32},     {"kmalloc-128", 128, 128},
-    {"kmalloc-192", 192, 64},    {"kmalloc-256", 256, 256},  {"kmalloc-512", 512, 512},
-    {"kmalloc-1k", 1024, 1024},  {"kmalloc-2k", 2048, 2048}, {"kmalloc-4k", 4096, 4096},
+    {"kmalloc-8", 8, 8},        {"kmalloc-16", 16, 16},     {"kmalloc-32", 32, 32},
+    {"kmalloc-64", 64, 64},     {"kmalloc-96", 96, 32},     {"kmalloc-128", 128, 128},
+    {"kmalloc-192", 192, 64},   {"kmalloc-256", 256, 256},  {"kmalloc-512", 512, 512},
+    {"kmalloc-1k", 1024, 1024}, {"kmalloc-2k", 2048, 2048}, {"kmalloc-4k", 4096, 4096},
     {"kmalloc-8k", 8192, 8192},
 };
 
@@ -66,8 +66,7 @@ static const uint8_t small_index[SMALL_MAX / 8] = {
 };
 
 _Static_assert(KMC_KMALLOC_MAX_CACHE_SIZE == 8192, "the table above ends at kmalloc-8k");
-_Static_assert(KMC_KMALLOC_MAX_SIZE <= SIZE_MAX / 4,
-               "size + alignment + a page never overflows");
+_Static_assert(KMC_KMALLOC_MAX_SIZE <= SIZE_MAX / 4, "size + alignment + a page never overflows");
 _Static_assert(KMC_MAX_ALIGN <= KMC_KMALLOC_MAX_SIZE, "an alignment is a possible size");
 
 static bool is_pow2(size_t x) { return x && !(x & (x - 1)); }
@@ -192,10 +191,10 @@ typedef struct large_s {
 
 static struct {
     pthread_mutex_t lock;
-    large_t *slots;     /* cap entries, mapped apart from object memory */
-    size_t cap;         /* a power of two, 0 before first use */
-    size_t count;       /* live large allocations; count * 2 <= cap */
-    uint64_t bytes;     /* their mapped bytes */
+    large_t *slots;           /* cap entries, mapped apart from object memory */
+    size_t cap;               /* a power of two, 0 before first use */
+    size_t count;             /* live large allocations; count * 2 <= cap */
+    uint64_t bytes;           /* their mapped bytes */
     large_t kept[LARGE_KEEP]; /* freed runs, oldest first */
     unsigned nkept;
     size_t kept_bytes;
@@ -301,8 +300,8 @@ static uintptr_t large_take_kept(size_t bytes, size_t align)
 static unsigned large_keep(large_t run, large_t evicted[LARGE_KEEP])
 {
     unsigned n = 0;
-    while (large.nkept && (large.nkept == LARGE_KEEP ||
-                           large.kept_bytes + run.bytes > LARGE_KEEP_BYTES)) {
+    while (large.nkept &&
+           (large.nkept == LARGE_KEEP || large.kept_bytes + run.bytes > LARGE_KEEP_BYTES)) {
         evicted[n] = large.kept[0];
         large.kept_bytes -= evicted[n++].bytes;
         memmove(&large.kept[0], &large.kept[1], --large.nkept * sizeof(large_t));
@@ -331,8 +330,7 @@ static void *large_alloc(size_t size, size_t align, int zero)
             memset(p, 0, bytes); /* all of ksize: krealloc may grow into it */
     }
     if (!p && !(p = kmc__os_map_pages(bytes, a))) {
-        kmc__report(KMC_ENOMEM, NULL, NULL, "the OS refused %zu bytes for a large kmalloc",
-                    bytes);
+        kmc__report(KMC_ENOMEM, NULL, NULL, "the OS refused %zu bytes for a large kmalloc", bytes);
         return NULL;
     }
     pthread_mutex_lock(&large.lock);
@@ -459,8 +457,8 @@ static void *do_kmalloc(size_t size, size_t align, int zero)
 {
     kmc__report_clear();
     if (!valid_align(align)) {
-        kmc__report(KMC_EINVAL, NULL, NULL, "align %zu is not 0 or a power of two up to %zu",
-                    align, (size_t)KMC_MAX_ALIGN);
+        kmc__report(KMC_EINVAL, NULL, NULL, "align %zu is not 0 or a power of two up to %zu", align,
+                    (size_t)KMC_MAX_ALIGN);
         return NULL;
     }
     int i = kmc_kmalloc_index(size, align);
@@ -489,8 +487,8 @@ void *kmc_kcalloc(size_t n, size_t size)
     size_t bytes;
     if (__builtin_mul_overflow(n, size, &bytes)) {
         kmc__report_clear();
-        kmc__report(KMC_ENOMEM, NULL, NULL, "kcalloc of %zu elements of %zu bytes overflows",
-                    n, size);
+        kmc__report(KMC_ENOMEM, NULL, NULL, "kcalloc of %zu elements of %zu bytes overflows", n,
+                    size);
         return NULL;
     }
     return do_kmalloc(bytes, 0, 1);

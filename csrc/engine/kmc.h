@@ -137,37 +137,36 @@ extern "C" {
  * kernel documentation mean the same here. */
 enum kmc_flags {
     KMC_CONSISTENCY_CHECKS = 0x00000100u, /* F: check the slab of every op */
-    KMC_RED_ZONE           = 0x00000400u, /* Z: guard bytes around each object */
-    KMC_POISON             = 0x00000800u, /* P: fill free objects, check on reuse */
-    KMC_HWCACHE_ALIGN      = 0x00002000u, /* align objects on the cache line */
-    KMC_STORE_USER         = 0x00010000u, /* U: the binding records owners */
+    KMC_RED_ZONE = 0x00000400u,           /* Z: guard bytes around each object */
+    KMC_POISON = 0x00000800u,             /* P: fill free objects, check on reuse */
+    KMC_HWCACHE_ALIGN = 0x00002000u,      /* align objects on the cache line */
+    KMC_STORE_USER = 0x00010000u,         /* U: the binding records owners */
 };
-#define KMC_DEBUG_FLAGS \
-    (KMC_CONSISTENCY_CHECKS | KMC_RED_ZONE | KMC_POISON | KMC_STORE_USER)
+#define KMC_DEBUG_FLAGS (KMC_CONSISTENCY_CHECKS | KMC_RED_ZONE | KMC_POISON | KMC_STORE_USER)
 #define KMC_VALID_FLAGS (KMC_DEBUG_FLAGS | KMC_HWCACHE_ALIGN)
 
 /* Fill bytes, as SLUB names them (include/linux/poison.h). */
-#define KMC_POISON_INUSE     0x5a /* uninitialised object; slab padding */
-#define KMC_POISON_FREE      0x6b /* freed object */
-#define KMC_POISON_END       0xa5 /* last byte of a freed object */
-#define KMC_RED_INACTIVE     0xbb /* red zone of a free object */
-#define KMC_RED_ACTIVE       0xcc /* red zone of a live object */
+#define KMC_POISON_INUSE 0x5a /* uninitialised object; slab padding */
+#define KMC_POISON_FREE  0x6b /* freed object */
+#define KMC_POISON_END   0xa5 /* last byte of a freed object */
+#define KMC_RED_INACTIVE 0xbb /* red zone of a free object */
+#define KMC_RED_ACTIVE   0xcc /* red zone of a live object */
 
 typedef enum kmc_status {
     KMC_OK = 0,
-    KMC_ENOMEM,         /* the OS refused memory; nothing changed */
-    KMC_EINVAL,         /* bad argument; nothing changed */
-    KMC_ECTOR,          /* the constructor failed; nothing changed */
-    KMC_EDOUBLE_FREE,   /* the object is already free */
-    KMC_EINVALID_FREE,  /* not an object of this cache (or of any cache) */
-    KMC_EBUSY,          /* destroy with live objects */
-    KMC_EREDZONE,       /* a red zone or the slab padding was overwritten */
-    KMC_EPOISON,        /* a free object was written to */
-    KMC_ECORRUPT,       /* metadata does not add up */
-    KMC_EEXIST,         /* a shared cache of that name exists already */
-    KMC_ENOENT,         /* no shared cache of that name */
-    KMC_ESTALE,         /* a shared object's reference names a freed object */
-    KMC_EOS,            /* the OS refused, for the reason in report.os_error */
+    KMC_ENOMEM,        /* the OS refused memory; nothing changed */
+    KMC_EINVAL,        /* bad argument; nothing changed */
+    KMC_ECTOR,         /* the constructor failed; nothing changed */
+    KMC_EDOUBLE_FREE,  /* the object is already free */
+    KMC_EINVALID_FREE, /* not an object of this cache (or of any cache) */
+    KMC_EBUSY,         /* destroy with live objects */
+    KMC_EREDZONE,      /* a red zone or the slab padding was overwritten */
+    KMC_EPOISON,       /* a free object was written to */
+    KMC_ECORRUPT,      /* metadata does not add up */
+    KMC_EEXIST,        /* a shared cache of that name exists already */
+    KMC_ENOENT,        /* no shared cache of that name */
+    KMC_ESTALE,        /* a shared object's reference names a freed object */
+    KMC_EOS,           /* the OS refused, for the reason in report.os_error */
 } kmc_status;
 
 typedef struct kmc_cache_s kmc_cache_t;
@@ -203,31 +202,31 @@ typedef struct kmc_report_s {
  * the binding's dict, tests) is made from it: X(name, comment). The first
  * seven are /proc/slabinfo's. */
 #define KMC_STATS_FIELDS(X)                                                          \
-    X(active_objs, "objects handed out and not freed")                              \
-    X(num_objs, "object slots in committed slabs")                                  \
-    X(objsize, "bytes between objects (slot size)")                                 \
-    X(objperslab, "objects per slab")                                               \
-    X(pagesperslab, "pages per slab")                                               \
-    X(active_slabs, "committed slabs with at least one live object")                \
-    X(num_slabs, "committed slabs")                                                 \
-    X(size, "requested object size")                                                \
-    X(align, "guaranteed alignment")                                                \
-    X(slab_size, "bytes per slab")                                                  \
-    X(partial_slabs, "slabs with live and free objects")                            \
-    X(empty_slabs, "committed slabs without live objects, waiting to be released")  \
-    X(cached_objs, "free objects in slabs that threads' caches hold")               \
-    X(thread_caches, "threads' caches holding slabs of this cache")                 \
-    X(allocs, "objects handed out, ever")                                           \
-    X(frees, "objects given back, ever")                                            \
+    X(active_objs, "objects handed out and not freed")                               \
+    X(num_objs, "object slots in committed slabs")                                   \
+    X(objsize, "bytes between objects (slot size)")                                  \
+    X(objperslab, "objects per slab")                                                \
+    X(pagesperslab, "pages per slab")                                                \
+    X(active_slabs, "committed slabs with at least one live object")                 \
+    X(num_slabs, "committed slabs")                                                  \
+    X(size, "requested object size")                                                 \
+    X(align, "guaranteed alignment")                                                 \
+    X(slab_size, "bytes per slab")                                                   \
+    X(partial_slabs, "slabs with live and free objects")                             \
+    X(empty_slabs, "committed slabs without live objects, waiting to be released")   \
+    X(cached_objs, "free objects in slabs that threads' caches hold")                \
+    X(thread_caches, "threads' caches holding slabs of this cache")                  \
+    X(allocs, "objects handed out, ever")                                            \
+    X(frees, "objects given back, ever")                                             \
     X(remote_frees, "objects freed by a thread other than their slab's owner, ever") \
-    X(slabs_created, "slabs committed, ever")                                       \
-    X(slabs_released, "slabs given back to the OS, ever")                           \
-    X(committed_bytes, "object memory the OS backs now, at most")                   \
-    X(metadata_bytes, "descriptor and bitmap memory mapped")                        \
-    X(reserved_bytes, "address space reserved for the arenas")                      \
-    X(arenas, "arenas reserved")                                                    \
-    X(bitmap_words, "64-bit free-bitmap words per slab")                            \
-    X(max_scan, "most bitmap words one alloc skipped, ever")                        \
+    X(slabs_created, "slabs committed, ever")                                        \
+    X(slabs_released, "slabs given back to the OS, ever")                            \
+    X(committed_bytes, "object memory the OS backs now, at most")                    \
+    X(metadata_bytes, "descriptor and bitmap memory mapped")                         \
+    X(reserved_bytes, "address space reserved for the arenas")                       \
+    X(arenas, "arenas reserved")                                                     \
+    X(bitmap_words, "64-bit free-bitmap words per slab")                             \
+    X(max_scan, "most bitmap words one alloc skipped, ever")                         \
     X(flags, "the cache's flags")
 
 typedef struct kmc_stats_s {
@@ -246,9 +245,8 @@ typedef struct kmc_stats_s {
  * the constructor wrote): KMC_POISON is dropped, as SLUB drops it, and
  * kmc_cache_flags() says so.
  * Return: KMC_OK and *out, or KMC_EINVAL / KMC_ENOMEM. */
-kmc_status kmc_cache_create(const char *name, size_t size, size_t align,
-                            unsigned flags, kmc_ctor_fn ctor, void *ctor_arg,
-                            kmc_cache_t **out);
+kmc_status kmc_cache_create(const char *name, size_t size, size_t align, unsigned flags,
+                            kmc_ctor_fn ctor, void *ctor_arg, kmc_cache_t **out);
 
 /* kmc_cache_destroy - give everything back. KMC_EBUSY (and nothing changes)
  * while objects are live; the report's object is the first live one. With
@@ -262,8 +260,7 @@ kmc_status kmc_cache_destroy(kmc_cache_t *cache);
 void *kmc_cache_alloc(kmc_cache_t *cache, int zero);
 
 /* kmc_cache_alloc_bulk - @n objects into @out, all or nothing. */
-kmc_status kmc_cache_alloc_bulk(kmc_cache_t *cache, size_t n, void **out,
-                                int zero);
+kmc_status kmc_cache_alloc_bulk(kmc_cache_t *cache, size_t n, void **out, int zero);
 
 /* kmc_cache_free - give @object back to @cache. Double and foreign frees are
  * always detected and change nothing. */
@@ -300,8 +297,7 @@ unsigned kmc_cache_flags(const kmc_cache_t *cache);
 /* kmc_cache_for_each_live - call @fn for every live object, in address
  * order, with the cache locked (@fn must not call the engine). Objects that
  * other threads allocate or free meanwhile may or may not be seen. */
-void kmc_cache_for_each_live(kmc_cache_t *cache,
-                             void (*fn)(void *object, void *arg), void *arg);
+void kmc_cache_for_each_live(kmc_cache_t *cache, void (*fn)(void *object, void *arg), void *arg);
 
 /* --- any object --------------------------------------------------------- */
 
@@ -370,20 +366,20 @@ size_t kmc_page_size(void);
 #define KMC_SHARED_PREFIX        "/kmemcache." /* + uid + "." + name: the region */
 
 typedef struct kmc_shared_info_s {
-    char region[96];        /* the region's POSIX shm name, "/kmemcache.<uid>.<name>" */
-    uint64_t nonce;         /* random, set at create: tells a re-created region apart */
-    uint64_t capacity;      /* bytes asked for: the region never grows beyond */
-    uint64_t region_bytes;  /* metadata + slab area, the file's size */
-    uint64_t meta_bytes;    /* header, process table, descriptors, bitmaps, records */
-    uint64_t slab_bytes;    /* the slab area */
-    uint64_t nslabs;        /* slabs the slab area holds */
-    uint64_t max_procs;     /* process slots */
-    uint64_t procs;         /* processes attached now */
-    uint64_t magazine;      /* objects a process keeps for its fast paths, at most */
-    uint64_t recoveries;    /* times the lock's holder was found dead, ever */
-    uint64_t reclaimed;     /* objects given back from dead or detached processes, ever */
-    uint64_t pickled;       /* references handed out (kmc_shared_ticket) and not claimed */
-    int self;               /* this process's slot, -1 when it has none yet */
+    char region[96];       /* the region's POSIX shm name, "/kmemcache.<uid>.<name>" */
+    uint64_t nonce;        /* random, set at create: tells a re-created region apart */
+    uint64_t capacity;     /* bytes asked for: the region never grows beyond */
+    uint64_t region_bytes; /* metadata + slab area, the file's size */
+    uint64_t meta_bytes;   /* header, process table, descriptors, bitmaps, records */
+    uint64_t slab_bytes;   /* the slab area */
+    uint64_t nslabs;       /* slabs the slab area holds */
+    uint64_t max_procs;    /* process slots */
+    uint64_t procs;        /* processes attached now */
+    uint64_t magazine;     /* objects a process keeps for its fast paths, at most */
+    uint64_t recoveries;   /* times the lock's holder was found dead, ever */
+    uint64_t reclaimed;    /* objects given back from dead or detached processes, ever */
+    uint64_t pickled;      /* references handed out (kmc_shared_ticket) and not claimed */
+    int self;              /* this process's slot, -1 when it has none yet */
     int creator_pid;
 } kmc_shared_info_t;
 
@@ -396,8 +392,8 @@ typedef struct kmc_shared_info_s {
  * Return: KMC_OK and *out; KMC_EEXIST, KMC_EINVAL (the report says what, a
  * too small @capacity with the least that works), KMC_ENOMEM or KMC_EOS. */
 kmc_status kmc_shared_create(const char *name, size_t size, size_t align, unsigned flags,
-                             size_t capacity, unsigned max_procs, kmc_ctor_fn ctor,
-                             void *ctor_arg, kmc_cache_t **out);
+                             size_t capacity, unsigned max_procs, kmc_ctor_fn ctor, void *ctor_arg,
+                             kmc_cache_t **out);
 
 /* kmc_shared_attach - attach the region of shared cache @name, made by any
  * process of this user. @ctor: the constructor this process runs when it
@@ -408,8 +404,7 @@ kmc_status kmc_shared_create(const char *name, size_t size, size_t align, unsign
  * version of the engine, or never finished by its creator), KMC_EBUSY
  * (every process slot is taken), KMC_ENOMEM or KMC_EOS (EACCES: another
  * user's). */
-kmc_status kmc_shared_attach(const char *name, kmc_ctor_fn ctor, void *ctor_arg,
-                             kmc_cache_t **out);
+kmc_status kmc_shared_attach(const char *name, kmc_ctor_fn ctor, void *ctor_arg, kmc_cache_t **out);
 
 /* kmc_shared_detach - what kmc_cache_destroy does to a shared cache: this
  * process lets go of every object it holds (those nobody else holds, and no
@@ -562,14 +557,14 @@ kmc_status kmc_shared_forge_slot(kmc_cache_t *cache, int pid, uint64_t start);
  * All functions are thread-safe without the Python GIL. */
 
 #define KMC_KMALLOC_CLASSES        13
-#define KMC_KMALLOC_MAX_CACHE_SIZE ((size_t)8192)     /* largest size class */
-#define KMC_KMALLOC_MAX_SIZE       ((size_t)1 << 46)  /* largest request: 64 TiB,
-                                                         so rounding never overflows */
+#define KMC_KMALLOC_MAX_CACHE_SIZE ((size_t)8192) /* largest size class */
+/* the largest request, 64 TiB: rounding it up never overflows */
+#define KMC_KMALLOC_MAX_SIZE ((size_t)1 << 46)
 
 typedef struct kmc_kmalloc_class_s {
-    const char *name;   /* the cache's name, Linux's: "kmalloc-96", "kmalloc-2k" */
-    size_t size;        /* object size */
-    size_t align;       /* guaranteed alignment */
+    const char *name; /* the cache's name, Linux's: "kmalloc-96", "kmalloc-2k" */
+    size_t size;      /* object size */
+    size_t align;     /* guaranteed alignment */
 } kmc_kmalloc_class_t;
 
 /* The size classes, smallest first. */

@@ -14,7 +14,7 @@ typedef struct option_s {
     const char *name;   /* lower case; the variable is KMEMCACHE_ + upper case */
     _Atomic long value; /* the default until read */
     long min, max;
-    _Atomic int read;   /* 0: not yet, 1: read or set */
+    _Atomic int read; /* 0: not yet, 1: read or set */
 } option_t;
 
 static option_t options[KMC_OPTIONS] = {
@@ -36,8 +36,8 @@ static void read_env(option_t *o)
     errno = 0;
     long v = strtol(text, &end, 10);
     if (errno || *end || v < o->min || v > o->max) {
-        fprintf(stderr, "kmemcache: %s=%s is not a whole number from %ld to %ld; using %ld\n",
-                var, text, o->min, o->max, KMC_LOAD(&o->value));
+        fprintf(stderr, "kmemcache: %s=%s is not a whole number from %ld to %ld; using %ld\n", var,
+                text, o->min, o->max, KMC_LOAD(&o->value));
         return;
     }
     KMC_STORE(&o->value, v);
@@ -81,8 +81,8 @@ kmc_status kmc_option_set(kmc_option option, long value)
         return kmc__report(KMC_EINVAL, NULL, NULL, "no option %d", (int)option);
     option_t *o = &options[option];
     if (value < o->min || value > o->max)
-        return kmc__report(KMC_EINVAL, NULL, NULL, "%s must be from %ld to %ld, not %ld",
-                           o->name, o->min, o->max, value);
+        return kmc__report(KMC_EINVAL, NULL, NULL, "%s must be from %ld to %ld, not %ld", o->name,
+                           o->min, o->max, value);
     (void)kmc__option(option); /* the environment is read once, and no later */
     KMC_STORE(&o->value, value);
     return KMC_OK;

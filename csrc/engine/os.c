@@ -52,8 +52,7 @@ size_t kmc_page_size(void)
 static void *reserve_aligned(size_t size, size_t align)
 {
     size_t span = size + align;
-    uint8_t *p = mmap(NULL, span, PROT_NONE,
-                      MAP_PRIVATE | MAP_ANONYMOUS | MAP_NORESERVE, -1, 0);
+    uint8_t *p = mmap(NULL, span, PROT_NONE, MAP_PRIVATE | MAP_ANONYMOUS | MAP_NORESERVE, -1, 0);
     if (p == MAP_FAILED)
         return NULL;
     uintptr_t start = ((uintptr_t)p + align - 1) & ~(uintptr_t)(align - 1);
@@ -107,8 +106,7 @@ void *kmc__os_map_pages(size_t size, size_t align)
     void *r = reserve_aligned(size, align);
     if (!r)
         return NULL;
-    void *p = mmap(r, size, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS | MAP_FIXED,
-                   -1, 0);
+    void *p = mmap(r, size, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS | MAP_FIXED, -1, 0);
     if (p == MAP_FAILED) {
         munmap(r, size);
         return NULL;
@@ -122,8 +120,8 @@ void *kmc__os_map_meta(size_t size)
 {
     if (kmc__os_injected_failure())
         return NULL;
-    void *p = mmap(NULL, size, PROT_READ | PROT_WRITE,
-                   MAP_PRIVATE | MAP_ANONYMOUS | MAP_NORESERVE, -1, 0);
+    void *p = mmap(NULL, size, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS | MAP_NORESERVE,
+                   -1, 0);
     return p == MAP_FAILED ? NULL : p;
 }
 

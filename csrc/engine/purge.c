@@ -19,8 +19,8 @@
 
 static pthread_mutex_t purge_lock = PTHREAD_MUTEX_INITIALIZER;
 static pthread_cond_t purge_cond = PTHREAD_COND_INITIALIZER;
-static bool started;          /* purge_lock */
-static _Atomic int armed;     /* there is something to look at */
+static bool started;      /* purge_lock */
+static _Atomic int armed; /* there is something to look at */
 
 uint32_t kmc__purge_delay_ms(void) { return (uint32_t)kmc__option(KMC_OPTION_PURGE_DELAY_MS); }
 
@@ -74,8 +74,8 @@ void kmc__purge_defer(bool on) { atomic_store_explicit(&arm_deferred, on, memory
 void kmc__purge_arm(void)
 {
     if (atomic_load_explicit(&armed, memory_order_relaxed) ||
-        atomic_load_explicit(&arm_deferred, memory_order_relaxed) ||
-        kmc__purge_delay_ms() == 0 || atomic_exchange(&armed, 1))
+        atomic_load_explicit(&arm_deferred, memory_order_relaxed) || kmc__purge_delay_ms() == 0 ||
+        atomic_exchange(&armed, 1))
         return;
     pthread_mutex_lock(&purge_lock);
     if (!started) {

@@ -54,8 +54,8 @@ static void report_start(kmc_status status, const kmc_cache_t *c, const void *ob
     last_report.object = (uintptr_t)obj;
 }
 
-kmc_status kmc__report(kmc_status status, const kmc_cache_t *c, const void *obj,
-                       const char *fmt, ...)
+kmc_status kmc__report(kmc_status status, const kmc_cache_t *c, const void *obj, const char *fmt,
+                       ...)
 {
     report_start(status, c, obj);
     va_list ap;
@@ -88,8 +88,8 @@ kmc_status kmc__report_bytes(kmc_status status, const kmc_cache_t *c, const uint
     last_report.dump_len = end - start;
     memcpy(last_report.dump, (const void *)start, last_report.dump_len);
     snprintf(last_report.message, sizeof(last_report.message),
-             "%s in %s: object 0x%llx, bytes %td-%td. First byte 0x%02x instead of 0x%02x",
-             what, c->name, (unsigned long long)(uintptr_t)obj, offset,
-             offset + (ptrdiff_t)length - 1, last_report.found, expected);
+             "%s in %s: object 0x%llx, bytes %td-%td. First byte 0x%02x instead of 0x%02x", what,
+             c->name, (unsigned long long)(uintptr_t)obj, offset, offset + (ptrdiff_t)length - 1,
+             last_report.found, expected);
     return status;
 }

@@ -81,10 +81,10 @@
 
 #include "internal.h"
 
-#define SHM_MAGIC    UINT64_C(0x3165726168736d6b) /* "kmshare1" */
-#define SHM_VERSION  1u
-#define MAG_MAX      64u                 /* objects in a magazine, at most */
-#define MAG_BYTES    ((size_t)1 << 20)   /* ... and their slots' bytes */
+#define SHM_MAGIC      UINT64_C(0x3165726168736d6b) /* "kmshare1" */
+#define SHM_VERSION    1u
+#define MAG_MAX        64u               /* objects in a magazine, at most */
+#define MAG_BYTES      ((size_t)1 << 20) /* ... and their slots' bytes */
 #define ATTACH_WAIT_MS 2000u             /* for a region still being made */
 
 enum { REC_FREE = 0, REC_CACHED = 1, REC_LIVE = 2 };
@@ -96,7 +96,10 @@ enum { REC_FREE = 0, REC_CACHED = 1, REC_LIVE = 2 };
 
 static inline uint32_t rec_state(uint64_t w) { return (uint32_t)w & 3u; }
 static inline uint32_t rec_slot(uint64_t w) { return ((uint32_t)w >> REC_SLOT_SHIFT) & 0xfffu; }
-static inline uint32_t rec_tickets(uint64_t w) { return ((uint32_t)w >> REC_TICKET_SHIFT) & 0xffffu; }
+static inline uint32_t rec_tickets(uint64_t w)
+{
+    return ((uint32_t)w >> REC_TICKET_SHIFT) & 0xffffu;
+}
 static inline uint32_t rec_gen(uint64_t w) { return (uint32_t)(w >> REC_GEN_SHIFT); }
 static inline bool rec_shared(uint64_t w) { return (w & REC_SHARED) != 0; }
 static inline uint64_t rec_word(uint32_t state, uint32_t slot, uint32_t tickets, uint32_t gen)
@@ -113,68 +116,68 @@ enum { PROC_FREE = 0, PROC_ALIVE = 1 };
  * region lock may take the lock to look (validate) or, once it is dead,
  * to take everything back. */
 typedef struct kmc_proc_s {
-    _Atomic uint32_t lock;        /* 0, or the slot + 1 of the holder */
-    _Atomic uint32_t state;       /* PROC_FREE or PROC_ALIVE */
+    _Atomic uint32_t lock;  /* 0, or the slot + 1 of the holder */
+    _Atomic uint32_t state; /* PROC_FREE or PROC_ALIVE */
     int32_t pid;
     uint32_t unused;
-    uint64_t start;               /* start time, clock ticks since boot */
-    uint64_t pidns;               /* its pid namespace (inode number) */
-    _Atomic uint64_t allocs;      /* objects it handed out, ever */
-    _Atomic uint64_t frees;       /* objects it gave back, ever */
-    _Atomic uint32_t mag_count;   /* objects in its magazine */
+    uint64_t start;             /* start time, clock ticks since boot */
+    uint64_t pidns;             /* its pid namespace (inode number) */
+    _Atomic uint64_t allocs;    /* objects it handed out, ever */
+    _Atomic uint64_t frees;     /* objects it gave back, ever */
+    _Atomic uint32_t mag_count; /* objects in its magazine */
     uint32_t unused2;
     _Atomic uint64_t mag[MAG_MAX]; /* their offsets in the slab area */
 } __attribute__((aligned(64))) kmc_proc_t;
 
 typedef struct kmc_shm_header_s {
-    _Atomic uint64_t magic;       /* SHM_MAGIC once the creator is done */
-    uint32_t version;             /* SHM_VERSION */
-    uint32_t header_bytes;        /* sizeof(this) */
-    uint32_t abi;                 /* what the structures' sizes were */
+    _Atomic uint64_t magic; /* SHM_MAGIC once the creator is done */
+    uint32_t version;       /* SHM_VERSION */
+    uint32_t header_bytes;  /* sizeof(this) */
+    uint32_t abi;           /* what the structures' sizes were */
     int32_t creator_pid;
     uint64_t creator_start;
-    uint64_t nonce;               /* random: this region, not a later one */
+    uint64_t nonce; /* random: this region, not a later one */
     char name[KMC_NAME_MAX];
     /* the layout: set by the creator, read-only after */
     uint64_t size, align, flags, slab_shift, slot_size, obj_offset, objperslab, bitmap_words;
     uint64_t nslabs, max_procs, mag_cap, has_ctor, capacity, rec_words;
     uint64_t procs_at, slabs_at, local_at, remote_at, orig_at, records_at; /* bytes */
-    uint64_t meta_bytes;          /* where the slab area starts in the file */
-    uint64_t region_bytes;        /* the file's size */
+    uint64_t meta_bytes;   /* where the slab area starts in the file */
+    uint64_t region_bytes; /* the file's size */
     /* under the lock */
     pthread_mutex_t lock __attribute__((aligned(64)));
     kmc_depot_t depot __attribute__((aligned(64)));
-    uint64_t gone_allocs;         /* allocs of processes gone, and adjustments */
-    uint64_t gone_frees;          /* their frees, and what reclaim freed */
-    uint64_t recoveries;          /* lock holders found dead, ever */
-    uint64_t reclaimed;           /* objects given back from processes gone */
-    uint64_t tickets;             /* references handed out, not claimed */
-    uint32_t attached;            /* processes with a slot */
+    uint64_t gone_allocs; /* allocs of processes gone, and adjustments */
+    uint64_t gone_frees;  /* their frees, and what reclaim freed */
+    uint64_t recoveries;  /* lock holders found dead, ever */
+    uint64_t reclaimed;   /* objects given back from processes gone */
+    uint64_t tickets;     /* references handed out, not claimed */
+    uint32_t attached;    /* processes with a slot */
 } kmc_shm_header_t;
 
-#define SHM_ABI                                                                       \
-    ((uint32_t)sizeof(pthread_mutex_t) | (uint32_t)sizeof(kmc_proc_t) << 8 |          \
+#define SHM_ABI                                                              \
+    ((uint32_t)sizeof(pthread_mutex_t) | (uint32_t)sizeof(kmc_proc_t) << 8 | \
      (uint32_t)sizeof(kmc_slab_t) << 20 | (uint32_t)sizeof(void *) << 26)
 
 /* This process's view of a region (process memory). */
 typedef struct kmc_region_s kmc_region_t;
 struct kmc_region_s {
-    kmc_shm_header_t *hdr;        /* the metadata mapping starts with it */
+    kmc_shm_header_t *hdr; /* the metadata mapping starts with it */
     size_t meta_len;
-    uint8_t *slabs;               /* the slab area, aligned */
+    uint8_t *slabs; /* the slab area, aligned */
     size_t slabs_len;
     int fd;
     char path[96];
     kmc_proc_t *procs;
     _Atomic uint64_t *records;
-    uint32_t rec_words;           /* 1 + holder words */
-    uint32_t mag_cap;             /* this process's: 0 without magazines */
-    _Atomic uint32_t self;        /* its slot, KMC_NIL before it has one */
+    uint32_t rec_words;    /* 1 + holder words */
+    uint32_t mag_cap;      /* this process's: 0 without magazines */
+    _Atomic uint32_t self; /* its slot, KMC_NIL before it has one */
     int pid;
     uint64_t start, pidns;
-    pthread_mutex_t reg_lock;     /* registering this process */
-    uint64_t *quiesced;           /* slots whose locks validate holds */
-    kmc_arena_t arena;            /* the slab area as the cache's one arena */
+    pthread_mutex_t reg_lock; /* registering this process */
+    uint64_t *quiesced;       /* slots whose locks validate holds */
+    kmc_arena_t arena;        /* the slab area as the cache's one arena */
 };
 
 /* --- test hook: die at a crash point ------------------------------------------ */
@@ -189,10 +192,10 @@ static KMC_NOINLINE void crash_point_slow(void)
         kmc__shm_die();
 }
 
-#define CRASH_POINT()                                                                 \
-    do {                                                                              \
-        if (unlikely(KMC_LOAD(&crash_countdown)))                                     \
-            crash_point_slow();                                                       \
+#define CRASH_POINT()                             \
+    do {                                          \
+        if (unlikely(KMC_LOAD(&crash_countdown))) \
+            crash_point_slow();                   \
     } while (0)
 
 kmc_status kmc_shared_forge_slot(kmc_cache_t *c, int pid, uint64_t start)
@@ -233,8 +236,8 @@ static inline uint64_t off_of(const kmc_cache_t *c, uint32_t sidx, uint32_t idx)
     return ((uint64_t)sidx << c->slab_shift) + (uint64_t)idx * c->slot_size + c->obj_offset;
 }
 
-static inline _Atomic uint64_t *rec_at(const kmc_region_t *r, const kmc_cache_t *c,
-                                       uint32_t sidx, uint32_t idx)
+static inline _Atomic uint64_t *rec_at(const kmc_region_t *r, const kmc_cache_t *c, uint32_t sidx,
+                                       uint32_t idx)
 {
     return &r->records[((size_t)sidx * c->objperslab + idx) * r->rec_words];
 }
@@ -284,8 +287,8 @@ static bool proc_alive(const kmc_region_t *r, uint32_t s)
 static inline bool proc_trylock(kmc_proc_t *p, uint32_t me)
 {
     uint32_t free_ = 0;
-    return atomic_compare_exchange_strong_explicit(&p->lock, &free_, me + 1,
-                                                   memory_order_acquire, memory_order_relaxed);
+    return atomic_compare_exchange_strong_explicit(&p->lock, &free_, me + 1, memory_order_acquire,
+                                                   memory_order_relaxed);
 }
 
 static inline void proc_unlock(kmc_proc_t *p)
@@ -374,10 +377,7 @@ uint32_t kmc__shared_builder(kmc_cache_t *c)
     return me == KMC_NIL ? KMC_DEPOT : me + 1;
 }
 
-bool kmc__shared_lacks_ctor(const kmc_cache_t *c)
-{
-    return c->region->hdr->has_ctor && !c->ctor;
-}
+bool kmc__shared_lacks_ctor(const kmc_cache_t *c) { return c->region->hdr->has_ctor && !c->ctor; }
 
 int kmc__shared_commit(kmc_cache_t *c, uint32_t id)
 {
@@ -609,7 +609,7 @@ static size_t scan_release(kmc_cache_t *c, const uint64_t *dead, bool orphans, b
     uint32_t procs = (uint32_t)r->hdr->max_procs;
     size_t freed = 0;
 #define IS_DEAD(s) ((dead[(s) / 64] >> ((s) % 64)) & 1)
-#define GONE(s) ((s) >= procs || IS_DEAD(s) || KMC_LOAD(&r->procs[(s)].state) != PROC_ALIVE)
+#define GONE(s)    ((s) >= procs || IS_DEAD(s) || KMC_LOAD(&r->procs[(s)].state) != PROC_ALIVE)
     for (uint32_t i = 0; i < a->nslabs; i++) {
         kmc_slab_t *s = &a->slabs[i];
         uint8_t state = kmc__slab_state(s);
@@ -1033,8 +1033,7 @@ static kmc_status free_locked(kmc_cache_t *c, uint32_t me, const void *obj, uint
         kmc_status st = check_live(c, obj, gen, &sidx, &idx, &w);
         if (st != KMC_OK)
             return st;
-        if (me != KMC_NIL && r->mag_cap &&
-            KMC_LOAD(&r->procs[me].mag_count) >= r->mag_cap)
+        if (me != KMC_NIL && r->mag_cap && KMC_LOAD(&r->procs[me].mag_count) >= r->mag_cap)
             flush(c, me, r->mag_cap / 2);
         if (end_live(c, me, sidx, idx, w))
             return KMC_OK;
@@ -1137,8 +1136,7 @@ kmc_status kmc_shared_free_bulk(kmc_cache_t *c, size_t n, void *const *objs, con
 
 /* Slot and word 0 of the object at @obj for the holder calls: no red zone
  * checks, no report for a stale one. Region locked. */
-static _Atomic uint64_t *holder_rec(kmc_cache_t *c, const void *obj, uint32_t *sidx,
-                                    uint32_t *idx)
+static _Atomic uint64_t *holder_rec(kmc_cache_t *c, const void *obj, uint32_t *sidx, uint32_t *idx)
 {
     kmc_region_t *r = c->region;
     uint64_t off = (uint64_t)((uintptr_t)obj - (uintptr_t)r->slabs);
@@ -1239,8 +1237,7 @@ kmc_status kmc_shared_ticket(kmc_cache_t *c, void *obj, uint32_t gen)
     kmc_status st = KMC_OK;
     for (;;) {
         uint64_t w = rec ? KMC_LOAD(rec) : 0;
-        if (!rec || rec_state(w) != REC_LIVE ||
-            (gen != KMC_SHARED_ANY_GEN && rec_gen(w) != gen)) {
+        if (!rec || rec_state(w) != REC_LIVE || (gen != KMC_SHARED_ANY_GEN && rec_gen(w) != gen)) {
             st = kmc__report(KMC_ESTALE, c, obj, "object 0x%llx of %s was freed",
                              (unsigned long long)(uintptr_t)obj, c->name);
             break;
@@ -1255,9 +1252,8 @@ kmc_status kmc_shared_ticket(kmc_cache_t *c, void *obj, uint32_t gen)
         if (!rec_shared(w)) {
             /* its holder set, written before the bit that makes it count */
             for (uint32_t hw = 0; hw < holder_words(r); hw++)
-                KMC_STORE(&rec[1 + hw], hw == rec_slot(w) / 64
-                                            ? UINT64_C(1) << (rec_slot(w) % 64)
-                                            : 0);
+                KMC_STORE(&rec[1 + hw],
+                          hw == rec_slot(w) / 64 ? UINT64_C(1) << (rec_slot(w) % 64) : 0);
             to |= REC_SHARED;
         }
         if (atomic_compare_exchange_strong(rec, &w, to)) {
@@ -1294,8 +1290,7 @@ kmc_status kmc_shared_hold(kmc_cache_t *c, uint64_t off, uint32_t gen, int ticke
     kmc_status st = KMC_OK;
     for (;;) {
         uint64_t w = rec ? KMC_LOAD(rec) : 0;
-        if (!rec || rec_state(w) != REC_LIVE ||
-            (gen != KMC_SHARED_ANY_GEN && rec_gen(w) != gen)) {
+        if (!rec || rec_state(w) != REC_LIVE || (gen != KMC_SHARED_ANY_GEN && rec_gen(w) != gen)) {
             st = gen == KMC_SHARED_ANY_GEN
                      ? kmc__report(KMC_ESTALE, c, at, "no live object at offset %llu of %s",
                                    (unsigned long long)off, c->name)
@@ -1480,8 +1475,7 @@ void kmc__shared_validate_begin(kmc_cache_t *c, size_t *count, kmc_status *first
     if (orphans)
         tally(count, first, first_report,
               kmc__report(KMC_ECORRUPT, c, NULL,
-                          "%zu live object(s) of %s had no holder left; freed", orphans,
-                          c->name),
+                          "%zu live object(s) of %s had no holder left; freed", orphans, c->name),
               orphans);
 }
 
@@ -1496,8 +1490,7 @@ void kmc__shared_validate_end(kmc_cache_t *c, size_t *count, kmc_status *first,
               kmc__report(KMC_ECORRUPT, c, NULL,
                           "counters of %s do not add up: %llu live objects, the counters say "
                           "%llu",
-                          c->name, (unsigned long long)live,
-                          (unsigned long long)s.active_objs),
+                          c->name, (unsigned long long)live, (unsigned long long)s.active_objs),
               recount(c));
     unquiesce(c);
 }
@@ -1563,20 +1556,18 @@ static kmc_status plan_region(kmc_cache_t *c, size_t capacity, uint32_t procs, p
         }
         if (n == 0) {
             plan_offsets(c, unit, procs, p);
-            return kmc__report(KMC_EINVAL, NULL, NULL,
-                               "capacity %zu is too small for shared cache %s: %llu bytes at "
-                               "least (%llu of metadata, %llu of slabs)",
-                               capacity, c->name,
-                               (unsigned long long)(p->meta_bytes + (unit << c->slab_shift)),
-                               (unsigned long long)p->meta_bytes,
-                               (unsigned long long)(unit << c->slab_shift));
+            return kmc__report(
+                KMC_EINVAL, NULL, NULL,
+                "capacity %zu is too small for shared cache %s: %llu bytes at "
+                "least (%llu of metadata, %llu of slabs)",
+                capacity, c->name, (unsigned long long)(p->meta_bytes + (unit << c->slab_shift)),
+                (unsigned long long)p->meta_bytes, (unsigned long long)(unit << c->slab_shift));
         }
         if (n < (1u << KMC_SLAB_ID_SHIFT))
             return KMC_OK;
         if (c->slab_shift >= KMC_MAX_SLAB_SHIFT)
             return kmc__report(KMC_EINVAL, NULL, NULL,
-                               "capacity %zu is too large for shared cache %s", capacity,
-                               c->name);
+                               "capacity %zu is too large for shared cache %s", capacity, c->name);
         min_shift = c->slab_shift + 1;
     }
 }
@@ -1605,8 +1596,7 @@ static kmc_status map_region(kmc_cache_t *c, kmc_region_t *r, bool create)
     int rc = kmc__shm_map(r->fd, h->meta_bytes, r->slabs_len, align, true, &slabs);
     if (rc != 0) {
         kmc__report(rc == ENOMEM ? KMC_ENOMEM : KMC_EOS, c, NULL,
-                    "cannot map the %zu-byte slab area of shared cache %s", r->slabs_len,
-                    c->name);
+                    "cannot map the %zu-byte slab area of shared cache %s", r->slabs_len, c->name);
         kmc__report_slot()->os_error = rc;
         return kmc_last_report()->status;
     }
@@ -1682,8 +1672,8 @@ static void cache_free(kmc_cache_t *c)
 }
 
 kmc_status kmc_shared_create(const char *name, size_t size, size_t align, unsigned flags,
-                             size_t capacity, unsigned max_procs, kmc_ctor_fn ctor,
-                             void *ctor_arg, kmc_cache_t **out)
+                             size_t capacity, unsigned max_procs, kmc_ctor_fn ctor, void *ctor_arg,
+                             kmc_cache_t **out)
 {
     kmc__report_clear();
     if (!out)
@@ -1834,9 +1824,8 @@ static kmc_status check_header(kmc_cache_t *c, const kmc_shm_header_t *h, uint64
         c->obj_offset != h->obj_offset || c->objperslab != h->objperslab ||
         c->bitmap_words != h->bitmap_words || p.procs_at != h->procs_at ||
         p.slabs_at != h->slabs_at || p.local_at != h->local_at || p.remote_at != h->remote_at ||
-        p.orig_at != h->orig_at || p.records_at != h->records_at ||
-        p.meta_bytes != h->meta_bytes || p.rec_words != h->rec_words ||
-        h->mag_cap > MAG_MAX ||
+        p.orig_at != h->orig_at || p.records_at != h->records_at || p.meta_bytes != h->meta_bytes ||
+        p.rec_words != h->rec_words || h->mag_cap > MAG_MAX ||
         h->region_bytes != h->meta_bytes + (h->nslabs << h->slab_shift) ||
         file_size < h->region_bytes)
         return kmc__report(KMC_EINVAL, NULL, NULL,
@@ -1846,8 +1835,7 @@ static kmc_status check_header(kmc_cache_t *c, const kmc_shm_header_t *h, uint64
     return KMC_OK;
 }
 
-kmc_status kmc_shared_attach(const char *name, kmc_ctor_fn ctor, void *ctor_arg,
-                             kmc_cache_t **out)
+kmc_status kmc_shared_attach(const char *name, kmc_ctor_fn ctor, void *ctor_arg, kmc_cache_t **out)
 {
     kmc__report_clear();
     if (!out)
@@ -1869,9 +1857,9 @@ kmc_status kmc_shared_attach(const char *name, kmc_ctor_fn ctor, void *ctor_arg,
     c->ctor_arg = ctor_arg;
     int rc = kmc__shm_open(path, false, &r->fd);
     if (rc != 0) {
-        st = rc == ENOENT ? kmc__report(KMC_ENOENT, NULL, NULL, "no shared cache %s (%s)", name,
-                                        path)
-                          : os_report(rc, NULL, "cannot open", path);
+        st = rc == ENOENT
+                 ? kmc__report(KMC_ENOENT, NULL, NULL, "no shared cache %s (%s)", name, path)
+                 : os_report(rc, NULL, "cannot open", path);
         if (rc == ENOENT)
             kmc__report_slot()->os_error = ENOENT;
         goto fail;

@@ -61,10 +61,7 @@ int kmc__shm_size(int fd, uint64_t *size)
     return 0;
 }
 
-int kmc__shm_truncate(int fd, uint64_t size)
-{
-    return ftruncate(fd, (off_t)size) == 0 ? 0 : errno;
-}
+int kmc__shm_truncate(int fd, uint64_t size) { return ftruncate(fd, (off_t)size) == 0 ? 0 : errno; }
 
 int kmc__shm_commit(int fd, uint64_t offset, uint64_t len)
 {

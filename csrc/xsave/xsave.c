@@ -29,10 +29,10 @@
 #include <cpuid.h>
 #endif
 
-#define XS_ALIGNMENT 64      /* XSAVE and XRSTOR #GP unless the area is aligned to this */
-#define XS_LEGACY_SIZE 512   /* x87 + SSE region, bytes */
-#define XS_HEADER_OFFSET 512 /* XSAVE header follows the legacy region */
-#define XS_HEADER_SIZE 64    /* bytes; SDM: must be zero before the first XSAVE */
+#define XS_ALIGNMENT       64   /* XSAVE and XRSTOR #GP unless the area is aligned to this */
+#define XS_LEGACY_SIZE     512  /* x87 + SSE region, bytes */
+#define XS_HEADER_OFFSET   512  /* XSAVE header follows the legacy region */
+#define XS_HEADER_SIZE     64   /* bytes; SDM: must be zero before the first XSAVE */
 #define XS_USER_COMPONENTS 0x7u /* x87 | SSE | AVX (XCR0 bits 0..2) */
 
 #if defined(__x86_64__)
@@ -57,10 +57,7 @@ static uint64_t xs_xcr0(void)
     return ((uint64_t)hi << 32) | lo;
 }
 
-static uint64_t xs_user_mask(void)
-{
-    return xs_xcr0() & XS_USER_COMPONENTS;
-}
+static uint64_t xs_user_mask(void) { return xs_xcr0() & XS_USER_COMPONENTS; }
 
 /* Bytes the standard format needs for `mask`: the legacy region and the
  * header always, then each extended component i >= 2 at the offset
@@ -104,10 +101,7 @@ static void xs_roundtrip(void *area, uint64_t mask)
 
 #else /* !__x86_64__ */
 
-static int xs_supported(void)
-{
-    return 0;
-}
+static int xs_supported(void) { return 0; }
 
 #endif
 
@@ -118,9 +112,8 @@ static PyObject *xs_unsupported_error(void)
     return NULL;
 }
 
-PyDoc_STRVAR(supported_doc,
-             "supported() -> bool\n\n"
-             "True when CPUID reports XSAVE and OSXSAVE (the OS enabled it).");
+PyDoc_STRVAR(supported_doc, "supported() -> bool\n\n"
+                            "True when CPUID reports XSAVE and OSXSAVE (the OS enabled it).");
 
 static PyObject *xsave_supported(PyObject *self, PyObject *Py_UNUSED(ignored))
 {
@@ -128,10 +121,9 @@ static PyObject *xsave_supported(PyObject *self, PyObject *Py_UNUSED(ignored))
     return PyBool_FromLong(xs_supported());
 }
 
-PyDoc_STRVAR(user_mask_doc,
-             "user_mask() -> int\n\n"
-             "The state components roundtrip() saves: XCR0 & (x87|SSE|AVX).\n"
-             "RuntimeError when XSAVE is not available.");
+PyDoc_STRVAR(user_mask_doc, "user_mask() -> int\n\n"
+                            "The state components roundtrip() saves: XCR0 & (x87|SSE|AVX).\n"
+                            "RuntimeError when XSAVE is not available.");
 
 static PyObject *xsave_user_mask(PyObject *self, PyObject *Py_UNUSED(ignored))
 {
@@ -145,11 +137,10 @@ static PyObject *xsave_user_mask(PyObject *self, PyObject *Py_UNUSED(ignored))
 #endif
 }
 
-PyDoc_STRVAR(area_size_doc,
-             "area_size() -> int\n\n"
-             "Bytes XSAVE writes for user_mask() in the standard format\n"
-             "(576 for x87+SSE, 832 with AVX). RuntimeError when XSAVE is not\n"
-             "available.");
+PyDoc_STRVAR(area_size_doc, "area_size() -> int\n\n"
+                            "Bytes XSAVE writes for user_mask() in the standard format\n"
+                            "(576 for x87+SSE, 832 with AVX). RuntimeError when XSAVE is not\n"
+                            "available.");
 
 static PyObject *xsave_area_size(PyObject *self, PyObject *Py_UNUSED(ignored))
 {
@@ -190,8 +181,8 @@ static PyObject *xsave_roundtrip(PyObject *self, PyObject *arg)
         size_t need = xs_area_size(mask);
 
         if ((size_t)view.len < need) {
-            PyErr_Format(PyExc_ValueError,
-                         "buffer holds %zd bytes, XSAVE needs %zu", view.len, need);
+            PyErr_Format(PyExc_ValueError, "buffer holds %zd bytes, XSAVE needs %zu", view.len,
+                         need);
             goto out;
         }
         xs_roundtrip(view.buf, mask);
@@ -261,7 +252,4 @@ static struct PyModuleDef xsave_module = {
 };
 /* clang-format on */
 
-PyMODINIT_FUNC PyInit__xsave(void)
-{
-    return PyModuleDef_Init(&xsave_module);
-}
+PyMODINIT_FUNC PyInit__xsave(void) { return PyModuleDef_Init(&xsave_module); }

@@ -66,17 +66,24 @@ static void test_create_rejects_bad_arguments(void)
         size_t size, align;
         unsigned flags;
     } bad[] = {
-        {NULL, 64, 0, 0},          {"", 64, 0, 0},           {"two words", 64, 0, 0},
-        {"tab\tname", 64, 0, 0},   {long_name, 64, 0, 0},    {"ok", 0, 0, 0},
-        {"ok", KMC_MAX_SIZE + 1, 0, 0},                      {"ok", 64, 3, 0},
-        {"ok", 64, 24, 0},         {"ok", 64, KMC_MAX_ALIGN * 2, 0},
-        {"ok", 64, 0, 0x1},        {"ok", 64, 0, 0x80000000u},
+        {NULL, 64, 0, 0},
+        {"", 64, 0, 0},
+        {"two words", 64, 0, 0},
+        {"tab\tname", 64, 0, 0},
+        {long_name, 64, 0, 0},
+        {"ok", 0, 0, 0},
+        {"ok", KMC_MAX_SIZE + 1, 0, 0},
+        {"ok", 64, 3, 0},
+        {"ok", 64, 24, 0},
+        {"ok", 64, KMC_MAX_ALIGN * 2, 0},
+        {"ok", 64, 0, 0x1},
+        {"ok", 64, 0, 0x80000000u},
     };
     for (size_t i = 0; i < sizeof(bad) / sizeof(bad[0]); i++) {
         c = (kmc_cache_t *)&c;
-        CHECK_EQ(kmc_cache_create(bad[i].name, bad[i].size, bad[i].align, bad[i].flags,
-                                  NULL, NULL, &c),
-                 KMC_EINVAL);
+        CHECK_EQ(
+            kmc_cache_create(bad[i].name, bad[i].size, bad[i].align, bad[i].flags, NULL, NULL, &c),
+            KMC_EINVAL);
         CHECK(c == NULL);
         CHECK_EQ(kmc_last_report()->status, KMC_EINVAL);
         CHECK(kmc_last_report()->message[0] != 0);
@@ -468,8 +475,8 @@ static void test_hwcache_align(void)
 
 static void test_sizes(void)
 {
-    size_t sizes[] = {1, 3, 7, 9, 63, 65, 4095, 4097, 65537, 2 * MiB + 1, 3 * MiB + 5,
-                      KMC_MAX_SIZE};
+    size_t sizes[] = {1,    3,    7,     9,           63,          65,
+                      4095, 4097, 65537, 2 * MiB + 1, 3 * MiB + 5, KMC_MAX_SIZE};
     for (size_t k = 0; k < sizeof(sizes) / sizeof(sizes[0]); k++) {
         size_t size = sizes[k];
         kmc_cache_t *c = make("sizes", size, 0, 0);
@@ -634,10 +641,7 @@ static void test_ctor_keeping_a_reference_pins_the_slab(void)
 /* size 40 between two 8-byte red zones: 56-byte slots, 585 per 32 KiB slab
  * (a 64 KiB one would hold more than 1024), 8 bytes of padding after the
  * last slot */
-static kmc_cache_t *debug_cache(void)
-{
-    return make("debug", 40, 0, KMC_RED_ZONE | KMC_POISON);
-}
+static kmc_cache_t *debug_cache(void) { return make("debug", 40, 0, KMC_RED_ZONE | KMC_POISON); }
 
 static void test_debug_fills(void)
 {
@@ -815,8 +819,8 @@ static void test_check_free_sees_red_zones(void)
 
 /* --- threads ------------------------------------------------------------ */
 
-#define THREADS 4
-#define OPS 40000
+#define THREADS  4
+#define OPS      40000
 #define HELD_MAX 256
 
 static kmc_cache_t *shared[4];

@@ -653,9 +653,9 @@ static void test_fork_while_threads_churn(void)
 
 /* --- threads exchanging objects, coming and going ------------------------------------- */
 
-#define SLOTS 256
+#define SLOTS      256
 #define EXCHANGERS 4
-#define WAVES 6
+#define WAVES      6
 static kmc_cache_t *xcaches[3];
 static const size_t xsize[3] = {16, 200, 5000};
 static _Atomic(uint64_t *) slots[SLOTS];
@@ -710,8 +710,7 @@ static void test_threads_exchange_tagged_objects_and_come_and_go(void)
     for (int wave = 0; wave < WAVES; wave++) {
         pthread_t t[EXCHANGERS];
         for (uintptr_t i = 0; i < EXCHANGERS; i++)
-            CHECK(pthread_create(&t[i], NULL, exchanger, (void *)(wave * EXCHANGERS + i + 1)) ==
-                  0);
+            CHECK(pthread_create(&t[i], NULL, exchanger, (void *)(wave * EXCHANGERS + i + 1)) == 0);
         for (int i = 0; i < EXCHANGERS; i++)
             pthread_join(t[i], NULL);
     }
@@ -742,12 +741,12 @@ static void test_threads_exchange_tagged_objects_and_come_and_go(void)
 #else
 #define UNDER_SANITIZER 0
 #endif
-#define SKIP_UNDER_SANITIZER()                                                         \
-    do {                                                                               \
-        if (UNDER_SANITIZER) {                                                         \
-            printf("  (skipped under a sanitizer: it measures address space)\n");      \
-            return;                                                                    \
-        }                                                                              \
+#define SKIP_UNDER_SANITIZER()                                                    \
+    do {                                                                          \
+        if (UNDER_SANITIZER) {                                                    \
+            printf("  (skipped under a sanitizer: it measures address space)\n"); \
+            return;                                                               \
+        }                                                                         \
     } while (0)
 
 static void test_ten_thousand_small_caches_under_a_16_gb_limit(void)

@@ -18,24 +18,24 @@
 static int tests_passed, tests_failed, test_checks_failed;
 static atomic_int thread_failures;
 
-#define CHECK(cond)                                                                     \
-    do {                                                                                \
-        if (!(cond)) {                                                                  \
-            fprintf(stderr, "  %s:%d: CHECK(%s) failed\n", __FILE__, __LINE__, #cond);  \
-            test_checks_failed++;                                                       \
-            return;                                                                     \
-        }                                                                               \
+#define CHECK(cond)                                                                    \
+    do {                                                                               \
+        if (!(cond)) {                                                                 \
+            fprintf(stderr, "  %s:%d: CHECK(%s) failed\n", __FILE__, __LINE__, #cond); \
+            test_checks_failed++;                                                      \
+            return;                                                                    \
+        }                                                                              \
     } while (0)
 
-#define CHECK_EQ(a, b)                                                                  \
-    do {                                                                                \
-        long long a_ = (long long)(a), b_ = (long long)(b);                             \
-        if (a_ != b_) {                                                                 \
-            fprintf(stderr, "  %s:%d: CHECK_EQ(%s, %s) failed: %lld != %lld\n",         \
-                    __FILE__, __LINE__, #a, #b, a_, b_);                                \
-            test_checks_failed++;                                                       \
-            return;                                                                     \
-        }                                                                               \
+#define CHECK_EQ(a, b)                                                                    \
+    do {                                                                                  \
+        long long a_ = (long long)(a), b_ = (long long)(b);                               \
+        if (a_ != b_) {                                                                   \
+            fprintf(stderr, "  %s:%d: CHECK_EQ(%s, %s) failed: %lld != %lld\n", __FILE__, \
+                    __LINE__, #a, #b, a_, b_);                                            \
+            test_checks_failed++;                                                         \
+            return;                                                                       \
+        }                                                                                 \
     } while (0)
 
 /* What every test file may run after each test, even a failed one (a CHECK
@@ -53,21 +53,21 @@ static atomic_int thread_failures;
             fprintf(stderr, "  %s:%d: TCHECK(%s) failed\n", __FILE__, __LINE__, #cond); \
     } while (0)
 
-#define RUN(test)                                                                       \
-    do {                                                                                \
-        int before_ = test_checks_failed;                                               \
-        test();                                                                         \
-        TEST_AFTER_EACH();                                                              \
-        int ok_ = test_checks_failed == before_;                                        \
-        printf("%s %s\n", ok_ ? "ok  " : "FAIL", #test + 5);                            \
-        fflush(stdout);                                                                 \
-        if (ok_)                                                                        \
-            tests_passed++;                                                             \
-        else                                                                            \
-            tests_failed++;                                                             \
+#define RUN(test)                                            \
+    do {                                                     \
+        int before_ = test_checks_failed;                    \
+        test();                                              \
+        TEST_AFTER_EACH();                                   \
+        int ok_ = test_checks_failed == before_;             \
+        printf("%s %s\n", ok_ ? "ok  " : "FAIL", #test + 5); \
+        fflush(stdout);                                      \
+        if (ok_)                                             \
+            tests_passed++;                                  \
+        else                                                 \
+            tests_failed++;                                  \
     } while (0)
 
-#define TESTS_DONE()                                                                    \
+#define TESTS_DONE() \
     (printf("%d passed, %d failed\n", tests_passed, tests_failed), tests_failed ? 1 : 0)
 
 #endif /* TEST_HELPERS_H */

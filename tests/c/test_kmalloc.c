@@ -20,19 +20,19 @@
 #define TEST_AFTER_EACH() kmc_os_fail_after(-1)
 #include "test_helpers.h"
 
-#define KiB ((size_t)1 << 10)
-#define MiB ((size_t)1 << 20)
+#define KiB                  ((size_t)1 << 10)
+#define MiB                  ((size_t)1 << 20)
 #define LARGE_KEEP_MAX_BYTES (32 * MiB) /* the largest freed run kmalloc.c keeps */
-#define LARGE_KEEP_RUNS 64               /* and at most this many runs, */
-#define LARGE_KEEP_BYTES (64 * MiB)      /* this many bytes in all */
+#define LARGE_KEEP_RUNS      64         /* and at most this many runs, */
+#define LARGE_KEEP_BYTES     (64 * MiB) /* this many bytes in all */
 
 static const struct {
     const char *name;
     size_t size, align;
 } linux_classes[] = {
-    {"kmalloc-8", 8, 8},       {"kmalloc-16", 16, 16},     {"kmalloc-32", 32, 32},
-    {"kmalloc-64", 64, 64},    {"kmalloc-96", 96, 32},     {"kmalloc-128", 128, 128},
-    {"kmalloc-192", 192, 64},  {"kmalloc-256", 256, 256},  {"kmalloc-512", 512, 512},
+    {"kmalloc-8", 8, 8},        {"kmalloc-16", 16, 16},     {"kmalloc-32", 32, 32},
+    {"kmalloc-64", 64, 64},     {"kmalloc-96", 96, 32},     {"kmalloc-128", 128, 128},
+    {"kmalloc-192", 192, 64},   {"kmalloc-256", 256, 256},  {"kmalloc-512", 512, 512},
     {"kmalloc-1k", 1024, 1024}, {"kmalloc-2k", 2048, 2048}, {"kmalloc-4k", 4096, 4096},
     {"kmalloc-8k", 8192, 8192},
 };
@@ -503,8 +503,7 @@ static void test_install(void)
     kmc_cache_t *old = kmc_owner(before, NULL);
     CHECK(old == kmc_kmalloc_cache(9));
     CHECK_EQ(kmc_cache_destroy(old), KMC_EBUSY); /* installed: never destroyed */
-    CHECK_EQ(kmc_cache_create("kmalloc-1k", 1024, 1024, KMC_RED_ZONE, NULL, NULL, &mine),
-             KMC_OK);
+    CHECK_EQ(kmc_cache_create("kmalloc-1k", 1024, 1024, KMC_RED_ZONE, NULL, NULL, &mine), KMC_OK);
     CHECK_EQ(kmc_kmalloc_install(9, mine), KMC_OK);
     void *after = kmc_kmalloc(1000, 0);
     CHECK(kmc_owner(after, NULL) == mine);
@@ -517,7 +516,7 @@ static void test_install(void)
 /* --- threads ---------------------------------------------------------------------- */
 
 #define THREADS 8
-#define ROUNDS 20000
+#define ROUNDS  20000
 
 static void *churn(void *arg)
 {

@@ -93,8 +93,7 @@ static void test_create_rejects_bad_arguments(void)
     CHECK(c == NULL);
     CHECK_EQ(kmc_shared_create(name, 0, 0, 0, 8 * MiB, 0, NULL, NULL, &c), KMC_EINVAL);
     CHECK_EQ(kmc_shared_create(name, 64, 3, 0, 8 * MiB, 0, NULL, NULL, &c), KMC_EINVAL);
-    CHECK_EQ(kmc_shared_create(name, 64, 0, 0, 8 * MiB, KMC_SHARED_MAX_PROCS + 1, NULL, NULL,
-                               &c),
+    CHECK_EQ(kmc_shared_create(name, 64, 0, 0, 8 * MiB, KMC_SHARED_MAX_PROCS + 1, NULL, NULL, &c),
              KMC_EINVAL);
     CHECK_EQ(kmc_shared_create(name, 64, 0, 0, 4096, 0, NULL, NULL, &c), KMC_EINVAL);
     CHECK_STR_HAS(kmc_last_report()->message, "too small");
@@ -532,8 +531,8 @@ static int check_after_deaths(kmc_cache_t *c, uint64_t parent_live, uint64_t pic
     kmc_shared_reclaim(c, 1);
     kmc_stats_t s = stats_of(c);
     if (s.active_objs != parent_live) {
-        fprintf(stderr, "  %llu live, the parent holds %llu\n",
-                (unsigned long long)s.active_objs, (unsigned long long)parent_live);
+        fprintf(stderr, "  %llu live, the parent holds %llu\n", (unsigned long long)s.active_objs,
+                (unsigned long long)parent_live);
         return 0;
     }
     if (kmc_cache_validate(c, &problems) != KMC_OK || problems) {
