@@ -5,7 +5,8 @@ Measures, in one run, the ns per alloc+free of a single buffer for sizes from 8 
 cache made once, outside the loop; plus zalloc+drop, the non-zeroing alloc+free and
 the kmalloc family) side by side with ``bytearray(n)`` create+drop, NumPy
 over-allocate-and-slice (and plain ``np.zeros`` / ``np.empty``),
-``pyfftw.zeros_aligned`` / ``empty_aligned``, ``posix_memalign`` (+ ``memset``) +
+``pyfftw.zeros_aligned`` / ``empty_aligned``, ``pyarrow.allocate_buffer(n)``,
+``posix_memalign`` (+ ``memset``) +
 ``free`` through ctypes, ``mmap.mmap(-1, n)`` create+close, and NumPy under two
 aligned NEP 49 handlers installed once: kmemcache.numpy's and one in C over
 ``aligned_alloc`` (the best a user can write without kmemcache; built by the
@@ -237,7 +238,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         "repeats": repeats,
         "quick": args.quick,
         "loop_overhead": loop,
-        "environment": h.environment(["kmemcache", "numpy", "pyfftw"]),
+        "environment": h.environment(["kmemcache", "numpy", "pyfftw", "pyarrow"]),
         "results": {
             str(align): {str(size): recs for size, recs in by_size.items()}
             for align, by_size in results.items()

@@ -294,6 +294,25 @@ def aligned_pyfftw(size: int, align: int) -> bool:
     return _all_aligned([s.ctypes.data for s in samples], align)
 
 
+# --- pyarrow --------------------------------------------------------------------
+
+
+def make_pyarrow_allocate(size: int, align: int) -> Op:
+    pa = _require("pyarrow")
+    allocate = pa.allocate_buffer
+
+    def op() -> None:
+        allocate(size)
+
+    return op
+
+
+def aligned_pyarrow(size: int, align: int) -> bool:
+    pa = _require("pyarrow")
+    samples = [pa.allocate_buffer(size) for _ in range(ALIGN_SAMPLES)]
+    return _all_aligned([b.address for b in samples], align)
+
+
 # --- posix_memalign through ctypes ------------------------------------------------
 
 
@@ -522,6 +541,13 @@ PEERS: tuple[Peer, ...] = (
     ),
     Peer("numpy_empty", "numpy empty(n)", make_numpy_empty, aligned_numpy_plain, False),
     Peer("pyfftw_empty", "pyfftw.empty_aligned", make_pyfftw_empty, aligned_pyfftw, False),
+    Peer(
+        "pyarrow_allocate",
+        "pyarrow.allocate_buffer(n) create+drop",
+        make_pyarrow_allocate,
+        aligned_pyarrow,
+        False,
+    ),
     Peer(
         "posix_memalign_nozero",
         "posix_memalign+free (ctypes)",

@@ -137,7 +137,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     targets = [
         {**t, "benchmark": name} for name, data in results.items() for t in data.get("targets", [])
     ]
-    env = h.environment(["kmemcache", "numpy", "pyfftw", "matplotlib"])
+    env = h.environment(["kmemcache", "numpy", "pyfftw", "pyarrow", "matplotlib"])
     env["clock"] = None  # each benchmark says how it timed
     combined = {
         "format": 1,
