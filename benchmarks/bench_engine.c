@@ -38,7 +38,7 @@
 
 #include "kmc.h"
 
-#define ALIGN 64
+#define ALIGN     64
 #define MAX_BATCH 1000
 
 static size_t size;
@@ -52,12 +52,12 @@ static void (*je_release)(void *);
  * allocator pays for an indirect call the others do not. */
 #define ALLOC_kmemcache() kmc_cache_alloc(cache, 0)
 #define FREE_kmemcache(p) kmc_cache_free(cache, (p))
-#define ALLOC_glibc() aligned_alloc(ALIGN, size)
-#define FREE_glibc(p) free(p)
-#define ALLOC_mimalloc() mi_alloc(ALIGN, size)
-#define FREE_mimalloc(p) mi_release(p)
-#define ALLOC_jemalloc() je_alloc(ALIGN, size)
-#define FREE_jemalloc(p) je_release(p)
+#define ALLOC_glibc()     aligned_alloc(ALIGN, size)
+#define FREE_glibc(p)     free(p)
+#define ALLOC_mimalloc()  mi_alloc(ALIGN, size)
+#define FREE_mimalloc(p)  mi_release(p)
+#define ALLOC_jemalloc()  je_alloc(ALIGN, size)
+#define FREE_jemalloc(p)  je_release(p)
 
 static double now_s(void)
 {
@@ -84,46 +84,46 @@ static void *volatile sink;
 
 /* --- the patterns, once per allocator ---------------------------------------------- */
 
-#define PATTERNS(A)                                                                    \
-    static double pair_##A(long n)                                                     \
-    {                                                                                  \
-        double t0 = now_s();                                                           \
-        for (long i = 0; i < n; i++) {                                                 \
-            void *p = ALLOC_##A();                                                     \
-            sink = p;                                                                  \
-            FREE_##A(p);                                                               \
-        }                                                                              \
-        return now_s() - t0;                                                           \
-    }                                                                                  \
-    static double batch_##A(long rounds, unsigned k, int shuffled)                     \
-    {                                                                                  \
-        static void *objs[MAX_BATCH];                                                  \
-        double t0 = now_s();                                                           \
-        for (long r = 0; r < rounds; r++) {                                            \
-            for (unsigned i = 0; i < k; i++)                                           \
-                objs[i] = ALLOC_##A();                                                 \
-            if (shuffled)                                                              \
-                for (unsigned i = 0; i < k; i++)                                       \
-                    FREE_##A(objs[perm[i]]);                                           \
-            else                                                                       \
-                for (unsigned i = 0; i < k; i++)                                       \
-                    FREE_##A(objs[i]);                                                 \
-        }                                                                              \
-        return now_s() - t0;                                                           \
-    }                                                                                  \
-    static void *pairs_thread_##A(void *arg)                                           \
-    {                                                                                  \
-        long n = *(long *)arg;                                                         \
-        void *volatile own_sink; /* not the shared one: no false sharing */            \
-        for (long i = 0; i < n; i++) {                                                 \
-            void *p = ALLOC_##A();                                                     \
-            own_sink = p;                                                              \
-            FREE_##A(p);                                                               \
-        }                                                                              \
-        (void)own_sink;                                                                \
-        return NULL;                                                                   \
-    }                                                                                  \
-    static void *consume_##A(void *arg);                                               \
+#define PATTERNS(A)                                                         \
+    static double pair_##A(long n)                                          \
+    {                                                                       \
+        double t0 = now_s();                                                \
+        for (long i = 0; i < n; i++) {                                      \
+            void *p = ALLOC_##A();                                          \
+            sink = p;                                                       \
+            FREE_##A(p);                                                    \
+        }                                                                   \
+        return now_s() - t0;                                                \
+    }                                                                       \
+    static double batch_##A(long rounds, unsigned k, int shuffled)          \
+    {                                                                       \
+        static void *objs[MAX_BATCH];                                       \
+        double t0 = now_s();                                                \
+        for (long r = 0; r < rounds; r++) {                                 \
+            for (unsigned i = 0; i < k; i++)                                \
+                objs[i] = ALLOC_##A();                                      \
+            if (shuffled)                                                   \
+                for (unsigned i = 0; i < k; i++)                            \
+                    FREE_##A(objs[perm[i]]);                                \
+            else                                                            \
+                for (unsigned i = 0; i < k; i++)                            \
+                    FREE_##A(objs[i]);                                      \
+        }                                                                   \
+        return now_s() - t0;                                                \
+    }                                                                       \
+    static void *pairs_thread_##A(void *arg)                                \
+    {                                                                       \
+        long n = *(long *)arg;                                              \
+        void *volatile own_sink; /* not the shared one: no false sharing */ \
+        for (long i = 0; i < n; i++) {                                      \
+            void *p = ALLOC_##A();                                          \
+            own_sink = p;                                                   \
+            FREE_##A(p);                                                    \
+        }                                                                   \
+        (void)own_sink;                                                     \
+        return NULL;                                                        \
+    }                                                                       \
+    static void *consume_##A(void *arg);                                    \
     static double remote_##A(long n);
 
 PATTERNS(kmemcache)
@@ -137,33 +137,33 @@ PATTERNS(jemalloc)
 static _Atomic(void *) ring[RING];
 static long ring_n;
 
-#define REMOTE(A)                                                                      \
-    static void *consume_##A(void *arg)                                                \
-    {                                                                                  \
-        (void)arg;                                                                     \
-        for (long i = 0; i < ring_n; i++) {                                            \
-            _Atomic(void *) *slot = &ring[i % RING];                                   \
-            void *p;                                                                   \
-            while (!(p = atomic_exchange_explicit(slot, NULL, memory_order_acquire)))  \
-                ;                                                                      \
-            FREE_##A(p);                                                               \
-        }                                                                              \
-        return NULL;                                                                   \
-    }                                                                                  \
-    static double remote_##A(long n)                                                   \
-    {                                                                                  \
-        pthread_t consumer;                                                            \
-        ring_n = n;                                                                    \
-        double t0 = now_s();                                                           \
-        pthread_create(&consumer, NULL, consume_##A, NULL);                            \
-        for (long i = 0; i < n; i++) {                                                 \
-            _Atomic(void *) *slot = &ring[i % RING];                                   \
-            while (atomic_load_explicit(slot, memory_order_relaxed))                   \
-                ;                                                                      \
-            atomic_store_explicit(slot, ALLOC_##A(), memory_order_release);            \
-        }                                                                              \
-        pthread_join(consumer, NULL);                                                  \
-        return now_s() - t0;                                                           \
+#define REMOTE(A)                                                                     \
+    static void *consume_##A(void *arg)                                               \
+    {                                                                                 \
+        (void)arg;                                                                    \
+        for (long i = 0; i < ring_n; i++) {                                           \
+            _Atomic(void *) *slot = &ring[i % RING];                                  \
+            void *p;                                                                  \
+            while (!(p = atomic_exchange_explicit(slot, NULL, memory_order_acquire))) \
+                ;                                                                     \
+            FREE_##A(p);                                                              \
+        }                                                                             \
+        return NULL;                                                                  \
+    }                                                                                 \
+    static double remote_##A(long n)                                                  \
+    {                                                                                 \
+        pthread_t consumer;                                                           \
+        ring_n = n;                                                                   \
+        double t0 = now_s();                                                          \
+        pthread_create(&consumer, NULL, consume_##A, NULL);                           \
+        for (long i = 0; i < n; i++) {                                                \
+            _Atomic(void *) *slot = &ring[i % RING];                                  \
+            while (atomic_load_explicit(slot, memory_order_relaxed))                  \
+                ;                                                                     \
+            atomic_store_explicit(slot, ALLOC_##A(), memory_order_release);           \
+        }                                                                             \
+        pthread_join(consumer, NULL);                                                 \
+        return now_s() - t0;                                                          \
     }
 
 REMOTE(kmemcache)
@@ -182,7 +182,10 @@ typedef struct allocator_s {
     void *(*pairs_thread)(void *);
 } allocator_t;
 
-#define ENTRY(A) {#A, 1, pair_##A, batch_##A, remote_##A, pairs_thread_##A}
+#define ENTRY(A)                                                 \
+    {                                                            \
+#A, 1, pair_##A, batch_##A, remote_##A, pairs_thread_##A \
+    }
 static allocator_t allocators[] = {ENTRY(kmemcache), ENTRY(glibc), ENTRY(mimalloc),
                                    ENTRY(jemalloc)};
 #define N_ALLOCATORS (sizeof(allocators) / sizeof(allocators[0]))
