@@ -221,13 +221,8 @@ static int cache_init(CacheObject *self, PyObject *args, PyObject *kwds)
                      (unsigned long long)flags & ~(unsigned long long)KMC_VALID_FLAGS);
         return -1;
     }
-    if (ctor != Py_None && (flags & KMC_POISON)) {
-        /* SLUB does not poison a cache with a ctor either, but silently */
-        PyErr_SetString(PyExc_ValueError,
-                        "flags: POISON on a cache with a ctor cannot be had: poisoning "
-                        "freed objects would undo the ctor's work");
+    if (kmcpy_check_poison_ctor(flags, ctor) < 0)
         return -1;
-    }
     if (kmcpy_facade) {
         /* KMEMCACHE_DEBUG's options for this name join the flags given */
         PyObject *f = PyObject_CallMethod(kmcpy_facade, "cache_flags", "OnO", name, flags,
@@ -407,25 +402,44 @@ static PyObject *cache_zalloc(CacheObject *self, PyObject *Py_UNUSED(ignored))
 
 /* The handles are kept in an array of our own until the list is made: the
  * tracker and the GC run Python code that could reach a list made earlier. */
-static PyObject *cache_alloc_bulk(CacheObject *self, PyObject *args, PyObject *kwds)
+/* SLUB does not poison a cache with a ctor either, but silently. */
+int kmcpy_check_poison_ctor(unsigned long long flags, PyObject *ctor)
+{
+    if (ctor != Py_None && (flags & KMC_POISON)) {
+        PyErr_SetString(PyExc_ValueError,
+                        "flags: POISON on a cache with a ctor cannot be had: poisoning "
+                        "freed objects would undo the ctor's work");
+        return -1;
+    }
+    return 0;
+}
+
+/* alloc_bulk's arguments, checked: the count of objects and zero. */
+int kmcpy_bulk_args(PyObject *args, PyObject *kwds, Py_ssize_t *n, int *zero)
 {
     static char *kwlist[] = {"n", "zero", NULL};
     PyObject *n_o;
+    *zero = 0;
+    if (!PyArg_ParseTupleAndKeywords(args, kwds, "O|p:alloc_bulk", kwlist, &n_o, zero) ||
+        kmcpy_ssize_value(n_o, "n", n) < 0)
+        return -1;
+    if (*n < 0) {
+        PyErr_Format(PyExc_ValueError, "n must be >= 0, not %zd", *n);
+        return -1;
+    }
+    if ((size_t)*n > PY_SSIZE_T_MAX / sizeof(void *) / 2) {
+        PyErr_Format(PyExc_MemoryError, "n of %zd objects: no list can be that long", *n);
+        return -1;
+    }
+    return 0;
+}
+
+static PyObject *cache_alloc_bulk(CacheObject *self, PyObject *args, PyObject *kwds)
+{
     Py_ssize_t n;
-    int zero = 0;
-    if (!PyArg_ParseTupleAndKeywords(args, kwds, "O|p:alloc_bulk", kwlist, &n_o, &zero) ||
-        kmcpy_ssize_value(n_o, "n", &n) < 0)
+    int zero;
+    if (kmcpy_bulk_args(args, kwds, &n, &zero) < 0 || kmcpy_cache_check_alive(self) < 0)
         return NULL;
-    if (kmcpy_cache_check_alive(self) < 0)
-        return NULL;
-    if (n < 0) {
-        PyErr_Format(PyExc_ValueError, "n must be >= 0, not %zd", n);
-        return NULL;
-    }
-    if ((size_t)n > PY_SSIZE_T_MAX / sizeof(void *) / 2) {
-        PyErr_Format(PyExc_MemoryError, "n of %zd objects: no list can be that long", n);
-        return NULL;
-    }
     void **ptrs = PyMem_Malloc((n ? (size_t)n : 1) * sizeof(void *));
     HandleObject **handles = PyMem_Calloc(n ? (size_t)n : 1, sizeof(HandleObject *));
     PyObject *list = NULL;

@@ -479,12 +479,8 @@ static int shared_init(SharedCacheObject *self, PyObject *args, PyObject *kwds)
                      KMC_SHARED_MAX_PROCS, procs);
         return -1;
     }
-    if (ctor != Py_None && (flags & KMC_POISON)) {
-        PyErr_SetString(PyExc_ValueError,
-                        "flags: POISON on a cache with a ctor cannot be had: poisoning "
-                        "freed objects would undo the ctor's work");
+    if (kmcpy_check_poison_ctor(flags, ctor) < 0)
         return -1;
-    }
     if (kmcpy_facade) {
         PyObject *f = PyObject_CallMethod(kmcpy_facade, "cache_flags", "OnO", name, flags,
                                           ctor != Py_None ? Py_True : Py_False);
@@ -590,23 +586,10 @@ static PyObject *shared_zalloc(SharedCacheObject *self, PyObject *Py_UNUSED(igno
 
 static PyObject *shared_alloc_bulk(SharedCacheObject *self, PyObject *args, PyObject *kwds)
 {
-    static char *kwlist[] = {"n", "zero", NULL};
-    PyObject *n_o;
     Py_ssize_t n;
-    int zero = 0;
-    if (!PyArg_ParseTupleAndKeywords(args, kwds, "O|p:alloc_bulk", kwlist, &n_o, &zero) ||
-        kmcpy_ssize_value(n_o, "n", &n) < 0)
+    int zero;
+    if (kmcpy_bulk_args(args, kwds, &n, &zero) < 0 || shared_alive(self) < 0)
         return NULL;
-    if (shared_alive(self) < 0)
-        return NULL;
-    if (n < 0) {
-        PyErr_Format(PyExc_ValueError, "n must be >= 0, not %zd", n);
-        return NULL;
-    }
-    if ((size_t)n > PY_SSIZE_T_MAX / sizeof(void *) / 2) {
-        PyErr_Format(PyExc_MemoryError, "n of %zd objects: no list can be that long", n);
-        return NULL;
-    }
     void **ptrs = PyMem_Malloc((n ? (size_t)n : 1) * sizeof(void *));
     uint32_t *gens = PyMem_Malloc((n ? (size_t)n : 1) * sizeof(uint32_t));
     PyObject *list = NULL;
