@@ -221,10 +221,13 @@ kmc_status kmc_debug_flip_free_bit(const void *address)
                            (unsigned long long)(uintptr_t)address);
     kmc__cache_lock(c);
     kmc__heaps_take_back(c, KMC_TAKE_ALL);
-    size_t off = (uintptr_t)address - a->base;
+    /* looked up again under the lock: a shrink may have released it since */
+    a = kmc__registry_lookup((uintptr_t)address);
+    size_t off = a ? (uintptr_t)address - a->base : 0;
     uint32_t sidx = (uint32_t)(off >> c->slab_shift);
     uint32_t idx = (uint32_t)((off & (c->slab_size - 1)) / c->slot_size);
-    uint8_t state = kmc__slab_state(&a->slabs[sidx]);
+    uint8_t state = a && a->cache == c && sidx < a->bump ? kmc__slab_state(&a->slabs[sidx])
+                                                         : KMC_SLAB_UNUSED;
     kmc_status st = KMC_OK;
     if (idx >= c->objperslab ||
         (state != KMC_SLAB_PARTIAL && state != KMC_SLAB_FULL && state != KMC_SLAB_EMPTY))

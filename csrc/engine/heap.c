@@ -311,6 +311,7 @@ static void owned_unlist(kmc_cache_t *c, kmc_heap_t *h, uint32_t id)
 static void cur_change(kmc_heap_t *h)
 {
     atomic_store_explicit(&h->cur_gen, KMC_LOAD(&h->cur_gen) + 1, memory_order_seq_cst);
+    atomic_thread_fence(memory_order_release); /* the odd count before the changes */
 }
 
 static void cur_changed(kmc_heap_t *h)
@@ -327,9 +328,10 @@ static bool cur_read(kmc_heap_t *o, const kmc_slab_t *s, uint64_t *bits, uint32_
     for (unsigned spins = 0;; spins++) {
         uint32_t gen = atomic_load_explicit(&o->cur_gen, memory_order_seq_cst);
         if (!(gen & 1)) {
-            bool current = KMC_LOAD(&o->cur) == s;
+            bool current = atomic_load_explicit(&o->cur, memory_order_acquire) == s;
             for (uint32_t w = from; current && w < to; w++)
                 bits[w] = atomic_load_explicit(&o->bits[w], memory_order_seq_cst);
+            atomic_thread_fence(memory_order_acquire); /* the reads before the recheck */
             if (atomic_load_explicit(&o->cur_gen, memory_order_seq_cst) == gen)
                 return current;
         }
@@ -499,6 +501,10 @@ static void give_back(kmc_cache_t *c, kmc_heap_t *h, uint32_t id)
 /* Keep at most heap_keep empty slabs in the heap. Cache locked. */
 static void heap_trim(kmc_cache_t *c, kmc_heap_t *h)
 {
+    /* a slab still on the heap's stack (pushed while it was full, since
+     * freed empty) must not go to the depot: another heap's remote frees
+     * would find it pushed, and a shrink could release it under the stack */
+    drain_remote(c, h, kmc__self, false);
     while (h->empty.count > c->heap_keep) {
         uint32_t id = h->empty.tail;
         owned_unlist(c, h, id);
@@ -687,8 +693,9 @@ static kmc_status remote_free(kmc_cache_t *c, kmc_heap_t *me, kmc_arena_t *a, ui
         return double_free(c, p);
     if (atomic_load_explicit(&a->local[word], memory_order_seq_cst) & bit)
         return double_free(c, p);
-    if (state != KMC_SLAB_CURRENT &&
-        atomic_load_explicit(&s->state, memory_order_seq_cst) == KMC_SLAB_CURRENT &&
+    /* again whatever the first read said: the slab may have left the heap
+     * and come back as current between the reads */
+    if (atomic_load_explicit(&s->state, memory_order_seq_cst) == KMC_SLAB_CURRENT &&
         heap_has_free(c, s, idx))
         return double_free(c, p);
     if (atomic_fetch_or_explicit(&a->remote[word], bit, memory_order_seq_cst) & bit)

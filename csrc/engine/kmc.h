@@ -37,8 +37,11 @@
  * A free into a slab another thread owns (a remote free) sets the slot's bit
  * in the slab's second bitmap with one atomic OR; the owner merges those bits
  * when it next needs memory. A slot's state is always in exactly one of the
- * two bitmaps, so a double free is detected however the first free went, and
- * two threads racing to free one object are caught when the bits meet. The
+ * two bitmaps, so a double free is detected however the first free went.
+ * Two threads without the GIL racing to free one object at the same instant
+ * are mostly caught when the bits meet (counted, and reported by validate);
+ * in the instant the owner retires that slab as full, a second remote free
+ * can go unseen. From Python, where calls hold the GIL, none race. The
  * depot exchanges slabs, one at a time, with the heaps: a heap takes a slab
  * when it has none with free slots, and gives back slabs beyond a few that
  * are empty. Caches with debug flags have no heaps: every check runs at the

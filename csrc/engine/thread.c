@@ -158,6 +158,12 @@ static void fork_child(void)
                 continue;
             }
             torn |= KMC_LOAD(&h->busy) != 0;
+            /* a thread caught between cur_change and cur_changed (possible
+             * only without the barrier) would leave other threads' reads of
+             * this heap spinning forever */
+            uint32_t gen = KMC_LOAD(&h->cur_gen);
+            torn |= (gen & 1) != 0;
+            KMC_STORE(&h->cur_gen, gen & ~1u);
             KMC_STORE(&h->busy, 0);
             KMC_STORE(&h->request, 0);
             kmc__heap_flush(c, h, true);
