@@ -180,6 +180,86 @@ const char *kmcpy_cache_name_arg(PyObject *name)
     return cname;
 }
 
+/* The arguments every cache's __init__ takes, checked: a callable ctor or
+ * None, the size, the alignment, the flags. */
+int kmcpy_check_cache_args(Py_ssize_t size, Py_ssize_t align, Py_ssize_t flags, PyObject *ctor)
+{
+    if (ctor != Py_None && !PyCallable_Check(ctor)) {
+        PyErr_Format(PyExc_TypeError, "ctor must be callable or None, not %.100s",
+                     Py_TYPE(ctor)->tp_name);
+        return -1;
+    }
+    if (size < 1 || (size_t)size > KMC_MAX_SIZE) {
+        PyErr_Format(PyExc_ValueError, "size must be 1 to %zu bytes, not %zd", (size_t)KMC_MAX_SIZE,
+                     size);
+        return -1;
+    }
+    if (align < 0 || (align & (align - 1)) || (size_t)align > KMC_MAX_ALIGN) {
+        PyErr_Format(PyExc_ValueError, "align must be 0 or a power of two up to %zu, not %zd",
+                     (size_t)KMC_MAX_ALIGN, align);
+        return -1;
+    }
+    if (flags < 0 || (flags & ~(Py_ssize_t)KMC_VALID_FLAGS)) {
+        PyErr_Format(PyExc_ValueError, "flags has unknown bits 0x%llx",
+                     (unsigned long long)flags & ~(unsigned long long)KMC_VALID_FLAGS);
+        return -1;
+    }
+    return 0;
+}
+
+/* KMEMCACHE_DEBUG's options for cache @name join *@flags (Python code runs). */
+int kmcpy_debug_flags(PyObject *name, Py_ssize_t *flags, PyObject *ctor)
+{
+    if (!kmcpy_facade)
+        return 0;
+    PyObject *f = PyObject_CallMethod(kmcpy_facade, "cache_flags", "OnO", name, *flags,
+                                      ctor != Py_None ? Py_True : Py_False);
+    if (!f)
+        return -1;
+    Py_ssize_t got = PyLong_Check(f) ? PyLong_AsSsize_t(f) : -1;
+    Py_DECREF(f);
+    if (got == -1 && PyErr_Occurred())
+        return -1;
+    if (got < 0 || (got & ~(Py_ssize_t)KMC_VALID_FLAGS)) {
+        PyErr_SetString(PyExc_ValueError, "the debug options gave unknown flags");
+        return -1;
+    }
+    *flags = got;
+    return 0;
+}
+
+/* SLUB does not poison a cache with a ctor either, but silently. */
+int kmcpy_check_poison_ctor(unsigned long long flags, PyObject *ctor)
+{
+    if (ctor != Py_None && (flags & KMC_POISON)) {
+        PyErr_SetString(PyExc_ValueError,
+                        "flags: POISON on a cache with a ctor cannot be had: poisoning "
+                        "freed objects would undo the ctor's work");
+        return -1;
+    }
+    return 0;
+}
+
+/* alloc_bulk's arguments, checked: the count of objects and zero. */
+int kmcpy_bulk_args(PyObject *args, PyObject *kwds, Py_ssize_t *n, int *zero)
+{
+    static char *kwlist[] = {"n", "zero", NULL};
+    PyObject *n_o;
+    *zero = 0;
+    if (!PyArg_ParseTupleAndKeywords(args, kwds, "O|p:alloc_bulk", kwlist, &n_o, zero) ||
+        kmcpy_ssize_value(n_o, "n", n) < 0)
+        return -1;
+    if (*n < 0) {
+        PyErr_Format(PyExc_ValueError, "n must be >= 0, not %zd", *n);
+        return -1;
+    }
+    if ((size_t)*n > PY_SSIZE_T_MAX / sizeof(void *) / 2) {
+        PyErr_Format(PyExc_MemoryError, "n of %zd objects: no list can be that long", *n);
+        return -1;
+    }
+    return 0;
+}
+
 /* Python code runs in here (__index__ of the arguments, the facade's
  * cache_flags and attach, finalizers of a replaced ctor), and it may call
  * __init__ on the same cache: the "initialised twice" check is made again
@@ -201,44 +281,12 @@ static int cache_init(CacheObject *self, PyObject *args, PyObject *kwds)
         (align_o && kmcpy_ssize_value(align_o, "align", &align) < 0) ||
         (flags_o && kmcpy_ssize_value(flags_o, "flags", &flags) < 0))
         return -1;
-    if (ctor != Py_None && !PyCallable_Check(ctor)) {
-        PyErr_Format(PyExc_TypeError, "ctor must be callable or None, not %.100s",
-                     Py_TYPE(ctor)->tp_name);
+    if (kmcpy_check_cache_args(size, align, flags, ctor) < 0)
         return -1;
-    }
-    if (size < 1 || (size_t)size > KMC_MAX_SIZE) {
-        PyErr_Format(PyExc_ValueError, "size must be 1 to %zu bytes, not %zd", (size_t)KMC_MAX_SIZE,
-                     size);
-        return -1;
-    }
-    if (align < 0 || (align & (align - 1)) || (size_t)align > KMC_MAX_ALIGN) {
-        PyErr_Format(PyExc_ValueError, "align must be 0 or a power of two up to %zu, not %zd",
-                     (size_t)KMC_MAX_ALIGN, align);
-        return -1;
-    }
-    if (flags < 0 || (flags & ~(Py_ssize_t)KMC_VALID_FLAGS)) {
-        PyErr_Format(PyExc_ValueError, "flags has unknown bits 0x%llx",
-                     (unsigned long long)flags & ~(unsigned long long)KMC_VALID_FLAGS);
-        return -1;
-    }
     if (kmcpy_check_poison_ctor(flags, ctor) < 0)
         return -1;
-    if (kmcpy_facade) {
-        /* KMEMCACHE_DEBUG's options for this name join the flags given */
-        PyObject *f = PyObject_CallMethod(kmcpy_facade, "cache_flags", "OnO", name, flags,
-                                          ctor != Py_None ? Py_True : Py_False);
-        if (!f)
-            return -1;
-        Py_ssize_t got = PyLong_Check(f) ? PyLong_AsSsize_t(f) : -1;
-        Py_DECREF(f);
-        if (got == -1 && PyErr_Occurred())
-            return -1;
-        if (got < 0 || (got & ~(Py_ssize_t)KMC_VALID_FLAGS)) {
-            PyErr_SetString(PyExc_ValueError, "the debug options gave unknown flags");
-            return -1;
-        }
-        flags = got;
-    }
+    if (kmcpy_debug_flags(name, &flags, ctor) < 0)
+        return -1;
     if (self->cache) {
         PyErr_SetString(PyExc_TypeError,
                         "a kmemcache cache cannot be initialised twice (it was, while this "
@@ -402,38 +450,6 @@ static PyObject *cache_zalloc(CacheObject *self, PyObject *Py_UNUSED(ignored))
 
 /* The handles are kept in an array of our own until the list is made: the
  * tracker and the GC run Python code that could reach a list made earlier. */
-/* SLUB does not poison a cache with a ctor either, but silently. */
-int kmcpy_check_poison_ctor(unsigned long long flags, PyObject *ctor)
-{
-    if (ctor != Py_None && (flags & KMC_POISON)) {
-        PyErr_SetString(PyExc_ValueError,
-                        "flags: POISON on a cache with a ctor cannot be had: poisoning "
-                        "freed objects would undo the ctor's work");
-        return -1;
-    }
-    return 0;
-}
-
-/* alloc_bulk's arguments, checked: the count of objects and zero. */
-int kmcpy_bulk_args(PyObject *args, PyObject *kwds, Py_ssize_t *n, int *zero)
-{
-    static char *kwlist[] = {"n", "zero", NULL};
-    PyObject *n_o;
-    *zero = 0;
-    if (!PyArg_ParseTupleAndKeywords(args, kwds, "O|p:alloc_bulk", kwlist, &n_o, zero) ||
-        kmcpy_ssize_value(n_o, "n", n) < 0)
-        return -1;
-    if (*n < 0) {
-        PyErr_Format(PyExc_ValueError, "n must be >= 0, not %zd", *n);
-        return -1;
-    }
-    if ((size_t)*n > PY_SSIZE_T_MAX / sizeof(void *) / 2) {
-        PyErr_Format(PyExc_MemoryError, "n of %zd objects: no list can be that long", *n);
-        return -1;
-    }
-    return 0;
-}
-
 static PyObject *cache_alloc_bulk(CacheObject *self, PyObject *args, PyObject *kwds)
 {
     Py_ssize_t n;

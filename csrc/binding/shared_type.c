@@ -449,26 +449,8 @@ static int shared_init(SharedCacheObject *self, PyObject *args, PyObject *kwds)
         PyErr_Format(PyExc_ValueError, "a shared cache name must not contain '/': %R", name);
         return -1;
     }
-    if (ctor != Py_None && !PyCallable_Check(ctor)) {
-        PyErr_Format(PyExc_TypeError, "ctor must be callable or None, not %.100s",
-                     Py_TYPE(ctor)->tp_name);
+    if (kmcpy_check_cache_args(size, align, flags, ctor) < 0)
         return -1;
-    }
-    if (size < 1 || (size_t)size > KMC_MAX_SIZE) {
-        PyErr_Format(PyExc_ValueError, "size must be 1 to %zu bytes, not %zd", (size_t)KMC_MAX_SIZE,
-                     size);
-        return -1;
-    }
-    if (align < 0 || (align & (align - 1)) || (size_t)align > KMC_MAX_ALIGN) {
-        PyErr_Format(PyExc_ValueError, "align must be 0 or a power of two up to %zu, not %zd",
-                     (size_t)KMC_MAX_ALIGN, align);
-        return -1;
-    }
-    if (flags < 0 || (flags & ~(Py_ssize_t)KMC_VALID_FLAGS)) {
-        PyErr_Format(PyExc_ValueError, "flags has unknown bits 0x%llx",
-                     (unsigned long long)flags & ~(unsigned long long)KMC_VALID_FLAGS);
-        return -1;
-    }
     if (capacity < 1) {
         PyErr_Format(PyExc_ValueError, "capacity must be a positive number of bytes, not %zd",
                      capacity);
@@ -481,21 +463,8 @@ static int shared_init(SharedCacheObject *self, PyObject *args, PyObject *kwds)
     }
     if (kmcpy_check_poison_ctor(flags, ctor) < 0)
         return -1;
-    if (kmcpy_facade) {
-        PyObject *f = PyObject_CallMethod(kmcpy_facade, "cache_flags", "OnO", name, flags,
-                                          ctor != Py_None ? Py_True : Py_False);
-        if (!f)
-            return -1;
-        Py_ssize_t got = PyLong_Check(f) ? PyLong_AsSsize_t(f) : -1;
-        Py_DECREF(f);
-        if (got == -1 && PyErr_Occurred())
-            return -1;
-        if (got < 0 || (got & ~(Py_ssize_t)KMC_VALID_FLAGS)) {
-            PyErr_SetString(PyExc_ValueError, "the debug options gave unknown flags");
-            return -1;
-        }
-        flags = got;
-    }
+    if (kmcpy_debug_flags(name, &flags, ctor) < 0)
+        return -1;
     if (self->base.cache) {
         PyErr_SetString(PyExc_TypeError,
                         "a kmemcache cache cannot be initialised twice (it was, while this "
