@@ -102,6 +102,7 @@ void kmc__cache_layout(kmc_cache_t *c, unsigned min_shift)
     c->next_arena = c->first_arena;
     size_t keep = KMC_HEAP_KEEP_BYTES / c->slab_size;
     c->heap_keep = keep < 1 ? 1 : (uint32_t)keep;
+    c->mag_size = (uint32_t)kmc__option(KMC_OPTION_MAGAZINE);
     c->heaps_on = !(c->flags & KMC_DEBUG_FLAGS) && c->bitmap_words <= KMC_HEAP_BITS &&
                   kmc__option(KMC_OPTION_THREAD_CACHES) != 0;
 }

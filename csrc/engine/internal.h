@@ -37,6 +37,17 @@
 #define likely(x)    __builtin_expect(!!(x), 1)
 #define unlikely(x)  __builtin_expect(!!(x), 0)
 #define KMC_NOINLINE __attribute__((noinline))
+/* A static function that counts bits: built twice, with and without the
+ * POPCNT instruction, and the loader picks the one the CPU runs (GCC's
+ * target_clones), so that a build for baseline x86-64 does not fall back
+ * to libgcc's table-driven __popcountdi2 on every CPU. Static only: the
+ * choice is a symbol that -fvisibility=hidden does not hide. */
+#if defined(__x86_64__) && defined(__GNUC__) && !defined(__clang__) && \
+    !defined(__SANITIZE_THREAD__) /* TSan would instrument the resolver, run before it starts */
+#define KMC_BITCOUNT __attribute__((target_clones("popcnt", "default")))
+#else
+#define KMC_BITCOUNT
+#endif
 
 /* --- tunables ------------------------------------------------------------
  * An arena is the unit of address space and of owner lookup; the registry
@@ -58,6 +69,7 @@
 #define KMC_HEAP_CHUNKS      64         /* so the first 1024 threads get heaps */
 #define KMC_MAX_HEAPS        (KMC_HEAP_CHUNKS << KMC_HEAP_CHUNK_SHIFT)
 #define KMC_HEAP_KEEP_BYTES  ((size_t)1 << 20) /* empty slabs a heap keeps */
+#define KMC_MAG_SIZE         64                /* objects a heap's magazine holds */
 #define KMC_DEPOT            0u                /* slab owner: the depot */
 #define KMC_ARENA_DIR_CHUNK  64                /* arena pointers per directory chunk */
 
@@ -181,16 +193,27 @@ typedef struct kmc_list_s {
     uint32_t count;
 } kmc_list_t;
 
+/* One object in a heap's magazine: free (its bit is set in its slab's own
+ * bitmap, so that a second free of it is seen, and its slab's count says
+ * so), handed out again by clearing the bit and counting it back. */
+typedef struct kmc_mag_entry_s {
+    uint8_t *obj;
+    _Atomic uint64_t *word; /* its slab's local bitmap word */
+    uint64_t bit;           /* its bit there */
+    kmc_slab_t *slab;       /* its slab: owned by the heap, never current */
+} kmc_mag_entry_t;
+
 /* A thread's cache of one cache's slabs (what SLUB's kmem_cache_cpu is to a
- * CPU), five cache lines. Line 0 and a word of lines 1-2 are all that an
- * alloc, or a free into the current slab, touches; other threads write only
- * the last line. */
+ * CPU) and its magazine. Line 0 and a word of lines 1-2 are all that an
+ * alloc, or a free into the current slab, touches; a free into another
+ * owned slab and the alloc after it touch line 0 and one magazine entry;
+ * other threads write only line 4. */
 typedef struct kmc_heap_s {
     /* line 0: the fast paths */
     _Atomic uint8_t busy;    /* the owner is inside a fast path */
     _Atomic uint8_t request; /* a taker waits: the owner takes the slow path */
     uint8_t unused[2];
-    uint32_t word;                /* no free bit in bits[] below this word */
+    uint32_t word;                /* where the next alloc looks first in bits[] */
     uint8_t *cur_mem;             /* the current slab's memory, or KMC_NO_SLAB */
     _Atomic uint64_t *cur_remote; /* its remote bitmap */
     _Atomic(kmc_slab_t *) cur;    /* its descriptor, or NULL */
@@ -200,6 +223,7 @@ typedef struct kmc_heap_s {
     _Atomic uint32_t max_scan;    /* most bitmap words one alloc skipped */
     _Atomic uint32_t cur_gen;     /* odd while cur and bits change (a seqlock
                                   * for other threads' reads of them) */
+    _Atomic uint32_t mag_n;       /* objects in mag[] */
     /* lines 1-2: the current slab's free bitmap */
     _Atomic uint64_t bits[KMC_HEAP_BITS] __attribute__((aligned(64)));
     /* line 3: the owner's slow paths */
@@ -219,9 +243,13 @@ typedef struct kmc_heap_s {
     _Atomic uint64_t late_double; /* double frees found when merging */
     uint64_t seen_ops;            /* the purge thread's last look at allocs+frees */
     uint8_t taking;               /* kmc__heaps_take_back's mark, cache locked */
+    /* lines 5-28: the magazine, a stack of objects freed into owned slabs
+     * other than the current one (Bonwick's magazines, Linux's sheaves) */
+    kmc_mag_entry_t mag[KMC_MAG_SIZE] __attribute__((aligned(64)));
 } kmc_heap_t;
 
-_Static_assert(sizeof(kmc_heap_t) == 320, "a heap is five cache lines");
+_Static_assert(sizeof(kmc_heap_t) == 320 + KMC_MAG_SIZE * sizeof(kmc_mag_entry_t),
+               "a heap is five cache lines and its magazine");
 _Static_assert(KMC_MAX_SLAB_OBJECTS <= KMC_HEAP_BITS * 64, "a heap holds a slab's bitmap");
 
 /* cur_mem without a current slab: any user-space address minus this is
@@ -266,6 +294,7 @@ struct kmc_cache_s {
     size_t slots_bytes;    /* objperslab * slot_size: the slab before its padding */
     size_t first_arena;    /* bytes of the first arena */
     uint32_t heap_keep;    /* empty slabs a heap keeps */
+    uint32_t mag_size;     /* objects a heap's magazine keeps, <= KMC_MAG_SIZE */
     unsigned flags;
     bool heaps_on; /* per-thread caches (never with debug flags) */
     kmc_ctor_fn ctor;

@@ -38,6 +38,21 @@
  * in the slab's second bitmap with one atomic OR; the owner merges those bits
  * when it next needs memory. A slot's state is always in exactly one of the
  * two bitmaps, so a double free is detected however the first free went.
+ *
+ * The magazine (Bonwick's magazines, Linux's sheaves). A pool at steady
+ * state (objects live, a random one freed and replaced) frees mostly into
+ * owned slabs that are not current, each full but for the hole just made;
+ * had the next alloc to find that hole, every alloc would switch slabs.
+ * Instead each heap keeps a stack of up to 64 objects freed into its other
+ * slabs (KMEMCACHE_MAGAZINE; 64 * the slot size in bytes at most), and an
+ * alloc that finds the current slab's word empty takes the last of them:
+ * a store into the stack, a bit and a count, whatever the pattern of holes.
+ * A magazine object is free in its slab's bitmap, so a second free of it is
+ * a double free from any thread; it is free in the statistics (cached_objs)
+ * and to shrink and validate, which empty the magazine first. The magazine
+ * never names an empty slab (the free that empties a slab takes the slab's
+ * objects out of it), so it keeps no memory that could go back to the OS,
+ * and the current slab is never loaded while the magazine holds objects.
  * Two threads without the GIL racing to free one object at the same instant
  * are mostly caught when the bits meet (counted, and reported by validate);
  * in the instant the owner retires that slab as full, a second remote free
@@ -331,6 +346,7 @@ const char *kmc_status_name(kmc_status status);
 typedef enum kmc_option {
     KMC_OPTION_PURGE_DELAY_MS, /* empty memory waits this long; 0: at once */
     KMC_OPTION_THREAD_CACHES,  /* 1: per-thread caches; 0: every op locks */
+    KMC_OPTION_MAGAZINE,       /* objects a thread's magazine keeps, 0..64 */
     KMC_OPTIONS
 } kmc_option;
 long kmc_option_get(kmc_option option);

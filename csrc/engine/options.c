@@ -20,6 +20,7 @@ typedef struct option_s {
 static option_t options[KMC_OPTIONS] = {
     [KMC_OPTION_PURGE_DELAY_MS] = {"purge_delay_ms", 500, 0, 60000, 0},
     [KMC_OPTION_THREAD_CACHES] = {"thread_caches", 1, 0, 1, 0},
+    [KMC_OPTION_MAGAZINE] = {"magazine", KMC_MAG_SIZE, 0, KMC_MAG_SIZE, 0},
 };
 
 static void read_env(option_t *o)

@@ -323,7 +323,11 @@ static void *free_again_and_again(void *arg)
 
 static void test_double_free_racing_a_slab_becoming_current(void)
 {
+    /* no magazine: the freed objects must stay in the first slab's bitmap
+     * for the alloc below to make it current */
+    CHECK_EQ(kmc_option_set(KMC_OPTION_MAGAZINE, 0), KMC_OK);
     mc_cache = make("current", 64, 0);
+    CHECK_EQ(kmc_option_set(KMC_OPTION_MAGAZINE, 64), KMC_OK);
     CHECK(mc_cache != NULL);
     unsigned n = (unsigned)stats_of(mc_cache).objperslab;
     void **a = calloc(2 * (size_t)n, sizeof(void *));
