@@ -67,7 +67,9 @@ void kmc__slab_init_free(kmc_cache_t *c, uint32_t id)
     s->hint = 0; /* pushed is left as it is: a drain resets it */
 }
 
-uint32_t kmc__bits_count(const _Atomic uint64_t *bits, uint32_t words)
+/* (static: the loader's choice between the two builds is a symbol that
+ * -fvisibility=hidden does not hide, and only the module init is exported) */
+KMC_BITCOUNT static uint32_t bits_count(const _Atomic uint64_t *bits, uint32_t words)
 {
     uint32_t n = 0;
     for (uint32_t w = 0; w < words; w++)
@@ -75,13 +77,17 @@ uint32_t kmc__bits_count(const _Atomic uint64_t *bits, uint32_t words)
     return n;
 }
 
+uint32_t kmc__bits_count(const _Atomic uint64_t *bits, uint32_t words)
+{
+    return bits_count(bits, words);
+}
+
 /* Move the remote bits of slab @id into its own bitmap; return how many
  * slots became free. A bit set in both was freed twice: counted in
  * *@late_double, and free once. */
-uint32_t kmc__slab_merge_remote(kmc_cache_t *c, uint32_t id, uint64_t *late_double)
+KMC_BITCOUNT static uint32_t merge_remote(kmc_cache_t *c, _Atomic uint64_t *local,
+                                          _Atomic uint64_t *remote, uint64_t *late_double)
 {
-    _Atomic uint64_t *local = kmc__slab_local(c, id);
-    _Atomic uint64_t *remote = kmc__slab_remote(c, id);
     uint32_t n = 0;
     for (uint32_t w = 0; w < c->bitmap_words; w++) {
         if (!KMC_LOAD(&remote[w]))
@@ -92,6 +98,12 @@ uint32_t kmc__slab_merge_remote(kmc_cache_t *c, uint32_t id, uint64_t *late_doub
         n += (uint32_t)__builtin_popcountll(x & ~old);
         KMC_STORE(&local[w], old | x);
     }
+    return n;
+}
+
+uint32_t kmc__slab_merge_remote(kmc_cache_t *c, uint32_t id, uint64_t *late_double)
+{
+    uint32_t n = merge_remote(c, kmc__slab_local(c, id), kmc__slab_remote(c, id), late_double);
     if (n) {
         kmc_slab_t *s = kmc__slab(c, id);
         KMC_STORE(&s->inuse, KMC_LOAD(&s->inuse) - n);
