@@ -5,18 +5,39 @@
  * as failed if any CHECK in it failed. A failed CHECK prints where and what,
  * then returns from the test (cleanup after it is skipped: the process is a
  * test run). In threads, use TCHECK, which only records the failure; the test
- * then checks thread_failures after joining. The runner's last line is
- * "N passed, N failed", which CI reads.
+ * then checks thread_failures after joining. A test that runs longer than
+ * TEST_TIMEOUT_S seconds ends the program with its name and a non-zero
+ * status. The runner's last line is "N passed, N failed", which CI reads.
  */
 #ifndef TEST_HELPERS_H
 #define TEST_HELPERS_H
 
+#include <signal.h>
 #include <stdatomic.h>
 #include <stdio.h>
+#include <stdlib.h>
 #include <string.h>
+#include <unistd.h>
 
 static int tests_passed, tests_failed, test_checks_failed;
 static atomic_int thread_failures;
+
+/* A test that hangs fails instead: each test has this long (sanitizers
+ * included), then the program says which one and exits non-zero. */
+#ifndef TEST_TIMEOUT_S
+#define TEST_TIMEOUT_S 300
+#endif
+static const char *test_running;
+
+static void test_timed_out(int sig)
+{
+    (void)sig;
+    static const char msg[] = "FAIL (timed out) ";
+    if (write(2, msg, sizeof(msg) - 1) < 0 || write(2, test_running, strlen(test_running)) < 0 ||
+        write(2, "\n", 1) < 0)
+        _exit(3);
+    _exit(3);
+}
 
 #define CHECK(cond)                                                                    \
     do {                                                                               \
@@ -56,7 +77,11 @@ static atomic_int thread_failures;
 #define RUN(test)                                            \
     do {                                                     \
         int before_ = test_checks_failed;                    \
+        test_running = #test + 5;                            \
+        signal(SIGALRM, test_timed_out);                     \
+        alarm(TEST_TIMEOUT_S);                               \
         test();                                              \
+        alarm(0);                                            \
         TEST_AFTER_EACH();                                   \
         int ok_ = test_checks_failed == before_;             \
         printf("%s %s\n", ok_ ? "ok  " : "FAIL", #test + 5); \
