@@ -18,14 +18,18 @@
  *   pair       alloc then free, again and again
  *   batch K    K allocs then K frees in order (K = 1, 10, 100, 1000)
  *   shuffled K the same, frees in a random order
+ *   pool N     N objects live; then again and again a random one of them
+ *              is freed and a new one takes its place (the steady state of
+ *              a pool of tasks: N = 4,096 and 100,000)
  *   remote     a producer thread allocates, a consumer thread frees (a
  *              single-producer single-consumer ring between them)
  *   threads T  T threads each doing pairs on the one allocator (one cache
  *              shared by all for kmemcache); total pairs per second
  *
  * Usage: bench_engine SIZE REPEATS QUICK(0|1)
- *        bench_engine SIZE count pair|batch N   (kmemcache only, no output:
- *        for instruction counts under callgrind)
+ *        bench_engine SIZE count pair|batch|pool N   (kmemcache only, no
+ *        output: for instruction counts under callgrind; pool keeps 4,096
+ *        objects live)
  */
 #include <dlfcn.h>
 #include <pthread.h>
@@ -40,6 +44,7 @@
 
 #define ALIGN     64
 #define MAX_BATCH 1000
+#define MAX_POOL  100000
 
 static size_t size;
 static kmc_cache_t *cache;
@@ -81,6 +86,15 @@ static void shuffle(unsigned k, uint64_t seed)
 }
 
 static void *volatile sink;
+static void *pool[MAX_POOL];
+
+/* The next pseudo-random number (xorshift64): cheap beside any allocator. */
+static inline uint64_t next_random(uint64_t *state)
+{
+    uint64_t x = *state;
+    x ^= x << 13, x ^= x >> 7, x ^= x << 17;
+    return *state = x;
+}
 
 /* --- the patterns, once per allocator ---------------------------------------------- */
 
@@ -110,6 +124,23 @@ static void *volatile sink;
                     FREE_##A(objs[i]);                                      \
         }                                                                   \
         return now_s() - t0;                                                \
+    }                                                                       \
+    /* the N objects are made and freed outside the timed loop */           \
+    static double pool_##A(long n, unsigned live)                           \
+    {                                                                       \
+        uint64_t seed = 0x2545f4914f6cdd1dull;                              \
+        for (unsigned i = 0; i < live; i++)                                 \
+            pool[i] = ALLOC_##A();                                          \
+        double t0 = now_s();                                                \
+        for (long i = 0; i < n; i++) {                                      \
+            unsigned j = (unsigned)(next_random(&seed) % live);             \
+            FREE_##A(pool[j]);                                              \
+            pool[j] = ALLOC_##A();                                          \
+        }                                                                   \
+        double t = now_s() - t0;                                            \
+        for (unsigned i = 0; i < live; i++)                                 \
+            FREE_##A(pool[i]);                                              \
+        return t;                                                           \
     }                                                                       \
     static void *pairs_thread_##A(void *arg)                                \
     {                                                                       \
@@ -178,13 +209,14 @@ typedef struct allocator_s {
     int available;
     double (*pair)(long);
     double (*batch)(long, unsigned, int);
+    double (*pool)(long, unsigned);
     double (*remote)(long);
     void *(*pairs_thread)(void *);
 } allocator_t;
 
-#define ENTRY(A)                                                 \
-    {                                                            \
-#A, 1, pair_##A, batch_##A, remote_##A, pairs_thread_##A \
+#define ENTRY(A)                                                           \
+    {                                                                      \
+#A, 1, pair_##A, batch_##A, pool_##A, remote_##A, pairs_thread_##A \
     }
 static allocator_t allocators[] = {ENTRY(kmemcache), ENTRY(glibc), ENTRY(mimalloc),
                                    ENTRY(jemalloc)};
@@ -233,7 +265,7 @@ static void emit(const char *pattern, const allocator_t *a, int repeat, double n
 int main(int argc, char **argv)
 {
     if (argc != 4 && !(argc == 5 && !strcmp(argv[2], "count"))) {
-        fprintf(stderr, "usage: %s SIZE REPEATS QUICK | %s SIZE count pair|batch N\n", argv[0],
+        fprintf(stderr, "usage: %s SIZE REPEATS QUICK | %s SIZE count pair|batch|pool N\n", argv[0],
                 argv[0]);
         return 2;
     }
@@ -246,6 +278,8 @@ int main(int argc, char **argv)
         long n = atol(argv[4]);
         if (!strcmp(argv[3], "pair"))
             pair_kmemcache(n);
+        else if (!strcmp(argv[3], "pool"))
+            pool_kmemcache(n, 4096);
         else
             batch_kmemcache(n / MAX_BATCH, MAX_BATCH, 0);
         return 0;
@@ -274,6 +308,13 @@ int main(int argc, char **argv)
                     if (rep >= 0)
                         emit(name, a, rep, s * 1e9 / (double)(rounds * ks[k]));
                 }
+            static const unsigned lives[] = {4096, MAX_POOL};
+            for (unsigned l = 0; l < 2; l++) {
+                s = a->pool(pairs, lives[l]);
+                snprintf(name, sizeof(name), "pool %u", lives[l]);
+                if (rep >= 0)
+                    emit(name, a, rep, s * 1e9 / (double)pairs);
+            }
             s = a->remote(objects);
             if (rep >= 0)
                 emit("remote", a, rep, s * 1e9 / (double)objects);

@@ -7,8 +7,9 @@ kmemcache's ``kmc_cache_alloc``/``kmc_cache_free`` on a cache of that size again
 libmimalloc-dev and libjemalloc-dev; an allocator that is not installed is skipped
 with a line saying so). Patterns: alloc+free pairs; batches of 1, 10, 100 and 1000
 allocations then frees, in order and shuffled; a producer thread allocating and a
-consumer thread freeing (remote frees); 1 and 2 threads on one allocator (one cache
-shared by both). Allocators take turns, the median of the repeats is reported, and
+consumer thread freeing (remote frees); a steady pool of 4,096 and 100,000 live
+objects, a random one freed and replaced each time; 1 and 2 threads on one allocator
+(one cache shared by both). Allocators take turns, the median of the repeats is reported, and
 every figure is also given as a ratio to mimalloc's in the same run.
 
     python benchmarks/bench_engine.py                  # Markdown tables on stdout
@@ -16,7 +17,7 @@ every figure is also given as a ratio to mimalloc's in the same run.
     python benchmarks/bench_engine.py --quick          # tiny counts: checks it runs
     python benchmarks/bench_engine.py --callgrind      # instructions per call instead
 
-``--callgrind`` runs kmemcache's pair and batch-of-1000 patterns under valgrind's
+``--callgrind`` runs kmemcache's pair, batch-of-1000 and 4,096-object pool patterns under valgrind's
 callgrind and reports instructions per alloc+free: counts that, unlike times, are
 the same on a busy machine. It takes about a minute and a half; the default run
 about a minute on two CPUs.
@@ -43,7 +44,11 @@ HERE = Path(__file__).resolve().parent
 ENGINE = HERE.parent / "csrc" / "engine"
 SIZES = (64, 1512, 4096)
 ALLOCATORS = ("kmemcache", "mimalloc", "jemalloc", "glibc")
-SINGLE = ["pair"] + [f"{kind} {k}" for k in (1, 10, 100, 1000) for kind in ("batch", "shuffled")]
+SINGLE = (
+    ["pair"]
+    + [f"{kind} {k}" for k in (1, 10, 100, 1000) for kind in ("batch", "shuffled")]
+    + ["pool 4096", "pool 100000"]
+)
 # jemalloc's static TLS is larger than what glibc keeps for libraries loaded later
 TUNABLES = "glibc.rtld.optional_static_tls=65536"
 
@@ -186,13 +191,13 @@ def judge(results: list[dict[str, Any]]) -> list[dict[str, Any]]:
 
 
 def callgrind_counts(exe: Path) -> list[dict[str, Any]]:
-    """Instructions per alloc+free of kmemcache's pair and batch patterns."""
+    """Instructions per alloc+free of kmemcache's pair, batch and steady-pool patterns."""
     if not shutil.which("valgrind"):
         raise SystemExit("--callgrind needs valgrind (Debian's valgrind package)")
     out = []
     with tempfile.TemporaryDirectory() as tmp:
         for size in SIZES:
-            for pattern in ("pair", "batch"):
+            for pattern in ("pair", "batch", "pool"):
                 totals = []
                 for n in (1_000_000, 2_000_000):
                     log = Path(tmp) / "log"
@@ -215,7 +220,9 @@ def callgrind_counts(exe: Path) -> list[dict[str, Any]]:
                 out.append(
                     {
                         "size": size,
-                        "pattern": "pair" if pattern == "pair" else "batch 1000",
+                        "pattern": {"pair": "pair", "batch": "batch 1000", "pool": "pool 4096"}[
+                            pattern
+                        ],
                         "instructions_per_pair": (totals[1] - totals[0]) / 1_000_000,
                     }
                 )

@@ -430,6 +430,31 @@ def test_shared_shape(tmp_path: Path) -> None:
     assert not [n for n in kmemcache.shared.regions() if n.startswith("bench-shared-")]
 
 
+# --- bench_pool --------------------------------------------------------------------------
+
+
+def test_pool_measures_every_allocator_at_every_size(tmp_path: Path) -> None:
+    data, stdout = run_quick("bench_pool.py", tmp_path / "pool.json")
+    assert data["benchmark"] == "pool"
+    assert [(r["size"], r["live"]) for r in data["rows"]] == [
+        (size, live) for size in (64, 1512, 4096) for live in (256, 4096)
+    ]
+    for row in data["rows"]:
+        recs = {r["key"]: r for r in row["records"]}
+        assert set(recs) == {"alloc", "zalloc", "kzalloc", "bytearray", "numpy", "pyarrow"}
+        for key in ("alloc", "zalloc", "kzalloc"):
+            assert recs[key]["status"] == "ok" and recs[key]["aligned"] is True
+            assert recs[key]["median_ns"] > 0
+        assert "ratio" not in recs["alloc"] and recs["bytearray"]["ratio"] > 0
+        for rec in recs.values():
+            assert rec["status"] in STATUSES
+            if rec["status"] == "ok":
+                assert len(rec["samples_ns"]) == data["repeats"]
+    check_targets(data["targets"])
+    assert len(target_lines(stdout)) == 1
+    table_is_whole(stdout)
+
+
 # --- run_all ---------------------------------------------------------------------------
 
 
