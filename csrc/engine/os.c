@@ -41,10 +41,13 @@ bool kmc__os_injected_failure(void)
 
 size_t kmc_page_size(void)
 {
-    static size_t page;
-    if (!page)
-        page = (size_t)sysconf(_SC_PAGESIZE);
-    return page;
+    static _Atomic size_t page; /* threads may race to fill it: same value */
+    size_t p = KMC_LOAD(&page);
+    if (!p) {
+        p = (size_t)sysconf(_SC_PAGESIZE);
+        KMC_STORE(&page, p);
+    }
+    return p;
 }
 
 /* Address space only (no access), aligned: over-reserve, then trim both
