@@ -12,12 +12,27 @@
 #include "internal.h"
 
 static _Thread_local kmc_report_t last_report;
+/* Set when a call cleared the report: one byte in the static TLS block
+ * (initial-exec), so that clearing, which every kmalloc and kfree does, is
+ * one store; the report itself, 400 bytes, stays in dynamic TLS, reached
+ * through __tls_get_addr in a shared library, and only when it is read or
+ * written. */
+static __thread uint8_t cleared __attribute__((tls_model("initial-exec")));
 
-const kmc_report_t *kmc_last_report(void) { return &last_report; }
+static kmc_report_t *current(void)
+{
+    if (cleared) {
+        last_report.status = KMC_OK;
+        cleared = 0;
+    }
+    return &last_report;
+}
 
-void kmc__report_clear(void) { last_report.status = KMC_OK; }
+const kmc_report_t *kmc_last_report(void) { return current(); }
 
-kmc_report_t *kmc__report_slot(void) { return &last_report; }
+void kmc__report_clear(void) { cleared = 1; }
+
+kmc_report_t *kmc__report_slot(void) { return current(); }
 
 const char *kmc_status_name(kmc_status status)
 {
@@ -44,6 +59,7 @@ const char *kmc_status_name(kmc_status status)
 
 static void report_start(kmc_status status, const kmc_cache_t *c, const void *obj)
 {
+    cleared = 0;
     memset(&last_report, 0, sizeof(last_report));
     last_report.status = status;
     last_report.found = last_report.expected = -1;
