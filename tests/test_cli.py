@@ -18,7 +18,7 @@ from kmemcache import cli
 from kmemcache.demo import lbr_layout, xsave
 
 TINY = ["--live", "24", "--tasks", "96", "--rounds", "2", "--no-progress"]
-NAMES = ["kzalloc", "kzalloc_align_up", "pmu_callbacks", "kmem_cache"]
+NAMES = ["kzalloc", "kzalloc_align_up", "pmu_callbacks", "kmem_cache", "bytearray"]
 FIELDS = {"name", "bytes_per_object", "ns_per_alloc_free", "misaligned", "xsave"}
 HAS_MATPLOTLIB = importlib.util.find_spec("matplotlib") is not None
 
@@ -44,7 +44,7 @@ def default_json() -> dict[str, Any]:
 def test_json_shape(default_json: dict[str, Any]) -> None:
     options = default_json["options"]
     assert [o["name"] for o in options] == NAMES
-    assert [o["option"] for o in options] == [0, 1, 2, 3]
+    assert [o["option"] for o in options] == [0, 1, 2, 3, 4]
     for o in options:
         assert FIELDS <= set(o)
         assert o["xsave"] in ("ok", "fault", "skipped")
@@ -81,8 +81,20 @@ def test_struct_pmu_grows_for_options_1_and_2(default_json: dict[str, Any]) -> N
 def test_python_heap_leaves_out_the_context_data(default_json: dict[str, Any]) -> None:
     # kmemcache traces its objects in a tracemalloc domain of its own: the column
     # counts the task and its handles on Python's heap, not the 1512 bytes of data
-    heaps = [o["python_bytes_per_task"] for o in default_json["options"]]
+    heaps = [o["python_bytes_per_task"] for o in default_json["options"][:4]]
     assert all(0 < h < lbr_layout.X86_LBR_CACHE_SIZE for h in heaps), heaps
+
+
+def test_the_bytearray_reference_row(default_json: dict[str, Any]) -> None:
+    # Python's own allocator: the data is on Python's heap, and nothing aligns it
+    ref, kc = default_json["options"][4], default_json["options"][3]
+    size = lbr_layout.X86_LBR_CACHE_SIZE
+    assert ref["label"] == "bytearray(size), for reference"
+    assert size < ref["bytes_per_object"] < size + 128  # the buffer and its header
+    assert ref["python_bytes_per_task"] > size + kc["python_bytes_per_task"] - 64
+    assert ref["pmu_struct_bytes"] == kc["pmu_struct_bytes"]
+    assert 0 <= ref["misaligned"] <= ref["contexts_checked"]
+    assert ref["alloc_free_vs_option_3"] > 0
 
 
 def test_misaligned_xsave_is_shown_to_fault(default_json: dict[str, Any]) -> None:

@@ -63,9 +63,9 @@ from ..cache import Cache, Object
 from ..kmalloc import kfree, kzalloc
 from .lbr_layout import X86_LBR_CACHE_ALIGN, X86_LBR_CACHE_SIZE
 
-#: What a task context's PMU data can be: a cache or kmalloc object, or an
-#: aligned window into an over-allocated one.
-TaskCtxData = Union[Object, "AlignedSlice"]
+#: What a task context's PMU data can be: a cache or kmalloc object, an
+#: aligned window into an over-allocated one, or (the reference row) a bytearray.
+TaskCtxData = Union[Object, "AlignedSlice", bytearray]
 
 
 _T = TypeVar("_T")
@@ -359,6 +359,24 @@ CALLBACKS = TaskCtxAllocator(
 )
 
 
+def bytearray_alloc_task_ctx_data(pmu: Pmu) -> bytearray:
+    """The reference: ``bytearray(task_ctx_size)``, what a Python program uses
+    without kmemcache (Python's own allocator, zeroed, no alignment promise)."""
+    _check_pmu(pmu)
+    return bytearray(pmu.task_ctx_size)
+
+
+def bytearray_free_task_ctx_data(pmu: Pmu, task_ctx_data: bytearray | None) -> None:
+    """Nothing to do: the caller drops its reference, and Python frees the bytes."""
+    _check_pmu(pmu)
+
+
+#: The reference row: Python's own allocator (use with a PMU without a cache).
+BYTEARRAY = TaskCtxAllocator(
+    "bytearray_task_ctx_data", bytearray_alloc_task_ctx_data, bytearray_free_task_ctx_data
+)
+
+
 def task_ctx_view(task_ctx_data: TaskCtxData) -> memoryview:
     """A new writable view of the ``task_ctx_size`` bytes a task context's data holds.
 
@@ -466,6 +484,7 @@ def fork_task(pid: int, pmu: Pmu, allocator: TaskCtxAllocator = PATCH) -> Task:
 
 
 __all__ = [
+    "BYTEARRAY",
     "CALLBACKS",
     "OVERALLOC",
     "PATCH",
@@ -479,6 +498,8 @@ __all__ = [
     "TaskCtxAllocator",
     "TaskCtxData",
     "alloc_task_ctx_data",
+    "bytearray_alloc_task_ctx_data",
+    "bytearray_free_task_ctx_data",
     "callback_alloc_task_ctx_data",
     "callback_free_task_ctx_data",
     "callback_pmu",

@@ -1,4 +1,4 @@
-"""The demo's plot: memory, time and misaligned contexts of the four options."""
+"""The demo's plot: memory, time and misaligned contexts of the four options and the reference."""
 
 from __future__ import annotations
 
@@ -10,6 +10,7 @@ _SHORT = {
     1: "kzalloc+align,\nround up",
     2: "per-PMU\ncallbacks",
     3: "kmem_cache\n(the change)",
+    4: "bytearray\n(reference)",
 }
 
 
@@ -22,7 +23,7 @@ def plot(result: DemoResult, path: str) -> None:
 
     opts = result.options
     names = [f"{o.option}: {_SHORT.get(o.option, o.name)}" for o in opts]
-    colors = ["#9e9e9e", "#e08a3c", "#c95c5c", "#3c7fc0"]
+    colors = ["#9e9e9e", "#e08a3c", "#c95c5c", "#3c7fc0", "#7fae5a"]
     fig, axes = plt.subplots(1, 3, figsize=(13, 4.6))
     cfg = result.config
 

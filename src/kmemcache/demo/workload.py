@@ -12,6 +12,9 @@ change weighed (:mod:`kmemcache.demo.perf`):
 2. per-PMU alloc/free callbacks, the PMU allocating from its own aligned cache.
 3. ``kmem_cache_zalloc`` from a cache created with the alignment: the change.
 
+and a reference row, 4. ``bytearray(size)``: what a Python program does without
+kmemcache (Python's own allocator, zeroed, no alignment promise).
+
 How each number is measured
 ---------------------------
 * ``bytes_per_object``: slab memory holding the live contexts, from the
@@ -21,9 +24,12 @@ How each number is measured
   sum before, divided by ``live``. Caches are whole slabs of whole pages, so this
   is what the OS backs. Allocator metadata (kept outside the slabs) is left out
   for every option alike; a request kmalloc serves with whole pages is counted
-  as those pages.
+  as those pages. The reference row's data is on Python's heap, not in slabs:
+  its ``bytes_per_object`` is what ``tracemalloc`` sees ``live`` of its buffers
+  take, allocated alone.
 * ``python_bytes_per_task``: Python heap allocated per live task (the task,
-  its context, the handles and views), by ``tracemalloc`` over the same step.
+  its context, the handles and views, and for the reference row the data
+  itself), by ``tracemalloc`` over the same step.
 * ``pmu_struct_bytes``: ``sys.getsizeof`` of the option's ``struct pmu`` model
   (8 bytes per field, like the C pointers and sizes it stands for).
 * ``ns_per_alloc_free``: the context data of a live task, chosen at random,
@@ -119,6 +125,8 @@ class _Option:
     allocator: perf.TaskCtxAllocator
     tasks: list[perf.Task] = dataclasses.field(default_factory=list)
     next_pid: int = 1
+    #: where the data lives: "slabs" (kmemcache's) or "python" (Python's heap)
+    memory: str = "slabs"
 
 
 def _make_options(size: int, align: int) -> list[_Option]:
@@ -164,11 +172,26 @@ def _make_options(size: int, align: int) -> list[_Option]:
                 perf.PATCH,
             )
         )
+        made.append(
+            _Option(
+                4,
+                "bytearray",
+                "bytearray(size), for reference",
+                size,
+                perf.x86_lbr_pmu(size, align, False),
+                perf.BYTEARRAY,
+                memory="python",
+            )
+        )
     except BaseException:
         for opt in made:
             perf.release_pmu(opt.pmu)
         raise
     return made
+
+
+#: The four options the kernel weighed and the reference row.
+OPTIONS = 5
 
 
 def _bytes_in_use() -> int:
@@ -186,8 +209,25 @@ def _python_heap() -> int:
     return sum(stat.size for stat in snapshot.statistics("filename"))
 
 
+def _python_bytes_per_object(opt: _Option, live: int) -> float:
+    """Python heap bytes one context's data takes: ``live`` of them made alone."""
+    made: list[Any] = [None] * live
+    gc.collect()
+    tracemalloc.start()
+    try:
+        before = _python_heap()
+        for i in range(live):
+            made[i] = opt.allocator.alloc(opt.pmu)
+        after = _python_heap()
+    finally:
+        tracemalloc.stop()
+    for data in made:
+        opt.allocator.free(opt.pmu, data)
+    return (after - before) / live
+
+
 def _fork_live(opt: _Option, live: int) -> tuple[float, float]:
-    """Create ``live`` tasks; return (slab bytes, Python bytes) per task."""
+    """Create ``live`` tasks; return (memory, Python bytes) per task."""
     opt.tasks = [None] * live  # type: ignore[list-item]  # no list growth while traced
     tasks = opt.tasks
     gc.collect()
@@ -202,6 +242,8 @@ def _fork_live(opt: _Option, live: int) -> tuple[float, float]:
     finally:
         tracemalloc.stop()
     slab_after = _bytes_in_use()
+    if opt.memory == "python":
+        return _python_bytes_per_object(opt, live), (py_after - py_before) / live
     return (slab_after - slab_before) / live, (py_after - py_before) / live
 
 
@@ -306,6 +348,7 @@ def run(config: DemoConfig, progress: Progress | None = None) -> DemoResult:
     started = time.perf_counter()
     rng = random.Random(config.seed)
     options = _make_options(config.size, config.align)
+    assert len(options) == OPTIONS, "progress_steps counts OPTIONS options"
     steps = config.steps_per_round
     try:
         measured: dict[int, dict[str, Any]] = {}
@@ -353,7 +396,7 @@ def run(config: DemoConfig, progress: Progress | None = None) -> DemoResult:
             )
             if progress:
                 progress.step(f"checked: {opt.label}")
-        base = results[-1].alloc_free_samples
+        base = next(r for r in results if r.option == 3).alloc_free_samples
         for res in results:
             res.alloc_free_vs_option_3 = round(
                 measure.paired_ratio(res.alloc_free_samples, base)[0], 3
@@ -378,7 +421,7 @@ def run(config: DemoConfig, progress: Progress | None = None) -> DemoResult:
 
 def progress_steps(config: DemoConfig) -> int:
     """How many steps :func:`run` reports."""
-    return 4 + 4 * (config.rounds + 1) + 4 + 1
+    return OPTIONS + OPTIONS * (config.rounds + 1) + OPTIONS + 1
 
 
 __all__ = [
