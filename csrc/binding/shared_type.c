@@ -846,7 +846,7 @@ static PyObject *shared_unlink(SharedCacheObject *self, PyObject *Py_UNUSED(igno
 {
     if (shared_alive(self) < 0)
         return NULL;
-    kmc_status st = kmc_shared_unlink(kmc_cache_name(engine(self)));
+    kmc_status st = kmc_shared_unlink_cache(engine(self));
     if (st != KMC_OK)
         return raise_status(st);
     Py_RETURN_NONE;

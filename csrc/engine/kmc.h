@@ -405,8 +405,9 @@ kmc_status kmc_shared_create(const char *name, size_t size, size_t align, unsign
  * region still being made. Dead processes' objects are reclaimed first.
  * Return: KMC_OK and *out, KMC_ENOENT, KMC_EINVAL (not a region of this
  * version of the engine, or never finished by its creator), KMC_EBUSY
- * (every process slot is taken), KMC_ENOMEM or KMC_EOS (EACCES: another
- * user's). */
+ * (every process slot is taken), KMC_ENOMEM or KMC_EOS (os_error EPERM:
+ * another user's file; EACCES: group or other bits set; EINVAL: not a
+ * regular file). The file is checked before a byte of it is read. */
 kmc_status kmc_shared_attach(const char *name, kmc_ctor_fn ctor, void *ctor_arg, kmc_cache_t **out);
 
 /* kmc_shared_detach - what kmc_cache_destroy does to a shared cache: this
@@ -424,8 +425,14 @@ void kmc_shared_leave(kmc_cache_t *cache);
 
 /* kmc_shared_unlink - remove the name of shared cache @name: processes
  * attached keep working; new attaches fail; the memory goes when the last
- * one detaches. KMC_OK, KMC_ENOENT or KMC_EOS. */
+ * one detaches. KMC_OK, KMC_ENOENT or KMC_EOS (os_error EPERM: the file is
+ * another user's, and is left alone). */
 kmc_status kmc_shared_unlink(const char *name);
+
+/* kmc_shared_unlink_cache - kmc_shared_unlink for the region @cache is
+ * attached to, by the name it was attached under (not one made again from
+ * the current uid, which may have changed since). */
+kmc_status kmc_shared_unlink_cache(kmc_cache_t *cache);
 
 int kmc_cache_is_shared(const kmc_cache_t *cache);
 
