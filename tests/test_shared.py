@@ -173,6 +173,19 @@ def test_debug_flags_on_a_shared_cache(shared_name: Name) -> None:
         assert c.validate() == 0
 
 
+def test_exit_never_replaces_the_blocks_exception(shared_name: Name) -> None:
+    with pytest.warns(RuntimeWarning, match="the shared cache could not be closed: .*Busy"):
+        with pytest.raises(KeyError) as raised:
+            with SharedCache(shared_name(), 64, 64, capacity=4 * MiB) as c:
+                obj = c.alloc()
+                raise KeyError("the block's")
+    assert raised.value.__context__ is None and not c.destroyed
+    if hasattr(raised.value, "__notes__"):
+        assert "CacheBusyError" in raised.value.__notes__[0]
+    obj.free()
+    assert c.__exit__(None, None, None) is None and c.destroyed
+
+
 def test_peek_reads_without_attaching(cache: SharedCache) -> None:
     objs = cache.alloc_bulk(30)
     stats, info = shared.peek(cache.name)

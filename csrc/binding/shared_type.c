@@ -324,11 +324,15 @@ static PyObject *handle_enter(SharedHandleObject *self, PyObject *Py_UNUSED(igno
     return Py_NewRef((PyObject *)self);
 }
 
-static PyObject *handle_exit(SharedHandleObject *self, PyObject *Py_UNUSED(args))
+static int handle_close(PyObject *self)
 {
-    if (self->base.ptr && kmcpy_shared_handle_free(&self->base) < 0)
-        return NULL;
-    Py_RETURN_FALSE;
+    HandleObject *h = &((SharedHandleObject *)self)->base;
+    return h->ptr ? kmcpy_shared_handle_free(h) : 0;
+}
+
+static PyObject *handle_exit(SharedHandleObject *self, PyObject *args)
+{
+    return kmcpy_context_exit((PyObject *)self, args, handle_close, "the shared object");
 }
 
 static PyMethodDef handle_methods[] = {
@@ -746,15 +750,18 @@ static PyObject *shared_destroy(SharedCacheObject *self, PyObject *Py_UNUSED(ign
     Py_RETURN_NONE;
 }
 
-static PyObject *shared_exit(SharedCacheObject *self, PyObject *Py_UNUSED(args))
+static int shared_close(PyObject *self)
 {
-    if (self->base.cache) {
-        PyObject *r = shared_destroy(self, NULL);
-        if (!r)
-            return NULL;
-        Py_DECREF(r);
-    }
-    Py_RETURN_FALSE;
+    if (!((SharedCacheObject *)self)->base.cache)
+        return 0;
+    PyObject *r = shared_destroy((SharedCacheObject *)self, NULL);
+    Py_XDECREF(r);
+    return r ? 0 : -1;
+}
+
+static PyObject *shared_exit(SharedCacheObject *self, PyObject *args)
+{
+    return kmcpy_context_exit((PyObject *)self, args, shared_close, "the shared cache");
 }
 
 static PyObject *shared_leave(SharedCacheObject *self, PyObject *Py_UNUSED(ignored))
@@ -961,7 +968,8 @@ static PyMethodDef shared_methods[] = {
     {"close", (PyCFunction)shared_destroy, METH_NOARGS, "close($self, /)\n--\n\ndestroy()."},
     {"__exit__", (PyCFunction)shared_exit, METH_VARARGS,
      "__exit__($self, exc_type, exc, tb, /)\n--\n\nDetach (CacheBusyError while this "
-     "process's objects are referenced)."},
+     "process's objects are referenced; when the block raised, a warning and a note on its "
+     "exception instead)."},
     {"reclaim", (PyCFunction)(void (*)(void))shared_reclaim, METH_VARARGS | METH_KEYWORDS,
      "reclaim($self, /, *, pickled=False)\n--\n\nGive back what dead processes held; return "
      "how many objects were freed. pickled=True also frees objects that only pickles name "
