@@ -335,6 +335,11 @@ def test_cache_is_a_context_manager() -> None:
     busy.destroy()
 
 
+def test_unknown_flag_bits_are_named_in_hex() -> None:
+    with pytest.raises(ValueError, match=r"^flags has unknown bits 0x10000000000$"):
+        Cache("badflags", 64, flags=1 << 40)
+
+
 def test_exit_never_replaces_the_blocks_exception() -> None:
     """The block's own error goes on; the cleanup's (the cache is busy) is a
     warning and a note on it, and the cache is left as it was."""

@@ -186,6 +186,52 @@ def test_exit_never_replaces_the_blocks_exception(shared_name: Name) -> None:
     assert c.__exit__(None, None, None) is None and c.destroyed
 
 
+def test_krealloc_of_a_shared_object_is_refused(cache: SharedCache) -> None:
+    obj = cache.alloc()
+    memoryview(obj)[:4] = b"kept"
+    with pytest.raises(TypeError, match="krealloc of a SharedObject"):
+        kmemcache.krealloc(obj, 4096)
+    assert bytes(memoryview(obj)[:4]) == b"kept" and cache.stats().active_objs == 1
+    obj.free()
+
+
+@pytest.mark.parametrize("offset,generation", [(2**64, 1), (0, 2**32 + 1), (-1, 1), (0, -1)])
+def test_a_reference_with_numbers_out_of_range_is_refused(
+    cache: SharedCache, offset: int, generation: int
+) -> None:
+    """Numbers that would wrap modulo 2^64 or 2^32 onto a live object."""
+    obj = cache.alloc()
+    assert obj.offset == 0
+    with pytest.raises(ValueError, match="not from 0 to .*not a reference kmemcache made"):
+        shared._rebuild(cache.name, cache.nonce, offset, generation)
+    obj.free()
+
+
+def test_emfile_is_reported_as_such(shared_name: Name) -> None:
+    name = shared_name()
+    SharedCache(name, 64, 64, capacity=4 * MiB).close()
+    out = run_python(
+        f"""
+        import errno, os, resource
+        from kmemcache import SharedCache
+        resource.setrlimit(resource.RLIMIT_NOFILE, (64, 64))
+        fds = []
+        try:
+            while True:
+                fds.append(os.open("/dev/null", os.O_RDONLY))
+        except OSError:
+            pass
+        os.close(fds.pop())  # one left: the region's; /proc is refused
+        try:
+            SharedCache.attach({name!r})
+        except OSError as e:
+            print(errno.errorcode.get(e.errno), e)
+        """
+    )
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.startswith("EMFILE"), out.stdout
+
+
 def test_peek_reads_without_attaching(cache: SharedCache) -> None:
     objs = cache.alloc_bulk(30)
     stats, info = shared.peek(cache.name)

@@ -200,8 +200,11 @@ int kmcpy_check_cache_args(Py_ssize_t size, Py_ssize_t align, Py_ssize_t flags, 
         return -1;
     }
     if (flags < 0 || (flags & ~(Py_ssize_t)KMC_VALID_FLAGS)) {
-        PyErr_Format(PyExc_ValueError, "flags has unknown bits 0x%llx",
-                     (unsigned long long)flags & ~(unsigned long long)KMC_VALID_FLAGS);
+        /* PyErr_Format knows no %llx before Python 3.12 */
+        char text[64];
+        PyOS_snprintf(text, sizeof(text), "flags has unknown bits 0x%llx",
+                      (unsigned long long)flags & ~(unsigned long long)KMC_VALID_FLAGS);
+        PyErr_SetString(PyExc_ValueError, text);
         return -1;
     }
     return 0;

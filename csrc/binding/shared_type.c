@@ -826,18 +826,44 @@ static PyObject *shared_object_at(SharedCacheObject *self, PyObject *arg)
     return hold(self, off, KMC_SHARED_ANY_GEN, 0);
 }
 
+/* A number of a pickled reference: an int from 0 to @max, else ValueError
+ * (the "K" and "I" formats would take it modulo 2^64 or 2^32, onto another
+ * object). */
+static int reference_number(PyObject *arg, const char *what, unsigned long long max,
+                            unsigned long long *out)
+{
+    if (!PyLong_Check(arg)) {
+        PyErr_Format(PyExc_TypeError, "a shared object reference's %s must be an int, not %.100s",
+                     what, Py_TYPE(arg)->tp_name);
+        return -1;
+    }
+    unsigned long long v = PyLong_AsUnsignedLongLong(arg);
+    if ((v == (unsigned long long)-1 && PyErr_Occurred()) || v > max) {
+        PyErr_Clear();
+        PyErr_Format(PyExc_ValueError,
+                     "a shared object reference's %s is %R, not from 0 to %llu: not a reference "
+                     "kmemcache made",
+                     what, arg, max);
+        return -1;
+    }
+    *out = v;
+    return 0;
+}
+
 static PyObject *shared_hold(SharedCacheObject *self, PyObject *args)
 {
-    unsigned long long off;
-    unsigned int gen;
+    PyObject *off_arg, *gen_arg;
     int ticket;
-    if (!PyArg_ParseTuple(args, "KIp:_hold", &off, &gen, &ticket))
+    unsigned long long off, gen;
+    if (!PyArg_ParseTuple(args, "OOp:_hold", &off_arg, &gen_arg, &ticket) ||
+        reference_number(off_arg, "offset", UINT64_MAX, &off) < 0 ||
+        reference_number(gen_arg, "generation", UINT32_MAX, &gen) < 0)
         return NULL;
     if (gen == KMC_SHARED_ANY_GEN) {
         PyErr_SetString(PyExc_ValueError, "generation 0 names no object");
         return NULL;
     }
-    return hold(self, off, gen, ticket);
+    return hold(self, off, (uint32_t)gen, ticket);
 }
 
 static PyObject *raise_status(kmc_status st)

@@ -827,9 +827,11 @@ static uint32_t register_self(kmc_cache_t *c)
     kmc_region_t *r = c->region;
     int pid;
     uint64_t start, pidns;
-    if (kmc__shm_self(&pid, &start, &pidns) != 0) {
-        kmc__report(KMC_EOS, c, NULL, "cannot read this process's start time from /proc");
-        kmc__report_slot()->os_error = EIO;
+    int rc = kmc__shm_self(&pid, &start, &pidns);
+    if (rc != 0) { /* EMFILE, say: the real cause, not a generic EIO */
+        kmc__report(KMC_EOS, c, NULL, "cannot read this process's start time from /proc: %s",
+                    strerror(rc == ESRCH ? EIO : rc));
+        kmc__report_slot()->os_error = rc == ESRCH ? EIO : rc;
         return KMC_NIL;
     }
     r->pid = pid;
