@@ -288,7 +288,9 @@ size_t kmc_cache_shrink(kmc_cache_t *cache);
  * bitmap has all its objects marked used, so none can be handed out twice
  * (SLUB's "Marking all objects used"). Double frees that two threads raced
  * to make are reported here (KMC_EDOUBLE_FREE), once each. Threads' caches
- * of this cache are taken back first. */
+ * of this cache are taken back first; for a shared cache, what dead
+ * processes held is reclaimed first (a process killed mid-call leaves work
+ * for reclaim, not corruption). */
 kmc_status kmc_cache_validate(kmc_cache_t *cache, size_t *problems);
 
 void kmc_cache_stats(kmc_cache_t *cache, kmc_stats_t *out);

@@ -1489,6 +1489,9 @@ void kmc__shared_validate_begin(kmc_cache_t *c, size_t *count, kmc_status *first
                                 kmc_report_t *first_report)
 {
     kmc_region_t *r = c->region;
+    /* a process killed inside a fast path left a record and its magazine
+     * disagreeing: that is what reclaim is for, not corruption */
+    reclaim_dead(c, false, false);
     quiesce(c); /* a still picture: every living process's fast paths wait */
     size_t bad = 0;
     rebuild(c, &bad);
