@@ -603,6 +603,33 @@ def test_children_killed_at_every_crash_point(shared_name: Name) -> None:
         c.free_bulk(mine)
 
 
+def test_a_dead_process_cached_objects_come_back(shared_name: Name) -> None:
+    """A process dies with objects in its magazine (free, reserved for it):
+    filling the region afterwards gets every slot of it, those included. Live
+    counts and validate() do not see cached objects; counting slots does."""
+    name = shared_name()
+    with SharedCache(name, 256, 64, capacity=2 * MiB, max_processes=2) as c:
+        pid = os.fork()
+        if pid == 0:
+            try:
+                theirs = SharedCache.attach(name)
+                theirs.alloc().free()  # a refill: half a magazine, cached
+                assert theirs.stats().cached_objs > 1
+                os.kill(os.getpid(), signal.SIGKILL)
+            finally:
+                os._exit(1)
+        _, status = os.waitpid(pid, 0)
+        assert os.WIFSIGNALED(status) and os.WTERMSIG(status) == signal.SIGKILL
+        objs = []
+        with pytest.raises(MemoryError):
+            while True:
+                objs.append(c.alloc())
+        slots = c.info()["nslabs"] * c.stats().objperslab
+        assert len(objs) == slots and c.stats().cached_objs == 0
+        assert c.info()["processes"] == 1
+        c.free_bulk(objs)
+
+
 @pytest.mark.parametrize("call", ["alloc", "free"])
 def test_validate_right_after_a_kill_reports_no_corruption(shared_name: Name, call: str) -> None:
     """A process killed inside a fast path (a magazine entry taken, its record
