@@ -232,6 +232,35 @@ def test_emfile_is_reported_as_such(shared_name: Name) -> None:
     assert out.stdout.startswith("EMFILE"), out.stdout
 
 
+def test_attachments_made_by_unpickling_are_bounded(shared_name: Name) -> None:
+    """A worker that unpickles objects of many short-lived regions, one after the
+    other, keeps a bounded number of descriptors (it kept one per region)."""
+    names = [shared_name() for _ in range(40)]
+    out = run_python(
+        f"""
+        import gc, os, pickle
+        from kmemcache import SharedCache, shared
+        fds = []
+        for name in {names!r}:
+            c = SharedCache(name, 64, 64, capacity=2 << 20, max_processes=2)
+            obj = c.alloc()
+            data = pickle.dumps(obj)  # a reference in flight keeps the object
+            del obj
+            c.close()  # as if made by another process: this one holds nothing
+            got = pickle.loads(data)  # attaches
+            got.free()
+            del got
+            shared.unlink(name)
+            gc.collect()
+            fds.append(len(os.listdir("/proc/self/fd")))
+        print(fds[20], fds[-1])
+        """
+    )
+    assert out.returncode == 0, out.stderr
+    settled, last = map(int, out.stdout.split())
+    assert last == settled, out.stdout
+
+
 def test_peek_reads_without_attaching(cache: SharedCache) -> None:
     objs = cache.alloc_bulk(30)
     stats, info = shared.peek(cache.name)

@@ -25,6 +25,7 @@ Who holds an object (the rules the engine keeps, see ``csrc/engine/kmc.h``):
 from __future__ import annotations
 
 import atexit
+import collections
 import os
 import threading
 import weakref
@@ -62,9 +63,13 @@ _SHM_DIR = "/dev/shm"
 _lock = threading.Lock()
 #: Every attachment this process made, by (name, nonce): what references resolve to.
 _known: weakref.WeakValueDictionary[tuple[str, int], SharedCache] = weakref.WeakValueDictionary()
-#: Attachments made by unpickling: kept for the process's life, so that a worker
-#: receiving objects one by one does not attach and detach for each.
-_kept: dict[tuple[str, int], SharedCache] = {}
+#: Attachments made by unpickling, kept after this process holds nothing of them so
+#: that a worker receiving objects one by one does not attach and detach for each:
+#: the most recently used few only, so that a worker that sees many short-lived
+#: regions keeps a bounded number of descriptors and mappings. An attachment
+#: dropped from here lives on while handles of its objects do.
+_KEPT_MAX = 8
+_kept: collections.OrderedDict[tuple[str, int], SharedCache] = collections.OrderedDict()
 _hooks_installed = False
 
 
@@ -104,6 +109,8 @@ def _lookup(name: str, nonce: int, ctor: Any = None) -> SharedCache:
     attaching it if there is none yet."""
     with _lock:
         cache = _known.get((name, nonce))
+        if (name, nonce) in _kept:
+            _kept.move_to_end((name, nonce))
     if cache is not None and not cache.destroyed:
         return cache
     cache = SharedCache.attach(name, ctor=ctor)
@@ -113,8 +120,12 @@ def _lookup(name: str, nonce: int, ctor: Any = None) -> SharedCache:
             f"shared cache {name!r} was made again since this reference was taken: "
             "the object it named is gone"
         )
+    dropped = []
     with _lock:
         _kept[(name, nonce)] = cache
+        while len(_kept) > _KEPT_MAX:
+            dropped.append(_kept.popitem(last=False)[1])
+    del dropped  # outside the lock: each detaches here, or when its last handle goes
     return cache
 
 
