@@ -15,7 +15,9 @@ import os
 import pickle
 import random
 import signal
+import subprocess
 import sys
+import textwrap
 import time
 from collections.abc import Callable, Iterator
 
@@ -510,8 +512,58 @@ def test_exit_lets_go(cache: SharedCache) -> None:
     )
     assert out.returncode == 0, out.stderr
     assert out.stdout.split() == ["10"]
-    assert cache.stats().active_objs == 0  # without a reclaim
+    # its free objects at exit, its objects as their handles went at shutdown
+    assert cache.stats().active_objs == 0 and cache.stats().cached_objs == 0
     assert cache.info()["processes"] == 1
+
+
+def test_a_write_while_exiting_reaches_no_other_process(cache: SharedCache) -> None:
+    """An exit handler that runs after kmemcache's (registered before it) writes
+    through a handle that still works: the object is still the exiting
+    process's, so the write lands in no object another process was given."""
+    code = f"""
+        import atexit, sys
+        from kmemcache import SharedCache
+
+        def late():
+            print("exiting", flush=True)
+            sys.stdin.readline()  # the other process fills the region meanwhile
+            view[:] = b"\\xab" * len(view)
+            print("wrote", flush=True)
+
+        atexit.register(late)
+        c = SharedCache.attach({cache.name!r})
+        obj = c.alloc()
+        view = memoryview(obj)
+        print(obj.offset, flush=True)
+        """
+    env = {k: v for k, v in os.environ.items() if not k.startswith("KMEMCACHE_")}
+    env["PYTHONPATH"] = os.pathsep.join(p for p in sys.path if p)
+    child = subprocess.Popen(
+        [sys.executable, "-c", textwrap.dedent(code)],
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        text=True,
+        env=env,
+    )
+    assert child.stdin is not None and child.stdout is not None
+    try:
+        offset = int(child.stdout.readline())
+        assert child.stdout.readline() == "exiting\n"
+        mine = []
+        with pytest.raises(MemoryError):
+            while True:
+                mine.append(cache.zalloc())
+        assert offset not in {o.offset for o in mine}  # still the exiting process's
+        child.stdin.write("\n")
+        child.stdin.flush()
+        assert child.stdout.readline() == "wrote\n"
+    finally:
+        child.stdin.close()
+        assert child.wait(timeout=60) == 0
+    assert not any(bytes(memoryview(o)).strip(b"\0") for o in mine)
+    cache.free_bulk(mine)
+    assert cache.stats().active_objs == 0  # its handle went at shutdown
 
 
 def test_a_dead_process_is_reclaimed(cache: SharedCache) -> None:

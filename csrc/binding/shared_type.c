@@ -771,6 +771,13 @@ static PyObject *shared_leave(SharedCacheObject *self, PyObject *Py_UNUSED(ignor
     Py_RETURN_NONE;
 }
 
+static PyObject *shared_exiting(SharedCacheObject *self, PyObject *Py_UNUSED(ignored))
+{
+    if (self->base.cache)
+        kmc_shared_exiting(engine(self));
+    Py_RETURN_NONE;
+}
+
 static PyObject *shared_reclaim(SharedCacheObject *self, PyObject *args, PyObject *kwds)
 {
     static char *kwlist[] = {"pickled", NULL};
@@ -1015,6 +1022,7 @@ static PyMethodDef shared_methods[] = {
     {"_hold", (PyCFunction)shared_hold, METH_VARARGS,
      "_hold($self, offset, generation, ticket, /)\n--\n\n"},
     {"_leave", (PyCFunction)shared_leave, METH_NOARGS, "_leave($self, /)\n--\n\n"},
+    {"_exiting", (PyCFunction)shared_exiting, METH_NOARGS, "_exiting($self, /)\n--\n\n"},
     {NULL, NULL, 0, NULL},
 };
 

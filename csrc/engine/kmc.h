@@ -420,10 +420,16 @@ kmc_status kmc_shared_attach(const char *name, kmc_ctor_fn ctor, void *ctor_arg,
 kmc_status kmc_shared_detach(kmc_cache_t *cache);
 
 /* kmc_shared_leave - what kmc_shared_detach does to the region, the mapping
- * kept: for a process about to exit, whose objects' memory must stay
- * readable until it does. The cache stays usable: its next call takes a
+ * kept (a process about to exit wants kmc_shared_exiting instead: its
+ * objects' memory may still be written until it is gone). The cache stays usable: its next call takes a
  * process slot again. */
 void kmc_shared_leave(kmc_cache_t *cache);
+
+/* kmc_shared_exiting - for a process about to exit: its cached free objects
+ * go back; what it holds stays held, and comes back once the process is
+ * found dead (reclaim), so that no write it makes while exiting (a thread,
+ * a late exit handler) can reach another process's object. */
+void kmc_shared_exiting(kmc_cache_t *cache);
 
 /* kmc_shared_unlink - remove the name of shared cache @name: processes
  * attached keep working; new attaches fail; the memory goes when the last

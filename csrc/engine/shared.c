@@ -2087,6 +2087,21 @@ void kmc_shared_leave(kmc_cache_t *c)
     kmc__region_unlock(c);
 }
 
+/* Only the free objects go: nothing names them. The objects this process
+ * holds stay held until it is found dead, because until then its threads
+ * and exit handlers may still write through pointers they have, and a slot
+ * given back now could already be another process's object. */
+void kmc_shared_exiting(kmc_cache_t *c)
+{
+    kmc_region_t *r = c->region;
+    uint32_t me = KMC_LOAD(&r->self);
+    if (me == KMC_NIL)
+        return;
+    kmc__region_lock(c);
+    kmc__shared_flush_mine(c);
+    kmc__region_unlock(c);
+}
+
 kmc_status kmc_shared_detach(kmc_cache_t *c)
 {
     kmc__report_clear();

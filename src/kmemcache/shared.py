@@ -2,8 +2,8 @@
 
 ``SharedCache`` is the C type; this module gives it what is easier said in
 Python: the per-process registry that unpickling uses (so that a reference
-resolves to the attachment this process already has), the hooks that let a
-process go of what it holds when it exits, and helpers for the command line
+resolves to the attachment this process already has), the hooks that give
+back a process's free objects when it exits, and helpers for the command line
 (``regions``, ``peek``).
 
 Who holds an object (the rules the engine keeps, see ``csrc/engine/kmc.h``):
@@ -18,8 +18,10 @@ Who holds an object (the rules the engine keeps, see ``csrc/engine/kmc.h``):
   unpickles it (and so becomes a holder), whoever dies meanwhile; a pickle
   that is never loaded keeps its object until it is freed or
   ``reclaim(pickled=True)`` is called;
-* a process that dies holds nothing once it is found dead (``reclaim()``,
-  the next attach, or a full region): what it alone held is freed.
+* a process that exits or dies holds nothing once it is found dead
+  (``reclaim()``, ``validate()``, the next attach, or a full region): what it
+  alone held is freed then, not at exit, so that nothing it writes while
+  exiting reaches another process's object.
 """
 
 from __future__ import annotations
@@ -73,14 +75,14 @@ _kept: collections.OrderedDict[tuple[str, int], SharedCache] = collections.Order
 _hooks_installed = False
 
 
-def _leave_all() -> None:
-    """At exit: let go of everything this process holds in every shared cache.
-
-    The mappings stay (objects may still be read until the process is gone).
-    """
+def _exiting_all() -> None:
+    """At exit: give back the free objects this process keeps in every shared
+    cache. What it holds stays held until it is gone and found dead: its daemon
+    threads and later exit handlers may still write through its handles, and an
+    object let go of now could already be another process's."""
     for cache in list(_known.values()):
         if not cache.destroyed:
-            cache._leave()
+            cache._exiting()
 
 
 def _install_exit_hooks() -> None:
@@ -88,12 +90,12 @@ def _install_exit_hooks() -> None:
     if _hooks_installed:
         return
     _hooks_installed = True
-    atexit.register(_leave_all)
+    atexit.register(_exiting_all)
     # multiprocessing's children end with os._exit(), after its own finalizers
     # but without atexit's: one of those finalizers lets go too.
     import multiprocessing.util
 
-    multiprocessing.util.Finalize(None, _leave_all, exitpriority=-100)
+    multiprocessing.util.Finalize(None, _exiting_all, exitpriority=-100)
 
 
 def _register(cache: SharedCache) -> None:
