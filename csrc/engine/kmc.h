@@ -522,6 +522,18 @@ void kmc_shared_crash_after(long n);
  * process whose pid was reused looks. KMC_EINVAL if it has no slot. */
 kmc_status kmc_shared_forge_slot(kmc_cache_t *cache, int pid, uint64_t start);
 
+/* Test hook for the region fuzzer: where the locks lie in a region's file
+ * (byte offsets), so that a harness can leave them as they were. A lock
+ * that another process of the user holds for good blocks the others, as
+ * with any lock in shared memory: liveness against that is not a property
+ * the engine can have, so the fuzzer checks everything else. */
+typedef struct kmc_shared_locks_s {
+    size_t mutex_at, mutex_len; /* the region's robust mutex */
+    size_t procs_at, proc_size; /* the process table: each slot's lock word */
+    size_t max_procs;           /* is its first 4 bytes */
+} kmc_shared_locks_t;
+void kmc_shared_locks(const kmc_cache_t *cache, kmc_shared_locks_t *out);
+
 /* --- kmalloc family -------------------------------------------------------
  *
  * General-purpose allocation on top of the caches, as Linux's kmalloc.

@@ -74,6 +74,7 @@
  */
 #include <errno.h>
 #include <pthread.h>
+#include <stddef.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -217,6 +218,16 @@ kmc_status kmc_shared_forge_slot(kmc_cache_t *c, int pid, uint64_t start)
     r->procs[me].start = start;
     kmc__region_unlock(c);
     return KMC_OK;
+}
+
+void kmc_shared_locks(const kmc_cache_t *c, kmc_shared_locks_t *out)
+{
+    const kmc_region_t *r = c->region;
+    out->mutex_at = offsetof(kmc_shm_header_t, lock);
+    out->mutex_len = sizeof(pthread_mutex_t);
+    out->procs_at = r->lay.procs_at;
+    out->proc_size = sizeof(kmc_proc_t);
+    out->max_procs = r->lay.max_procs;
 }
 
 /* --- addressing ----------------------------------------------------------------- */
