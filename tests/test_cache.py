@@ -335,6 +335,35 @@ def test_cache_is_a_context_manager() -> None:
     busy.destroy()
 
 
+def test_unknown_flag_bits_are_named_in_hex() -> None:
+    with pytest.raises(ValueError, match=r"^flags has unknown bits 0x10000000000$"):
+        Cache("badflags", 64, flags=1 << 40)
+
+
+def test_exit_never_replaces_the_blocks_exception() -> None:
+    """The block's own error goes on; the cleanup's (the cache is busy) is a
+    warning and a note on it, and the cache is left as it was."""
+    with pytest.warns(RuntimeWarning, match="the cache could not be closed: .*CacheBusyError"):
+        with pytest.raises(KeyError) as raised:
+            with Cache("ctxraise", 16) as cache:
+                obj = cache.alloc()
+                raise KeyError("the block's")
+    assert raised.value.args == ("the block's",) and raised.value.__context__ is None
+    if hasattr(raised.value, "__notes__"):
+        assert "CacheBusyError" in raised.value.__notes__[0]
+    assert not cache.destroyed
+    with pytest.warns(RuntimeWarning, match="the object could not be closed: BufferError"):
+        with pytest.raises(ZeroDivisionError):
+            with obj:
+                view = memoryview(obj)
+                1 / 0  # noqa: B018
+    view.release()
+    with pytest.raises(CacheBusyError):  # no exception going on: its own is raised
+        cache.__exit__(None, None, None)
+    obj.free()
+    assert cache.__exit__(None, None, None) is None and cache.destroyed
+
+
 # --- the allocator's own errors --------------------------------------------------
 
 

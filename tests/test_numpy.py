@@ -292,3 +292,19 @@ def test_the_pytest_plugin_installs_the_handler_for_the_run(tmp_path: Path) -> N
     assert "NumPy allocates through kmemcache, arrays aligned to 4096 bytes" in run.stdout
     assert "the kmalloc caches served" in run.stdout
     assert "1 passed" in run.stdout
+
+
+@pytest.mark.parametrize("align", ["3", "-64"])
+def test_a_bad_plugin_alignment_is_a_usage_error(tmp_path: Path, align: str) -> None:
+    (tmp_path / "test_user.py").write_text("def test_nothing():\n    pass\n")
+    run = subprocess.run(
+        [sys.executable, "-m", "pytest", "-p", "kmemcache.numpy_plugin"]
+        + [f"--kmemcache-align={align}", "-p", "no:cacheprovider", str(tmp_path / "test_user.py")],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        cwd=tmp_path,
+    )
+    assert run.returncode == 4, run.stdout + run.stderr  # pytest's usage error
+    assert "INTERNALERROR" not in run.stdout + run.stderr
+    assert f"--kmemcache-align={align}:" in run.stderr

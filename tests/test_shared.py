@@ -15,7 +15,9 @@ import os
 import pickle
 import random
 import signal
+import subprocess
 import sys
+import textwrap
 import time
 from collections.abc import Callable, Iterator
 
@@ -171,6 +173,94 @@ def test_debug_flags_on_a_shared_cache(shared_name: Name) -> None:
         assert "test_debug_flags_on_a_shared_cache" in leak.alloc.site
         o.free()
         assert c.validate() == 0
+
+
+def test_exit_never_replaces_the_blocks_exception(shared_name: Name) -> None:
+    with pytest.warns(RuntimeWarning, match="the shared cache could not be closed: .*Busy"):
+        with pytest.raises(KeyError) as raised:
+            with SharedCache(shared_name(), 64, 64, capacity=4 * MiB) as c:
+                obj = c.alloc()
+                raise KeyError("the block's")
+    assert raised.value.__context__ is None and not c.destroyed
+    if hasattr(raised.value, "__notes__"):
+        assert "CacheBusyError" in raised.value.__notes__[0]
+    obj.free()
+    assert c.__exit__(None, None, None) is None and c.destroyed
+
+
+def test_krealloc_of_a_shared_object_is_refused(cache: SharedCache) -> None:
+    obj = cache.alloc()
+    memoryview(obj)[:4] = b"kept"
+    with pytest.raises(TypeError, match="krealloc of a SharedObject"):
+        kmemcache.krealloc(obj, 4096)
+    assert bytes(memoryview(obj)[:4]) == b"kept" and cache.stats().active_objs == 1
+    obj.free()
+
+
+@pytest.mark.parametrize("offset,generation", [(2**64, 1), (0, 2**32 + 1), (-1, 1), (0, -1)])
+def test_a_reference_with_numbers_out_of_range_is_refused(
+    cache: SharedCache, offset: int, generation: int
+) -> None:
+    """Numbers that would wrap modulo 2^64 or 2^32 onto a live object."""
+    obj = cache.alloc()
+    assert obj.offset == 0
+    with pytest.raises(ValueError, match="not from 0 to .*not a reference kmemcache made"):
+        shared._rebuild(cache.name, cache.nonce, offset, generation)
+    obj.free()
+
+
+def test_emfile_is_reported_as_such(shared_name: Name) -> None:
+    name = shared_name()
+    SharedCache(name, 64, 64, capacity=4 * MiB).close()
+    out = run_python(
+        f"""
+        import errno, os, resource
+        from kmemcache import SharedCache
+        resource.setrlimit(resource.RLIMIT_NOFILE, (64, 64))
+        fds = []
+        try:
+            while True:
+                fds.append(os.open("/dev/null", os.O_RDONLY))
+        except OSError:
+            pass
+        os.close(fds.pop())  # one left: the region's; /proc is refused
+        try:
+            SharedCache.attach({name!r})
+        except OSError as e:
+            print(errno.errorcode.get(e.errno), e)
+        """
+    )
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.startswith("EMFILE"), out.stdout
+
+
+def test_attachments_made_by_unpickling_are_bounded(shared_name: Name) -> None:
+    """A worker that unpickles objects of many short-lived regions, one after the
+    other, keeps a bounded number of descriptors (it kept one per region)."""
+    names = [shared_name() for _ in range(40)]
+    out = run_python(
+        f"""
+        import gc, os, pickle
+        from kmemcache import SharedCache, shared
+        fds = []
+        for name in {names!r}:
+            c = SharedCache(name, 64, 64, capacity=2 << 20, max_processes=2)
+            obj = c.alloc()
+            data = pickle.dumps(obj)  # a reference in flight keeps the object
+            del obj
+            c.close()  # as if made by another process: this one holds nothing
+            got = pickle.loads(data)  # attaches
+            got.free()
+            del got
+            shared.unlink(name)
+            gc.collect()
+            fds.append(len(os.listdir("/proc/self/fd")))
+        print(fds[20], fds[-1])
+        """
+    )
+    assert out.returncode == 0, out.stderr
+    settled, last = map(int, out.stdout.split())
+    assert last == settled, out.stdout
 
 
 def test_peek_reads_without_attaching(cache: SharedCache) -> None:
@@ -422,8 +512,58 @@ def test_exit_lets_go(cache: SharedCache) -> None:
     )
     assert out.returncode == 0, out.stderr
     assert out.stdout.split() == ["10"]
-    assert cache.stats().active_objs == 0  # without a reclaim
+    # its free objects at exit, its objects as their handles went at shutdown
+    assert cache.stats().active_objs == 0 and cache.stats().cached_objs == 0
     assert cache.info()["processes"] == 1
+
+
+def test_a_write_while_exiting_reaches_no_other_process(cache: SharedCache) -> None:
+    """An exit handler that runs after kmemcache's (registered before it) writes
+    through a handle that still works: the object is still the exiting
+    process's, so the write lands in no object another process was given."""
+    code = f"""
+        import atexit, sys
+        from kmemcache import SharedCache
+
+        def late():
+            print("exiting", flush=True)
+            sys.stdin.readline()  # the other process fills the region meanwhile
+            view[:] = b"\\xab" * len(view)
+            print("wrote", flush=True)
+
+        atexit.register(late)
+        c = SharedCache.attach({cache.name!r})
+        obj = c.alloc()
+        view = memoryview(obj)
+        print(obj.offset, flush=True)
+        """
+    env = {k: v for k, v in os.environ.items() if not k.startswith("KMEMCACHE_")}
+    env["PYTHONPATH"] = os.pathsep.join(p for p in sys.path if p)
+    child = subprocess.Popen(
+        [sys.executable, "-c", textwrap.dedent(code)],
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        text=True,
+        env=env,
+    )
+    assert child.stdin is not None and child.stdout is not None
+    try:
+        offset = int(child.stdout.readline())
+        assert child.stdout.readline() == "exiting\n"
+        mine = []
+        with pytest.raises(MemoryError):
+            while True:
+                mine.append(cache.zalloc())
+        assert offset not in {o.offset for o in mine}  # still the exiting process's
+        child.stdin.write("\n")
+        child.stdin.flush()
+        assert child.stdout.readline() == "wrote\n"
+    finally:
+        child.stdin.close()
+        assert child.wait(timeout=60) == 0
+    assert not any(bytes(memoryview(o)).strip(b"\0") for o in mine)
+    cache.free_bulk(mine)
+    assert cache.stats().active_objs == 0  # its handle went at shutdown
 
 
 def test_a_dead_process_is_reclaimed(cache: SharedCache) -> None:
@@ -542,6 +682,53 @@ def test_children_killed_at_every_crash_point(shared_name: Name) -> None:
             _check_after_deaths(c, 5)
         assert c.info()["recoveries"] > recoveries  # some died holding the lock
         c.free_bulk(mine)
+
+
+def test_a_dead_process_cached_objects_come_back(shared_name: Name) -> None:
+    """A process dies with objects in its magazine (free, reserved for it):
+    filling the region afterwards gets every slot of it, those included. Live
+    counts and validate() do not see cached objects; counting slots does."""
+    name = shared_name()
+    with SharedCache(name, 256, 64, capacity=2 * MiB, max_processes=2) as c:
+        pid = os.fork()
+        if pid == 0:
+            try:
+                theirs = SharedCache.attach(name)
+                theirs.alloc().free()  # a refill: half a magazine, cached
+                assert theirs.stats().cached_objs > 1
+                os.kill(os.getpid(), signal.SIGKILL)
+            finally:
+                os._exit(1)
+        _, status = os.waitpid(pid, 0)
+        assert os.WIFSIGNALED(status) and os.WTERMSIG(status) == signal.SIGKILL
+        objs = []
+        with pytest.raises(MemoryError):
+            while True:
+                objs.append(c.alloc())
+        slots = c.info()["nslabs"] * c.stats().objperslab
+        assert len(objs) == slots and c.stats().cached_objs == 0
+        assert c.info()["processes"] == 1
+        c.free_bulk(objs)
+
+
+@pytest.mark.parametrize("call", ["alloc", "free"])
+def test_validate_right_after_a_kill_reports_no_corruption(shared_name: Name, call: str) -> None:
+    """A process killed inside a fast path (a magazine entry taken, its record
+    not yet written; or the record written, the entry not yet pushed) left
+    nothing corrupt, only what a reclaim gives back: validate reclaims first."""
+    with SharedCache(shared_name(), 64, 64, capacity=16 * MiB) as c:
+        pid = os.fork()
+        if pid == 0:
+            try:
+                obj = c.alloc()  # registered, the magazine filled
+                _core._shared_crash_after(1)
+                obj.free() if call == "free" else c.alloc()
+            finally:
+                os._exit(1)
+        _, status = os.waitpid(pid, 0)
+        assert os.WIFSIGNALED(status) and os.WTERMSIG(status) == signal.SIGKILL
+        assert c.validate() == 0
+        assert c.stats().active_objs == 0 and c.info()["processes"] == 1
 
 
 @pytest.mark.skipif(sys.platform != "linux", reason="Linux only")

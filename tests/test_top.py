@@ -223,3 +223,78 @@ def test_publish_is_off_by_default_and_a_bad_value_warns(stats_dir: Path) -> Non
     )
     assert bad.stdout == "False\n"
     assert "KMEMCACHE_PUBLISH='often'" in bad.stderr
+
+
+# --- what is read is untrusted ---------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "content",
+    [
+        "{not json",
+        "[1, 2]",
+        json.dumps({"pid": "me", "caches": []}),
+        json.dumps({"pid": 0, "caches": []}),  # another process's pid
+        json.dumps({"pid": None, "caches": [{"name": "x"}]}),
+        json.dumps({"pid": None, "caches": "all"}),
+        json.dumps({"pid": None, "caches": [{"name": "x", "num_objs": "many"}]}),
+    ],
+)
+def test_a_malformed_statistics_file_is_skipped_with_a_warning(
+    stats_dir: Path, content: str
+) -> None:
+    """The file of a live process (this one), malformed: top and slabinfo --pid
+    skip it with a warning, never a traceback."""
+    stats_dir.mkdir(mode=0o700)
+    pid = os.getpid()
+    (stats_dir / f"{pid}.json").write_text(content.replace("null", str(pid), 1))
+    top = run("top", "--once")
+    assert top.returncode == 0 and "Traceback" not in top.stderr, top.stderr
+    assert "skipping" in top.stderr
+    info = run("slabinfo", "--pid", str(pid))
+    assert info.returncode == 1 and "Traceback" not in info.stderr, info.stderr
+    assert "skipping" in info.stderr and "does not publish" in info.stderr
+    with pytest.warns(RuntimeWarning, match="skipping"):
+        assert publishing.published() == []
+
+
+def test_a_folder_others_may_write_is_not_used(stats_dir: Path) -> None:
+    stats_dir.mkdir(mode=0o700)
+    os.chmod(stats_dir, 0o777)
+    good = {"pid": os.getpid(), "caches": []}
+    (stats_dir / f"{os.getpid()}.json").write_text(json.dumps(good))
+    with pytest.warns(RuntimeWarning, match="mode 0777: other users may write"):
+        assert publishing.read(os.getpid()) is None
+    os.chmod(stats_dir, 0o700)
+    assert publishing.read(os.getpid()) is not None
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="giving a file to another user needs root")
+def test_another_users_files_are_neither_read_nor_removed(stats_dir: Path) -> None:
+    stats_dir.mkdir(mode=0o700)
+    dead, live = stats_dir / "999999.json", stats_dir / f"{os.getpid()}.json"
+    for f in (dead, live):
+        f.write_text(json.dumps({"pid": int(f.stem), "caches": []}))
+        os.chown(f, 65534, 65534)
+    with pytest.warns(RuntimeWarning, match="belongs to uid 65534"):
+        assert publishing.published() == []
+    assert dead.exists() and live.exists()
+
+
+def test_a_fifo_in_the_folder_hangs_nothing(stats_dir: Path) -> None:
+    stats_dir.mkdir(mode=0o700)
+    os.mkfifo(stats_dir / f"{os.getpid()}.json", 0o600)
+    top = subprocess.run(
+        [*CLI, "top", "--once"], capture_output=True, text=True, timeout=30, env=env()
+    )
+    assert top.returncode == 0 and "not a regular file" in top.stderr
+
+
+def test_the_publisher_leaves_no_temporary_files(stats_dir: Path) -> None:
+    stats_dir.mkdir(mode=0o700)
+    (stats_dir / ".tmp-999999").write_text("{")  # a publisher that died mid-write
+    code = "import time, kmemcache; kmemcache.publish(interval=0.1); time.sleep(1)"
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, timeout=60, env=env())
+    assert done.returncode == 0, done.stderr
+    assert publishing.published() == []
+    assert list(stats_dir.iterdir()) == []

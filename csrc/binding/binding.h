@@ -115,6 +115,15 @@ int kmcpy_handle_free(HandleObject *self); /* 0 ok or retried-away, -1 error */
 int kmcpy_cache_check_alive(CacheObject *self);
 int kmcpy_track(CacheObject *cache, const char *event, const void *address);
 
+/* __exit__ of a context manager whose cleanup is @close(@self) (0, or -1
+ * with an exception set). With no exception propagating (@args' second item
+ * None), a cleanup error is raised; with one, the cleanup error never
+ * replaces it: it becomes a RuntimeWarning (reported as unraisable if the
+ * warning is an error) and a note on the propagating exception. Returns
+ * None: a with block never swallows its exception. */
+PyObject *kmcpy_context_exit(PyObject *self, PyObject *args, int (*close)(PyObject *self),
+                             const char *what);
+
 /* Report the exception set as unraisable (sys.unraisablehook), "Exception
  * ignored " followed by @fmt. Never pass an object being deallocated: that
  * would bring it back to life. */

@@ -200,8 +200,11 @@ int kmcpy_check_cache_args(Py_ssize_t size, Py_ssize_t align, Py_ssize_t flags, 
         return -1;
     }
     if (flags < 0 || (flags & ~(Py_ssize_t)KMC_VALID_FLAGS)) {
-        PyErr_Format(PyExc_ValueError, "flags has unknown bits 0x%llx",
-                     (unsigned long long)flags & ~(unsigned long long)KMC_VALID_FLAGS);
+        /* PyErr_Format knows no %llx before Python 3.12 */
+        char text[64];
+        PyOS_snprintf(text, sizeof(text), "flags has unknown bits 0x%llx",
+                      (unsigned long long)flags & ~(unsigned long long)KMC_VALID_FLAGS);
+        PyErr_SetString(PyExc_ValueError, text);
         return -1;
     }
     return 0;
@@ -928,15 +931,18 @@ static PyObject *cache_enter(CacheObject *self, PyObject *Py_UNUSED(ignored))
     return Py_NewRef((PyObject *)self);
 }
 
-static PyObject *cache_exit(CacheObject *self, PyObject *Py_UNUSED(args))
+static int cache_close(PyObject *self)
 {
-    if (self->cache) {
-        PyObject *r = cache_destroy(self, NULL);
-        if (!r)
-            return NULL;
-        Py_DECREF(r);
-    }
-    Py_RETURN_FALSE;
+    if (!((CacheObject *)self)->cache)
+        return 0;
+    PyObject *r = cache_destroy((CacheObject *)self, NULL);
+    Py_XDECREF(r);
+    return r ? 0 : -1;
+}
+
+static PyObject *cache_exit(CacheObject *self, PyObject *args)
+{
+    return kmcpy_context_exit((PyObject *)self, args, cache_close, "the cache");
 }
 
 static PyObject *cache_repr(CacheObject *self)
@@ -985,7 +991,8 @@ static PyMethodDef cache_methods[] = {
     {"__enter__", (PyCFunction)cache_enter, METH_NOARGS, "__enter__($self, /)\n--\n\nThe cache."},
     {"__exit__", (PyCFunction)cache_exit, METH_VARARGS,
      "__exit__($self, exc_type, exc, tb, /)\n--\n\n"
-     "Destroy the cache (CacheBusyError while objects are live)."},
+     "Destroy the cache (CacheBusyError while objects are live; when the block raised, a "
+     "warning and a note on its exception instead)."},
     {"_stats", (PyCFunction)cache_stats_raw, METH_NOARGS, "_stats($self, /)\n--\n\n"},
     {"_live_addresses", (PyCFunction)cache_live_addresses, METH_NOARGS,
      "_live_addresses($self, /)\n--\n\n"},

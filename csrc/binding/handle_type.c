@@ -227,11 +227,14 @@ static PyObject *handle_enter(HandleObject *self, PyObject *Py_UNUSED(ignored))
     return Py_NewRef((PyObject *)self);
 }
 
-static PyObject *handle_exit(HandleObject *self, PyObject *Py_UNUSED(args))
+static int handle_close(PyObject *self)
 {
-    if (self->ptr && kmcpy_handle_free(self) < 0)
-        return NULL;
-    Py_RETURN_FALSE;
+    return ((HandleObject *)self)->ptr ? kmcpy_handle_free((HandleObject *)self) : 0;
+}
+
+static PyObject *handle_exit(HandleObject *self, PyObject *args)
+{
+    return kmcpy_context_exit((PyObject *)self, args, handle_close, "the object");
 }
 
 static PyObject *handle_repr(HandleObject *self)

@@ -293,6 +293,14 @@ static PyObject *py_krealloc(PyObject *Py_UNUSED(m), PyObject *const *args, Py_s
             return NULL;
         Py_RETURN_NONE; /* told to go on: nothing was made */
     }
+    if (PyObject_TypeCheck(a[0], &SharedHandle_Type)) {
+        /* its memory is every holder's: a private copy would end it for all */
+        PyErr_SetString(PyExc_TypeError,
+                        "krealloc of a SharedObject: a shared object cannot move or grow (its "
+                        "other holders keep its offset); allocate from a shared cache of the "
+                        "size you need and copy");
+        return NULL;
+    }
     HandleObject *old = (HandleObject *)a[0];
     if (!old->ptr) {
         PyErr_SetString(PyExc_ValueError, "krealloc of a freed kmemcache object");

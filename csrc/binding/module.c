@@ -129,6 +129,50 @@ void kmcpy_write_unraisable(const char *fmt, ...)
 #endif
 }
 
+PyObject *kmcpy_context_exit(PyObject *self, PyObject *args, int (*close)(PyObject *self),
+                             const char *what)
+{
+    PyObject *exc_type, *exc, *tb;
+    if (!PyArg_UnpackTuple(args, "__exit__", 3, 3, &exc_type, &exc, &tb))
+        return NULL;
+    Py_INCREF(exc); /* the cleanup runs Python code (finalizers, trackers) */
+    int rc = close(self);
+    if (rc == 0 || exc == Py_None) {
+        Py_DECREF(exc);
+        return rc == 0 ? Py_NewRef(Py_None) : NULL;
+    }
+    /* the block's exception goes on; the cleanup's is told, not raised */
+    PyObject *type, *value, *trace;
+    PyErr_Fetch(&type, &value, &trace);
+    PyErr_NormalizeException(&type, &value, &trace);
+    PyObject *text = value ? PyObject_Str(value) : NULL;
+    PyObject *note = text ? PyUnicode_FromFormat("while leaving the with block, %s could not be "
+                                                 "closed: %s: %U",
+                                                 what, ((PyTypeObject *)type)->tp_name, text)
+                          : NULL;
+    Py_XDECREF(text);
+    Py_XDECREF(type);
+    Py_XDECREF(value);
+    Py_XDECREF(trace);
+    if (!note) {
+        PyErr_Clear();
+        Py_DECREF(exc);
+        Py_RETURN_NONE;
+    }
+    if (PyErr_WarnFormat(PyExc_RuntimeWarning, 1, "%U", note) < 0)
+        kmcpy_write_unraisable("in the __exit__ of %s", what); /* a warning made an error */
+#if PY_VERSION_HEX >= 0x030B0000
+    PyObject *r = PyObject_CallMethod(exc, "add_note", "O", note);
+    if (r)
+        Py_DECREF(r);
+    else
+        PyErr_Clear(); /* not an exception that takes notes */
+#endif
+    Py_DECREF(note);
+    Py_DECREF(exc);
+    Py_RETURN_NONE;
+}
+
 int kmcpy_raise(kmc_status status)
 {
     kmc_report_t r = *kmc_last_report();

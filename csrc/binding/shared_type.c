@@ -324,11 +324,15 @@ static PyObject *handle_enter(SharedHandleObject *self, PyObject *Py_UNUSED(igno
     return Py_NewRef((PyObject *)self);
 }
 
-static PyObject *handle_exit(SharedHandleObject *self, PyObject *Py_UNUSED(args))
+static int handle_close(PyObject *self)
 {
-    if (self->base.ptr && kmcpy_shared_handle_free(&self->base) < 0)
-        return NULL;
-    Py_RETURN_FALSE;
+    HandleObject *h = &((SharedHandleObject *)self)->base;
+    return h->ptr ? kmcpy_shared_handle_free(h) : 0;
+}
+
+static PyObject *handle_exit(SharedHandleObject *self, PyObject *args)
+{
+    return kmcpy_context_exit((PyObject *)self, args, handle_close, "the shared object");
 }
 
 static PyMethodDef handle_methods[] = {
@@ -746,21 +750,31 @@ static PyObject *shared_destroy(SharedCacheObject *self, PyObject *Py_UNUSED(ign
     Py_RETURN_NONE;
 }
 
-static PyObject *shared_exit(SharedCacheObject *self, PyObject *Py_UNUSED(args))
+static int shared_close(PyObject *self)
 {
-    if (self->base.cache) {
-        PyObject *r = shared_destroy(self, NULL);
-        if (!r)
-            return NULL;
-        Py_DECREF(r);
-    }
-    Py_RETURN_FALSE;
+    if (!((SharedCacheObject *)self)->base.cache)
+        return 0;
+    PyObject *r = shared_destroy((SharedCacheObject *)self, NULL);
+    Py_XDECREF(r);
+    return r ? 0 : -1;
+}
+
+static PyObject *shared_exit(SharedCacheObject *self, PyObject *args)
+{
+    return kmcpy_context_exit((PyObject *)self, args, shared_close, "the shared cache");
 }
 
 static PyObject *shared_leave(SharedCacheObject *self, PyObject *Py_UNUSED(ignored))
 {
     if (self->base.cache)
         kmc_shared_leave(engine(self));
+    Py_RETURN_NONE;
+}
+
+static PyObject *shared_exiting(SharedCacheObject *self, PyObject *Py_UNUSED(ignored))
+{
+    if (self->base.cache)
+        kmc_shared_exiting(engine(self));
     Py_RETURN_NONE;
 }
 
@@ -819,18 +833,44 @@ static PyObject *shared_object_at(SharedCacheObject *self, PyObject *arg)
     return hold(self, off, KMC_SHARED_ANY_GEN, 0);
 }
 
+/* A number of a pickled reference: an int from 0 to @max, else ValueError
+ * (the "K" and "I" formats would take it modulo 2^64 or 2^32, onto another
+ * object). */
+static int reference_number(PyObject *arg, const char *what, unsigned long long max,
+                            unsigned long long *out)
+{
+    if (!PyLong_Check(arg)) {
+        PyErr_Format(PyExc_TypeError, "a shared object reference's %s must be an int, not %.100s",
+                     what, Py_TYPE(arg)->tp_name);
+        return -1;
+    }
+    unsigned long long v = PyLong_AsUnsignedLongLong(arg);
+    if ((v == (unsigned long long)-1 && PyErr_Occurred()) || v > max) {
+        PyErr_Clear();
+        PyErr_Format(PyExc_ValueError,
+                     "a shared object reference's %s is %R, not from 0 to %llu: not a reference "
+                     "kmemcache made",
+                     what, arg, max);
+        return -1;
+    }
+    *out = v;
+    return 0;
+}
+
 static PyObject *shared_hold(SharedCacheObject *self, PyObject *args)
 {
-    unsigned long long off;
-    unsigned int gen;
+    PyObject *off_arg, *gen_arg;
     int ticket;
-    if (!PyArg_ParseTuple(args, "KIp:_hold", &off, &gen, &ticket))
+    unsigned long long off, gen;
+    if (!PyArg_ParseTuple(args, "OOp:_hold", &off_arg, &gen_arg, &ticket) ||
+        reference_number(off_arg, "offset", UINT64_MAX, &off) < 0 ||
+        reference_number(gen_arg, "generation", UINT32_MAX, &gen) < 0)
         return NULL;
     if (gen == KMC_SHARED_ANY_GEN) {
         PyErr_SetString(PyExc_ValueError, "generation 0 names no object");
         return NULL;
     }
-    return hold(self, off, gen, ticket);
+    return hold(self, off, (uint32_t)gen, ticket);
 }
 
 static PyObject *raise_status(kmc_status st)
@@ -846,7 +886,7 @@ static PyObject *shared_unlink(SharedCacheObject *self, PyObject *Py_UNUSED(igno
 {
     if (shared_alive(self) < 0)
         return NULL;
-    kmc_status st = kmc_shared_unlink(kmc_cache_name(engine(self)));
+    kmc_status st = kmc_shared_unlink_cache(engine(self));
     if (st != KMC_OK)
         return raise_status(st);
     Py_RETURN_NONE;
@@ -961,7 +1001,8 @@ static PyMethodDef shared_methods[] = {
     {"close", (PyCFunction)shared_destroy, METH_NOARGS, "close($self, /)\n--\n\ndestroy()."},
     {"__exit__", (PyCFunction)shared_exit, METH_VARARGS,
      "__exit__($self, exc_type, exc, tb, /)\n--\n\nDetach (CacheBusyError while this "
-     "process's objects are referenced)."},
+     "process's objects are referenced; when the block raised, a warning and a note on its "
+     "exception instead)."},
     {"reclaim", (PyCFunction)(void (*)(void))shared_reclaim, METH_VARARGS | METH_KEYWORDS,
      "reclaim($self, /, *, pickled=False)\n--\n\nGive back what dead processes held; return "
      "how many objects were freed. pickled=True also frees objects that only pickles name "
@@ -981,6 +1022,7 @@ static PyMethodDef shared_methods[] = {
     {"_hold", (PyCFunction)shared_hold, METH_VARARGS,
      "_hold($self, offset, generation, ticket, /)\n--\n\n"},
     {"_leave", (PyCFunction)shared_leave, METH_NOARGS, "_leave($self, /)\n--\n\n"},
+    {"_exiting", (PyCFunction)shared_exiting, METH_NOARGS, "_exiting($self, /)\n--\n\n"},
     {NULL, NULL, 0, NULL},
 };
 

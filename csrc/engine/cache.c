@@ -661,7 +661,8 @@ uint8_t *kmc__depot_take(kmc_cache_t *c)
         kmc_slab_t *s = kmc__slab(c, id);
         kmc__depot_merge(c, id);
         _Atomic uint64_t *bits = kmc__slab_local(c, id);
-        uint32_t w = s->hint;
+        uint32_t hint = s->hint < c->bitmap_words ? s->hint : 0; /* a shared one: any value */
+        uint32_t w = hint;
         while (w < c->bitmap_words && !KMC_LOAD(&bits[w]))
             w++;
         if (w == c->bitmap_words) { /* no free slot after all */
@@ -669,8 +670,8 @@ uint8_t *kmc__depot_take(kmc_cache_t *c)
             kmc__slab_set_state(s, KMC_SLAB_FULL);
             continue;
         }
-        if (w - s->hint > c->d->max_scan)
-            c->d->max_scan = w - s->hint;
+        if (w - hint > c->d->max_scan)
+            c->d->max_scan = w - hint;
         uint64_t x = KMC_LOAD(&bits[w]);
         uint32_t b = (uint32_t)__builtin_ctzll(x);
         KMC_STORE(&bits[w], x & (x - 1));

@@ -366,10 +366,17 @@ uint32_t kmc__now_ms(void); /* a monotonic clock, wrapping every 49 days */
 
 /* --- shm.c: a shared region's contact with the OS. Offsets and lengths are
  * page multiples; functions return 0 or an errno value. */
-int kmc__shm_open(const char *path, bool create, int *fd); /* O_EXCL when create */
-int kmc__shm_open_readonly(const char *path, int *fd);
+typedef struct kmc_shm_owner_s {
+    unsigned uid, mode; /* of the file: whose it is, st_mode */
+} kmc_shm_owner_t;
+/* Opens refuse a file that is not ours: EINVAL not a regular file (or a
+ * symbolic link), EPERM another user's, EACCES group or other bits set;
+ * *@who (may be NULL) gets its owner and mode. */
+int kmc__shm_open(const char *path, bool create, int *fd, kmc_shm_owner_t *who); /* O_EXCL */
+int kmc__shm_open_readonly(const char *path, int *fd, kmc_shm_owner_t *who);
+int kmc__shm_owner(const char *path, kmc_shm_owner_t *who); /* lstat, no open */
 void kmc__shm_close(int fd);
-int kmc__shm_unlink(const char *path);
+int kmc__shm_unlink(const char *path, kmc_shm_owner_t *who); /* EPERM: not ours */
 int kmc__shm_size(int fd, uint64_t *size);
 int kmc__shm_truncate(int fd, uint64_t size);                  /* sparse */
 int kmc__shm_commit(int fd, uint64_t offset, uint64_t len);    /* back with memory */

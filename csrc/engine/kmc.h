@@ -303,7 +303,9 @@ size_t kmc_cache_shrink(kmc_cache_t *cache);
  * bitmap has all its objects marked used, so none can be handed out twice
  * (SLUB's "Marking all objects used"). Double frees that two threads raced
  * to make are reported here (KMC_EDOUBLE_FREE), once each. Threads' caches
- * of this cache are taken back first. */
+ * of this cache are taken back first; for a shared cache, what dead
+ * processes held is reclaimed first (a process killed mid-call leaves work
+ * for reclaim, not corruption). */
 kmc_status kmc_cache_validate(kmc_cache_t *cache, size_t *problems);
 
 void kmc_cache_stats(kmc_cache_t *cache, kmc_stats_t *out);
@@ -421,8 +423,9 @@ kmc_status kmc_shared_create(const char *name, size_t size, size_t align, unsign
  * region still being made. Dead processes' objects are reclaimed first.
  * Return: KMC_OK and *out, KMC_ENOENT, KMC_EINVAL (not a region of this
  * version of the engine, or never finished by its creator), KMC_EBUSY
- * (every process slot is taken), KMC_ENOMEM or KMC_EOS (EACCES: another
- * user's). */
+ * (every process slot is taken), KMC_ENOMEM or KMC_EOS (os_error EPERM:
+ * another user's file; EACCES: group or other bits set; EINVAL: not a
+ * regular file). The file is checked before a byte of it is read. */
 kmc_status kmc_shared_attach(const char *name, kmc_ctor_fn ctor, void *ctor_arg, kmc_cache_t **out);
 
 /* kmc_shared_detach - what kmc_cache_destroy does to a shared cache: this
@@ -433,15 +436,27 @@ kmc_status kmc_shared_attach(const char *name, kmc_ctor_fn ctor, void *ctor_arg,
 kmc_status kmc_shared_detach(kmc_cache_t *cache);
 
 /* kmc_shared_leave - what kmc_shared_detach does to the region, the mapping
- * kept: for a process about to exit, whose objects' memory must stay
- * readable until it does. The cache stays usable: its next call takes a
+ * kept (a process about to exit wants kmc_shared_exiting instead: its
+ * objects' memory may still be written until it is gone). The cache stays usable: its next call takes a
  * process slot again. */
 void kmc_shared_leave(kmc_cache_t *cache);
 
+/* kmc_shared_exiting - for a process about to exit: its cached free objects
+ * go back; what it holds stays held, and comes back once the process is
+ * found dead (reclaim), so that no write it makes while exiting (a thread,
+ * a late exit handler) can reach another process's object. */
+void kmc_shared_exiting(kmc_cache_t *cache);
+
 /* kmc_shared_unlink - remove the name of shared cache @name: processes
  * attached keep working; new attaches fail; the memory goes when the last
- * one detaches. KMC_OK, KMC_ENOENT or KMC_EOS. */
+ * one detaches. KMC_OK, KMC_ENOENT or KMC_EOS (os_error EPERM: the file is
+ * another user's, and is left alone). */
 kmc_status kmc_shared_unlink(const char *name);
+
+/* kmc_shared_unlink_cache - kmc_shared_unlink for the region @cache is
+ * attached to, by the name it was attached under (not one made again from
+ * the current uid, which may have changed since). */
+kmc_status kmc_shared_unlink_cache(kmc_cache_t *cache);
 
 int kmc_cache_is_shared(const kmc_cache_t *cache);
 
@@ -522,6 +537,18 @@ void kmc_shared_crash_after(long n);
  * started at @start (clock ticks since boot), as a slot left by a dead
  * process whose pid was reused looks. KMC_EINVAL if it has no slot. */
 kmc_status kmc_shared_forge_slot(kmc_cache_t *cache, int pid, uint64_t start);
+
+/* Test hook for the region fuzzer: where the locks lie in a region's file
+ * (byte offsets), so that a harness can leave them as they were. A lock
+ * that another process of the user holds for good blocks the others, as
+ * with any lock in shared memory: liveness against that is not a property
+ * the engine can have, so the fuzzer checks everything else. */
+typedef struct kmc_shared_locks_s {
+    size_t mutex_at, mutex_len; /* the region's robust mutex */
+    size_t procs_at, proc_size; /* the process table: each slot's lock word */
+    size_t max_procs;           /* is its first 4 bytes */
+} kmc_shared_locks_t;
+void kmc_shared_locks(const kmc_cache_t *cache, kmc_shared_locks_t *out);
 
 /* --- kmalloc family -------------------------------------------------------
  *

@@ -74,6 +74,7 @@
  */
 #include <errno.h>
 #include <pthread.h>
+#include <stddef.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -129,21 +130,28 @@ typedef struct kmc_proc_s {
     _Atomic uint64_t mag[MAG_MAX]; /* their offsets in the slab area */
 } __attribute__((aligned(64))) kmc_proc_t;
 
-typedef struct kmc_shm_header_s {
-    _Atomic uint64_t magic; /* SHM_MAGIC once the creator is done */
-    uint32_t version;       /* SHM_VERSION */
-    uint32_t header_bytes;  /* sizeof(this) */
-    uint32_t abi;           /* what the structures' sizes were */
+/* What the creator sets before it publishes the magic, read-only after.
+ * Every process reads it once into private memory (kmc_region_t.lay),
+ * checks the copy and uses only the copy: a process that rewrites the
+ * header later cannot move a bound under our feet. */
+typedef struct kmc_shm_layout_s {
+    uint32_t version;      /* SHM_VERSION */
+    uint32_t header_bytes; /* sizeof(kmc_shm_header_t) */
+    uint32_t abi;          /* what the structures' sizes were */
     int32_t creator_pid;
     uint64_t creator_start;
     uint64_t nonce; /* random: this region, not a later one */
     char name[KMC_NAME_MAX];
-    /* the layout: set by the creator, read-only after */
     uint64_t size, align, flags, slab_shift, slot_size, obj_offset, objperslab, bitmap_words;
     uint64_t nslabs, max_procs, mag_cap, has_ctor, capacity, rec_words;
     uint64_t procs_at, slabs_at, local_at, remote_at, orig_at, records_at; /* bytes */
     uint64_t meta_bytes;   /* where the slab area starts in the file */
     uint64_t region_bytes; /* the file's size */
+} kmc_shm_layout_t;
+
+typedef struct kmc_shm_header_s {
+    _Atomic uint64_t magic; /* SHM_MAGIC once the creator is done */
+    kmc_shm_layout_t l;     /* the layout: never read but through a checked copy */
     /* under the lock */
     pthread_mutex_t lock __attribute__((aligned(64)));
     kmc_depot_t depot __attribute__((aligned(64)));
@@ -163,6 +171,7 @@ typedef struct kmc_shm_header_s {
 typedef struct kmc_region_s kmc_region_t;
 struct kmc_region_s {
     kmc_shm_header_t *hdr; /* the metadata mapping starts with it */
+    kmc_shm_layout_t lay;  /* its layout, copied once and checked */
     size_t meta_len;
     uint8_t *slabs; /* the slab area, aligned */
     size_t slabs_len;
@@ -209,6 +218,16 @@ kmc_status kmc_shared_forge_slot(kmc_cache_t *c, int pid, uint64_t start)
     r->procs[me].start = start;
     kmc__region_unlock(c);
     return KMC_OK;
+}
+
+void kmc_shared_locks(const kmc_cache_t *c, kmc_shared_locks_t *out)
+{
+    const kmc_region_t *r = c->region;
+    out->mutex_at = offsetof(kmc_shm_header_t, lock);
+    out->mutex_len = sizeof(pthread_mutex_t);
+    out->procs_at = r->lay.procs_at;
+    out->proc_size = sizeof(kmc_proc_t);
+    out->max_procs = r->lay.max_procs;
 }
 
 /* --- addressing ----------------------------------------------------------------- */
@@ -264,6 +283,27 @@ static bool holder_has(_Atomic uint64_t *rec, uint32_t slot)
     return KMC_LOAD(&rec[1 + slot / 64]) & (UINT64_C(1) << (slot % 64));
 }
 
+/* A magazine's count, read once and brought within the array: whatever a
+ * process of ours wrote there, no index taken from it leaves the slot. */
+static inline uint32_t mag_count(kmc_proc_t *p)
+{
+    uint32_t n = KMC_LOAD(&p->mag_count);
+    return n <= MAG_MAX ? n : MAG_MAX;
+}
+
+/* Magazine entry @off popped by slot @me: an object slot whose record says
+ * it is cached by @me, else not to be handed out. *@rec gets its record. */
+static inline bool mag_entry_ok(const kmc_cache_t *c, uint32_t me, uint64_t off,
+                                _Atomic uint64_t **rec, uint64_t *w)
+{
+    uint32_t sidx, idx;
+    if (unlikely(!slot_of(c, off, &sidx, &idx)))
+        return false;
+    *rec = rec_at(c->region, c, sidx, idx);
+    *w = KMC_LOAD(*rec);
+    return likely(rec_state(*w) == REC_CACHED && rec_slot(*w) == me);
+}
+
 /* --- process identity and the process table ----------------------------------------- */
 
 /* Is the process in slot @s alive? A process of another pid namespace, or
@@ -314,7 +354,7 @@ static void proc_lock(kmc_cache_t *c, uint32_t s, uint32_t me, bool region_locke
         if (spins % 256)
             continue;
         uint32_t holder = KMC_LOAD(&p->lock);
-        if (!holder || holder - 1 >= r->hdr->max_procs || proc_alive(r, holder - 1))
+        if (!holder || holder - 1 >= r->lay.max_procs || proc_alive(r, holder - 1))
             continue;
         if (region_locked) {
             uint32_t expected = holder;
@@ -339,13 +379,29 @@ static void recover(kmc_cache_t *c)
 {
     kmc_region_t *r = c->region;
     r->hdr->recoveries++;
-    for (uint32_t s = 0; s < r->hdr->max_procs; s++) {
+    for (uint32_t s = 0; s < r->lay.max_procs; s++) {
         uint32_t holder = KMC_LOAD(&r->procs[s].lock);
-        if (holder && (holder - 1 >= r->hdr->max_procs || !proc_alive(r, holder - 1)))
+        if (holder && (holder - 1 >= r->lay.max_procs || !proc_alive(r, holder - 1)))
             atomic_compare_exchange_strong(&r->procs[s].lock, &holder, 0u);
     }
     rebuild(c, NULL);
     reclaim_dead(c, false, true);
+}
+
+/* Do the depot's lists start and end at slabs of the region? The depot
+ * code reads their heads as slab ids; slab.c checks every link after. */
+static bool depot_bounded(const kmc_cache_t *c)
+{
+    const kmc_depot_t *d = c->d;
+    uint32_t n = c->region->arena.nslabs;
+    const kmc_list_t *lists[] = {&d->partial, &d->empty, &d->released};
+    for (size_t i = 0; i < sizeof(lists) / sizeof(lists[0]); i++) {
+        const kmc_list_t *l = lists[i];
+        if ((l->head != KMC_NIL && l->head >= n) || (l->tail != KMC_NIL && l->tail >= n) ||
+            l->count > n)
+            return false;
+    }
+    return true;
 }
 
 void kmc__region_lock(kmc_cache_t *c)
@@ -358,6 +414,8 @@ void kmc__region_lock(kmc_cache_t *c)
     } else if (unlikely(rc != 0)) {
         abort(); /* ENOTRECOVERABLE: only an unlock without consistent() makes it */
     }
+    if (unlikely(!depot_bounded(c))) /* written by someone else: redone from the records */
+        rebuild(c, NULL);
 }
 
 void kmc__region_unlock(kmc_cache_t *c) { pthread_mutex_unlock(&c->region->hdr->lock); }
@@ -377,7 +435,7 @@ uint32_t kmc__shared_builder(kmc_cache_t *c)
     return me == KMC_NIL ? KMC_DEPOT : me + 1;
 }
 
-bool kmc__shared_lacks_ctor(const kmc_cache_t *c) { return c->region->hdr->has_ctor && !c->ctor; }
+bool kmc__shared_lacks_ctor(const kmc_cache_t *c) { return c->region->lay.has_ctor && !c->ctor; }
 
 int kmc__shared_commit(kmc_cache_t *c, uint32_t id)
 {
@@ -385,12 +443,12 @@ int kmc__shared_commit(kmc_cache_t *c, uint32_t id)
     uint32_t sidx = kmc__slab_index(id);
     size_t page = kmc_page_size();
     uint64_t rec_bytes = (uint64_t)c->objperslab * r->rec_words * 8;
-    uint64_t from = r->hdr->records_at + sidx * rec_bytes;
+    uint64_t from = r->lay.records_at + sidx * rec_bytes;
     uint64_t to = (from + rec_bytes + page - 1) & ~(uint64_t)(page - 1);
     from &= ~(uint64_t)(page - 1);
     int rc = kmc__shm_commit(r->fd, from, to - from);
     if (rc == 0)
-        rc = kmc__shm_commit(r->fd, r->hdr->meta_bytes + ((uint64_t)sidx << c->slab_shift),
+        rc = kmc__shm_commit(r->fd, r->lay.meta_bytes + ((uint64_t)sidx << c->slab_shift),
                              c->slab_size);
     CRASH_POINT();
     return rc == 0 ? 0 : -1;
@@ -400,7 +458,7 @@ void kmc__shared_decommit(kmc_cache_t *c, uint32_t id)
 {
     kmc_region_t *r = c->region;
     CRASH_POINT();
-    kmc__shm_decommit(r->fd, r->hdr->meta_bytes + ((uint64_t)kmc__slab_index(id) << c->slab_shift),
+    kmc__shm_decommit(r->fd, r->lay.meta_bytes + ((uint64_t)kmc__slab_index(id) << c->slab_shift),
                       c->slab_size);
 }
 
@@ -425,7 +483,8 @@ static bool end_live(kmc_cache_t *c, uint32_t me, uint32_t sidx, uint32_t idx, u
     kmc_region_t *r = c->region;
     _Atomic uint64_t *rec = rec_at(r, c, sidx, idx);
     kmc_proc_t *p = me == KMC_NIL ? NULL : &r->procs[me];
-    bool cache_it = p && r->mag_cap && KMC_LOAD(&p->mag_count) < r->mag_cap;
+    uint32_t n = p ? KMC_LOAD(&p->mag_count) : 0; /* read once: a bound */
+    bool cache_it = p && r->mag_cap && n < r->mag_cap;
     uint64_t to = rec_word(cache_it ? REC_CACHED : REC_FREE, cache_it ? me : 0, 0, rec_gen(w));
     if (!atomic_compare_exchange_strong_explicit(rec, &w, to, memory_order_acq_rel,
                                                  memory_order_relaxed))
@@ -433,7 +492,6 @@ static bool end_live(kmc_cache_t *c, uint32_t me, uint32_t sidx, uint32_t idx, u
     r->hdr->tickets -= rec_tickets(w);
     CRASH_POINT();
     if (cache_it) {
-        uint32_t n = KMC_LOAD(&p->mag_count);
         KMC_STORE(&p->mag[n], off_of(c, sidx, idx));
         KMC_STORE(&p->mag_count, n + 1);
     } else {
@@ -452,7 +510,7 @@ static void flush(kmc_cache_t *c, uint32_t s, uint32_t keep)
 {
     kmc_region_t *r = c->region;
     kmc_proc_t *p = &r->procs[s];
-    uint32_t n = KMC_LOAD(&p->mag_count);
+    uint32_t n = mag_count(p);
     if (n <= keep)
         return;
     uint32_t give = n - keep;
@@ -480,7 +538,7 @@ static void refill(kmc_cache_t *c, uint32_t me)
     kmc_region_t *r = c->region;
     kmc_proc_t *p = &r->procs[me];
     uint32_t want = r->mag_cap / 2 ? r->mag_cap / 2 : 1;
-    uint32_t first = KMC_LOAD(&p->mag_count);
+    uint32_t first = mag_count(p), last = first;
     for (uint32_t n = first; n < want; n++) {
         uint8_t *q = kmc__depot_take(c);
         if (!q)
@@ -492,9 +550,10 @@ static void refill(kmc_cache_t *c, uint32_t me)
                               memory_order_release);
         KMC_STORE(&p->mag[n], off);
         KMC_STORE(&p->mag_count, n + 1);
+        last = n + 1;
     }
     /* the lowest address first out: memory handed out stays compact */
-    for (uint32_t i = first, j = KMC_LOAD(&p->mag_count); i + 1 < j; i++, j--) {
+    for (uint32_t i = first, j = last; i + 1 < j; i++, j--) {
         uint64_t t = KMC_LOAD(&p->mag[i]);
         KMC_STORE(&p->mag[i], KMC_LOAD(&p->mag[j - 1]));
         KMC_STORE(&p->mag[j - 1], t);
@@ -521,7 +580,7 @@ static void rebuild(kmc_cache_t *c, size_t *mismatches)
         uint8_t state = kmc__slab_state(s);
         if (state == KMC_SLAB_NEW) {
             uint32_t b = KMC_LOAD(&s->owner);
-            if (b && b - 1 < r->hdr->max_procs && proc_alive(r, b - 1))
+            if (b && b - 1 < r->lay.max_procs && proc_alive(r, b - 1))
                 goto next; /* still being built */
             state = KMC_SLAB_RELEASED;
         }
@@ -577,13 +636,13 @@ static void rebuild(kmc_cache_t *c, size_t *mismatches)
         if (hole_end != KMC_NIL) {
             uint32_t first = i + 1;
             if (first < hole_end)
-                kmc__shm_decommit(r->fd, r->hdr->meta_bytes + ((uint64_t)first << c->slab_shift),
+                kmc__shm_decommit(r->fd, r->lay.meta_bytes + ((uint64_t)first << c->slab_shift),
                                   (uint64_t)(hole_end - first) << c->slab_shift);
             hole_end = KMC_NIL;
         }
     }
     if (hole_end != KMC_NIL)
-        kmc__shm_decommit(r->fd, r->hdr->meta_bytes, (uint64_t)hole_end << c->slab_shift);
+        kmc__shm_decommit(r->fd, r->lay.meta_bytes, (uint64_t)hole_end << c->slab_shift);
     d->num_slabs = slabs;
     d->depot_allocs = d->depot_frees + out; /* slots out of the depot */
     r->hdr->tickets = tickets;
@@ -606,7 +665,7 @@ static size_t scan_release(kmc_cache_t *c, const uint64_t *dead, bool orphans, b
 {
     kmc_region_t *r = c->region;
     kmc_arena_t *a = &r->arena;
-    uint32_t procs = (uint32_t)r->hdr->max_procs;
+    uint32_t procs = (uint32_t)r->lay.max_procs;
     size_t freed = 0;
 #define IS_DEAD(s) ((dead[(s) / 64] >> ((s) % 64)) & 1)
 #define GONE(s)    ((s) >= procs || IS_DEAD(s) || KMC_LOAD(&r->procs[(s)].state) != PROC_ALIVE)
@@ -619,7 +678,7 @@ static size_t scan_release(kmc_cache_t *c, const uint64_t *dead, bool orphans, b
                 /* its builder died: no memory, no list */
                 kmc__slab_set_state(s, KMC_SLAB_RELEASED);
                 KMC_STORE(&s->owner, KMC_DEPOT);
-                kmc__shm_decommit(r->fd, r->hdr->meta_bytes + ((uint64_t)i << c->slab_shift),
+                kmc__shm_decommit(r->fd, r->lay.meta_bytes + ((uint64_t)i << c->slab_shift),
                                   c->slab_size);
                 kmc__list_push(c, &c->d->released, i);
                 a->live_slabs--;
@@ -703,7 +762,7 @@ static void quiesce(kmc_cache_t *c)
     if (me == KMC_NIL)
         me = KMC_SHARED_MAX_PROCS; /* a lock word that names no slot */
     memset(r->quiesced, 0, KMC_SHARED_MAX_PROCS / 8);
-    for (uint32_t s = 0; s < r->hdr->max_procs; s++)
+    for (uint32_t s = 0; s < r->lay.max_procs; s++)
         if (KMC_LOAD(&r->procs[s].state) == PROC_ALIVE) {
             proc_lock(c, s, me, true);
             r->quiesced[s / 64] |= UINT64_C(1) << (s % 64);
@@ -713,7 +772,7 @@ static void quiesce(kmc_cache_t *c)
 static void unquiesce(kmc_cache_t *c)
 {
     kmc_region_t *r = c->region;
-    for (uint32_t s = 0; s < r->hdr->max_procs; s++)
+    for (uint32_t s = 0; s < r->lay.max_procs; s++)
         if ((r->quiesced[s / 64] >> (s % 64)) & 1)
             proc_unlock(&r->procs[s]);
     memset(r->quiesced, 0, KMC_SHARED_MAX_PROCS / 8);
@@ -742,7 +801,7 @@ static size_t reclaim_dead(kmc_cache_t *c, bool pickled, bool orphans)
     kmc_region_t *r = c->region;
     uint64_t dead[KMC_SHARED_MAX_PROCS / 64] = {0};
     bool any = false;
-    for (uint32_t s = 0; s < r->hdr->max_procs; s++)
+    for (uint32_t s = 0; s < r->lay.max_procs; s++)
         if (KMC_LOAD(&r->procs[s].state) == PROC_ALIVE && !proc_alive(r, s)) {
             dead[s / 64] |= UINT64_C(1) << (s % 64);
             any = true;
@@ -750,7 +809,7 @@ static size_t reclaim_dead(kmc_cache_t *c, bool pickled, bool orphans)
     if (!any && !pickled && !orphans)
         return 0;
     size_t n = scan_release(c, dead, orphans, pickled);
-    for (uint32_t s = 0; s < r->hdr->max_procs; s++)
+    for (uint32_t s = 0; s < r->lay.max_procs; s++)
         if ((dead[s / 64] >> (s % 64)) & 1)
             proc_retire(r, s);
     if (any) {
@@ -779,9 +838,11 @@ static uint32_t register_self(kmc_cache_t *c)
     kmc_region_t *r = c->region;
     int pid;
     uint64_t start, pidns;
-    if (kmc__shm_self(&pid, &start, &pidns) != 0) {
-        kmc__report(KMC_EOS, c, NULL, "cannot read this process's start time from /proc");
-        kmc__report_slot()->os_error = EIO;
+    int rc = kmc__shm_self(&pid, &start, &pidns);
+    if (rc != 0) { /* EMFILE, say: the real cause, not a generic EIO */
+        kmc__report(KMC_EOS, c, NULL, "cannot read this process's start time from /proc: %s",
+                    strerror(rc == ESRCH ? EIO : rc));
+        kmc__report_slot()->os_error = rc == ESRCH ? EIO : rc;
         return KMC_NIL;
     }
     r->pid = pid;
@@ -790,7 +851,7 @@ static uint32_t register_self(kmc_cache_t *c)
     kmc__region_lock(c);
     reclaim_dead(c, false, false);
     uint32_t me = KMC_NIL;
-    for (uint32_t s = 0; s < r->hdr->max_procs && me == KMC_NIL; s++)
+    for (uint32_t s = 0; s < r->lay.max_procs && me == KMC_NIL; s++)
         if (KMC_LOAD(&r->procs[s].state) == PROC_FREE)
             me = s;
     if (me != KMC_NIL) {
@@ -809,7 +870,7 @@ static uint32_t register_self(kmc_cache_t *c)
     } else {
         kmc__report(KMC_EBUSY, c, NULL,
                     "all %u process slots of shared cache %s are taken by living processes",
-                    (unsigned)r->hdr->max_procs, c->name);
+                    (unsigned)r->lay.max_procs, c->name);
     }
     kmc__region_unlock(c);
     return me;
@@ -901,16 +962,30 @@ static KMC_NOINLINE void *alloc_slow(kmc_cache_t *c, int zero, uint32_t *gen_out
         uint32_t gen = 0;
         kmc_status st = KMC_OK;
         if (r->mag_cap) {
-            refill(c, me);
-            uint32_t n = KMC_LOAD(&p->mag_count);
+            /* the fast path may have refused the top entry: checked
+             * before a refill buries it */
+            uint32_t n = mag_count(p);
+            uint64_t off, w;
+            _Atomic uint64_t *rec;
+            if (!n || mag_entry_ok(c, me, KMC_LOAD(&p->mag[n - 1]), &rec, &w)) {
+                refill(c, me);
+                n = mag_count(p);
+            }
             if (n) {
-                uint64_t off = KMC_LOAD(&p->mag[n - 1]);
+                off = KMC_LOAD(&p->mag[n - 1]);
                 KMC_STORE(&p->mag_count, n - 1);
-                _Atomic uint64_t *rec = rec_of_off(c, off);
-                gen = next_gen(rec_gen(KMC_LOAD(rec)));
-                atomic_store_explicit(rec, rec_word(REC_LIVE, me, 0, gen), memory_order_release);
-                KMC_BUMP(&p->allocs, 1);
-                obj = obj_at(c, off);
+                if (mag_entry_ok(c, me, off, &rec, &w)) {
+                    gen = next_gen(rec_gen(w));
+                    atomic_store_explicit(rec, rec_word(REC_LIVE, me, 0, gen),
+                                          memory_order_release);
+                    KMC_BUMP(&p->allocs, 1);
+                    obj = obj_at(c, off);
+                } else { /* dropped: validate finds what became of its slot */
+                    st = kmc__report(KMC_ECORRUPT, c, NULL,
+                                     "the magazine of process %d (slot %u) of %s names offset "
+                                     "%llu, which is not an object it has cached; entry dropped",
+                                     r->pid, me, c->name, (unsigned long long)off);
+                }
             }
         } else {
             obj = take_live(c, me, &gen, &st);
@@ -951,11 +1026,14 @@ void *kmc_shared_alloc(kmc_cache_t *c, int zero, uint32_t *gen_out)
         kmc_proc_t *p = &r->procs[me];
         if (likely(proc_trylock(p, me))) {
             uint32_t n = KMC_LOAD(&p->mag_count);
-            if (likely(n)) {
-                uint64_t off = KMC_LOAD(&p->mag[n - 1]);
+            uint64_t off, w;
+            _Atomic uint64_t *rec;
+            /* an entry is checked before it is trusted: the slow path
+             * reports one that is not ours */
+            if (likely(n && n <= r->mag_cap) &&
+                likely(mag_entry_ok(c, me, off = KMC_LOAD(&p->mag[n - 1]), &rec, &w))) {
                 KMC_STORE(&p->mag_count, n - 1);
-                _Atomic uint64_t *rec = rec_of_off(c, off);
-                uint32_t gen = next_gen(rec_gen(KMC_LOAD(rec)));
+                uint32_t gen = next_gen(rec_gen(w));
                 CRASH_POINT();
                 atomic_store_explicit(rec, rec_word(REC_LIVE, me, 0, gen), memory_order_release);
                 KMC_BUMP(&p->allocs, 1);
@@ -996,6 +1074,16 @@ kmc_status kmc_shared_alloc_bulk(kmc_cache_t *c, size_t n, void **out, uint32_t 
     return KMC_OK;
 }
 
+/* The size object (@sidx, @idx) was asked for, as the region records it:
+ * a red zone check reads from there to the slot's end, so a size larger
+ * than the object's is not believed. */
+static size_t asked_size(const kmc_cache_t *c, const kmc_arena_t *a, uint32_t sidx, uint32_t idx)
+{
+    uint32_t *orig = kmc__debug_orig(c, a, sidx, idx);
+    uint32_t n = orig ? KMC_LOAD((_Atomic uint32_t *)orig) : (uint32_t)c->size;
+    return n <= c->size ? n : c->size;
+}
+
 /* Is @obj of generation @gen a live object of @c that may be freed (red
  * zones intact)? Its slot into *@sidx, *@idx and word 0 into *@w.
  * Region locked. */
@@ -1015,10 +1103,8 @@ static kmc_status check_live(kmc_cache_t *c, const void *obj, uint32_t gen, uint
                            "Object already free: 0x%llx in %s (freed, and allocated again "
                            "since this reference was made)",
                            (unsigned long long)(uintptr_t)obj, c->name);
-    if (c->flags & (KMC_RED_ZONE | KMC_POISON)) {
-        uint32_t *orig = kmc__debug_orig(c, a, *sidx, *idx);
-        st = kmc__debug_check_free(c, (uint8_t *)obj, orig ? *orig : c->size);
-    }
+    if (c->flags & (KMC_RED_ZONE | KMC_POISON))
+        st = kmc__debug_check_free(c, (uint8_t *)obj, asked_size(c, a, *sidx, *idx));
     return st;
 }
 
@@ -1209,8 +1295,7 @@ kmc_status kmc_shared_drop(kmc_cache_t *c, void *obj, uint32_t gen, int *freed)
         if (!end)
             break;
         if (c->flags & (KMC_RED_ZONE | KMC_POISON)) {
-            uint32_t *orig = kmc__debug_orig(c, &r->arena, sidx, idx);
-            st = kmc__debug_check_free(c, obj, orig ? *orig : c->size);
+            st = kmc__debug_check_free(c, obj, asked_size(c, &r->arena, sidx, idx));
             if (st != KMC_OK)
                 break;
         }
@@ -1364,7 +1449,7 @@ void kmc__shared_stats(kmc_cache_t *c, kmc_stats_t *o)
     kmc_region_t *r = c->region;
     kmc_shm_header_t *h = r->hdr;
     uint64_t allocs = h->gone_allocs, frees = h->gone_frees, cached = 0, caches = 0;
-    for (uint32_t s = 0; s < h->max_procs; s++) {
+    for (uint32_t s = 0; s < r->lay.max_procs; s++) {
         kmc_proc_t *p = &r->procs[s];
         if (KMC_LOAD(&p->state) != PROC_ALIVE)
             continue;
@@ -1380,7 +1465,7 @@ void kmc__shared_stats(kmc_cache_t *c, kmc_stats_t *o)
     o->cached_objs = cached;
     o->thread_caches = caches;
     o->remote_frees = 0;
-    o->metadata_bytes = h->meta_bytes;
+    o->metadata_bytes = r->lay.meta_bytes;
     o->reserved_bytes = r->slabs_len;
     o->arenas = 1;
 }
@@ -1415,6 +1500,9 @@ void kmc__shared_validate_begin(kmc_cache_t *c, size_t *count, kmc_status *first
                                 kmc_report_t *first_report)
 {
     kmc_region_t *r = c->region;
+    /* a process killed inside a fast path left a record and its magazine
+     * disagreeing: that is what reclaim is for, not corruption */
+    reclaim_dead(c, false, false);
     quiesce(c); /* a still picture: every living process's fast paths wait */
     size_t bad = 0;
     rebuild(c, &bad);
@@ -1426,7 +1514,7 @@ void kmc__shared_validate_begin(kmc_cache_t *c, size_t *count, kmc_status *first
                           c->name, bad),
               bad);
     /* every magazine holds exactly its process's cached objects */
-    for (uint32_t s = 0; s < r->hdr->max_procs; s++) {
+    for (uint32_t s = 0; s < r->lay.max_procs; s++) {
         kmc_proc_t *p = &r->procs[s];
         if (KMC_LOAD(&p->state) != PROC_ALIVE)
             continue;
@@ -1457,7 +1545,7 @@ void kmc__shared_validate_begin(kmc_cache_t *c, size_t *count, kmc_status *first
                     uint64_t w = KMC_LOAD(rec);
                     if (rec_state(w) != REC_CACHED || rec_slot(w) != s)
                         continue;
-                    if (k < MAG_MAX && k < r->hdr->mag_cap) {
+                    if (k < MAG_MAX && k < r->lay.mag_cap) {
                         KMC_STORE(&p->mag[k++], off_of(c, i, idx));
                     } else { /* no room: back to the depot */
                         KMC_STORE(rec, rec_word(REC_FREE, 0, 0, rec_gen(w)));
@@ -1584,16 +1672,17 @@ static uint32_t magazine_cap(const kmc_cache_t *c, uint64_t objects, uint32_t pr
     return cap < 2 ? 0 : (uint32_t)cap;
 }
 
-/* Map the region of @r->fd (whose header says how) and fill in @c's arena. */
-static kmc_status map_region(kmc_cache_t *c, kmc_region_t *r, bool create)
+/* Map the slab area of @r->fd as r->lay (checked) says and fill in @c's
+ * arena. */
+static kmc_status map_region(kmc_cache_t *c, kmc_region_t *r)
 {
-    kmc_shm_header_t *h = r->hdr;
+    const kmc_shm_layout_t *l = &r->lay;
     size_t align = c->slab_size > ((size_t)1 << KMC_ARENA_MIN_SHIFT)
                        ? c->slab_size
                        : (size_t)1 << KMC_ARENA_MIN_SHIFT;
-    r->slabs_len = (size_t)h->nslabs << c->slab_shift;
+    r->slabs_len = (size_t)l->nslabs << c->slab_shift;
     void *slabs;
-    int rc = kmc__shm_map(r->fd, h->meta_bytes, r->slabs_len, align, true, &slabs);
+    int rc = kmc__shm_map(r->fd, l->meta_bytes, r->slabs_len, align, true, &slabs);
     if (rc != 0) {
         kmc__report(rc == ENOMEM ? KMC_ENOMEM : KMC_EOS, c, NULL,
                     "cannot map the %zu-byte slab area of shared cache %s", r->slabs_len, c->name);
@@ -1601,23 +1690,22 @@ static kmc_status map_region(kmc_cache_t *c, kmc_region_t *r, bool create)
         return kmc_last_report()->status;
     }
     r->slabs = slabs;
-    uint8_t *m = (uint8_t *)h;
-    r->procs = (kmc_proc_t *)(m + h->procs_at);
-    r->records = (_Atomic uint64_t *)(m + h->records_at);
-    r->rec_words = (uint32_t)h->rec_words;
+    uint8_t *m = (uint8_t *)r->hdr;
+    r->procs = (kmc_proc_t *)(m + l->procs_at);
+    r->records = (_Atomic uint64_t *)(m + l->records_at);
+    r->rec_words = (uint32_t)l->rec_words;
     kmc_arena_t *a = &r->arena;
     a->base = (uintptr_t)slabs;
     a->bytes = r->slabs_len;
-    a->nslabs = (uint32_t)h->nslabs;
+    a->nslabs = (uint32_t)l->nslabs;
     a->bump = a->nslabs; /* every slot is on the released list or in use */
-    a->slabs = (kmc_slab_t *)(m + h->slabs_at);
-    a->local = (_Atomic uint64_t *)(m + h->local_at);
-    a->remote = (_Atomic uint64_t *)(m + h->remote_at);
-    a->orig = (c->flags & KMC_RED_ZONE) ? (uint32_t *)(m + h->orig_at) : NULL;
+    a->slabs = (kmc_slab_t *)(m + l->slabs_at);
+    a->local = (_Atomic uint64_t *)(m + l->local_at);
+    a->remote = (_Atomic uint64_t *)(m + l->remote_at);
+    a->orig = (c->flags & KMC_RED_ZONE) ? (uint32_t *)(m + l->orig_at) : NULL;
     a->meta_bytes = 0; /* counted as the region's */
-    (void)create;
-    r->mag_cap = kmc__option(KMC_OPTION_THREAD_CACHES) ? (uint32_t)h->mag_cap : 0;
-    c->d = &h->depot;
+    r->mag_cap = kmc__option(KMC_OPTION_THREAD_CACHES) ? (uint32_t)l->mag_cap : 0;
+    c->d = &r->hdr->depot;
     c->heaps_on = false;
     return kmc__arena_install(c, a);
 }
@@ -1657,6 +1745,35 @@ static kmc_status os_report(int rc, const kmc_cache_t *c, const char *what, cons
 {
     kmc_status st = rc == ENOMEM || rc == ENOSPC ? KMC_ENOMEM : KMC_EOS;
     kmc__report(st, c, NULL, "%s %s: %s", what, path, strerror(rc));
+    kmc__report_slot()->os_error = rc;
+    return st;
+}
+
+/* Why the file at @path is not trusted (kmc__shm_open's refusals), or the
+ * OS's own error. */
+static kmc_status open_report(int rc, const kmc_shm_owner_t *who, const char *what,
+                              const char *path)
+{
+    kmc_status st;
+    if (rc == EPERM) {
+        st = kmc__report(KMC_EOS, NULL, NULL,
+                         "%s belongs to uid %u, not to this user (uid %u): another user made a "
+                         "file under this name, and it is not trusted (have that user or root "
+                         "remove it, or pick another name)",
+                         path, who->uid, (unsigned)geteuid());
+    } else if (rc == EACCES && (who->mode & 077)) {
+        st = kmc__report(KMC_EOS, NULL, NULL,
+                         "%s has mode %04o: other users may read or write it, so it is not "
+                         "trusted (a region is made 0600)",
+                         path, who->mode & 07777);
+    } else if (rc == EINVAL && who->mode) {
+        st = kmc__report(KMC_EOS, NULL, NULL,
+                         "%s is not a regular file (file type %06o): not a shared cache region",
+                         path, who->mode & 0170000);
+    } else {
+        kmc_status s = rc == ENOMEM || rc == ENOSPC ? KMC_ENOMEM : KMC_EOS;
+        st = kmc__report(s, NULL, NULL, "%s %s: %s", what, path, strerror(rc));
+    }
     kmc__report_slot()->os_error = rc;
     return st;
 }
@@ -1708,13 +1825,26 @@ kmc_status kmc_shared_create(const char *name, size_t size, size_t align, unsign
         return st;
     }
     snprintf(r->path, sizeof(r->path), "%s", path);
-    int rc = kmc__shm_open(path, true, &r->fd);
+    kmc_shm_owner_t who = {0, 0};
+    int rc = kmc__shm_open(path, true, &r->fd, &who);
+    if (rc == EEXIST && kmc__shm_owner(path, &who) == 0 && who.uid != (unsigned)geteuid()) {
+        st = kmc__report(KMC_EEXIST, NULL, NULL,
+                         "cannot create shared cache %s: %s exists already and belongs to uid "
+                         "%u, not to this user (uid %u); another user took the name (have them "
+                         "or root remove it, or pick another name)",
+                         name, path, who.uid, (unsigned)geteuid());
+        kmc__report_slot()->os_error = EEXIST;
+        c->region = NULL;
+        free(c);
+        region_free(r);
+        return st;
+    }
     if (rc != 0) {
         st = rc == EEXIST ? kmc__report(KMC_EEXIST, NULL, NULL,
                                         "shared cache %s exists already (%s): attach it, or "
                                         "unlink it first",
                                         name, path)
-                          : os_report(rc, NULL, "cannot create", path);
+                          : open_report(rc, &who, "cannot create", path);
         if (rc == EEXIST)
             kmc__report_slot()->os_error = EEXIST;
         c->region = NULL;
@@ -1733,40 +1863,42 @@ kmc_status kmc_shared_create(const char *name, size_t size, size_t align, unsign
     }
     r->hdr = meta;
     kmc_shm_header_t *h = r->hdr;
-    h->version = SHM_VERSION;
-    h->header_bytes = sizeof(*h);
-    h->abi = SHM_ABI;
-    h->nonce = kmc__shm_nonce();
-    memcpy(h->name, c->name, sizeof(h->name));
-    h->size = c->size;
-    h->align = c->align;
-    h->flags = c->flags;
-    h->slab_shift = c->slab_shift;
-    h->slot_size = c->slot_size;
-    h->obj_offset = c->obj_offset;
-    h->objperslab = c->objperslab;
-    h->bitmap_words = c->bitmap_words;
-    h->nslabs = p.nslabs;
-    h->max_procs = max_procs;
-    h->mag_cap = magazine_cap(c, p.nslabs * c->objperslab, max_procs);
-    h->has_ctor = ctor != NULL;
-    h->capacity = capacity;
-    h->rec_words = p.rec_words;
-    h->procs_at = p.procs_at;
-    h->slabs_at = p.slabs_at;
-    h->local_at = p.local_at;
-    h->remote_at = p.remote_at;
-    h->orig_at = p.orig_at;
-    h->records_at = p.records_at;
-    h->meta_bytes = p.meta_bytes;
-    h->region_bytes = total;
+    kmc_shm_layout_t *l = &r->lay;
+    l->version = SHM_VERSION;
+    l->header_bytes = sizeof(*h);
+    l->abi = SHM_ABI;
+    l->nonce = kmc__shm_nonce();
+    memcpy(l->name, c->name, sizeof(l->name));
+    l->size = c->size;
+    l->align = c->align;
+    l->flags = c->flags;
+    l->slab_shift = c->slab_shift;
+    l->slot_size = c->slot_size;
+    l->obj_offset = c->obj_offset;
+    l->objperslab = c->objperslab;
+    l->bitmap_words = c->bitmap_words;
+    l->nslabs = p.nslabs;
+    l->max_procs = max_procs;
+    l->mag_cap = magazine_cap(c, p.nslabs * c->objperslab, max_procs);
+    l->has_ctor = ctor != NULL;
+    l->capacity = capacity;
+    l->rec_words = p.rec_words;
+    l->procs_at = p.procs_at;
+    l->slabs_at = p.slabs_at;
+    l->local_at = p.local_at;
+    l->remote_at = p.remote_at;
+    l->orig_at = p.orig_at;
+    l->records_at = p.records_at;
+    l->meta_bytes = p.meta_bytes;
+    l->region_bytes = total;
     {
         int pid;
         uint64_t start, ns;
         (void)kmc__shm_self(&pid, &start, &ns);
-        h->creator_pid = pid;
-        h->creator_start = start;
+        l->creator_pid = pid;
+        l->creator_start = start;
     }
+    h->l = *l;
     pthread_mutexattr_t ma;
     pthread_mutexattr_init(&ma);
     pthread_mutexattr_setpshared(&ma, PTHREAD_PROCESS_SHARED);
@@ -1778,7 +1910,7 @@ kmc_status kmc_shared_create(const char *name, size_t size, size_t align, unsign
         goto fail;
     }
     h->depot.partial = h->depot.empty = h->depot.released = (kmc_list_t){KMC_NIL, KMC_NIL, 0};
-    if ((st = map_region(c, r, true)) != KMC_OK)
+    if ((st = map_region(c, r)) != KMC_OK)
         goto fail;
     for (uint32_t i = (uint32_t)p.nslabs; i-- > 0;) { /* slab 0 first out */
         kmc__slab_set_state(&r->arena.slabs[i], KMC_SLAB_RELEASED);
@@ -1793,16 +1925,20 @@ kmc_status kmc_shared_create(const char *name, size_t size, size_t align, unsign
     *out = c;
     return KMC_OK;
 fail:
-    kmc__shm_unlink(path);
+    kmc__shm_unlink(path, &who);
     cache_free(c);
     return st;
 }
 
-/* Check what a region's header says against what this engine would do. */
-static kmc_status check_header(kmc_cache_t *c, const kmc_shm_header_t *h, uint64_t file_size,
+/* Check a region's layout @h (a private copy) against what this engine
+ * would do: every offset and size in it is the one this engine computes
+ * from the few numbers it starts from, each checked for range first, and
+ * the file is as large as the layout says. */
+static kmc_status check_header(kmc_cache_t *c, const kmc_shm_layout_t *h, uint64_t file_size,
                                const char *path)
 {
-    if (h->version != SHM_VERSION || h->header_bytes != sizeof(*h) || h->abi != SHM_ABI)
+    if (h->version != SHM_VERSION || h->header_bytes != sizeof(kmc_shm_header_t) ||
+        h->abi != SHM_ABI)
         return kmc__report(KMC_EINVAL, NULL, NULL,
                            "%s was made by another version of kmemcache (region version %u, "
                            "this one reads %u)",
@@ -1810,8 +1946,10 @@ static kmc_status check_header(kmc_cache_t *c, const kmc_shm_header_t *h, uint64
     char name[KMC_NAME_MAX];
     memcpy(name, h->name, sizeof(name));
     name[KMC_NAME_MAX - 1] = 0;
-    kmc_status st = kmc__cache_setup(c, name, h->size, h->align, (unsigned)h->flags, c->ctor,
-                                     c->ctor_arg);
+    kmc_status st = h->size <= SIZE_MAX && h->align <= SIZE_MAX && h->flags <= UINT32_MAX
+                        ? kmc__cache_setup(c, name, (size_t)h->size, (size_t)h->align,
+                                           (unsigned)h->flags, c->ctor, c->ctor_arg)
+                        : KMC_EINVAL;
     if (st == KMC_OK && h->slab_shift <= KMC_MAX_SLAB_SHIFT)
         kmc__cache_layout(c, (unsigned)h->slab_shift);
     plan_t p;
@@ -1825,7 +1963,7 @@ static kmc_status check_header(kmc_cache_t *c, const kmc_shm_header_t *h, uint64
         c->bitmap_words != h->bitmap_words || p.procs_at != h->procs_at ||
         p.slabs_at != h->slabs_at || p.local_at != h->local_at || p.remote_at != h->remote_at ||
         p.orig_at != h->orig_at || p.records_at != h->records_at || p.meta_bytes != h->meta_bytes ||
-        p.rec_words != h->rec_words || h->mag_cap > MAG_MAX ||
+        p.rec_words != h->rec_words || h->mag_cap > MAG_MAX || h->has_ctor > 1 ||
         h->region_bytes != h->meta_bytes + (h->nslabs << h->slab_shift) ||
         file_size < h->region_bytes)
         return kmc__report(KMC_EINVAL, NULL, NULL,
@@ -1855,11 +1993,12 @@ kmc_status kmc_shared_attach(const char *name, kmc_ctor_fn ctor, void *ctor_arg,
     snprintf(r->path, sizeof(r->path), "%s", path);
     c->ctor = ctor;
     c->ctor_arg = ctor_arg;
-    int rc = kmc__shm_open(path, false, &r->fd);
+    kmc_shm_owner_t who = {0, 0};
+    int rc = kmc__shm_open(path, false, &r->fd, &who);
     if (rc != 0) {
         st = rc == ENOENT
                  ? kmc__report(KMC_ENOENT, NULL, NULL, "no shared cache %s (%s)", name, path)
-                 : os_report(rc, NULL, "cannot open", path);
+                 : open_report(rc, &who, "cannot open", path);
         if (rc == ENOENT)
             kmc__report_slot()->os_error = ENOENT;
         goto fail;
@@ -1881,8 +2020,8 @@ kmc_status kmc_shared_attach(const char *name, kmc_ctor_fn ctor, void *ctor_arg,
             kmc_shm_header_t *h = hp;
             if (atomic_load_explicit(&h->magic, memory_order_acquire) == SHM_MAGIC)
                 break;
-            int creator = h->creator_pid;
-            uint64_t cstart = h->creator_start, now_start;
+            int creator = h->l.creator_pid;
+            uint64_t cstart = h->l.creator_start, now_start;
             kmc__shm_unmap(hp, head);
             hp = NULL;
             if (creator > 0 && kmc__shm_proc_start(creator, &now_start) == ESRCH) {
@@ -1903,25 +2042,25 @@ kmc_status kmc_shared_attach(const char *name, kmc_ctor_fn ctor, void *ctor_arg,
         }
         usleep(1000);
     }
-    st = check_header(c, hp, file_size, path);
-    if (st == KMC_OK && ctor && !((kmc_shm_header_t *)hp)->has_ctor)
+    memcpy(&r->lay, &((kmc_shm_header_t *)hp)->l, sizeof(r->lay)); /* once: the copy is used */
+    kmc__shm_unmap(hp, head);
+    st = check_header(c, &r->lay, file_size, path);
+    if (st == KMC_OK && ctor && !r->lay.has_ctor)
         st = kmc__report(KMC_EINVAL, NULL, NULL,
                          "shared cache %s was made without a constructor: attach it "
                          "without one",
                          name);
-    uint64_t meta_bytes = ((kmc_shm_header_t *)hp)->meta_bytes;
-    kmc__shm_unmap(hp, head);
     if (st != KMC_OK)
         goto fail;
     void *meta;
-    if ((rc = kmc__shm_map(r->fd, 0, meta_bytes, 0, true, &meta)) != 0) {
+    if ((rc = kmc__shm_map(r->fd, 0, r->lay.meta_bytes, 0, true, &meta)) != 0) {
         st = os_report(rc, c, "cannot map", path);
         goto fail;
     }
     r->hdr = meta;
-    r->meta_len = meta_bytes;
+    r->meta_len = r->lay.meta_bytes;
     c->region = r;
-    if ((st = map_region(c, r, false)) != KMC_OK)
+    if ((st = map_region(c, r)) != KMC_OK)
         goto fail;
     if (register_self(c) == KMC_NIL) {
         st = kmc_last_report()->status;
@@ -1959,6 +2098,21 @@ void kmc_shared_leave(kmc_cache_t *c)
     kmc__region_unlock(c);
 }
 
+/* Only the free objects go: nothing names them. The objects this process
+ * holds stay held until it is found dead, because until then its threads
+ * and exit handlers may still write through pointers they have, and a slot
+ * given back now could already be another process's object. */
+void kmc_shared_exiting(kmc_cache_t *c)
+{
+    kmc_region_t *r = c->region;
+    uint32_t me = KMC_LOAD(&r->self);
+    if (me == KMC_NIL)
+        return;
+    kmc__region_lock(c);
+    kmc__shared_flush_mine(c);
+    kmc__region_unlock(c);
+}
+
 kmc_status kmc_shared_detach(kmc_cache_t *c)
 {
     kmc__report_clear();
@@ -1970,6 +2124,25 @@ kmc_status kmc_shared_detach(kmc_cache_t *c)
     return KMC_OK;
 }
 
+static kmc_status unlink_path(const char *name, const char *path)
+{
+    kmc_shm_owner_t who = {0, 0};
+    int rc = kmc__shm_unlink(path, &who);
+    if (rc == ENOENT) {
+        kmc__report(KMC_ENOENT, NULL, NULL, "no shared cache %s (%s)", name, path);
+        kmc__report_slot()->os_error = ENOENT;
+        return KMC_ENOENT;
+    }
+    if (rc == EPERM) {
+        kmc__report(KMC_EOS, NULL, NULL,
+                    "refusing to unlink %s: it belongs to uid %u, not to this user (uid %u)", path,
+                    who.uid, (unsigned)geteuid());
+        kmc__report_slot()->os_error = EPERM;
+        return KMC_EOS;
+    }
+    return rc ? os_report(rc, NULL, "cannot unlink", path) : KMC_OK;
+}
+
 kmc_status kmc_shared_unlink(const char *name)
 {
     kmc__report_clear();
@@ -1977,34 +2150,36 @@ kmc_status kmc_shared_unlink(const char *name)
     kmc_status st = kmc_shared_region_name(name, path, sizeof(path));
     if (st != KMC_OK)
         return st;
-    int rc = kmc__shm_unlink(path);
-    if (rc == ENOENT) {
-        kmc__report(KMC_ENOENT, NULL, NULL, "no shared cache %s (%s)", name, path);
-        kmc__report_slot()->os_error = ENOENT;
-        return KMC_ENOENT;
-    }
-    return rc ? os_report(rc, NULL, "cannot unlink", path) : KMC_OK;
+    return unlink_path(name, path);
 }
 
-static void fill_info(const kmc_shm_header_t *h, const kmc_proc_t *procs, const char *path,
-                      kmc_shared_info_t *o)
+kmc_status kmc_shared_unlink_cache(kmc_cache_t *c)
+{
+    kmc__report_clear();
+    return unlink_path(c->name, c->region->path);
+}
+
+/* @l: the checked copy of the region's layout; @h and @procs: the live
+ * mapping, for counters only. */
+static void fill_info(const kmc_shm_layout_t *l, const kmc_shm_header_t *h, const kmc_proc_t *procs,
+                      const char *path, kmc_shared_info_t *o)
 {
     memset(o, 0, sizeof(*o));
     snprintf(o->region, sizeof(o->region), "%s", path);
-    o->nonce = h->nonce;
-    o->capacity = h->capacity;
-    o->region_bytes = h->region_bytes;
-    o->meta_bytes = h->meta_bytes;
-    o->slab_bytes = h->region_bytes - h->meta_bytes;
-    o->nslabs = h->nslabs;
-    o->max_procs = h->max_procs;
-    o->magazine = h->mag_cap;
+    o->nonce = l->nonce;
+    o->capacity = l->capacity;
+    o->region_bytes = l->region_bytes;
+    o->meta_bytes = l->meta_bytes;
+    o->slab_bytes = l->region_bytes - l->meta_bytes;
+    o->nslabs = l->nslabs;
+    o->max_procs = l->max_procs;
+    o->magazine = l->mag_cap;
     o->recoveries = h->recoveries;
     o->reclaimed = h->reclaimed;
     o->pickled = h->tickets;
-    o->creator_pid = h->creator_pid;
+    o->creator_pid = l->creator_pid;
     o->self = -1;
-    for (uint32_t s = 0; s < h->max_procs; s++)
+    for (uint32_t s = 0; s < l->max_procs; s++)
         o->procs += KMC_LOAD(&((kmc_proc_t *)procs)[s].state) == PROC_ALIVE;
 }
 
@@ -2012,10 +2187,56 @@ void kmc_shared_info(kmc_cache_t *c, kmc_shared_info_t *out)
 {
     kmc_region_t *r = c->region;
     kmc__region_lock(c);
-    fill_info(r->hdr, r->procs, r->path, out);
+    fill_info(&r->lay, r->hdr, r->procs, r->path, out);
     uint32_t me = KMC_LOAD(&r->self);
     out->self = me == KMC_NIL ? -1 : (int)me;
     kmc__region_unlock(c);
+}
+
+/* Counters of region @l (checked) mapped read-only at @meta. Nothing but
+ * counts is read from the mapping, and only inside the bounds @l gives. */
+static void peek_stats(const kmc_shm_layout_t *l, const void *meta, kmc_stats_t *o)
+{
+    const kmc_shm_header_t *m = meta;
+    const kmc_proc_t *procs = (const kmc_proc_t *)((const uint8_t *)meta + l->procs_at);
+    memset(o, 0, sizeof(*o));
+    uint64_t allocs = m->gone_allocs, frees = m->gone_frees, cached = 0, caches = 0;
+    for (uint32_t s = 0; s < l->max_procs; s++) {
+        kmc_proc_t *p = (kmc_proc_t *)&procs[s];
+        if (KMC_LOAD(&p->state) != PROC_ALIVE)
+            continue;
+        allocs += KMC_LOAD(&p->allocs);
+        frees += KMC_LOAD(&p->frees);
+        uint32_t n = KMC_LOAD(&p->mag_count);
+        cached += n;
+        caches += n != 0;
+    }
+    const kmc_depot_t *d = &m->depot;
+    uint64_t nslabs = d->num_slabs, empty = d->empty.count;
+    o->allocs = allocs;
+    o->frees = frees;
+    o->active_objs = allocs - frees;
+    o->num_objs = nslabs * l->objperslab;
+    o->objsize = l->slot_size;
+    o->objperslab = l->objperslab;
+    o->slab_size = (uint64_t)1 << l->slab_shift;
+    o->pagesperslab = o->slab_size / kmc_page_size();
+    o->empty_slabs = empty;
+    o->partial_slabs = d->partial.count;
+    o->num_slabs = nslabs;
+    o->active_slabs = nslabs - empty;
+    o->size = l->size;
+    o->align = l->align;
+    o->cached_objs = cached;
+    o->thread_caches = caches;
+    o->slabs_created = d->slabs_created;
+    o->slabs_released = d->slabs_released;
+    o->committed_bytes = nslabs << l->slab_shift;
+    o->metadata_bytes = l->meta_bytes;
+    o->reserved_bytes = l->region_bytes - l->meta_bytes;
+    o->arenas = 1;
+    o->bitmap_words = l->bitmap_words;
+    o->flags = l->flags;
 }
 
 kmc_status kmc_shared_peek(const char *name, kmc_stats_t *o, kmc_shared_info_t *info)
@@ -2025,11 +2246,12 @@ kmc_status kmc_shared_peek(const char *name, kmc_stats_t *o, kmc_shared_info_t *
     kmc_status st = kmc_shared_region_name(name, path, sizeof(path));
     if (st != KMC_OK)
         return st;
-    int fd, rc = kmc__shm_open_readonly(path, &fd);
+    kmc_shm_owner_t who = {0, 0};
+    int fd, rc = kmc__shm_open_readonly(path, &fd, &who);
     if (rc != 0) {
         if (rc == ENOENT)
             return kmc__report(KMC_ENOENT, NULL, NULL, "no shared cache %s (%s)", name, path);
-        return os_report(rc, NULL, "cannot open", path);
+        return open_report(rc, &who, "cannot open", path);
     }
     uint64_t file_size = 0;
     size_t head = round_to(sizeof(kmc_shm_header_t), kmc_page_size());
@@ -2037,59 +2259,24 @@ kmc_status kmc_shared_peek(const char *name, kmc_stats_t *o, kmc_shared_info_t *
     st = KMC_EINVAL;
     if (kmc__shm_size(fd, &file_size) == 0 && file_size >= head &&
         kmc__shm_map(fd, 0, head, 0, false, &hp) == 0) {
+        /* the header copied once, the copy checked, and only the copy read */
         kmc_shm_header_t *h = hp;
-        uint64_t meta_bytes = h->meta_bytes;
+        bool made = atomic_load_explicit(&h->magic, memory_order_acquire) == SHM_MAGIC;
+        kmc_shm_layout_t lay;
+        memcpy(&lay, &h->l, sizeof(lay));
+        kmc__shm_unmap(hp, head);
         kmc_cache_t *probe = kmc__cache_new();
-        if (probe && atomic_load(&h->magic) == SHM_MAGIC &&
-            check_header(probe, h, file_size, path) == KMC_OK) {
-            void *meta;
-            if (kmc__shm_map(fd, 0, meta_bytes, 0, false, &meta) == 0) {
-                const kmc_shm_header_t *m = meta;
-                const kmc_proc_t *procs = (const kmc_proc_t *)((const uint8_t *)meta + m->procs_at);
-                memset(o, 0, sizeof(*o));
-                uint64_t allocs = m->gone_allocs, frees = m->gone_frees, cached = 0, caches = 0;
-                for (uint32_t s = 0; s < m->max_procs; s++) {
-                    kmc_proc_t *p = (kmc_proc_t *)&procs[s];
-                    if (KMC_LOAD(&p->state) != PROC_ALIVE)
-                        continue;
-                    allocs += KMC_LOAD(&p->allocs);
-                    frees += KMC_LOAD(&p->frees);
-                    cached += KMC_LOAD(&p->mag_count);
-                    caches += KMC_LOAD(&p->mag_count) != 0;
-                }
-                const kmc_depot_t *d = &m->depot;
-                o->allocs = allocs;
-                o->frees = frees;
-                o->active_objs = allocs - frees;
-                o->num_objs = d->num_slabs * m->objperslab;
-                o->objsize = m->slot_size;
-                o->objperslab = m->objperslab;
-                o->slab_size = (uint64_t)1 << m->slab_shift;
-                o->pagesperslab = o->slab_size / kmc_page_size();
-                o->empty_slabs = d->empty.count;
-                o->partial_slabs = d->partial.count;
-                o->num_slabs = d->num_slabs;
-                o->active_slabs = d->num_slabs - d->empty.count;
-                o->size = m->size;
-                o->align = m->align;
-                o->cached_objs = cached;
-                o->thread_caches = caches;
-                o->slabs_created = d->slabs_created;
-                o->slabs_released = d->slabs_released;
-                o->committed_bytes = d->num_slabs << m->slab_shift;
-                o->metadata_bytes = m->meta_bytes;
-                o->reserved_bytes = m->region_bytes - m->meta_bytes;
-                o->arenas = 1;
-                o->bitmap_words = m->bitmap_words;
-                o->flags = m->flags;
-                if (info)
-                    fill_info(m, procs, path, info);
-                st = KMC_OK;
-                kmc__shm_unmap(meta, meta_bytes);
-            }
+        void *meta;
+        if (probe && made && check_header(probe, &lay, file_size, path) == KMC_OK &&
+            kmc__shm_map(fd, 0, lay.meta_bytes, 0, false, &meta) == 0) {
+            peek_stats(&lay, meta, o);
+            if (info)
+                fill_info(&lay, meta, (const kmc_proc_t *)((const uint8_t *)meta + lay.procs_at),
+                          path, info);
+            st = KMC_OK;
+            kmc__shm_unmap(meta, lay.meta_bytes);
         }
         free(probe);
-        kmc__shm_unmap(hp, head);
     }
     kmc__shm_close(fd);
     if (st != KMC_OK && kmc_last_report()->status == KMC_OK)

@@ -5,7 +5,8 @@
  * Contract: offsets and lengths are page multiples; functions return 0 or
  * an errno value (never -1 with errno set), so that callers can report why.
  * A region is one POSIX shared-memory file (tmpfs under /dev/shm, mode
- * 0600: the same user only). Its size is set once, sparse: tmpfs gives a
+ * 0600: the same user only), trusted only once fstat says it is a regular
+ * file of this user with no group or other bits. Its size is set once, sparse: tmpfs gives a
  * page when it is first touched, so memory is committed with fallocate(2)
  * before use (ENOSPC then, rather than SIGBUS on a touch when /dev/shm is
  * full) and given back with FALLOC_FL_PUNCH_HOLE, which frees the pages for
@@ -27,30 +28,91 @@
 
 #include "internal.h"
 
-int kmc__shm_open(const char *path, bool create, int *fd)
+/* The file behind @fd may be trusted: a regular file of this effective
+ * user that no one else may write or read. /dev/shm is world-writable, so
+ * another user can make a file under our name, a FIFO (whose open would
+ * block: hence O_NONBLOCK) or a symbolic link (hence O_NOFOLLOW) included;
+ * nothing read from it is used before this check. */
+static int shm_trust(int fd, kmc_shm_owner_t *who)
 {
-    if (kmc__os_injected_failure())
-        return ENOMEM;
-    int flags = O_RDWR | O_CLOEXEC | (create ? O_CREAT | O_EXCL : 0);
-    int f = shm_open(path, flags, 0600);
-    if (f < 0)
+    struct stat st;
+    if (fstat(fd, &st) != 0)
         return errno;
+    if (who) {
+        who->uid = (unsigned)st.st_uid;
+        who->mode = (unsigned)st.st_mode;
+    }
+    if (!S_ISREG(st.st_mode))
+        return EINVAL;
+    if (st.st_uid != geteuid())
+        return EPERM;
+    if (st.st_mode & (S_IRWXG | S_IRWXO))
+        return EACCES;
+    return 0;
+}
+
+static int shm_open_trusted(const char *path, int flags, int *fd, kmc_shm_owner_t *who)
+{
+    int f = shm_open(path, flags | O_NOFOLLOW | O_NONBLOCK | O_CLOEXEC, 0600);
+    if (f < 0) {
+        int e = errno;
+        if (e == ELOOP && who) /* a symbolic link */
+            who->mode = S_IFLNK;
+        return e == ELOOP ? EINVAL : e;
+    }
+    int rc = shm_trust(f, who);
+    if (rc != 0) {
+        close(f);
+        return rc;
+    }
     *fd = f;
     return 0;
 }
 
-int kmc__shm_open_readonly(const char *path, int *fd)
+int kmc__shm_open(const char *path, bool create, int *fd, kmc_shm_owner_t *who)
 {
-    int f = shm_open(path, O_RDONLY | O_CLOEXEC, 0);
-    if (f < 0)
+    if (kmc__os_injected_failure())
+        return ENOMEM;
+    return shm_open_trusted(path, O_RDWR | (create ? O_CREAT | O_EXCL : 0), fd, who);
+}
+
+int kmc__shm_open_readonly(const char *path, int *fd, kmc_shm_owner_t *who)
+{
+    return shm_open_trusted(path, O_RDONLY, fd, who);
+}
+
+/* POSIX shm names are files of /dev/shm on Linux (glibc's shm_open). */
+static void shm_file(const char *path, char *out, size_t size)
+{
+    snprintf(out, size, "/dev/shm/%s", path[0] == '/' ? path + 1 : path);
+}
+
+int kmc__shm_owner(const char *path, kmc_shm_owner_t *who)
+{
+    char file[160];
+    shm_file(path, file, sizeof(file));
+    struct stat st;
+    if (lstat(file, &st) != 0)
         return errno;
-    *fd = f;
+    who->uid = (unsigned)st.st_uid;
+    who->mode = (unsigned)st.st_mode;
     return 0;
 }
 
 void kmc__shm_close(int fd) { close(fd); }
 
-int kmc__shm_unlink(const char *path) { return shm_unlink(path) == 0 ? 0 : errno; }
+/* Only a file of ours: EPERM, with its owner in *@who, for another user's.
+ * /dev/shm is sticky, so no other user can swap the file for theirs between
+ * the look and the unlink. */
+int kmc__shm_unlink(const char *path, kmc_shm_owner_t *who)
+{
+    int rc = kmc__shm_owner(path, who);
+    if (rc != 0)
+        return rc;
+    if (who->uid != (unsigned)geteuid())
+        return EPERM;
+    return shm_unlink(path) == 0 ? 0 : errno;
+}
 
 int kmc__shm_size(int fd, uint64_t *size)
 {

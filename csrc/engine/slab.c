@@ -16,13 +16,27 @@
 
 #include "internal.h"
 
+/* A link read from a slab descriptor or a list: KMC_NIL, or a slab that
+ * exists. A shared region's lists live in memory other processes write; a
+ * link that names no slab ends the list there rather than send a write
+ * outside the descriptors (recovery and validate rebuild the lists). */
+static inline uint32_t link_of(const kmc_cache_t *c, uint32_t id)
+{
+    if (id == KMC_NIL)
+        return id;
+    uint32_t ai = id >> KMC_SLAB_ID_SHIFT;
+    kmc_arena_t *a = ai < KMC_MAX_ARENAS ? kmc__arena(c, ai) : NULL;
+    return likely(a && kmc__slab_index(id) < a->nslabs) ? id : KMC_NIL;
+}
+
 void kmc__list_push(kmc_cache_t *c, kmc_list_t *list, uint32_t id)
 {
     kmc_slab_t *s = kmc__slab(c, id);
+    uint32_t head = link_of(c, list->head);
     s->prev = KMC_NIL;
-    s->next = list->head;
-    if (list->head != KMC_NIL)
-        kmc__slab(c, list->head)->prev = id;
+    s->next = head;
+    if (head != KMC_NIL)
+        kmc__slab(c, head)->prev = id;
     else
         list->tail = id;
     list->head = id;
@@ -32,21 +46,22 @@ void kmc__list_push(kmc_cache_t *c, kmc_list_t *list, uint32_t id)
 void kmc__list_remove(kmc_cache_t *c, kmc_list_t *list, uint32_t id)
 {
     kmc_slab_t *s = kmc__slab(c, id);
-    if (s->prev != KMC_NIL)
-        kmc__slab(c, s->prev)->next = s->next;
+    uint32_t prev = link_of(c, s->prev), next = link_of(c, s->next);
+    if (prev != KMC_NIL)
+        kmc__slab(c, prev)->next = next;
     else
-        list->head = s->next;
-    if (s->next != KMC_NIL)
-        kmc__slab(c, s->next)->prev = s->prev;
+        list->head = next;
+    if (next != KMC_NIL)
+        kmc__slab(c, next)->prev = prev;
     else
-        list->tail = s->prev;
+        list->tail = prev;
     s->next = s->prev = KMC_NIL;
     list->count--;
 }
 
 uint32_t kmc__list_pop(kmc_cache_t *c, kmc_list_t *list)
 {
-    uint32_t id = list->head;
+    uint32_t id = link_of(c, list->head);
     if (id != KMC_NIL)
         kmc__list_remove(c, list, id);
     return id;

@@ -43,7 +43,12 @@ def pytest_configure(config: Any) -> None:
     import kmemcache.numpy as knp
 
     align = config.getoption("--kmemcache-align")
-    previous: CapsuleType = knp.install(align)
+    try:
+        previous: CapsuleType = knp.install(align)
+    except (TypeError, ValueError) as e:  # a bad option is the user's error, not pytest's
+        import pytest
+
+        raise pytest.UsageError(f"--kmemcache-align={align}: {e}") from None
     _state.update(align=align, previous=previous, allocs=_kmalloc_allocs())
 
 

@@ -10,6 +10,11 @@ file ``<pid>.json`` in this user's statistics folder (``stats_dir()``, mode
 0700): every live cache's counters, the process's pid and start time. The
 file goes when the process exits normally; readers ignore (and remove) the
 files of processes that are gone, telling a reused pid by its start time.
+
+What is read there is untrusted: the folder must be this user's and writable
+by nobody else, each file a regular file of this user's, and a file that is
+not a statistics document of this format is skipped with a warning. Another
+user's file is never removed.
 Shared caches need none of this: their counters are in their regions, which
 ``kmemcache top`` reads directly.
 """
@@ -25,8 +30,10 @@ import sys
 import tempfile
 import threading
 import time
+import warnings
 from typing import Any
 
+from .cache import SlabStats
 from .slabinfo import all_stats
 
 __all__ = ["DEFAULT_INTERVAL", "published", "publish", "publishing", "read", "stats_dir"]
@@ -53,9 +60,23 @@ def stats_dir() -> str:
     return os.path.join(base, f"kmemcache-stats.{os.getuid()}")
 
 
-def _own_dir(create: bool) -> str | None:
-    """The statistics folder if it is a real folder of this user's (made when
-    ``create``), else None: another user's folder of that name is never used."""
+def _untrusted(st: os.stat_result, kind: str) -> str | None:
+    """Why a file or folder with status ``st`` is not to be trusted, or None."""
+    if (kind == "folder" and not stat.S_ISDIR(st.st_mode)) or (
+        kind == "file" and not stat.S_ISREG(st.st_mode)
+    ):
+        return f"not a {'folder' if kind == 'folder' else 'regular file'}"
+    if st.st_uid != os.geteuid():
+        return f"it belongs to uid {st.st_uid}, not to this user (uid {os.geteuid()})"
+    if st.st_mode & 0o022:
+        return f"mode {stat.S_IMODE(st.st_mode):04o}: other users may write to it"
+    return None
+
+
+def _own_dir(create: bool, warn: bool = False) -> str | None:
+    """The statistics folder if it is a real folder of this user's that nobody
+    else may write to (made when ``create``), else None (with a warning when
+    ``warn``): another user's folder of that name is never used."""
     path = stats_dir()
     if create:
         try:
@@ -68,7 +89,14 @@ def _own_dir(create: bool) -> str | None:
         st = os.lstat(path)
     except OSError:
         return None
-    if not stat.S_ISDIR(st.st_mode) or st.st_uid != os.getuid():
+    why = _untrusted(st, "folder")
+    if why is not None:
+        if warn:
+            warnings.warn(
+                f"kmemcache statistics folder {path} is not used: {why}",
+                RuntimeWarning,
+                stacklevel=3,
+            )
         return None
     return path
 
@@ -112,30 +140,53 @@ def _path(folder: str, pid: int) -> str:
     return os.path.join(folder, f"{pid}.json")
 
 
+def _tmp_path(folder: str, pid: int) -> str:
+    """The one temporary file of process ``pid``: a name of its own, so that one
+    left by a write cut short is overwritten by the next, and removed at exit or
+    by the reader that finds the process gone."""
+    return os.path.join(folder, f".tmp-{pid}")
+
+
 def _write_once() -> None:
     folder = _own_dir(create=True)
     if folder is None:
         return
-    data = json.dumps(_snapshot())
-    fd, tmp = tempfile.mkstemp(dir=folder, prefix=".tmp-")
+    data = json.dumps(_snapshot()).encode()
+    tmp = _tmp_path(folder, os.getpid())
+    done = False
     try:
-        with os.fdopen(fd, "w", encoding="utf-8") as fh:
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_NOFOLLOW, 0o600)
+        with os.fdopen(fd, "wb") as fh:
             fh.write(data)
         os.replace(tmp, _path(folder, os.getpid()))
+        done = True
+    finally:
+        if not done:
+            _unlink_quietly(tmp)
+
+
+def _unlink_quietly(path: str) -> None:
+    try:
+        os.unlink(path)
     except OSError:
-        try:
-            os.unlink(tmp)
-        except OSError:
-            pass
+        pass
 
 
 def _remove_own() -> None:
     folder = _own_dir(create=False)
     if folder is not None:
-        try:
-            os.unlink(_path(folder, os.getpid()))
-        except OSError:
-            pass
+        _unlink_quietly(_path(folder, os.getpid()))
+        _unlink_quietly(_tmp_path(folder, os.getpid()))
+
+
+def _at_exit() -> None:
+    """Stop the thread (so that no write of it starts after), then remove our files."""
+    stop, thread = _stop, _thread
+    if stop is not None:
+        stop.set()
+    if thread is not None and thread is not threading.current_thread():
+        thread.join(timeout=5)
+    _remove_own()
 
 
 def _run(stop: threading.Event, interval: float) -> None:
@@ -183,7 +234,7 @@ def publish(enabled: bool = True, interval: float = DEFAULT_INTERVAL) -> None:
         if not _fork_hook:
             _fork_hook = True
             os.register_at_fork(after_in_child=_after_fork)
-            atexit.register(_remove_own)
+            atexit.register(_at_exit)
 
 
 def publishing() -> bool:
@@ -191,36 +242,108 @@ def publishing() -> bool:
     return _thread is not None
 
 
+#: SlabStats' fields and the name of their type ("int" or "str").
+_FIELDS = {
+    f.name: f.type if isinstance(f.type, str) else f.type.__name__
+    for f in dataclasses.fields(SlabStats)
+}
+
+
+def _malformed(data: Any, pid: int) -> str | None:
+    """What is wrong with statistics document ``data`` of process ``pid``, or None."""
+    if not isinstance(data, dict):
+        return "not a JSON object"
+    if data.get("format", FORMAT) != FORMAT:
+        return f"format {data['format']!r}, not {FORMAT}"
+    if type(data.get("pid")) is not int or data["pid"] != pid:
+        return f"pid {data.get('pid')!r} in the file of process {pid}"
+    if data.get("start") is not None and type(data["start"]) is not int:
+        return "start is not an int"
+    if not isinstance(data.get("command", ""), str):
+        return "command is not a string"
+    caches = data.get("caches")
+    if not isinstance(caches, list):
+        return "caches is not a list"
+    for i, entry in enumerate(caches):
+        if not isinstance(entry, dict):
+            return f"cache {i} is not a JSON object"
+        for name, kind in _FIELDS.items():
+            value: Any = entry.get(name)
+            if type(value).__name__ != kind or (kind == "int" and value < 0):
+                return f"cache {i}: {name} is {value!r}, not a {kind} (of 0 or more)"
+    return None
+
+
+def _open_own(path: str) -> Any:
+    """Open statistics file ``path`` for reading if it is a regular file of this
+    user's that nobody else may write, else None (a FIFO would block: O_NONBLOCK)."""
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC)
+    except OSError:
+        return None
+    try:
+        why = _untrusted(os.fstat(fd), "file")
+    except OSError:
+        why = "cannot be read"
+    if why is not None:
+        os.close(fd)
+        warnings.warn(f"kmemcache: skipping {path}: {why}", RuntimeWarning, stacklevel=3)
+        return None
+    return os.fdopen(fd, "rb")
+
+
+def _remove_if_own(path: str) -> None:
+    """Remove a dead process's file, never another user's."""
+    try:
+        if os.lstat(path).st_uid == os.geteuid():
+            os.unlink(path)
+    except OSError:
+        pass
+
+
 def read(pid: int) -> dict[str, Any] | None:
     """What process ``pid`` published, or None (it does not publish, or it is
-    gone: then its file is removed)."""
-    folder = _own_dir(create=False)
+    gone: then its file is removed). A malformed file is skipped with a warning."""
+    folder = _own_dir(create=False, warn=True)
     if folder is None:
         return None
     path = _path(folder, pid)
+    fh = _open_own(path)
+    if fh is None:
+        return None
     try:
-        with open(path, encoding="utf-8") as fh:
-            data: dict[str, Any] = json.load(fh)
-    except (OSError, ValueError):
-        return None
+        with fh:
+            data = json.loads(fh.read(1 << 24))
+    except (OSError, ValueError, RecursionError) as e:
+        data = e
     start = _start_time(pid)
-    if start is None or (data.get("start") is not None and data["start"] != start):
-        try:
-            os.unlink(path)  # a dead process's, or a reused pid's
-        except OSError:
-            pass
+    if start is None:
+        _remove_if_own(path)  # a dead process's
+        _remove_if_own(_tmp_path(folder, pid))
         return None
-    return data
+    if isinstance(data, dict) and type(data.get("start")) is int and data["start"] != start:
+        _remove_if_own(path)  # a reused pid's
+        return None
+    why = _malformed(data, pid) if not isinstance(data, Exception) else f"not JSON ({data})"
+    if why is not None:
+        warnings.warn(f"kmemcache: skipping {path}: {why}", RuntimeWarning, stacklevel=2)
+        return None
+    result: dict[str, Any] = data
+    return result
 
 
 def published() -> list[dict[str, Any]]:
     """What every living process of this user publishes, by pid."""
-    folder = _own_dir(create=False)
+    folder = _own_dir(create=False, warn=True)
     if folder is None:
         return []
     out = []
     for entry in sorted(os.listdir(folder)):
         stem, dot, ext = entry.partition(".")
+        if stem == "" and ext.startswith("tmp-") and ext[4:].isdigit():
+            if _start_time(int(ext[4:])) is None:
+                _remove_if_own(os.path.join(folder, entry))  # a write cut short by death
+            continue
         if ext != "json" or not stem.isdigit():
             continue
         data = read(int(stem))

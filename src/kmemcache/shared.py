@@ -2,8 +2,8 @@
 
 ``SharedCache`` is the C type; this module gives it what is easier said in
 Python: the per-process registry that unpickling uses (so that a reference
-resolves to the attachment this process already has), the hooks that let a
-process go of what it holds when it exits, and helpers for the command line
+resolves to the attachment this process already has), the hooks that give
+back a process's free objects when it exits, and helpers for the command line
 (``regions``, ``peek``).
 
 Who holds an object (the rules the engine keeps, see ``csrc/engine/kmc.h``):
@@ -18,13 +18,16 @@ Who holds an object (the rules the engine keeps, see ``csrc/engine/kmc.h``):
   unpickles it (and so becomes a holder), whoever dies meanwhile; a pickle
   that is never loaded keeps its object until it is freed or
   ``reclaim(pickled=True)`` is called;
-* a process that dies holds nothing once it is found dead (``reclaim()``,
-  the next attach, or a full region): what it alone held is freed.
+* a process that exits or dies holds nothing once it is found dead
+  (``reclaim()``, ``validate()``, the next attach, or a full region): what it
+  alone held is freed then, not at exit, so that nothing it writes while
+  exiting reaches another process's object.
 """
 
 from __future__ import annotations
 
 import atexit
+import collections
 import os
 import threading
 import weakref
@@ -62,20 +65,24 @@ _SHM_DIR = "/dev/shm"
 _lock = threading.Lock()
 #: Every attachment this process made, by (name, nonce): what references resolve to.
 _known: weakref.WeakValueDictionary[tuple[str, int], SharedCache] = weakref.WeakValueDictionary()
-#: Attachments made by unpickling: kept for the process's life, so that a worker
-#: receiving objects one by one does not attach and detach for each.
-_kept: dict[tuple[str, int], SharedCache] = {}
+#: Attachments made by unpickling, kept after this process holds nothing of them so
+#: that a worker receiving objects one by one does not attach and detach for each:
+#: the most recently used few only, so that a worker that sees many short-lived
+#: regions keeps a bounded number of descriptors and mappings. An attachment
+#: dropped from here lives on while handles of its objects do.
+_KEPT_MAX = 8
+_kept: collections.OrderedDict[tuple[str, int], SharedCache] = collections.OrderedDict()
 _hooks_installed = False
 
 
-def _leave_all() -> None:
-    """At exit: let go of everything this process holds in every shared cache.
-
-    The mappings stay (objects may still be read until the process is gone).
-    """
+def _exiting_all() -> None:
+    """At exit: give back the free objects this process keeps in every shared
+    cache. What it holds stays held until it is gone and found dead: its daemon
+    threads and later exit handlers may still write through its handles, and an
+    object let go of now could already be another process's."""
     for cache in list(_known.values()):
         if not cache.destroyed:
-            cache._leave()
+            cache._exiting()
 
 
 def _install_exit_hooks() -> None:
@@ -83,12 +90,12 @@ def _install_exit_hooks() -> None:
     if _hooks_installed:
         return
     _hooks_installed = True
-    atexit.register(_leave_all)
+    atexit.register(_exiting_all)
     # multiprocessing's children end with os._exit(), after its own finalizers
     # but without atexit's: one of those finalizers lets go too.
     import multiprocessing.util
 
-    multiprocessing.util.Finalize(None, _leave_all, exitpriority=-100)
+    multiprocessing.util.Finalize(None, _exiting_all, exitpriority=-100)
 
 
 def _register(cache: SharedCache) -> None:
@@ -104,6 +111,8 @@ def _lookup(name: str, nonce: int, ctor: Any = None) -> SharedCache:
     attaching it if there is none yet."""
     with _lock:
         cache = _known.get((name, nonce))
+        if (name, nonce) in _kept:
+            _kept.move_to_end((name, nonce))
     if cache is not None and not cache.destroyed:
         return cache
     cache = SharedCache.attach(name, ctor=ctor)
@@ -113,8 +122,12 @@ def _lookup(name: str, nonce: int, ctor: Any = None) -> SharedCache:
             f"shared cache {name!r} was made again since this reference was taken: "
             "the object it named is gone"
         )
+    dropped = []
     with _lock:
         _kept[(name, nonce)] = cache
+        while len(_kept) > _KEPT_MAX:
+            dropped.append(_kept.popitem(last=False)[1])
+    del dropped  # outside the lock: each detaches here, or when its last handle goes
     return cache
 
 
