@@ -16,9 +16,12 @@ import dataclasses
 import importlib.util
 import json
 import os
+import select
 import subprocess
 import sys
+import termios
 import time
+import tty
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
@@ -143,7 +146,7 @@ def _parser() -> argparse.ArgumentParser:
         "this machine (read from its region) and the private caches of the running "
         "processes that publish their statistics (KMEMCACHE_PUBLISH=1, or "
         "kmemcache.publish(); off by default): objects, active ones, object size, slabs "
-        "and memory, largest memory first. Ctrl-C ends it.",
+        "and memory, largest memory first. q (or Ctrl-C) ends it.",
     )
     top.add_argument("--once", action="store_true", help="print one table and end")
     top.add_argument("--json", action="store_true", help="print JSON once and end")
@@ -287,7 +290,21 @@ def _cmd_slabinfo(ns: argparse.Namespace) -> int:
         print(json.dumps(out, indent=2))
     else:
         sys.stdout.write(format_slabinfo(stats) if ns.pid is not None else slabinfo())
+    if ns.pid is None and not stats:
+        print(
+            "kmemcache slabinfo: this command's own process has no caches; name a process "
+            "that publishes its statistics with --pid PID (KMEMCACHE_PUBLISH=1 or "
+            "kmemcache.publish() in it), or see every shared and published cache with "
+            "kmemcache top",
+            file=sys.stderr,
+        )
     return 0
+
+
+def _quit_pressed(seconds: float) -> bool:
+    """Wait ``seconds`` for a key on the terminal; True when it was q."""
+    ready, _, _ = select.select([sys.stdin], [], [], seconds)
+    return bool(ready) and os.read(sys.stdin.fileno(), 1) in (b"q", b"Q")
 
 
 def _cmd_top(ns: argparse.Namespace) -> int:
@@ -295,6 +312,18 @@ def _cmd_top(ns: argparse.Namespace) -> int:
         print(json.dumps(_top.to_json(_top.sort_rows(_top.rows(), ns.sort)), indent=2))
         return 0
     live = sys.stdout.isatty() and not ns.once
+    if live and sys.stdin.isatty():
+        # keys arrive one by one, unechoed, so that q quits as in top and slabtop
+        saved = termios.tcgetattr(sys.stdin.fileno())
+        tty.setcbreak(sys.stdin.fileno())
+        try:
+            return _top_loop(ns, live, keys=True)
+        finally:
+            termios.tcsetattr(sys.stdin.fileno(), termios.TCSADRAIN, saved)
+    return _top_loop(ns, live, keys=False)
+
+
+def _top_loop(ns: argparse.Namespace, live: bool, keys: bool) -> int:
     frames = 1 if ns.once else ns.iterations
     shown = 0
     while True:
@@ -308,7 +337,11 @@ def _cmd_top(ns: argparse.Namespace) -> int:
         shown += 1
         if frames is not None and shown >= frames:
             return 0
-        time.sleep(ns.interval)
+        if keys:
+            if _quit_pressed(ns.interval):
+                return 0
+        else:
+            time.sleep(ns.interval)
 
 
 def _run(argv: Sequence[str] | None) -> int:
