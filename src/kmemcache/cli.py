@@ -17,6 +17,7 @@ import importlib.util
 import json
 import os
 import select
+import shutil
 import subprocess
 import sys
 import termios
@@ -228,7 +229,9 @@ def _cmd_demo(parser: argparse.ArgumentParser, ns: argparse.Namespace) -> int:
     if ns.json:
         print(_demo.to_json(result))
     else:
-        print(_demo.format_table(result))
+        # a terminal narrower than the table gets it turned (rows are the measures)
+        width = shutil.get_terminal_size().columns if sys.stdout.isatty() else None
+        print(_demo.format_table(result, width))
         print(f"({result.seconds:.1f} s)")
     if ns.plot is not None:
         _demo.plot(result, ns.plot)
