@@ -30,11 +30,13 @@ import importlib.metadata
 import json
 import os
 import platform
+import re
 import statistics
 import subprocess
 import sys
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 from kmemcache.demo import measure as m
@@ -452,3 +454,82 @@ def finish(args: argparse.Namespace, data: dict[str, Any], render: Callable[...,
         write_json(args.json, data)
     print(render(data))
     return 0
+
+
+#: The docs' benchmarks page, which a full run of run_all.py rewrites.
+DOCS_PAGE_MARK = (
+    "<!-- Written by benchmarks/run_all.py from its results: a full run rewrites this page. -->"
+)
+
+
+def docs_page(
+    combined: dict[str, Any], reports: dict[str, str], plots: Sequence[Path], page: Path
+) -> str:
+    """The docs' benchmarks page (MyST Markdown) for one run_all.py run.
+
+    ``combined`` is run_all's results.json; ``reports`` each benchmark's printed
+    report (Markdown tables and notes), by name; ``plots`` the PNG files drawn,
+    shown after the benchmark they belong to (``bulk_threads.png`` after the last
+    of bulk and threads) by a path relative to ``page``. Every figure on the page
+    comes from these arguments, with the machine, commit and date of the run.
+    """
+    git = combined.get("git") or {}
+    commit = (git.get("commit") or "unknown")[:12]
+    dirty = " (with local changes)" if git.get("dirty") else ""
+    quick = (
+        " A --quick run: its counts are far too small to mean anything."
+        if combined.get("quick")
+        else ""
+    )
+    lines = [
+        "# Benchmarks",
+        "",
+        DOCS_PAGE_MARK,
+        "",
+        f"Measured by `{combined['command']}` on {combined['date']}, at commit "
+        f"{commit}{dirty}, in {combined['seconds']:.0f} s: "
+        f"{environment_sentence(combined['environment'])}{quick} Every figure on this page "
+        "comes from that run; a single cell can move between runs on a busy machine, so "
+        "read the shape, not the digits, and run it on your machine "
+        "({doc}`guide/performance` says how, and how each figure is measured).",
+        "",
+        "## Targets",
+        "",
+    ]
+    targets = combined.get("targets", [])
+    lines += [f"{target_line(t)} (`bench_{t['benchmark']}`)" for t in targets] or ["(none)"]
+    failed = [n for n, d in combined["benchmarks"].items() if d.get("status") != "ok"]
+    if failed:
+        lines += ["", "Failed to run: " + ", ".join(f"`bench_{n}.py`" for n in failed) + "."]
+    shown: dict[str, list[Path]] = {}
+    for plot in plots:
+        owners = [n for n in plot.stem.split("_") if n in reports]
+        if owners:
+            shown.setdefault(owners[-1], []).append(plot)
+    for name, report in reports.items():
+        lines += ["", f"(bench-{name})=", "", f"## {name} (`bench_{name}.py`)", ""]
+        body = report.strip() or f"({combined['benchmarks'][name].get('note', 'no output')})"
+        lines += _headings_under_level_2(body.splitlines())
+        for plot in shown.get(name, []):
+            where = os.path.relpath(plot, page.parent)
+            lines += ["", f"![{name}: {plot.stem.replace('_', ' ')}]({where})"]
+    return "\n".join(lines) + "\n"
+
+
+def _headings_under_level_2(lines: list[str]) -> list[str]:
+    """A report's Markdown headings (outside code fences) moved so that its highest
+    is level 3, under the page's level-2 heading of its benchmark."""
+    heading = re.compile(r"^(#{1,6}) ")
+    fenced, found = False, []
+    for i, line in enumerate(lines):
+        if line.startswith("```"):
+            fenced = not fenced
+        elif not fenced and (mt := heading.match(line)):
+            found.append((i, len(mt.group(1))))
+    if not found:
+        return lines
+    shift = 3 - min(level for _, level in found)
+    out = list(lines)
+    for i, level in found:
+        out[i] = "#" * min(6, level + shift) + lines[i][level:]
+    return out

@@ -2,7 +2,6 @@
 
     python benchmarks/run_all.py                       # all of them, into benchmarks/results/
     python benchmarks/run_all.py --out DIR             # somewhere else
-    python benchmarks/run_all.py --plots-dir docs/bench  # the plots the README shows
     python benchmarks/run_all.py --quick               # tiny counts: checks everything runs
     python benchmarks/run_all.py --only alloc,memory   # some of them
 
@@ -12,7 +11,10 @@ tables are printed as they finish; then ``results.json`` (each benchmark's JSON,
 the targets, the version and commit measured, for tracking across versions),
 ``report.md`` (the tables and target lines) and the plots (with matplotlib; a
 message says so when it is missing) are written, and every target's PASS/MISS line
-is printed again at the end. Targets are reported, never asserted: the exit status
+is printed again at the end. A full run (neither --quick nor --only) also
+rewrites the docs' benchmarks page, docs/benchmarks.md, from its results, with the
+plots it shows in docs/bench/ (--docs-page PATH writes the page elsewhere, or for
+any run; --docs-page "" not at all). Targets are reported, never asserted: the exit status
 is 1 only when a benchmark failed to run.
 
 The default run takes a few minutes and needs about 3 GB of free memory (the
@@ -100,7 +102,15 @@ def main(argv: Sequence[str] | None = None) -> int:
         help="folder for results.json, report.md, each benchmark's JSON and the plots "
         "(default: benchmarks/results/)",
     )
-    parser.add_argument("--plots-dir", help="folder for the PNG plots (default: --out)")
+    parser.add_argument(
+        "--plots-dir",
+        help="folder for the PNG plots (default: --out, or docs/bench/ beside the docs page)",
+    )
+    parser.add_argument(
+        "--docs-page",
+        help="write the docs' benchmarks page here (default: docs/benchmarks.md on a full "
+        "run, none with --quick or --only; '' for none)",
+    )
     parser.add_argument("--quick", action="store_true", help="tiny counts: checks it runs")
     parser.add_argument("--only", help="comma-separated benchmark names (default: all)")
     parser.add_argument("--no-plots", action="store_true", help="write no PNG")
@@ -116,7 +126,15 @@ def main(argv: Sequence[str] | None = None) -> int:
         names = [n for n in names if n in wanted]
     out_dir = Path(args.out).resolve()
     out_dir.mkdir(parents=True, exist_ok=True)
-    plots_dir = Path(args.plots_dir).resolve() if args.plots_dir else out_dir
+    if args.docs_page is None:
+        full = not args.quick and not args.only
+        page = ROOT / "docs" / "benchmarks.md" if full else None
+    else:
+        page = Path(args.docs_page).resolve() if args.docs_page else None
+    if args.plots_dir:
+        plots_dir = Path(args.plots_dir).resolve()
+    else:
+        plots_dir = page.parent / "bench" if page is not None else out_dir
 
     command = "python benchmarks/run_all.py" + "".join(
         f" {shlex.quote(a)}" for a in (argv if argv is not None else sys.argv[1:])
@@ -124,6 +142,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     started = time.perf_counter()
     results: dict[str, Any] = {}
     reports: list[str] = []
+    printed: dict[str, str] = {}
     for i, name in enumerate(names, 1):
         print(f"[{i}/{len(names)}] bench_{name}.py ...", file=sys.stderr, flush=True)
         data, stdout = run_one(name, out_dir, args)
@@ -131,6 +150,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"\n### {name}\n", flush=True)
         print(stdout.rstrip() if stdout.strip() else f"({data.get('note', 'no output')})")
         reports.append(f"### {name}\n\n{stdout.rstrip()}\n")
+        printed[name] = stdout
         if data["status"] != "ok":
             print(f"\nbench_{name}.py FAILED: {data['note']}", flush=True)
 
@@ -178,6 +198,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         )
     else:
         written = _plots.plot_all(results, plots_dir)
+    if page is not None:
+        page.parent.mkdir(parents=True, exist_ok=True)
+        page.write_text(h.docs_page(combined, printed, written, page), encoding="utf-8")
+        written.insert(0, page)
     print(f"\nwritten: {out_dir / 'results.json'}, {out_dir / 'report.md'}", end="")
     print("".join(f", {p}" for p in written) + f" ({combined['seconds']:.0f} s)")
     return 1 if failed else 0

@@ -8,8 +8,12 @@ from __future__ import annotations
 
 import gc
 import os
+import shutil
+import subprocess
+import sys
 import uuid
 from collections.abc import Callable, Iterator
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -97,3 +101,35 @@ def _no_shared_memory_left() -> Iterator[None]:
     for n in left:
         kmemcache.shared.unlink(n)
     assert not left, f"shared caches left in /dev/shm: {left}"
+
+
+@pytest.fixture(scope="session")
+def kmemcache_wheel(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A folder holding a wheel of this source tree's kmemcache, for projects that
+    a test builds in a fresh virtual environment (``pip install --find-links``).
+
+    Built from a copy of the tree, so that the checkout's own build folders are
+    never touched, with no KMEMCACHE_* build option from outside.
+    """
+    root = Path(__file__).resolve().parent.parent
+    if not (root / "setup.py").exists() or not (root / "csrc").is_dir():
+        pytest.skip("the kmemcache source tree (setup.py, csrc/) is not here")
+    pytest.importorskip("setuptools")
+    tree = tmp_path_factory.mktemp("kmemcache-src")
+    for name in ("setup.py", "pyproject.toml", "MANIFEST.in", "README.md", "LICENSE"):
+        shutil.copy(root / name, tree)
+    skip = shutil.ignore_patterns("*.so", "__pycache__", "*.egg-info", "build")
+    shutil.copytree(root / "csrc", tree / "csrc", ignore=skip)
+    shutil.copytree(root / "src", tree / "src", ignore=skip)
+    out = tmp_path_factory.mktemp("wheels")
+    env = {k: v for k, v in os.environ.items() if not k.startswith("KMEMCACHE_")}
+    done = subprocess.run(
+        [sys.executable, "-m", "pip", "wheel", "-q", "--no-deps", "--no-build-isolation"]
+        + ["-w", str(out), str(tree)],
+        capture_output=True,
+        text=True,
+        timeout=600,
+        env=env,
+    )
+    assert done.returncode == 0, done.stdout + done.stderr
+    return out

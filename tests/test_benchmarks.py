@@ -8,6 +8,7 @@ from __future__ import annotations
 import importlib.util
 import json
 import os
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -471,6 +472,10 @@ def test_run_all_writes_json_report_and_plots(tmp_path: Path) -> None:
             "bulk,threads",
             "--out",
             str(tmp_path),
+            "--plots-dir",
+            str(tmp_path),
+            "--docs-page",
+            str(tmp_path / "docs" / "benchmarks.md"),
         ],
         capture_output=True,
         text=True,
@@ -478,6 +483,9 @@ def test_run_all_writes_json_report_and_plots(tmp_path: Path) -> None:
         env=env,
     )
     assert proc.returncode == 0, proc.stderr
+    page = (tmp_path / "docs" / "benchmarks.md").read_text()
+    assert page.startswith("# Benchmarks\n") and "(bench-bulk)=" in page
+    assert "## threads (`bench_threads.py`)" in page and "A --quick run" in page
     combined = json.loads((tmp_path / "results.json").read_text())
     assert set(combined["benchmarks"]) == {"bulk", "threads"}
     assert combined["quick"] is True and "run_all.py" in combined["command"]
@@ -501,3 +509,73 @@ def test_run_all_refuses_an_unknown_benchmark(tmp_path: Path) -> None:
         timeout=60,
     )
     assert proc.returncode == 2 and "no such benchmark: nope" in proc.stderr
+
+
+def test_the_docs_page_comes_from_the_results() -> None:
+    sys.path.insert(0, str(BENCHMARKS))
+    try:
+        import _harness
+    finally:
+        sys.path.remove(str(BENCHMARKS))
+    combined = {
+        "command": "python benchmarks/run_all.py",
+        "date": "2026-01-02T03:04:05+00:00",
+        "seconds": 540.2,
+        "quick": False,
+        "git": {"commit": "0123456789abcdef0123", "dirty": False},
+        "environment": {
+            "implementation": "CPython",
+            "python": "3.12.1",
+            "system": "Linux",
+            "machine": "x86_64",
+            "cpu_count": 2,
+            "packages": {"kmemcache": "0.1.0", "numpy": None},
+            "clock": None,
+        },
+        "targets": [
+            {
+                "status": "MISS",
+                "description": "a target",
+                "ratio": 1.5,
+                "better": "lower",
+                "threshold": 1.0,
+                "benchmark": "alloc",
+            }
+        ],
+        "benchmarks": {"alloc": {"status": "ok"}, "bulk": {"status": "ok"}, "threads": {}},
+    }
+    reports = {
+        "alloc": "| a | b |\n| - | - |\n| 1 | 2 |\n",
+        "bulk": "#### Part\nbulk table\n",
+        "threads": "",
+    }
+    docs = Path("/x/docs")
+    plots = [docs / "bench" / "alloc.png", docs / "bench" / "bulk_threads.png"]
+    page = _harness.docs_page(combined, reports, plots, docs / "benchmarks.md")
+    assert page.startswith("# Benchmarks\n\n" + _harness.DOCS_PAGE_MARK + "\n")
+    assert "on 2026-01-02T03:04:05+00:00, at commit 0123456789ab, in 540 s" in page
+    assert "CPython 3.12.1, Linux x86_64, 2 CPUs; kmemcache 0.1.0." in page
+    assert "- MISS: a target: 1.50x (target <= 1x) (`bench_alloc`)" in page
+    assert "Failed to run: `bench_threads.py`." in page
+    assert "\n### Part\n" in page  # under the page's level-2 heading, no level skipped
+    alloc = page.index("(bench-alloc)=")
+    assert page.index("| 1 | 2 |") > alloc
+    assert page.index("![alloc: alloc](bench/alloc.png)") > alloc
+    # bulk_threads.png belongs after the last of its two benchmarks
+    assert page.index("![threads: bulk threads](bench/bulk_threads.png)") > page.index(
+        "(bench-threads)="
+    )
+
+
+def test_the_checked_in_docs_page_says_where_it_came_from() -> None:
+    page = BENCHMARKS.parent / "docs" / "benchmarks.md"
+    if not page.exists():
+        pytest.skip("docs/ is not in this tree")
+    sys.path.insert(0, str(BENCHMARKS))
+    try:
+        import _harness
+    finally:
+        sys.path.remove(str(BENCHMARKS))
+    text = page.read_text()
+    assert text.splitlines()[2] == _harness.DOCS_PAGE_MARK
+    assert re.search(r"at commit [0-9a-f]{7,}", text)

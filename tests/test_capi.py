@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import filecmp
 import importlib.util
-import re
 import shutil
 import subprocess
 import sys
@@ -242,31 +241,3 @@ def test_cython_sees_the_pxd(tmp_path: Path) -> None:
     assert done.returncode == 0, done.stdout + done.stderr
     cy_user = load(tmp_path, "cy_user")
     assert cy_user.churn(1000) == (0, 1000, b"kmalloc-8")
-
-
-def test_the_readme_example_extension_builds_and_runs(tmp_path: Path) -> None:
-    pytest.importorskip("setuptools")
-    readme = (ROOT / "README.md").read_text()
-    blocks = re.findall(r"```(\w+)\n(.*?)```", readme, re.S)
-    c_code = next(code for lang, code in blocks if lang == "c" and "PyInit_ring" in code)
-    setup_py = next(code for lang, code in blocks if code.startswith("# setup.py"))
-    (tmp_path / "ring.c").write_text(c_code)
-    (tmp_path / "setup.py").write_text(setup_py)
-    done = subprocess.run(
-        [sys.executable, "setup.py", "-q", "build_ext", "--inplace"],
-        cwd=tmp_path,
-        capture_output=True,
-        text=True,
-        timeout=300,
-    )
-    assert done.returncode == 0, done.stdout + done.stderr
-    ring = load(tmp_path, "ring")
-    results: list[tuple[int, int]] = []
-    threads = [threading.Thread(target=lambda: results.append(ring.churn(1000))) for _ in range(3)]
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join()
-    assert sorted(misaligned for misaligned, _ in results) == [0, 0, 0]
-    assert max(allocs for _, allocs in results) <= 3000
-    assert ring.churn(0) == (0, 3000)

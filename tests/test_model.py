@@ -89,7 +89,9 @@ class CacheModel(RuleBasedStateMachine):
         self.live[obj.address] = Live(obj, index, fill)
 
     def pick(self, data: st.DataObject, many: bool = False) -> list[Live]:
-        addresses = sorted(self.live)
+        # allocation order, not address order: a replay picks the same objects
+        # whatever addresses the allocator gave them this time
+        addresses = list(self.live)
         if many:
             chosen = data.draw(st.lists(st.sampled_from(addresses), unique=True, max_size=8))
         else:
@@ -166,7 +168,7 @@ class CacheModel(RuleBasedStateMachine):
             bad, error = data.draw(st.sampled_from(self.freed)), DoubleFreeError
         elif kind == "foreign":
             # draw an address, not the handle: hypothesis keeps what it draws
-            others = sorted(a for a, v in self.live.items() if v.cache != index)
+            others = [a for a, v in self.live.items() if v.cache != index]
             if not others:
                 return
             bad, error = self.live[data.draw(st.sampled_from(others))].obj, InvalidFreeError

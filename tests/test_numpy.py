@@ -22,7 +22,10 @@ from kmemcache import _kmemcache as _core  # noqa: E402
 
 
 def handler_name(a: object) -> str:
-    from numpy._core.multiarray import get_handler_name  # type: ignore[import-untyped]
+    try:
+        from numpy._core.multiarray import get_handler_name  # type: ignore[import-untyped]
+    except ImportError:  # NumPy 1.x
+        from numpy.core.multiarray import get_handler_name  # type: ignore[import-untyped]
 
     return str(get_handler_name(a))
 

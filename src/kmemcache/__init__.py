@@ -38,6 +38,7 @@ from .publishing import publish
 from .shared import SharedCache, SharedObject
 from .slabinfo import slabinfo
 
+#: The version, defined here only (pyproject.toml reads it).
 __version__ = "0.1.0"
 
 __all__ = [

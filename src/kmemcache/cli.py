@@ -16,9 +16,13 @@ import dataclasses
 import importlib.util
 import json
 import os
+import select
+import shutil
 import subprocess
 import sys
+import termios
 import time
+import tty
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
@@ -143,7 +147,7 @@ def _parser() -> argparse.ArgumentParser:
         "this machine (read from its region) and the private caches of the running "
         "processes that publish their statistics (KMEMCACHE_PUBLISH=1, or "
         "kmemcache.publish(); off by default): objects, active ones, object size, slabs "
-        "and memory, largest memory first. Ctrl-C ends it.",
+        "and memory, largest memory first. q (or Ctrl-C) ends it.",
     )
     top.add_argument("--once", action="store_true", help="print one table and end")
     top.add_argument("--json", action="store_true", help="print JSON once and end")
@@ -225,7 +229,9 @@ def _cmd_demo(parser: argparse.ArgumentParser, ns: argparse.Namespace) -> int:
     if ns.json:
         print(_demo.to_json(result))
     else:
-        print(_demo.format_table(result))
+        # a terminal narrower than the table gets it turned (rows are the measures)
+        width = shutil.get_terminal_size().columns if sys.stdout.isatty() else None
+        print(_demo.format_table(result, width))
         print(f"({result.seconds:.1f} s)")
     if ns.plot is not None:
         _demo.plot(result, ns.plot)
@@ -287,7 +293,21 @@ def _cmd_slabinfo(ns: argparse.Namespace) -> int:
         print(json.dumps(out, indent=2))
     else:
         sys.stdout.write(format_slabinfo(stats) if ns.pid is not None else slabinfo())
+    if ns.pid is None and not stats:
+        print(
+            "kmemcache slabinfo: this command's own process has no caches; name a process "
+            "that publishes its statistics with --pid PID (KMEMCACHE_PUBLISH=1 or "
+            "kmemcache.publish() in it), or see every shared and published cache with "
+            "kmemcache top",
+            file=sys.stderr,
+        )
     return 0
+
+
+def _quit_pressed(seconds: float) -> bool:
+    """Wait ``seconds`` for a key on the terminal; True when it was q."""
+    ready, _, _ = select.select([sys.stdin], [], [], seconds)
+    return bool(ready) and os.read(sys.stdin.fileno(), 1) in (b"q", b"Q")
 
 
 def _cmd_top(ns: argparse.Namespace) -> int:
@@ -295,6 +315,18 @@ def _cmd_top(ns: argparse.Namespace) -> int:
         print(json.dumps(_top.to_json(_top.sort_rows(_top.rows(), ns.sort)), indent=2))
         return 0
     live = sys.stdout.isatty() and not ns.once
+    if live and sys.stdin.isatty():
+        # keys arrive one by one, unechoed, so that q quits as in top and slabtop
+        saved = termios.tcgetattr(sys.stdin.fileno())
+        tty.setcbreak(sys.stdin.fileno())
+        try:
+            return _top_loop(ns, live, keys=True)
+        finally:
+            termios.tcsetattr(sys.stdin.fileno(), termios.TCSADRAIN, saved)
+    return _top_loop(ns, live, keys=False)
+
+
+def _top_loop(ns: argparse.Namespace, live: bool, keys: bool) -> int:
     frames = 1 if ns.once else ns.iterations
     shown = 0
     while True:
@@ -308,7 +340,11 @@ def _cmd_top(ns: argparse.Namespace) -> int:
         shown += 1
         if frames is not None and shown >= frames:
             return 0
-        time.sleep(ns.interval)
+        if keys:
+            if _quit_pressed(ns.interval):
+                return 0
+        else:
+            time.sleep(ns.interval)
 
 
 def _run(argv: Sequence[str] | None) -> int:

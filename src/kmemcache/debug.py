@@ -1,7 +1,7 @@
 """slub_debug for Python: which caches are debugged, who owns each object, what
 happens when damage is found.
 
-Debug options are SLUB's letters (Documentation/mm/slub.rst):
+Debug options are SLUB's letters (Documentation/mm/slub.rst)::
 
     F  CONSISTENCY_CHECKS  check the touched slab's counters on every alloc and free
     Z  RED_ZONE            guard bytes after every object (0xcc live, 0xbb free)
@@ -11,7 +11,7 @@ Debug options are SLUB's letters (Documentation/mm/slub.rst):
 
 ``KMEMCACHE_DEBUG`` takes them in slub_debug's syntax, read once at import
 (``set_debug`` changes them later); they apply to every cache created
-afterwards, the kmalloc caches included:
+afterwards, the kmalloc caches included::
 
     FZPU                 all caches
     ZP,task_ctx          ZP for task_ctx only; the rest as by default (off)

@@ -17,12 +17,13 @@ for large requests and the runs kept for reuse, the zero-length object of
 ``kmalloc(0)``, and when ``krealloc`` keeps the object. The functions are the C
 extension's own, so a call costs what a builtin call costs. What Python adds:
 
-``kmalloc(size, align=0)``, ``kzalloc(size, align=0)``, ``kcalloc(n, size)``,
-``krealloc(obj, new_size, align=0)``
-    return a ``kmemcache.Object``, the handle ``Cache.alloc()`` returns: buffer
-    protocol, ``.address``, ``.free()``, a context manager, ``len()`` equal to the
-    size asked for, and ``.cache`` the size class's cache (None for pages and
-    zero-length objects). ``krealloc(None, n)`` is ``kmalloc(n)``.
+``kmalloc``, ``kzalloc``, ``kcalloc``, ``krealloc``
+    ``kmalloc(size, align=0)``, ``kzalloc(size, align=0)``, ``kcalloc(n, size)``
+    and ``krealloc(obj, new_size, align=0)`` return a ``kmemcache.Object``, the
+    handle ``Cache.alloc()`` returns: buffer protocol, ``.address``, ``.free()``,
+    a context manager, ``len()`` equal to the size asked for, and ``.cache`` the
+    size class's cache (None for pages and zero-length objects).
+    ``krealloc(None, n)`` is ``kmalloc(n)``.
 ``ksize(obj) -> int``, ``kfree(obj)``
     take objects of any ``Cache`` too; ``ksize(None)`` is 0 and ``kfree(None)``
     does nothing, as for NULL.

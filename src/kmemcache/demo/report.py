@@ -28,8 +28,28 @@ _COLUMNS: tuple[tuple[str, bool, Callable[[OptionResult], str]], ...] = (
 )
 
 
-def format_table(result: DemoResult) -> str:
-    """The results as a Markdown table with a heading and notes."""
+def _table(result: DemoResult, width: int | None) -> str:
+    """One row per option; or, when that is wider than ``width`` (a terminal's
+    columns), one row per measure and a column per option, under a legend."""
+    wide = markdown_table(
+        [head for head, _, _ in _COLUMNS],
+        [[cell(o) for _, _, cell in _COLUMNS] for o in result.options],
+        {i for i, (_, right, _) in enumerate(_COLUMNS) if right},
+    )
+    if width is None or max(len(line) for line in wide.splitlines()) <= width:
+        return wide
+    legend = [f"option {o.option}: {o.label}" for o in result.options]
+    narrow = markdown_table(
+        ["", *[f"option {o.option}" for o in result.options]],
+        [[head, *[cell(o) for o in result.options]] for head, _, cell in _COLUMNS[1:]],
+        set(range(1, len(result.options) + 1)),
+    )
+    return "\n".join([*legend, "", narrow])
+
+
+def format_table(result: DemoResult, width: int | None = None) -> str:
+    """The results as a Markdown table with a heading and notes; the table turned
+    so that its rows are the measures when it would be wider than ``width``."""
     cfg = result.config
     lines = [
         f"perf task context data: {cfg.size} bytes, {cfg.align}-byte aligned"
@@ -38,11 +58,7 @@ def format_table(result: DemoResult) -> str:
         f"created and exited, and as many alloc+free, per option; "
         f"medians of {cfg.rounds} rounds",
         "",
-        markdown_table(
-            [head for head, _, _ in _COLUMNS],
-            [[cell(o) for _, _, cell in _COLUMNS] for o in result.options],
-            {i for i, (_, right, _) in enumerate(_COLUMNS) if right},
-        ),
+        _table(result, width),
         "",
     ]
     for o in result.options:
