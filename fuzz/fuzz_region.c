@@ -22,7 +22,10 @@
  *
  *   make -C fuzz region && fuzz/build/fuzz_region fuzz/corpus_region -max_total_time=60
  */
+#include <dirent.h>
+#include <errno.h>
 #include <fcntl.h>
+#include <signal.h>
 #include <stdbool.h>
 #include <stdint.h>
 #include <stdio.h>
@@ -85,10 +88,33 @@ static void make_template(template_t *t, int i, unsigned flags)
     kmc_shared_detach(c);
 }
 
+/* Regions that earlier runs left when a finding ended them (no exit
+ * handler runs then): those whose process is gone. */
+static void remove_stale(void)
+{
+    DIR *d = opendir("/dev/shm");
+    if (!d)
+        return;
+    char prefix[64];
+    snprintf(prefix, sizeof(prefix), "kmemcache.%u.fuzzregion-", (unsigned)getuid());
+    for (struct dirent *e; (e = readdir(d));) {
+        int pid, i;
+        if (strncmp(e->d_name, prefix, strlen(prefix)) != 0 ||
+            sscanf(e->d_name + strlen(prefix), "%d-%d", &pid, &i) != 2 || pid <= 0 ||
+            (kill(pid, 0) != 0 && errno == ESRCH) == 0)
+            continue;
+        char name[64];
+        snprintf(name, sizeof(name), "fuzzregion-%d-%d", pid, i);
+        (void)kmc_shared_unlink(name);
+    }
+    closedir(d);
+}
+
 int LLVMFuzzerInitialize(int *argc, char ***argv)
 {
     (void)argc;
     (void)argv;
+    remove_stale();
     make_template(&templates[0], 0, 0);
     make_template(&templates[1], 1, KMC_RED_ZONE | KMC_POISON);
     atexit(remove_regions);

@@ -165,7 +165,7 @@ def test_a_region_others_may_write_is_not_trusted(shared_name: Name) -> None:
         c.close()
 
 
-def test_a_symbolic_link_is_not_followed(shared_name: Name, tmp_path: object) -> None:
+def test_a_symbolic_link_is_not_followed(shared_name: Name) -> None:
     name = shared_name()
     os.symlink("/etc/hostname", _file(name))
     try:
