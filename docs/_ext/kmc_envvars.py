@@ -64,7 +64,10 @@ def engine_options() -> list[dict[str, str]]:
     table = (ROOT / "csrc" / "engine" / "options.c").read_text()
     docs = dict(_OPTION_DOC.findall((ROOT / "csrc" / "engine" / "kmc.h").read_text()))
     rows = []
-    for enum, name, default, low, high in _OPTION_ROW.findall(table):
+    found = _OPTION_ROW.findall(table)
+    if len(found) != table.count("[KMC_OPTION_"):
+        raise ValueError("options.c: a row of the options table is not name, then numbers")
+    for enum, name, default, low, high in found:
         rows.append(
             {
                 "name": "KMEMCACHE_" + name.upper(),
