@@ -154,6 +154,16 @@ static void test_bad_align_and_sizes(void)
         CHECK_EQ(kmc_last_report()->status, KMC_EINVAL);
         CHECK(kmc_krealloc(NULL, 64, bad[i]) == NULL);
     }
+    /* a call that succeeds clears the report of the last one that failed */
+    void *ok = kmc_kmalloc(64, 64), *big = kmc_kmalloc(1 << 20, 0);
+    CHECK(ok != NULL && big != NULL);
+    CHECK_EQ(kmc_last_report()->status, KMC_OK);
+    CHECK(kmc_kmalloc(64, 3) == NULL);
+    CHECK_EQ(kmc_kfree(ok), KMC_OK);
+    CHECK_EQ(kmc_last_report()->status, KMC_OK);
+    CHECK(kmc_kmalloc(64, 3) == NULL);
+    CHECK_EQ(kmc_kfree(big), KMC_OK);
+    CHECK_EQ(kmc_last_report()->status, KMC_OK);
     size_t huge[] = {KMC_KMALLOC_MAX_SIZE + 1, SIZE_MAX / 2, SIZE_MAX - 1, SIZE_MAX};
     for (size_t i = 0; i < sizeof(huge) / sizeof(huge[0]); i++) {
         CHECK(kmc_kmalloc(huge[i], 0) == NULL);

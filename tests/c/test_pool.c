@@ -184,6 +184,13 @@ static void test_double_and_invalid_frees_in_every_kind_of_slab(void)
     CHECK_EQ(s1.cached_objs, s0.cached_objs + 1);
     CHECK_EQ(s1.active_objs, s0.active_objs - 1);
     check_refused(a[5]);
+    /* 2b. an owned slab, the first free made by another thread (its remote
+     * bitmap), the second by the owner */
+    k_obj = a[6];
+    in_thread(free_k_obj, NULL);
+    CHECK_EQ(k_status, KMC_OK);
+    CHECK_EQ(kmc_cache_free(kc, a[6]), KMC_EDOUBLE_FREE);
+    CHECK_EQ(kmc_last_report()->object, (uintptr_t)a[6]);
     /* 3. an owned partial slab, past the magazine: fill it first */
     for (size_t i = per; i < per + 64; i++)
         CHECK_EQ(kmc_cache_free(kc, a[i]), KMC_OK);
@@ -204,7 +211,7 @@ static void test_double_and_invalid_frees_in_every_kind_of_slab(void)
     check_refused(theirs);
     /* everything else back; counts exact, nothing handed out twice */
     for (size_t i = 0; i < n; i++)
-        if (i != 5 && !(i >= per && i < per + 64) && i != per + 100 && i != n - 1)
+        if (i != 5 && i != 6 && !(i >= per && i < per + 64) && i != per + 100 && i != n - 1)
             CHECK_EQ(kmc_cache_free(kc, a[i]), KMC_OK);
     kmc_stats_t s = stats_of(kc);
     CHECK_EQ(s.active_objs, 0);

@@ -40,7 +40,7 @@ def _table(result: DemoResult, width: int | None) -> str:
         return wide
     legend = [f"option {o.option}: {o.label}" for o in result.options]
     narrow = markdown_table(
-        ["", *[f"option {o.option}" for o in result.options]],
+        ["option", *[f"{o.option}" for o in result.options]],
         [[head, *[cell(o) for o in result.options]] for head, _, cell in _COLUMNS[1:]],
         set(range(1, len(result.options) + 1)),
     )
