@@ -81,6 +81,8 @@ static inline void heap_leave(kmc_heap_t *h)
 
 /* --- the fast paths ------------------------------------------------------------ */
 
+static void *alloc_rescan(kmc_cache_t *c, kmc_heap_t *h, int zero);
+
 /* zalloc's memset, out of line: a call inside kmc_cache_alloc would cost
  * every alloc a stack frame. */
 static KMC_NOINLINE uint8_t *zeroed(const kmc_cache_t *c, uint8_t *p)
@@ -120,8 +122,7 @@ void *kmc_cache_alloc(kmc_cache_t *c, int zero)
             } else if ((n = KMC_LOAD(&h->mag_n))) { /* else the last object freed elsewhere */
                 p = mag_pop(h, n);
             } else {
-                heap_leave(h);
-                return kmc__heap_alloc_slow(c, zero);
+                return alloc_rescan(c, h, zero); /* a tail call: no register saved here */
             }
             heap_leave(h);
             return unlikely(zero) ? zeroed(c, p) : p;
@@ -506,6 +507,41 @@ static void heap_open(kmc_heap_t *h)
         atomic_store(&h->remote_head, (stack_gen(head) + 1) << 32);
 }
 
+/* One object from the current slab, if there is one, from the word the last
+ * alloc used, then from the start (a free does not move the word back), or
+ * NULL. Owner, busy. A free into the current slab leaves its bit in a word
+ * the fast path does not look at: the fast path comes here before the slow
+ * one (a steady pool of a few slabs frees into the current one often). */
+static KMC_NOINLINE uint8_t *cur_take(const kmc_cache_t *c, kmc_heap_t *h)
+{
+    if (!KMC_LOAD(&h->cur))
+        return NULL;
+    uint32_t words = c->bitmap_words;
+    for (uint32_t k = 0, w = h->word; k < words; k++, w = w + 1 < words ? w + 1 : 0) {
+        uint64_t x = KMC_LOAD(&h->bits[w]);
+        if (!x)
+            continue;
+        if (k > KMC_LOAD(&h->max_scan))
+            KMC_STORE(&h->max_scan, k);
+        h->word = w;
+        KMC_STORE(&h->bits[w], x & (x - 1));
+        KMC_BUMP(&h->allocs, 1);
+        return h->cur_mem + ((size_t)w * 64 + (unsigned)__builtin_ctzll(x)) * c->slot_size;
+    }
+    return NULL;
+}
+
+/* kmc_cache_alloc's fast path when the current word and the magazine are
+ * empty: the rest of the current slab, else the slow path. Entered busy. */
+static KMC_NOINLINE void *alloc_rescan(kmc_cache_t *c, kmc_heap_t *h, int zero)
+{
+    uint8_t *p = cur_take(c, h);
+    heap_leave(h);
+    if (!p)
+        return kmc__heap_alloc_slow(c, zero);
+    return unlikely(zero) ? zeroed(c, p) : p;
+}
+
 /* One object from the heap's own slabs, or NULL when it needs the depot.
  * Owner, busy. */
 static uint8_t *heap_take(kmc_cache_t *c, kmc_heap_t *h, uint32_t self)
@@ -519,20 +555,9 @@ static uint8_t *heap_take(kmc_cache_t *c, kmc_heap_t *h, uint32_t self)
         return mag_pop(h, n);
     for (;;) {
         if (KMC_LOAD(&h->cur)) {
-            /* from the word the last alloc used, then from the start: a
-             * free does not move the word back */
-            for (uint32_t k = 0; k < c->bitmap_words; k++) {
-                uint32_t w = (h->word + k) % c->bitmap_words;
-                uint64_t x = KMC_LOAD(&h->bits[w]);
-                if (!x)
-                    continue;
-                if (k > KMC_LOAD(&h->max_scan))
-                    KMC_STORE(&h->max_scan, k);
-                h->word = w;
-                KMC_STORE(&h->bits[w], x & (x - 1));
-                KMC_BUMP(&h->allocs, 1);
-                return h->cur_mem + ((size_t)w * 64 + (unsigned)__builtin_ctzll(x)) * c->slot_size;
-            }
+            uint8_t *p = cur_take(c, h);
+            if (p)
+                return p;
             h->word = 0;
             if (cur_merge(c, h, memory_order_acq_rel) || !cur_retire_full(c, h))
                 continue;
