@@ -4,6 +4,7 @@ and an uninitialised Cache says that it is one."""
 
 from __future__ import annotations
 
+import re
 import warnings
 from collections.abc import Callable
 from typing import Any
@@ -158,3 +159,16 @@ def test_a_destroyed_cache_still_says_destroyed() -> None:
     with pytest.raises(ValueError, match="^operation on a destroyed kmemcache cache$"):
         cache.alloc()
     assert repr(cache) == "<kmemcache.Cache (destroyed)>"
+
+
+@pytest.mark.parametrize(
+    "size,owner", [(0, "kmalloc(0)"), (1 << 16, "kmalloc pages"), (64, "cache kmalloc-64")]
+)
+def test_a_foreign_free_names_what_the_object_belongs_to(size: int, owner: str) -> None:
+    obj = kmalloc(size)
+    with Cache("names", 64) as cache:
+        with pytest.raises(
+            kmemcache.InvalidFreeError, match=re.escape(f"belongs to {owner}") + "$"
+        ):
+            cache.free(obj)
+    obj.free()

@@ -368,3 +368,41 @@ def test_freed_handle_of_another_cache_and_foreign_frees() -> None:
     assert out[1].startswith("freed foreign: DoubleFreeError")
     assert out[2].startswith("address: InvalidFreeError:")
     assert out[3] == "b still 1 y live True"
+
+
+def test_a_child_forked_while_another_thread_runs_a_ctor_can_destroy_the_cache() -> None:
+    # The ctor's thread does not exist in the child: its ctor is not running
+    # there, and the child's cache can be destroyed.
+    out = run(
+        """
+        import os, threading, warnings
+        warnings.simplefilter("ignore", DeprecationWarning)  # fork with threads, 3.12+
+        inside, leave = threading.Event(), threading.Event()
+
+        def ctor(view):
+            inside.set()
+            leave.wait(10)
+
+        cache = Cache("forked", 64, ctor=ctor)
+        t = threading.Thread(target=cache.alloc)
+        t.start()
+        inside.wait(10)
+        caught("parent, ctor running", cache.destroy)
+        sys.stdout.flush()
+        pid = os.fork()
+        if pid == 0:
+            try:
+                cache.destroy()
+            except Exception as exc:
+                os.write(1, f"child: {type(exc).__name__}: {exc}\\n".encode())
+                os._exit(1)
+            os.write(1, b"child: destroyed\\n")
+            os._exit(0)
+        _, status = os.waitpid(pid, 0)
+        leave.set()
+        t.join()
+        print("child status", os.waitstatus_to_exitcode(status))
+        """
+    )
+    assert out[0].startswith("parent, ctor running: CacheBusyError: Cannot destroy forked")
+    assert out[1:] == ["child: destroyed", "child status 0"]

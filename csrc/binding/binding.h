@@ -33,9 +33,13 @@ typedef struct CacheObject {
     PyObject *weakrefs;
     Py_ssize_t size; /* the object size, cached for handle creation */
     int in_ctor;     /* ctor calls running: a slab is being built */
+    long ctor_pid;   /* the process they run in: a forked child's copy of
+                      * in_ctor counts threads it does not have */
     int initialised; /* __init__ succeeded once (else "uninitialised") */
     int shared;      /* a SharedCacheObject (shared_type.c) */
 } CacheObject;
+
+int kmcpy_ctor_running(const CacheObject *self); /* in this process */
 
 /* A handle: one object of one cache. */
 typedef struct HandleObject {
@@ -70,6 +74,10 @@ typedef struct SharedHandleObject {
 extern PyTypeObject SharedCache_Type;
 extern PyTypeObject SharedHandle_Type;
 extern PyMethodDef kmcpy_shared_methods[]; /* module functions: _shared_unlink, ... */
+
+/* The name a report gives @handle's cache: its name, "kmalloc pages",
+ * "kmalloc(0)" or "(destroyed)". */
+const char *kmcpy_handle_owner_name(const HandleObject *handle);
 
 /* kmcpy_handle_free for a shared object: free it for every process. */
 int kmcpy_shared_handle_free(HandleObject *self);

@@ -54,6 +54,7 @@ int kmcpy_call_ctor(void *object, size_t size, void *arg)
     PyObject *view = handle ? PyMemoryView_FromObject((PyObject *)handle) : NULL;
     if (view) {
         self->in_ctor++;
+        self->ctor_pid = (long)getpid();
         PyObject *r = PyObject_CallOneArg(ctor, view);
         self->in_ctor--;
         Py_XDECREF(r);
@@ -521,12 +522,10 @@ static int check_freeable(CacheObject *self, PyObject *arg)
                    : -1;
     HandleObject *obj = (HandleObject *)arg;
     if (obj->owner != self && obj->ptr) {
-        const char *other = !obj->owner         ? "none (kmalloc pages)"
-                            : obj->owner->cache ? kmc_cache_name(obj->owner->cache)
-                                                : "?";
         return kmcpy_raise_message(KMC_EINVALID_FREE, self, obj->ptr,
-                                   "Invalid free of %p in %s: it belongs to cache %s",
-                                   (void *)obj->ptr, kmc_cache_name(self->cache), other)
+                                   "Invalid free of %p in %s: it belongs to %s%s",
+                                   (void *)obj->ptr, kmc_cache_name(self->cache),
+                                   obj->owner ? "cache " : "", kmcpy_handle_owner_name(obj))
                    ? 1
                    : -1;
     }
@@ -712,11 +711,18 @@ static PyObject *cache_shrink(CacheObject *self, PyObject *Py_UNUSED(ignored))
     return PyLong_FromSize_t(kmc_cache_shrink(self->cache));
 }
 
+/* Is a ctor of this cache running in this process? (After fork() the child
+ * has only the forking thread: a ctor another thread ran is not running.) */
+int kmcpy_ctor_running(const CacheObject *self)
+{
+    return self->in_ctor && self->ctor_pid == (long)getpid();
+}
+
 static PyObject *cache_destroy(CacheObject *self, PyObject *Py_UNUSED(ignored))
 {
     if (kmcpy_cache_check_alive(self) < 0)
         return NULL;
-    if (self->in_ctor) {
+    if (kmcpy_ctor_running(self)) {
         /* the engine is building a slab of this cache and would go on
          * using it after the destroy */
         if (!kmcpy_raise_message(KMC_EBUSY, self, NULL,

@@ -52,7 +52,7 @@ static int check_live(HandleObject *self)
 }
 
 /* The name a report gives the handle's cache. */
-static const char *owner_name(const HandleObject *self)
+const char *kmcpy_handle_owner_name(const HandleObject *self)
 {
     CacheObject *owner = self->owner;
     return !owner         ? no_cache_name(self)
@@ -85,7 +85,7 @@ int kmcpy_handle_free(HandleObject *self)
             return kmcpy_raise_message(
                        KMC_EDOUBLE_FREE, owner, NULL,
                        "Object already free: this handle was freed before (cache %s)",
-                       owner_name(self))
+                       kmcpy_handle_owner_name(self))
                        ? 0 /* told to go on: there is nothing to free */
                        : -1;
         }
@@ -105,7 +105,7 @@ int kmcpy_handle_free(HandleObject *self)
         }
         if (tries == FREE_TRIES) {
             PyErr_Format(kmcpy_slab_error, "cannot free %p of %s: the allocator refused %d times",
-                         self->ptr, owner_name(self), FREE_TRIES);
+                         self->ptr, kmcpy_handle_owner_name(self), FREE_TRIES);
             return -1;
         }
         p = self->ptr;
@@ -155,7 +155,7 @@ static void handle_dealloc(HandleObject *self)
         for (int i = 0; self->ptr && i < 2; i++)
             if (kmcpy_handle_free(self) < 0)
                 kmcpy_write_unraisable("while freeing a dropped kmemcache object of %s",
-                                       owner_name(self));
+                                       kmcpy_handle_owner_name(self));
         PyErr_Restore(type, value, tb);
     }
     Py_CLEAR(self->owner);
@@ -239,7 +239,7 @@ static PyObject *handle_exit(HandleObject *self, PyObject *args)
 
 static PyObject *handle_repr(HandleObject *self)
 {
-    const char *name = owner_name(self);
+    const char *name = kmcpy_handle_owner_name(self);
     if (!self->ptr)
         return PyUnicode_FromFormat("<kmemcache.Object of %s, freed>", name);
     return PyUnicode_FromFormat("<kmemcache.Object of %s, %zd bytes at %p>", name, self->size,

@@ -733,9 +733,9 @@ static PyObject *shared_destroy(SharedCacheObject *self, PyObject *Py_UNUSED(ign
 {
     if (shared_alive(self) < 0)
         return NULL;
-    if (self->handles || self->base.in_ctor) {
+    if (self->handles || kmcpy_ctor_running(&self->base)) {
         if (!kmcpy_raise_message(KMC_EBUSY, &self->base, NULL,
-                                 self->base.in_ctor
+                                 kmcpy_ctor_running(&self->base)
                                      ? "Cannot detach %s while its ctor runs: a slab is being "
                                        "built"
                                      : "Cannot detach %s: this process still has %zd handle(s) "
