@@ -164,6 +164,7 @@ def test_plot_without_matplotlib_is_a_clear_error(tmp_path) -> None:  # type: ig
         (["--tasks", "1.5"], "not an integer"),
         (["--plot", "out.svg"], ".png"),
         (["--live", "1000000", "--size", "1000000"], "MiB"),
+        (["--tasks", "1073741824", "--rounds", "1"], "tasks a round"),
         (["--frobnicate"], "unrecognized arguments"),
     ],
 )

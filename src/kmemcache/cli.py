@@ -38,6 +38,9 @@ from .slabinfo import all_stats, format_slabinfo, slabinfo
 MAX_DEMO_SIZE = 1 << 20
 MAX_DEMO_LIVE = 1 << 20
 MAX_DEMO_BYTES = 4 << 30
+#: Most tasks per round (--tasks / --rounds): each round draws its random order
+#: up front, about 40 bytes a task.
+MAX_DEMO_STEPS = 10_000_000
 #: The largest pid Linux hands out (/proc/sys/kernel/pid_max at most).
 MAX_PID = 1 << 22
 
@@ -207,11 +210,16 @@ def _cmd_demo(parser: argparse.ArgumentParser, ns: argparse.Namespace) -> int:
     if ns.plot is not None:
         _check_plot_path(parser, ns.plot)
     # Every option keeps its live tasks at once, and option 1 asks for size + align.
-    need = 4 * ns.live * (ns.size + ns.align)
+    need = _demo.OPTIONS * ns.live * (ns.size + ns.align)
     if need > MAX_DEMO_BYTES:
         parser.error(
             f"--live {ns.live} with --size {ns.size} needs about {need >> 20} MiB "
             f"(the limit is {MAX_DEMO_BYTES >> 20} MiB)"
+        )
+    if ns.tasks // ns.rounds > MAX_DEMO_STEPS:
+        parser.error(
+            f"--tasks {ns.tasks} over --rounds {ns.rounds} is {ns.tasks // ns.rounds} tasks "
+            f"a round; the most is {MAX_DEMO_STEPS} (raise --rounds or lower --tasks)"
         )
     config = _demo.DemoConfig(
         size=ns.size,

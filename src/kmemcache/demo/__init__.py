@@ -40,7 +40,7 @@ from .expectations import Claim, claims
 from .measure import Progress, paired_ratio
 from .plotting import plot
 from .report import format_table, to_json
-from .workload import DemoResult, OptionResult, progress_steps, run
+from .workload import OPTIONS, DemoResult, OptionResult, progress_steps, run
 
 __all__ = [
     "DEFAULT_ALIGN",
@@ -49,6 +49,7 @@ __all__ = [
     "DEFAULT_SIZE",
     "DEFAULT_TASKS",
     "FAULT_CHECK_MISALIGN",
+    "OPTIONS",
     "Claim",
     "DemoConfig",
     "DemoResult",

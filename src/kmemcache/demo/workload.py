@@ -425,6 +425,7 @@ def progress_steps(config: DemoConfig) -> int:
 
 
 __all__ = [
+    "OPTIONS",
     "DemoResult",
     "OptionResult",
     "progress_steps",
