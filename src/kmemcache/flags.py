@@ -12,7 +12,7 @@ class Flags(enum.IntFlag):
 
     #: F: verify slab metadata on every operation.
     CONSISTENCY_CHECKS = _core.FLAG_CONSISTENCY_CHECKS
-    #: Z: guard bytes after every object, checked on free and by ``validate()``.
+    #: Z: guard bytes on both sides of every object, checked on free and by ``validate()``.
     RED_ZONE = _core.FLAG_RED_ZONE
     #: P: fill freed objects with 0x6b (last byte 0xa5) and check them on reuse.
     POISON = _core.FLAG_POISON

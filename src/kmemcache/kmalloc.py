@@ -99,7 +99,7 @@ class LargeStats(NamedTuple):
     bytes: int  #: their pages
     table_bytes: int  #: the table that finds them from their address
     kept: int  #: freed runs kept to serve the next request of their size
-    kept_bytes: int  #: their pages (1 MiB at most)
+    kept_bytes: int  #: their pages (bounded by the engine: see kmc.h's kmalloc section)
 
 
 def large_stats() -> LargeStats:
