@@ -523,9 +523,9 @@ static int check_freeable(CacheObject *self, PyObject *arg)
     HandleObject *obj = (HandleObject *)arg;
     if (obj->owner != self && obj->ptr) {
         return kmcpy_raise_message(KMC_EINVALID_FREE, self, obj->ptr,
-                                   "Invalid free of %p in %s: it belongs to %s%s",
-                                   (void *)obj->ptr, kmc_cache_name(self->cache),
-                                   obj->owner ? "cache " : "", kmcpy_handle_owner_name(obj))
+                                   "Invalid free of %p in %s: it belongs to %s%s", (void *)obj->ptr,
+                                   kmc_cache_name(self->cache), obj->owner ? "cache " : "",
+                                   kmcpy_handle_owner_name(obj))
                    ? 1
                    : -1;
     }
