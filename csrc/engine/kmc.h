@@ -72,9 +72,10 @@
  * Memory goes back to the OS lazily: an empty slab waits in the depot for
  * KMEMCACHE_PURGE_DELAY_MS (500 ms by default; 0 releases at once) before a
  * background thread releases it with MADV_DONTNEED, so churn at a slab
- * boundary costs no system call. The background thread runs only while there
- * is something to release, and also takes back the empty slabs of heaps
- * that stayed idle for a whole delay. kmc_cache_shrink releases everything
+ * boundary costs no system call. The background thread ("kmemcache-purge")
+ * runs only while there is something to release, and ends when nothing is
+ * left; it also takes back the empty slabs of heaps that stayed idle for a
+ * whole delay. kmc_cache_shrink releases everything
  * at once.
  *
  * fork(): the engine's locks are taken around fork (pthread_atfork), so a

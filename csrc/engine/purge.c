@@ -7,8 +7,11 @@
  * the first time there is something to release, wakes once per delay while
  * there is, releases what has waited long enough, and takes back from the
  * threads' heaps the empty slabs of heaps that did nothing for a whole
- * delay. It sleeps for good when nothing is left, until the next arm.
- * Memory is thus back within about two delays of its last use. It runs
+ * delay. When nothing is left it ends, and the next arm starts another:
+ * an idle program has no thread of ours (a fork then warns of no other
+ * thread, and a process whose own threads have all ended is not kept
+ * alive by it). Memory is thus back within about two delays of its last
+ * use. The thread is named "kmemcache-purge" (ps, top -H, py-spy) and runs
  * with every signal blocked, so signal handlers stay on the program's own
  * threads.
  */
@@ -18,7 +21,6 @@
 #include "internal.h"
 
 static pthread_mutex_t purge_lock = PTHREAD_MUTEX_INITIALIZER;
-static pthread_cond_t purge_cond = PTHREAD_COND_INITIALIZER;
 static bool started;      /* purge_lock */
 static _Atomic int armed; /* there is something to look at */
 
@@ -47,10 +49,16 @@ static bool purge_pass(void)
 static void *purge_thread(void *arg)
 {
     (void)arg;
+    pthread_setname_np(pthread_self(), "kmemcache-purge");
     for (;;) {
         pthread_mutex_lock(&purge_lock);
-        while (!atomic_load(&armed))
-            pthread_cond_wait(&purge_cond, &purge_lock);
+        if (!atomic_load(&armed)) {
+            /* nothing left: end; an arm from now on (it sets armed, then
+             * looks at started under the lock) starts another thread */
+            started = false;
+            pthread_mutex_unlock(&purge_lock);
+            return NULL;
+        }
         pthread_mutex_unlock(&purge_lock);
         uint32_t delay = kmc__purge_delay_ms();
         struct timespec ts = {.tv_sec = delay / 1000, .tv_nsec = (long)(delay % 1000) * 1000000};
@@ -90,9 +98,11 @@ void kmc__purge_arm(void)
         started = pthread_create(&t, &attr, purge_thread, NULL) == 0;
         pthread_attr_destroy(&attr);
         pthread_sigmask(SIG_SETMASK, &old, NULL);
-        /* without a thread, memory still goes back at shrink() */
+        /* without a thread, memory still goes back at shrink(); a later
+         * arm tries again */
+        if (!started)
+            atomic_store(&armed, 0);
     }
-    pthread_cond_signal(&purge_cond);
     pthread_mutex_unlock(&purge_lock);
 }
 
@@ -103,7 +113,6 @@ void kmc__purge_unlock_all(bool child)
     if (child) {
         started = false; /* the thread did not come along */
         atomic_store(&armed, 0);
-        pthread_cond_init(&purge_cond, NULL);
     }
     pthread_mutex_unlock(&purge_lock);
 }
