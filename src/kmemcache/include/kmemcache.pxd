@@ -33,6 +33,10 @@ cdef extern from "kmemcache.h":
         KMC_EREDZONE
         KMC_EPOISON
         KMC_ECORRUPT
+        KMC_EEXIST
+        KMC_ENOENT
+        KMC_ESTALE
+        KMC_EOS
 
     enum:
         KMC_CONSISTENCY_CHECKS
@@ -87,6 +91,8 @@ cdef extern from "kmemcache.h":
     ctypedef enum kmc_option:
         KMC_OPTION_PURGE_DELAY_MS
         KMC_OPTION_THREAD_CACHES
+        KMC_OPTION_MAGAZINE
+        KMC_OPTIONS
 
     kmc_status kmc_cache_create(const char *name, size_t size, size_t align, unsigned flags,
                                 kmc_ctor_fn ctor, void *ctor_arg, kmc_cache_t **out) nogil
@@ -127,3 +133,4 @@ cdef extern from "kmemcache.h":
     kmc_status kmc_kfree(void *object) nogil
     void kmc_kmalloc_large_stats(kmc_kmalloc_large_stats_t *out) nogil
     size_t kmc_kmalloc_shrink() nogil
+    size_t kmc_kmalloc_align(size_t size, size_t align) nogil
