@@ -1115,3 +1115,12 @@ def test_error_messages_name_the_cache(make_cache: MakeCache) -> None:
     with pytest.raises(InvalidFreeError, match="named_cache"):
         cache.free(None)  # type: ignore[arg-type]
     assert re.search(r"named_cache", repr(cache))
+
+
+def test_slabstats_fields_are_the_engines_in_order() -> None:
+    # one list, kmc.h's: SlabStats declares the same fields, and shows its words
+    engine = [name for name, _ in kmemcache._kmemcache._stats_docs()]
+    assert [f.name for f in dataclasses.fields(kmemcache.SlabStats)] == ["name", *engine]
+    doc = kmemcache.SlabStats.__doc__ or ""
+    for name, comment in kmemcache._kmemcache._stats_docs():
+        assert f"- ``{name}``: {comment}." in doc

@@ -768,10 +768,11 @@ static int put_stat(PyObject *d, const char *key, unsigned long long v)
  * kmcpy_stats_dict() and what the module's _stats_layout() describes, so that
  * no Python code declares the struct again (the benchmarks read it through
  * ctypes). Every field is a uint64_t. */
-#define STAT_FIELD(field, comment) {#field, offsetof(kmc_stats_t, field)},
+#define STAT_FIELD(field, comment) {#field, offsetof(kmc_stats_t, field), comment},
 static const struct stat_field {
     const char *name;
-    size_t offset; /* bytes */
+    size_t offset;       /* bytes */
+    const char *comment; /* what it counts: kmemcache.SlabStats's doc */
 } stat_fields[] = {KMC_STATS_FIELDS(STAT_FIELD)};
 #undef STAT_FIELD
 #define N_STAT_FIELDS (sizeof(stat_fields) / sizeof(stat_fields[0]))
@@ -827,6 +828,21 @@ PyObject *kmcpy_stats_layout(PyObject *Py_UNUSED(module), PyObject *Py_UNUSED(ig
             PyTuple_SET_ITEM(fields, (Py_ssize_t)i, t);
     }
     return fields ? Py_BuildValue("(Nn)", fields, (Py_ssize_t)sizeof(kmc_stats_t)) : NULL;
+}
+
+/* ((name, comment), ...) of kmc_stats_t's fields in struct order: kmc.h's
+ * words for each, which SlabStats's docs show. */
+PyObject *kmcpy_stats_docs(PyObject *Py_UNUSED(module), PyObject *Py_UNUSED(ignored))
+{
+    PyObject *fields = PyTuple_New((Py_ssize_t)N_STAT_FIELDS);
+    for (size_t i = 0; fields && i < N_STAT_FIELDS; i++) {
+        PyObject *t = Py_BuildValue("(ss)", stat_fields[i].name, stat_fields[i].comment);
+        if (!t)
+            Py_CLEAR(fields);
+        else
+            PyTuple_SET_ITEM(fields, (Py_ssize_t)i, t);
+    }
+    return fields;
 }
 
 static PyObject *cache_stats_raw(CacheObject *self, PyObject *Py_UNUSED(ignored))

@@ -18,6 +18,7 @@ PyObject *kmcpy_facade;
 extern PyMethodDef kmcpy_kmalloc_methods[]; /* kmalloc_funcs.c: kmalloc, kfree, ... */
 extern PyMethodDef kmcpy_numpy_methods[];   /* numpy_handler.c: the NEP 49 handlers */
 PyObject *kmcpy_stats_layout(PyObject *module, PyObject *ignored); /* cache_type.c */
+PyObject *kmcpy_stats_docs(PyObject *module, PyObject *ignored);   /* cache_type.c */
 
 PyObject *kmcpy_exception_for(kmc_status status)
 {
@@ -317,6 +318,9 @@ static PyMethodDef module_methods[] = {
     {"_stats_layout", kmcpy_stats_layout, METH_NOARGS,
      "_stats_layout($module, /)\n--\n\n"
      "((name, offset, size), ...) of kmc_stats_t's fields in struct order, and its sizeof."},
+    {"_stats_docs", kmcpy_stats_docs, METH_NOARGS,
+     "_stats_docs($module, /)\n--\n\n"
+     "((name, comment), ...) of kmc_stats_t's fields in struct order, in kmc.h's words."},
     {"_capi_layout", kmcpy_capi_layout, METH_NOARGS,
      "_capi_layout($module, /)\n--\n\n"
      "((name, offset), ...) of the C API table's functions, its sizeof, and its version."},

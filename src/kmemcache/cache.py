@@ -26,44 +26,47 @@ PAGE_SIZE: int = _core.PAGE_SIZE
 
 @dataclasses.dataclass(frozen=True)
 class SlabStats:
-    """A cache's counters. The first fields are /proc/slabinfo's."""
+    """A cache's counters. The first fields are /proc/slabinfo's; what each counts
+    is said once, in the engine's list of them (kmc.h), and shown below."""
 
     name: str
-    active_objs: int  #: objects allocated and not freed
-    num_objs: int  #: object slots in the slabs the cache holds
-    objsize: int  #: bytes from one object to the next (size rounded up to align)
+    active_objs: int
+    num_objs: int
+    objsize: int
     objperslab: int
     pagesperslab: int
-    active_slabs: int  #: slabs with at least one live object
-    num_slabs: int  #: slabs holding memory
-    size: int  #: bytes per object, as asked for
-    align: int  #: guaranteed alignment
-    slab_size: int  #: bytes per slab
+    active_slabs: int
+    num_slabs: int
+    size: int
+    align: int
+    slab_size: int
     partial_slabs: int
-    #: slabs without live objects, waiting for the purge delay before their
-    #: memory goes back to the OS
     empty_slabs: int
-    #: free objects in the slabs that threads' caches hold (counted as free)
     cached_objs: int
-    thread_caches: int  #: threads' caches holding slabs of this cache
-    allocs: int  #: objects handed out, ever
-    frees: int  #: objects given back, ever
-    remote_frees: int  #: objects freed by a thread other than their slab's owner, ever
+    thread_caches: int
+    allocs: int
+    frees: int
+    remote_frees: int
     slabs_created: int
-    slabs_released: int  #: slabs given back to the OS, ever
-    committed_bytes: int  #: object memory in slabs now (num_slabs * slab_size)
-    metadata_bytes: int  #: slab descriptors and free bitmaps mapped
-    reserved_bytes: int  #: address space reserved for the arenas
-    arenas: int  #: address-space reservations, 1 MiB doubling up to 64 MiB
-    bitmap_words: int  #: 64-bit words of free bitmap per slab
-    #: the most bitmap words one allocation ever skipped: below bitmap_words
-    #: whatever the number of live objects, which is what makes alloc O(1)
+    slabs_released: int
+    committed_bytes: int
+    metadata_bytes: int
+    reserved_bytes: int
+    arenas: int
+    bitmap_words: int
     max_scan: int
     flags: int
 
     @classmethod
     def from_dict(cls, raw: dict[str, Any]) -> SlabStats:
         return cls(**{f.name: raw[f.name] for f in dataclasses.fields(cls)})
+
+
+SlabStats.__doc__ = (
+    (SlabStats.__doc__ or "")
+    + "\n\n    - ``name``: the cache's name.\n"
+    + "\n".join(f"    - ``{name}``: {comment}." for name, comment in _core._stats_docs())
+)
 
 
 class _Facade:
