@@ -100,6 +100,7 @@ int kmcpy_raise_alloc_failure(CacheObject *self);
  * cache_flags(name, flags, has_ctor) -> flags, attach(cache), make_stats(dict),
  * leaks(cache). */
 extern PyObject *kmcpy_facade;
+PyObject *kmcpy_facade_attr(const char *name); /* new reference, or NULL */
 
 /* Exceptions, by kmc_status; created at module init. */
 extern PyObject *kmcpy_slab_error;

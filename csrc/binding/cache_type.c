@@ -830,6 +830,17 @@ PyObject *kmcpy_stats_layout(PyObject *Py_UNUSED(module), PyObject *Py_UNUSED(ig
     return fields ? Py_BuildValue("(Nn)", fields, (Py_ssize_t)sizeof(kmc_stats_t)) : NULL;
 }
 
+/* An attribute of the package's facade (kmemcache.cache._Facade): a
+ * function the C types call back, set once at import. */
+PyObject *kmcpy_facade_attr(const char *name)
+{
+    if (!kmcpy_facade) {
+        PyErr_SetString(PyExc_RuntimeError, "kmemcache is not initialised");
+        return NULL;
+    }
+    return PyObject_GetAttrString(kmcpy_facade, name);
+}
+
 /* ((name, comment), ...) of kmc_stats_t's fields in struct order: kmc.h's
  * words for each, which SlabStats's docs show. */
 PyObject *kmcpy_stats_docs(PyObject *Py_UNUSED(module), PyObject *Py_UNUSED(ignored))

@@ -246,7 +246,40 @@ static PyObject *handle_repr(HandleObject *self)
                                 (void *)self->ptr);
 }
 
+/* Pickled by value: (the package's unpickle_object, (data, len, align)).
+ * Under protocol 5 the data is a PickleBuffer of the object itself, so that
+ * a buffer_callback sends it out of band with no copy; under older
+ * protocols, bytes. Unpickled, it is a kmalloc object of the same length,
+ * alignment and contents (kmemcache.pickling). A SharedObject has its own
+ * reduce: a reference. */
+static PyObject *handle_reduce_ex(HandleObject *self, PyObject *protocol_arg)
+{
+    long protocol = PyLong_AsLong(protocol_arg);
+    if (protocol == -1 && PyErr_Occurred())
+        return NULL;
+    if (check_live(self) < 0 || (self->owner && kmcpy_cache_check_alive(self->owner) < 0))
+        return NULL;
+    /* kmalloc(0) is one object whatever the alignment; pages are aligned to
+     * the page at least */
+    size_t align = !self->size   ? 0
+                   : self->owner ? kmc_cache_align(self->owner->cache)
+                                 : kmc_page_size();
+    PyObject *rebuild = kmcpy_facade_attr("unpickle_object");
+    if (!rebuild)
+        return NULL;
+    PyObject *data = protocol >= 5 ? PyPickleBuffer_FromObject((PyObject *)self)
+                                   : PyBytes_FromStringAndSize(self->ptr, self->size);
+    if (!data) {
+        Py_DECREF(rebuild);
+        return NULL;
+    }
+    return Py_BuildValue("(N(Nnn))", rebuild, data, self->size, (Py_ssize_t)align);
+}
+
 static PyMethodDef handle_methods[] = {
+    {"__reduce_ex__", (PyCFunction)handle_reduce_ex, METH_O,
+     "__reduce_ex__($self, protocol, /)\n--\n\nPickled by value: its bytes (out of band "
+     "under protocol 5), its length and alignment; unpickled, a kmalloc object."},
     {"free", (PyCFunction)handle_free, METH_NOARGS,
      "free($self, /)\n--\n\nGive the object back to its cache. BufferError while views "
      "exist; DoubleFreeError if already freed."},

@@ -260,15 +260,6 @@ static PyObject *handle_get_generation(SharedHandleObject *self, void *Py_UNUSED
     return PyLong_FromUnsignedLong(self->gen);
 }
 
-static PyObject *facade_attr(const char *name)
-{
-    if (!kmcpy_facade) {
-        PyErr_SetString(PyExc_RuntimeError, "kmemcache is not initialised");
-        return NULL;
-    }
-    return PyObject_GetAttrString(kmcpy_facade, name);
-}
-
 /* Pickled as a reference: (region name, nonce, offset, generation). The
  * object is kept alive for the receiver: one reference in flight. */
 static PyObject *handle_reduce(SharedHandleObject *self, PyObject *Py_UNUSED(ignored))
@@ -278,7 +269,7 @@ static PyObject *handle_reduce(SharedHandleObject *self, PyObject *Py_UNUSED(ign
     SharedCacheObject *owner = (SharedCacheObject *)self->base.owner;
     if (kmcpy_cache_check_alive(&owner->base) < 0)
         return NULL;
-    PyObject *rebuild = facade_attr("shared_rebuild");
+    PyObject *rebuild = kmcpy_facade_attr("shared_rebuild");
     if (!rebuild)
         return NULL;
     kmc_cache_t *c = engine(owner);
@@ -293,6 +284,12 @@ static PyObject *handle_reduce(SharedHandleObject *self, PyObject *Py_UNUSED(ign
     return Py_BuildValue("(N(sKKI))", rebuild, kmc_cache_name(c), (unsigned long long)owner->nonce,
                          (unsigned long long)kmc_shared_offset(c, self->base.ptr),
                          (unsigned int)self->gen);
+}
+
+/* Not the base Object's by-value reduce: a reference under every protocol. */
+static PyObject *handle_reduce_ex(SharedHandleObject *self, PyObject *Py_UNUSED(protocol))
+{
+    return handle_reduce(self, NULL);
 }
 
 static PyObject *handle_repr(SharedHandleObject *self)
@@ -345,6 +342,8 @@ static PyMethodDef handle_methods[] = {
     {"__reduce__", (PyCFunction)handle_reduce, METH_NOARGS,
      "__reduce__($self, /)\n--\n\nA reference (region, offset, generation): unpickled in "
      "any process of this user, it names this object, which stays alive until then."},
+    {"__reduce_ex__", (PyCFunction)handle_reduce_ex, METH_O,
+     "__reduce_ex__($self, protocol, /)\n--\n\nThe reference, whatever the protocol."},
     {NULL, NULL, 0, NULL},
 };
 
@@ -920,7 +919,7 @@ static PyObject *shared_reduce(SharedCacheObject *self, PyObject *Py_UNUSED(igno
 {
     if (shared_alive(self) < 0)
         return NULL;
-    PyObject *fn = facade_attr("shared_attach_pickled");
+    PyObject *fn = kmcpy_facade_attr("shared_attach_pickled");
     if (!fn)
         return NULL;
     return Py_BuildValue("(N(sKO))", fn, kmc_cache_name(engine(self)),
