@@ -49,8 +49,8 @@ from __future__ import annotations
 from typing import Any, NamedTuple
 
 from . import _kmemcache as _core
-from ._kmemcache import kcalloc, kfree, kmalloc, krealloc, ksize, kzalloc
 from . import cache as _cache
+from ._kmemcache import kcalloc, kfree, kmalloc, krealloc, ksize, kzalloc
 from .cache import Cache, Object
 
 __all__ = [
@@ -137,9 +137,7 @@ def _unpickle_object(data: Any, length: int, align: int) -> Object:
         raise TypeError("a pickled kmemcache object: length and align must be ints")
     with memoryview(data) as view:
         if view.nbytes != length:
-            raise ValueError(
-                f"a pickled kmemcache object of {length} bytes carries {view.nbytes}"
-            )
+            raise ValueError(f"a pickled kmemcache object of {length} bytes carries {view.nbytes}")
         obj = kmalloc(length, align=align)
         if length:
             with memoryview(obj) as dest:

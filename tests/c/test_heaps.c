@@ -23,35 +23,13 @@
 /* no test leaves failure injection on, or the purge delay changed */
 #define TEST_AFTER_EACH() (kmc_os_fail_after(-1), kmc_option_set(KMC_OPTION_PURGE_DELAY_MS, 500))
 #include "test_helpers.h"
-
-static kmc_stats_t stats_of(kmc_cache_t *c)
-{
-    kmc_stats_t s;
-    kmc_cache_stats(c, &s);
-    return s;
-}
-
-static kmc_cache_t *make(const char *name, size_t size, size_t align)
-{
-    kmc_cache_t *c = NULL;
-    if (kmc_cache_create(name, size, align, 0, NULL, NULL, &c) != KMC_OK)
-        return NULL;
-    return c;
-}
+#include "thread_helpers.h"
 
 static void sleep_ms(long ms)
 {
     struct timespec ts = {ms / 1000, (ms % 1000) * 1000000L};
     while (nanosleep(&ts, &ts) != 0)
         ;
-}
-
-/* Run @fn(@arg) in a new thread and wait for it. */
-static void in_thread(void *(*fn)(void *), void *arg)
-{
-    pthread_t t;
-    if (pthread_create(&t, NULL, fn, arg) == 0)
-        pthread_join(t, NULL);
 }
 
 /* --- remote frees ---------------------------------------------------------- */

@@ -20,21 +20,7 @@
 #include "kmc.h"
 #define TEST_AFTER_EACH() (kmc_os_fail_after(-1), kmc_option_set(KMC_OPTION_MAGAZINE, 64))
 #include "test_helpers.h"
-
-static kmc_stats_t stats_of(kmc_cache_t *c)
-{
-    kmc_stats_t s;
-    kmc_cache_stats(c, &s);
-    return s;
-}
-
-static kmc_cache_t *make(const char *name, size_t size, size_t align)
-{
-    kmc_cache_t *c = NULL;
-    if (kmc_cache_create(name, size, align, 0, NULL, NULL, &c) != KMC_OK)
-        return NULL;
-    return c;
-}
+#include "thread_helpers.h"
 
 static uint64_t next_random(uint64_t *state)
 {
@@ -63,14 +49,6 @@ static int disjoint(void **objs, size_t n, size_t size)
             ok = 0;
     free(sorted);
     return ok;
-}
-
-/* In a new thread, @fn(@arg), waited for. */
-static void in_thread(void *(*fn)(void *), void *arg)
-{
-    pthread_t t;
-    if (pthread_create(&t, NULL, fn, arg) == 0)
-        pthread_join(t, NULL);
 }
 
 /* --- one thread's steady pool ------------------------------------------------ */
