@@ -14,7 +14,7 @@ from typing import Any
 import pytest
 
 import kmemcache
-from kmemcache import Cache, kmalloc
+from kmemcache import Cache, kmalloc, pickling
 from kmemcache import _kmemcache as _core
 from kmemcache.kmalloc import large_stats
 from kmemcache.slabinfo import all_stats
@@ -128,3 +128,77 @@ def test_queues_and_process_pools_carry_objects(method: str) -> None:
     assert bytes(got) == data and got.address != obj.address
     for o in (obj, back, got):
         o.free()
+
+
+def test_a_registered_cache_of_the_same_name_and_layout_takes_the_objects_back() -> None:
+    with Cache("frames", 1512, align=64) as sender:
+        obj = sender.alloc()
+        data = fill(obj)
+        dumped = pickle.dumps(obj, protocol=5)
+        obj.free()
+    with Cache("frames", 1512, align=64) as receiver:
+        pickling.register(receiver)
+        try:
+            assert pickling.registered() == [receiver]
+            back = pickle.loads(dumped)
+            assert back.cache is receiver and bytes(back) == data
+            back.free()
+        finally:
+            pickling.unregister(receiver)
+        assert pickling.registered() == []
+        back = pickle.loads(dumped)  # unregistered: kmalloc again
+        assert back.cache is not receiver and bytes(back) == data
+        back.free()
+
+
+@pytest.mark.parametrize("size,align", [(1500, 64), (1512, 128)])
+def test_a_registered_cache_of_another_layout_is_passed_over(size: int, align: int) -> None:
+    with Cache("layout", 1512, align=64) as sender:
+        obj = sender.alloc()
+        data = fill(obj)
+        dumped = pickle.dumps(obj)
+        obj.free()
+    with Cache("layout", size, align=align) as other:
+        pickling.register(other)
+        try:
+            back = pickle.loads(dumped)
+            assert back.cache is not other and bytes(back) == data
+            assert back.address % 64 == 0
+            back.free()
+        finally:
+            pickling.unregister(other)
+
+
+def test_registering_checks_its_argument_and_one_cache_per_name() -> None:
+    with pytest.raises(TypeError):
+        pickling.register("frames")  # type: ignore[arg-type]
+    with Cache("twice", 64) as a, Cache("twice", 64) as b:
+        pickling.register(a)
+        try:
+            pickling.register(a)  # again: nothing changes
+            with pytest.raises(ValueError, match="registered already"):
+                pickling.register(b)
+            pickling.unregister(b)  # not the registered one: nothing changes
+            assert pickling.registered() == [a]
+        finally:
+            pickling.unregister(a)
+
+
+def test_a_destroyed_registered_cache_is_passed_over() -> None:
+    sender = Cache("gone", 64, align=64)
+    obj = sender.alloc()
+    dumped = pickle.dumps(obj)
+    obj.free()
+    sender.destroy()
+    cache = Cache("gone", 64, align=64)
+    pickling.register(cache)
+    try:
+        cache.destroy()
+        back = pickle.loads(dumped)
+        assert back.cache is not cache and len(back) == 64 and back.address % 64 == 0
+        back.free()
+        with pytest.raises(ValueError):
+            pickling.register(cache)  # a destroyed cache is not registered again
+    finally:
+        pickling.unregister(cache)
+    assert pickling.registered() == []

@@ -246,12 +246,14 @@ static PyObject *handle_repr(HandleObject *self)
                                 (void *)self->ptr);
 }
 
-/* Pickled by value: (the package's unpickle_object, (data, len, align)).
+/* Pickled by value: (the package's unpickle_object, (data, len, align,
+ * the cache's name or None)).
  * Under protocol 5 the data is a PickleBuffer of the object itself, so that
  * a buffer_callback sends it out of band with no copy; under older
- * protocols, bytes. Unpickled, it is a kmalloc object of the same length,
- * alignment and contents (kmemcache.pickling). A SharedObject has its own
- * reduce: a reference. */
+ * protocols, bytes. Unpickled, it is an object of the same length,
+ * alignment and contents, of a cache registered under that name or else
+ * of kmalloc (kmemcache.pickling). A SharedObject has its own reduce: a
+ * reference. */
 static PyObject *handle_reduce_ex(HandleObject *self, PyObject *protocol_arg)
 {
     long protocol = PyLong_AsLong(protocol_arg);
@@ -273,7 +275,8 @@ static PyObject *handle_reduce_ex(HandleObject *self, PyObject *protocol_arg)
         Py_DECREF(rebuild);
         return NULL;
     }
-    return Py_BuildValue("(N(Nnn))", rebuild, data, self->size, (Py_ssize_t)align);
+    const char *cache = self->owner ? kmc_cache_name(self->owner->cache) : NULL;
+    return Py_BuildValue("(N(Nnnz))", rebuild, data, self->size, (Py_ssize_t)align, cache);
 }
 
 static PyMethodDef handle_methods[] = {

@@ -18,6 +18,7 @@ PUBLIC_MODULES = (
     "kmemcache",
     "kmemcache.kmalloc",
     "kmemcache.debug",
+    "kmemcache.pickling",
     "kmemcache.numpy",
     "kmemcache.shared",
     "kmemcache.publishing",

@@ -19,7 +19,7 @@ import os as _os
 from typing import Any as _Any
 
 from . import _kmemcache as _core
-from . import debug
+from . import debug, pickling
 from .cache import MAX_ALIGN, MAX_SIZE, MIN_ALIGN, PAGE_SIZE, Cache, Object, SlabStats
 from .errors import (
     CacheBusyError,
@@ -70,6 +70,7 @@ __all__ = [
     "krealloc",
     "ksize",
     "kzalloc",
+    "pickling",
     "publish",
     "slabinfo",
 ]

@@ -46,12 +46,11 @@ SIZE_CLASSES, shrink``): ``kmemcache.kmalloc`` itself is the function.
 
 from __future__ import annotations
 
-from typing import Any, NamedTuple
+from typing import NamedTuple
 
 from . import _kmemcache as _core
-from . import cache as _cache
 from ._kmemcache import kcalloc, kfree, kmalloc, krealloc, ksize, kzalloc
-from .cache import Cache, Object
+from .cache import Cache
 
 __all__ = [
     "LARGE_THRESHOLD",
@@ -126,23 +125,3 @@ def _make_class_cache(name: str, size: int, align: int) -> Cache:
 
 
 _core._set_kmalloc_factory(_make_class_cache)
-
-
-def _unpickle_object(data: Any, length: int, align: int) -> Object:
-    """What a pickled ``kmemcache.Object`` becomes: a kmalloc object of
-    ``length`` bytes at ``align``, holding ``data`` (bytes, or under pickle
-    protocol 5 a buffer that may have travelled out of band). A pickle is
-    untrusted input: every number is checked before use."""
-    if not isinstance(length, int) or not isinstance(align, int):
-        raise TypeError("a pickled kmemcache object: length and align must be ints")
-    with memoryview(data) as view:
-        if view.nbytes != length:
-            raise ValueError(f"a pickled kmemcache object of {length} bytes carries {view.nbytes}")
-        obj = kmalloc(length, align=align)
-        if length:
-            with memoryview(obj) as dest:
-                dest[:] = view.cast("B")
-    return obj
-
-
-_cache._Facade.unpickle_object = staticmethod(_unpickle_object)
