@@ -20,8 +20,8 @@
  *
  * Measured with callgrind (python benchmarks/bench_engine.py --callgrind;
  * gcc 12 -O2, x86-64, 64-byte objects, loop included): 105 instructions per
- * alloc+free pair, 109 when a thousand objects are allocated then freed,
- * and 235 per free+alloc in a steady pool of 4,096 live objects, a random
+ * alloc+free pair, 108 when a thousand objects are allocated then freed,
+ * and 220 per free+alloc in a steady pool of 4,096 live objects, a random
  * one replaced each time (2,679 before the magazine, when nearly every
  * alloc switched slabs). mimalloc, which keeps its free list inside free
  * objects, needs fewer; a bitmap outside object memory is what lets every
