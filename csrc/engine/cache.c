@@ -209,7 +209,6 @@ kmc_status kmc_cache_create(const char *name, size_t size, size_t align, unsigne
     if (!out)
         return kmc__report(KMC_EINVAL, NULL, NULL, "no place to put the cache");
     *out = NULL;
-    kmc__fork_init();
     kmc_cache_t *c = kmc__cache_new();
     if (!c)
         return kmc__report(KMC_ENOMEM, NULL, NULL, "no memory for the cache");

@@ -542,7 +542,6 @@ bool kmc__heaps_hold_slabs(const kmc_cache_t *c);
 
 /* --- thread.c: thread indices, thread exit, fork. */
 uint32_t kmc__thread_register(void); /* sets kmc__self; returns it */
-void kmc__fork_init(void);           /* once, at the first cache */
 
 /* --- purge.c: the background release of empty memory. */
 void kmc__purge_arm(void); /* something will expire: wake up later */

@@ -91,7 +91,6 @@ static pthread_mutex_t classes_lock = PTHREAD_MUTEX_INITIALIZER; /* makes, insta
 
 static kmc_cache_t *make_class_cache(unsigned index)
 {
-    kmc__fork_init(); /* before the lock: see large_lock */
     pthread_mutex_lock(&classes_lock);
     kmc_cache_t *c = atomic_load_explicit(&class_caches[index], memory_order_acquire);
     if (!c) {
@@ -201,24 +200,14 @@ static struct {
     size_t kept_bytes;
 } large = {.lock = PTHREAD_MUTEX_INITIALIZER};
 
-void kmc__kmalloc_lock(bool large_table)
+void kmc__kmalloc_lock(bool large_lock)
 {
-    pthread_mutex_lock(large_table ? &large.lock : &classes_lock);
+    pthread_mutex_lock(large_lock ? &large.lock : &classes_lock);
 }
 
-/* The table's lock, for a caller that may be the process's first user of
- * the engine: the fork handlers go in first (a program that only ever made
- * large allocations forked while another thread held this lock, and its
- * child waited on it for ever). */
-static void large_lock(void)
+void kmc__kmalloc_unlock(bool large_lock)
 {
-    kmc__fork_init();
-    pthread_mutex_lock(&large.lock);
-}
-
-void kmc__kmalloc_unlock(bool large_table)
-{
-    pthread_mutex_unlock(large_table ? &large.lock : &classes_lock);
+    pthread_mutex_unlock(large_lock ? &large.lock : &classes_lock);
 }
 
 /* The smallest table: a page's worth, a power of two (probing masks). */
@@ -331,7 +320,7 @@ static void *large_alloc(size_t size, size_t align, int zero)
     size_t a = align > page ? align : page;
     if (is_pow2(size) && size > a)
         a = size; /* natural alignment, as the kernel's page allocator gives */
-    large_lock();
+    pthread_mutex_lock(&large.lock);
     uint8_t *p = (uint8_t *)large_take_kept(bytes, a);
     pthread_mutex_unlock(&large.lock);
     if (p && zero) { /* fresh pages read as zero; kept ones do not */
@@ -344,7 +333,7 @@ static void *large_alloc(size_t size, size_t align, int zero)
         kmc__report(KMC_ENOMEM, NULL, NULL, "the OS refused %zu bytes for a large kmalloc", bytes);
         return NULL;
     }
-    large_lock();
+    pthread_mutex_lock(&large.lock);
     bool room = (large.count + 1) * 2 <= large.cap ||
                 large_resize(large.cap ? large.cap * 2 : large_min_slots());
     if (room) {
@@ -364,7 +353,7 @@ static void *large_alloc(size_t size, size_t align, int zero)
 /* Free the large allocation at @p; false if there is none. */
 static bool large_free(void *p)
 {
-    large_lock();
+    pthread_mutex_lock(&large.lock);
     size_t i = large_find((uintptr_t)p);
     if (i == large.cap) {
         pthread_mutex_unlock(&large.lock);
@@ -390,7 +379,7 @@ static bool large_free(void *p)
 
 static size_t large_size(const void *p)
 {
-    large_lock();
+    pthread_mutex_lock(&large.lock);
     size_t i = large_find((uintptr_t)p);
     size_t bytes = i == large.cap ? 0 : large.slots[i].bytes;
     pthread_mutex_unlock(&large.lock);
@@ -403,7 +392,7 @@ static bool large_shrink(void *p, size_t size)
 {
     size_t page = kmc_page_size();
     size_t want = (size + page - 1) & ~(page - 1);
-    large_lock();
+    pthread_mutex_lock(&large.lock);
     size_t i = large_find((uintptr_t)p);
     if (i == large.cap || want > large.slots[i].bytes) {
         pthread_mutex_unlock(&large.lock);
@@ -420,7 +409,7 @@ static bool large_shrink(void *p, size_t size)
 
 void kmc_kmalloc_large_stats(kmc_kmalloc_large_stats_t *out)
 {
-    large_lock();
+    pthread_mutex_lock(&large.lock);
     out->objects = large.count;
     out->bytes = large.bytes;
     out->table_bytes = large.cap * sizeof(large_t);
@@ -434,7 +423,7 @@ void kmc__kmalloc_purge(uint32_t now, bool all, bool *pending)
     large_t runs[LARGE_KEEP];
     unsigned n = 0;
     uint32_t delay = kmc__purge_delay_ms();
-    large_lock();
+    pthread_mutex_lock(&large.lock);
     while (large.nkept && (all || (uint32_t)(now - large.kept[0].since) >= delay)) {
         runs[n] = large.kept[0];
         large.kept_bytes -= runs[n++].bytes;
@@ -450,7 +439,7 @@ void kmc__kmalloc_purge(uint32_t now, bool all, bool *pending)
 size_t kmc_kmalloc_shrink(void)
 {
     large_t runs[LARGE_KEEP];
-    large_lock();
+    pthread_mutex_lock(&large.lock);
     unsigned n = large.nkept;
     size_t bytes = large.kept_bytes;
     memcpy(runs, large.kept, n * sizeof(large_t));

@@ -1805,7 +1805,6 @@ kmc_status kmc_shared_create(const char *name, size_t size, size_t align, unsign
     kmc_status st = kmc_shared_region_name(name, path, sizeof(path));
     if (st != KMC_OK)
         return st;
-    kmc__fork_init();
     kmc_cache_t *c = kmc__cache_new();
     kmc_region_t *r = c ? region_new() : NULL;
     if (!r) {
@@ -1983,7 +1982,6 @@ kmc_status kmc_shared_attach(const char *name, kmc_ctor_fn ctor, void *ctor_arg,
     kmc_status st = kmc_shared_region_name(name, path, sizeof(path));
     if (st != KMC_OK)
         return st;
-    kmc__fork_init();
     kmc_cache_t *c = kmc__cache_new();
     kmc_region_t *r = c ? region_new() : NULL;
     if (!r) {

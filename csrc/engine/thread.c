@@ -7,7 +7,8 @@
  * back (a pthread key's destructor), as kmc_thread_flush does on demand.
  *
  * fork(): every engine lock is taken before the fork and released after it
- * in both processes (pthread_atfork), so the child never inherits a lock
+ * in both processes (pthread_atfork, registered when the engine is loaded,
+ * before any lock can be held), so the child never inherits a lock
  * that a thread it does not have was holding; a shared cache's lock lives
  * in its region, shared rather than copied, and is left alone. Threads inside a fast path
  * hold no lock: in the child their heaps are given back to the depot, and
@@ -21,7 +22,6 @@
 static pthread_mutex_t threads_lock = PTHREAD_MUTEX_INITIALIZER;
 static uint64_t used[KMC_MAX_HEAPS / 64]; /* indices taken; threads_lock */
 static pthread_key_t exit_key;
-static pthread_once_t once = PTHREAD_ONCE_INIT;
 
 /* Give thread index @index's slabs in every cache back to the depots. */
 static void flush_index(uint32_t index, bool close)
@@ -67,7 +67,6 @@ void kmc_thread_flush(void)
 
 uint32_t kmc__thread_register(void)
 {
-    kmc__fork_init();
     uint32_t self = KMC_NIL; /* no heap: the depot serves this thread */
     pthread_mutex_lock(&threads_lock);
     for (uint32_t w = 0; w < KMC_MAX_HEAPS / 64; w++)
@@ -101,7 +100,8 @@ static void fork_prepare(void)
         kmc__lock(&c->lock);
         kmc__heaps_hold(c, true);
     }
-    if (kmc__os_barrier() == 0)
+    /* (no cache, no heap: a process that never made one pays no barrier) */
+    if (kmc__caches_first && kmc__os_barrier() == 0)
         for (kmc_cache_t *c = kmc__caches_first; c; c = c->next_cache)
             if (!c->region)
                 kmc__heaps_wait_idle(c);
@@ -175,11 +175,13 @@ static void fork_child(void)
     kmc__purge_defer(false);
 }
 
-static void init_once(void)
+/* When the engine is loaded, before any of its locks can be taken: a fork
+ * handler registered later would miss a lock another thread took first (a
+ * program whose first use was a large kmalloc forked while another thread
+ * held the table's lock, and its child waited on it for ever). */
+__attribute__((constructor)) static void engine_loaded(void)
 {
     if (pthread_key_create(&exit_key, thread_exit) != 0)
-        abort(); /* at the first cache: nothing to recover */
+        abort(); /* at load: nothing to recover */
     pthread_atfork(fork_prepare, fork_parent, fork_child);
 }
-
-void kmc__fork_init(void) { pthread_once(&once, init_once); }
