@@ -71,8 +71,7 @@ def _target(name: Any, length: int, align: int) -> Cache | None:
         cache = _caches.get(name)
     if cache is None or cache.destroyed:
         return None
-    stats = cache.stats()
-    return cache if stats.size == length and stats.align == align else None
+    return cache if cache.size == length and cache.align == align else None
 
 
 def _unpickle_object(data: Any, length: int, align: int, cache: Any = None) -> Object:
