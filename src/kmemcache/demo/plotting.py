@@ -24,7 +24,7 @@ def plot(result: DemoResult, path: str) -> None:
     opts = result.options
     names = [f"{o.option}: {_SHORT.get(o.option, o.name)}" for o in opts]
     colors = ["#9e9e9e", "#e08a3c", "#c95c5c", "#3c7fc0", "#7fae5a"]
-    fig, axes = plt.subplots(1, 3, figsize=(13, 4.6))
+    fig, axes = plt.subplots(1, 3, figsize=(16, 4.6))
     cfg = result.config
 
     ax = axes[0]
