@@ -10,6 +10,11 @@
  * reused before new address space is taken. Caches with debug flags and
  * threads without a heap allocate and free here; everyone else goes through
  * heap.c and comes here once per slab.
+ *
+ * Where the slabs' memory comes from, and what the locked paths, validate
+ * and stats do differently for a cache in a shared region, is the cache's
+ * backing's (internal.h): arena.c for private memory, shared_backing.c for
+ * a region. This file never asks which one a cache has.
  */
 #include <stdlib.h>
 #include <string.h>
@@ -107,21 +112,6 @@ void kmc__cache_layout(kmc_cache_t *c, unsigned min_shift)
                   kmc__option(KMC_OPTION_THREAD_CACHES) != 0;
 }
 
-/* Metadata of an arena of @nslabs slabs: descriptors, the two bitmaps, and
- * with red zones the size each object was asked for. */
-static size_t meta_layout(const kmc_cache_t *c, uint32_t nslabs, size_t *local_at,
-                          size_t *remote_at, size_t *orig_at)
-{
-    size_t words = (size_t)nslabs * c->bitmap_words * sizeof(uint64_t);
-    *local_at = round_up((size_t)nslabs * sizeof(kmc_slab_t), 64);
-    *remote_at = round_up(*local_at + words, 64);
-    *orig_at = *remote_at + words;
-    size_t end = *orig_at;
-    if (c->flags & KMC_RED_ZONE)
-        end += (size_t)nslabs * c->objperslab * sizeof(uint32_t);
-    return round_up(end, kmc_page_size());
-}
-
 /* --- create / destroy ----------------------------------------------------- */
 
 bool kmc__valid_name(const char *name)
@@ -163,6 +153,7 @@ kmc_status kmc__cache_setup(kmc_cache_t *c, const char *name, size_t size, size_
     c->flags = ctor ? (flags & ~KMC_POISON) : flags;
     c->ctor = ctor;
     c->ctor_arg = ctor_arg;
+    c->backing = &kmc__private_backing; /* a shared cache's maker replaces it */
     c->d = &c->own_depot;
     c->d->partial = c->d->empty = c->d->released = (kmc_list_t){KMC_NIL, KMC_NIL, 0};
     kmc__cache_layout(c, 0);
@@ -220,109 +211,6 @@ kmc_status kmc_cache_create(const char *name, size_t size, size_t align, unsigne
     kmc__cache_link(c);
     *out = c;
     return KMC_OK;
-}
-
-/* Set arena directory entry @index (making its chunk: -1 without memory).
- * Cache locked. */
-static int arena_set(kmc_cache_t *c, uint32_t index, kmc_arena_t *a)
-{
-    _Atomic(kmc_arena_slot_t *) *dir = &c->arena_dir[index / KMC_ARENA_DIR_CHUNK];
-    kmc_arena_slot_t *chunk = atomic_load_explicit(dir, memory_order_acquire);
-    if (!chunk) {
-        if (!a)
-            return 0;
-        chunk = calloc(KMC_ARENA_DIR_CHUNK, sizeof(*chunk));
-        if (!chunk)
-            return -1;
-        atomic_store_explicit(dir, chunk, memory_order_release);
-    }
-    atomic_store_explicit(&chunk[index % KMC_ARENA_DIR_CHUNK], a, memory_order_release);
-    return 0;
-}
-
-/* Make @a (filled in by the caller, memory mapped) arena 0 of @c, findable
- * from its addresses: a shared cache's one arena. KMC_OK or KMC_ENOMEM. */
-kmc_status kmc__arena_install(kmc_cache_t *c, kmc_arena_t *a)
-{
-    a->cache = c;
-    a->index = 0;
-    if (arena_set(c, 0, a) != 0 || kmc__registry_insert(a) != 0) {
-        (void)arena_set(c, 0, NULL);
-        return kmc__report(KMC_ENOMEM, c, NULL, "no memory for the owner table");
-    }
-    c->nr_arenas = c->live_arenas = 1;
-    return KMC_OK;
-}
-
-/* Undo kmc__arena_install; the caller unmaps the memory. */
-void kmc__arena_uninstall(kmc_cache_t *c, kmc_arena_t *a)
-{
-    kmc__registry_remove(a);
-    (void)arena_set(c, a->index, NULL);
-    c->nr_arenas = c->live_arenas = 0;
-    for (uint32_t i = 0; i < KMC_MAX_ARENAS / KMC_ARENA_DIR_CHUNK; i++)
-        free(atomic_load(&c->arena_dir[i]));
-}
-
-/* Give an arena's address space back. Its descriptor and metadata mapping
- * outlive it, with the metadata's pages dropped (they read as zero: no slab
- * committed), until the next shrink that has taken every thread's heap back,
- * or the cache's destroy: a free of a stale pointer that read the owner
- * table just before the arena left it still reads memory that exists.
- * Cache locked. */
-static void arena_release(kmc_cache_t *c, kmc_arena_t *a)
-{
-    if (c->fill_arena == a)
-        c->fill_arena = NULL;
-    kmc__registry_remove(a);
-    if (!a->pinned) {
-        kmc__os_unreserve((void *)a->base, a->bytes);
-    } else {
-        /* leave the pinned slabs mapped (and the range reserved) for good */
-        for (uint32_t s = 0; s < a->bump; s++)
-            if (kmc__slab_state(&a->slabs[s]) != KMC_SLAB_PINNED)
-                kmc__os_decommit((uint8_t *)a->base + ((size_t)s << c->slab_shift), c->slab_size);
-    }
-    kmc__os_zero_pages(a->slabs, a->meta_bytes);
-    (void)arena_set(c, a->index, NULL);
-    c->live_arenas--;
-    a->next_dead = c->dead_arenas;
-    c->dead_arenas = a;
-}
-
-static void spare_arena(kmc_cache_t *c, kmc_arena_t *a)
-{
-    if (a) {
-        a->next_dead = c->spare_arenas;
-        c->spare_arenas = a;
-    }
-}
-
-/* Unmap the metadata of arenas released before; their descriptors become
- * spares. Cache locked, and every heap seen idle since they were released:
- * no free path still reads their metadata (see arena_release). */
-static void free_dead_arenas(kmc_cache_t *c)
-{
-    for (kmc_arena_t *a = c->dead_arenas, *next; a; a = next) {
-        next = a->next_dead;
-        kmc__os_unmap_meta(a->slabs, a->meta_bytes);
-        spare_arena(c, a);
-    }
-    c->dead_arenas = NULL;
-}
-
-/* The descriptors themselves are type-stable while the cache lives: kept
- * for its next arenas, freed at destroy. kmc_owner reads a descriptor
- * without any lock, and one that read the owner table before the arena
- * left it still finds this cache in it (every other field is checked
- * again by the free paths, which look the address up anew). */
-static void free_spare_arenas(kmc_cache_t *c)
-{
-    for (kmc_arena_t *a = c->spare_arenas, *next; a; a = next) {
-        next = a->next_dead;
-        free(a);
-    }
-    c->spare_arenas = NULL;
 }
 
 /* Run @body on every committed slab of the depot, in address order. Cache
@@ -404,100 +292,26 @@ static kmc_status validate_locked(kmc_cache_t *c, size_t *problems);
 kmc_status kmc_cache_destroy(kmc_cache_t *c)
 {
     kmc__report_clear();
-    if (c->region)
-        return kmc_shared_detach(c);
-    if (kmc__kmalloc_pinned(c))
-        return kmc__report(KMC_EBUSY, c, NULL, "%s serves kmalloc: it is never destroyed", c->name);
-    pthread_mutex_lock(&kmc__caches_lock);
-    kmc__cache_lock(c);
+    return c->backing->destroy(c);
+}
+
+/* The part of destroying a private cache that is the depot's: every heap
+ * back, then *@busy (and a report) if objects are still live, else what the
+ * checks of a debug cache found. Both locks held. */
+kmc_status kmc__depot_retire(kmc_cache_t *c, bool *busy)
+{
     kmc__heaps_take_back(c, KMC_TAKE_FORCE); /* no other thread uses it now */
     depot_settle(c);
     uint64_t live = live_objects(c);
-    if (live) {
-        kmc_status st = kmc__report(KMC_EBUSY, c, first_live(c),
-                                    "Objects remaining in %s on __kmem_cache_shutdown(): "
-                                    "%llu live",
-                                    c->name, (unsigned long long)live);
-        kmc__cache_unlock(c);
-        pthread_mutex_unlock(&kmc__caches_lock);
-        return st;
-    }
-    kmc_status first = KMC_OK;
-    if (debug_fill(c))
-        first = validate_locked(c, NULL);
-    for (uint32_t i = 0; i < c->nr_arenas; i++)
-        if (kmc__arena(c, i))
-            arena_release(c, kmc__arena(c, i));
-    free_dead_arenas(c);
-    free_spare_arenas(c);
-    kmc__cache_unlink(c);
-    kmc__cache_unlock(c);
-    pthread_mutex_unlock(&kmc__caches_lock);
-
-    kmc__heaps_free(c);
-    for (uint32_t i = 0; i < KMC_MAX_ARENAS / KMC_ARENA_DIR_CHUNK; i++)
-        free(atomic_load(&c->arena_dir[i]));
-    free(c);
-    return first;
+    *busy = live != 0;
+    if (live)
+        return kmc__report(KMC_EBUSY, c, first_live(c),
+                           "Objects remaining in %s on __kmem_cache_shutdown(): %llu live", c->name,
+                           (unsigned long long)live);
+    return debug_fill(c) ? validate_locked(c, NULL) : KMC_OK;
 }
 
 /* --- growing ---------------------------------------------------------------- */
-
-static kmc_status arena_new(kmc_cache_t *c, kmc_arena_t **out)
-{
-    uint32_t index = c->nr_arenas;
-    for (uint32_t i = 0; i < c->nr_arenas; i++)
-        if (!kmc__arena(c, i)) {
-            index = i;
-            break;
-        }
-    if (index >= KMC_MAX_ARENAS)
-        return kmc__report(KMC_ENOMEM, c, NULL, "cache %s has %u arenas, the most", c->name,
-                           (unsigned)KMC_MAX_ARENAS);
-    size_t bytes = c->next_arena;
-    uint32_t nslabs = (uint32_t)(bytes >> c->slab_shift);
-    size_t local_at, remote_at, orig_at;
-    size_t meta = meta_layout(c, nslabs, &local_at, &remote_at, &orig_at);
-    kmc_arena_t *a = c->spare_arenas;
-    if (a)
-        c->spare_arenas = a->next_dead;
-    else
-        a = calloc(1, sizeof(*a));
-    void *base = a ? kmc__os_reserve(bytes, bytes) : NULL;
-    uint8_t *m = base ? kmc__os_map_meta(meta) : NULL;
-    if (!m) {
-        if (base)
-            kmc__os_unreserve(base, bytes);
-        spare_arena(c, a);
-        return kmc__report(KMC_ENOMEM, c, NULL, "the OS refused %zu bytes for an arena", bytes);
-    }
-    a->bump = a->live_slabs = a->pinned = 0;
-    a->next_dead = NULL;
-    a->base = (uintptr_t)base;
-    a->bytes = bytes;
-    a->index = index;
-    a->nslabs = nslabs;
-    a->slabs = (kmc_slab_t *)m;
-    a->local = (_Atomic uint64_t *)(m + local_at);
-    a->remote = (_Atomic uint64_t *)(m + remote_at);
-    a->orig = (c->flags & KMC_RED_ZONE) ? (uint32_t *)(m + orig_at) : NULL;
-    a->meta_bytes = meta;
-    a->cache = c;
-    if (arena_set(c, index, a) != 0 || kmc__registry_insert(a) != 0) {
-        (void)arena_set(c, index, NULL);
-        kmc__os_unmap_meta(m, meta);
-        kmc__os_unreserve(base, bytes);
-        spare_arena(c, a);
-        return kmc__report(KMC_ENOMEM, c, NULL, "no memory for the owner table");
-    }
-    if (index == c->nr_arenas)
-        c->nr_arenas++;
-    c->live_arenas++;
-    if (c->next_arena < ((size_t)1 << KMC_ARENA_MAX_SHIFT))
-        c->next_arena *= 2; /* address space in proportion to use */
-    *out = a;
-    return KMC_OK;
-}
 
 /* A slab slot to build a slab in: a released one, else the next unused one
  * of an arena, else a new arena's first. Cache locked. */
@@ -506,12 +320,8 @@ static kmc_status slab_slot(kmc_cache_t *c, uint32_t *out)
     uint32_t id = kmc__list_pop(c, &c->d->released);
     if (id == KMC_NIL) {
         kmc_arena_t *a = c->fill_arena;
-        if (!a && c->region)
-            return kmc__report(KMC_ENOMEM, c, NULL,
-                               "shared cache %s is full: all %u slabs of its region are in use",
-                               c->name, (unsigned)kmc__arena(c, 0)->nslabs);
         if (!a) {
-            kmc_status st = arena_new(c, &a);
+            kmc_status st = c->backing->new_arena(c, &a);
             if (st != KMC_OK)
                 return st;
             c->fill_arena = a;
@@ -529,16 +339,7 @@ static kmc_status slab_slot(kmc_cache_t *c, uint32_t *out)
 /* Give a slab's memory back and keep its slot for reuse. Cache locked. */
 static void slab_release(kmc_cache_t *c, uint32_t id)
 {
-    if (c->region) {
-        /* the state first: a crash between the two leaves a released slab
-         * still backed (recovery punches it), never a used one without
-         * memory */
-        kmc__slab_set_state(kmc__slab(c, id), KMC_SLAB_RELEASED);
-        kmc__shared_decommit(c, id);
-    } else {
-        kmc__os_decommit(kmc__slab_mem(c, id), c->slab_size);
-        kmc__slab_set_state(kmc__slab(c, id), KMC_SLAB_RELEASED);
-    }
+    c->backing->release(c, id);
     kmc__slab_arena(c, id)->live_slabs--;
     kmc__list_push(c, &c->d->released, id);
     c->d->num_slabs--;
@@ -581,11 +382,9 @@ bool kmc__depot_has_empty(const kmc_cache_t *c) { return c->d->empty.count != 0;
  * unlocked. */
 kmc_status kmc__depot_grow(kmc_cache_t *c)
 {
-    if (c->region && kmc__shared_lacks_ctor(c))
-        return kmc__report(KMC_ECTOR, c, NULL,
-                           "shared cache %s has a constructor, which this process did not "
-                           "give when it attached: it cannot build slabs",
-                           c->name);
+    kmc_status st = c->backing->may_grow(c);
+    if (st != KMC_OK)
+        return st;
     kmc__cache_lock(c);
     if (c->d->partial.head != KMC_NIL || c->d->empty.head != KMC_NIL) {
         kmc__cache_unlock(c); /* another thread grew it, or a heap gave back */
@@ -594,21 +393,20 @@ kmc_status kmc__depot_grow(kmc_cache_t *c)
     uint32_t id = KMC_NIL;
     uint8_t *mem = NULL;
     uint32_t *orig = NULL;
-    kmc_status st = slab_slot(c, &id);
+    st = slab_slot(c, &id);
     if (st == KMC_OK) {
         /* metadata is mapped already: set up the bitmaps now */
         mem = kmc__slab_mem(c, id);
         orig = kmc__debug_orig(c, kmc__slab_arena(c, id), kmc__slab_index(id), 0);
         kmc__slab_init_free(c, id);
-        if (c->region) /* whoever recovers knows whose slab this is */
-            KMC_STORE(&kmc__slab(c, id)->owner, kmc__shared_builder(c));
+        c->backing->claim(c, id);
     }
     kmc__cache_unlock(c);
     if (st != KMC_OK)
         return st;
 
     int ctor_rc = 0;
-    if (c->region ? kmc__shared_commit(c, id) != 0 : kmc__os_commit(mem, c->slab_size) != 0) {
+    if (c->backing->commit(c, id) != 0) {
         st = kmc__report(KMC_ENOMEM, c, NULL, "the OS refused %zu bytes for a slab", c->slab_size);
     } else {
         if (debug_fill(c))
@@ -686,15 +484,16 @@ uint8_t *kmc__depot_take(kmc_cache_t *c)
     }
 }
 
-/* Is slot @idx of slab @id free? The slab's bitmaps, or its heap's copy for a
- * CURRENT slab. Cache locked (a heap's copy is read as the owner left it). */
-static bool slot_is_free(const kmc_cache_t *c, uint32_t id, uint32_t idx)
+/* Is slot @idx of slab @id live? Not free in the slab's bitmaps, nor in its
+ * heap's copy for a CURRENT slab. Cache locked (a heap's copy is read as the
+ * owner left it). */
+bool kmc__depot_is_live(const kmc_cache_t *c, uint32_t id, uint32_t idx)
 {
     uint64_t bits[KMC_HEAP_BITS];
     if (kmc__heap_bits_of(c, kmc__slab(c, id), bits) &&
         (bits[idx / 64] & (UINT64_C(1) << (idx % 64))))
-        return true;
-    return kmc__slot_free(c, id, idx);
+        return false;
+    return !kmc__slot_free(c, id, idx);
 }
 
 kmc_status kmc__locate(kmc_cache_t *c, const void *p, kmc_arena_t **arena_out, uint32_t *id_out,
@@ -729,7 +528,7 @@ kmc_status kmc__locate(kmc_cache_t *c, const void *p, kmc_arena_t **arena_out, u
                            (unsigned long long)addr, c->name);
     }
     uint32_t id = (a->index << KMC_SLAB_ID_SHIFT) | sidx;
-    if (c->region ? !kmc__shared_is_live(c, id, idx) : slot_is_free(c, id, idx))
+    if (!c->backing->is_live(c, id, idx))
         return kmc__report(KMC_EDOUBLE_FREE, c, p, "Object already free: 0x%llx in %s",
                            (unsigned long long)addr, c->name);
     if (arena_out)
@@ -914,12 +713,10 @@ void *kmc__cache_alloc_sized(kmc_cache_t *c, int zero, size_t orig)
     return depot_alloc(c, zero, orig, &st);
 }
 
-/* kmc_cache_alloc's slow path when the cache has no heaps (debug flags, or
- * a thread without one). */
+/* A private cache's locked alloc: kmc_cache_alloc's slow path when the
+ * cache has no heaps (debug flags, or a thread without one). */
 void *kmc__depot_alloc(kmc_cache_t *c, int zero)
 {
-    if (c->region)
-        return kmc_shared_alloc(c, zero, NULL);
     kmc_status st;
     return depot_alloc(c, zero, c->size, &st);
 }
@@ -947,8 +744,8 @@ kmc_status kmc_cache_alloc_bulk(kmc_cache_t *c, size_t n, void **out, int zero)
     return KMC_OK;
 }
 
-/* kmc_cache_free's locked path: debug caches, slabs of the depot, threads
- * without a heap. Returns KMC_OK or an error (with a report); *@owned when
+/* A private cache's locked free, kmc_cache_free's locked path: debug
+ * caches, slabs of the depot, threads without a heap. Returns KMC_OK or an error (with a report); *@owned when
  * the slab turned out to be owned by a heap (nothing done: the caller frees
  * it there). */
 kmc_status kmc__depot_free(kmc_cache_t *c, void *p, bool *owned)
@@ -956,8 +753,6 @@ kmc_status kmc__depot_free(kmc_cache_t *c, void *p, bool *owned)
     uint32_t id, idx;
     kmc_arena_t *a;
     *owned = false;
-    if (c->region)
-        return kmc_shared_free(c, p, KMC_SHARED_ANY_GEN);
     kmc__cache_lock(c);
     kmc_status st = kmc__locate(c, p, &a, &id, &idx);
     if (st == KMC_OK && KMC_LOAD(&kmc__slab(c, id)->owner) != KMC_DEPOT) {
@@ -1065,31 +860,13 @@ size_t kmc_cache_shrink(kmc_cache_t *c)
     size_t bytes = 0;
     kmc__cache_lock(c);
     uint64_t before = c->d->slabs_released;
-    if (c->region)
-        kmc__shared_flush_mine(c); /* other processes' cached objects stay theirs */
+    c->backing->shrink_first(c);
     if (kmc__heaps_take_back(c, KMC_TAKE_ALL))
-        free_dead_arenas(c); /* no thread is inside a free that began before */
+        kmc__arenas_free_dead(c); /* no thread is inside a free that began before */
     depot_settle(c);
     kmc__depot_release_expired(c, 0, true);
     bytes += (c->d->slabs_released - before) * c->slab_size;
-    for (uint32_t i = 0; c->region == NULL && i < c->nr_arenas; i++) {
-        kmc_arena_t *a = kmc__arena(c, i);
-        if (!a || a->live_slabs)
-            continue;
-        /* drop this arena's released slots from the list, then the arena */
-        for (uint32_t r = c->d->released.head; r != KMC_NIL;) {
-            uint32_t next = kmc__slab(c, r)->next;
-            if ((r >> KMC_SLAB_ID_SHIFT) == i)
-                kmc__list_remove(c, &c->d->released, r);
-            r = next;
-        }
-        bytes += a->meta_bytes;
-        arena_release(c, a);
-    }
-    while (c->nr_arenas && !kmc__arena(c, c->nr_arenas - 1))
-        c->nr_arenas--;
-    if (!c->live_arenas)
-        c->next_arena = c->first_arena;
+    bytes += c->backing->shrink_last(c);
     kmc__cache_unlock(c);
     return bytes;
 }
@@ -1115,8 +892,7 @@ static kmc_status validate_locked(kmc_cache_t *c, size_t *problems)
      * are not walked, and the counters cannot be compared */
     bool all = kmc__heaps_take_back(c, KMC_TAKE_ALL);
     depot_settle(c);
-    if (c->region) /* the records are the truth: bitmaps and lists follow them */
-        kmc__shared_validate_begin(c, &count, &first, &first_report);
+    c->backing->validate_first(c, &count, &first, &first_report);
     FOR_EACH_COMMITTED(c, id, slab, {
         kmc_status st = check_counts(c, id);
         if (st != KMC_OK)
@@ -1164,8 +940,7 @@ static kmc_status validate_locked(kmc_cache_t *c, size_t *problems)
         }
         count += n;
     }
-    if (c->region)
-        kmc__shared_validate_end(c, &count, &first, &first_report);
+    c->backing->validate_last(c, &count, &first, &first_report);
     if (first != KMC_OK) {
         first_report.problems = count;
         *kmc__report_slot() = first_report;
@@ -1219,8 +994,7 @@ void kmc_cache_stats(kmc_cache_t *c, kmc_stats_t *o)
     if (c->d->max_scan > o->max_scan)
         o->max_scan = c->d->max_scan;
     o->flags = c->flags;
-    if (c->region)
-        kmc__shared_stats(c, o);
+    c->backing->stats(c, o);
     kmc__cache_unlock(c);
 }
 
@@ -1233,7 +1007,7 @@ void kmc_cache_for_each_live(kmc_cache_t *c, void (*fn)(void *, void *), void *a
         (void)s;
         uint8_t *mem = kmc__slab_mem(c, id);
         for (uint32_t o = 0; o < c->objperslab; o++)
-            if (c->region ? kmc__shared_is_live(c, id, o) : !kmc__slot_free(c, id, o))
+            if (c->backing->is_live(c, id, o))
                 fn(mem + (size_t)o * c->slot_size + c->obj_offset, arg);
     })
     kmc__cache_unlock(c);

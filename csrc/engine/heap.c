@@ -20,8 +20,8 @@
  *
  * Measured with callgrind (python benchmarks/bench_engine.py --callgrind;
  * gcc 12 -O2, x86-64, 64-byte objects, loop included): 105 instructions per
- * alloc+free pair, 108 when a thousand objects are allocated then freed,
- * and 220 per free+alloc in a steady pool of 4,096 live objects, a random
+ * alloc+free pair, 109 when a thousand objects are allocated then freed,
+ * and 221 per free+alloc in a steady pool of 4,096 live objects, a random
  * one replaced each time (2,679 before the magazine, when nearly every
  * alloc switched slabs). mimalloc, which keeps its free list inside free
  * objects, needs fewer; a bitmap outside object memory is what lets every
@@ -661,7 +661,7 @@ void *kmc__heap_alloc_slow(kmc_cache_t *c, int zero)
     uint32_t self;
     kmc_heap_t *h = my_heap(c, &self);
     if (!h)
-        return kmc__depot_alloc(c, zero);
+        return c->backing->alloc(c, zero);
     for (;;) {
         heap_enter(h);
         if (!heap_wanted(h)) {
@@ -838,7 +838,7 @@ kmc_status kmc__heap_free_slow(kmc_cache_t *c, void *p)
             }
             heap_leave(h);
         }
-        kmc_status st = kmc__depot_free(c, p, &owned);
+        kmc_status st = c->backing->free(c, p, &owned);
         if (!owned)
             return st;
         if (h)
@@ -961,6 +961,37 @@ static void wait_idle(kmc_cache_t *c)
 void kmc__heaps_hold(kmc_cache_t *c, bool on) { request_all(c, on); }
 
 void kmc__heaps_wait_idle(kmc_cache_t *c) { wait_idle(c); }
+
+/* In a forked child, where only thread @me survives: every other heap goes
+ * back to the depot. Without the barrier a thread may have been caught in
+ * the middle of an operation; then the counters are made to agree with the
+ * bitmaps again. */
+void kmc__heaps_after_fork(kmc_cache_t *c, uint32_t me)
+{
+    bool torn = false;
+    kmc__cache_lock(c);
+    for (uint32_t i = 0; i < KMC_MAX_HEAPS; i++) {
+        kmc_heap_t *h = i == me ? NULL : kmc__heap_at(c, i);
+        if (!h) {
+            if (!atomic_load(&c->chunks[i >> KMC_HEAP_CHUNK_SHIFT]))
+                i |= (1u << KMC_HEAP_CHUNK_SHIFT) - 1;
+            continue;
+        }
+        torn |= KMC_LOAD(&h->busy) != 0;
+        /* a thread caught between cur_change and cur_changed (possible
+         * only without the barrier) would leave other threads' reads of
+         * this heap spinning forever */
+        uint32_t gen = KMC_LOAD(&h->cur_gen);
+        torn |= (gen & 1) != 0;
+        KMC_STORE(&h->cur_gen, gen & ~1u);
+        KMC_STORE(&h->busy, 0);
+        KMC_STORE(&h->request, 0);
+        kmc__heap_flush(c, h, true);
+    }
+    if (torn)
+        kmc__depot_recount(c);
+    kmc__cache_unlock(c);
+}
 
 /* Take heaps back to the depot. KMC_TAKE_ALL: every heap, after the
  * handshake, which also waits for every remote free in flight (busy on its

@@ -13,7 +13,7 @@
  *   - a slab's remote bitmap: atomically, by anyone;
  *   - fields read by other threads without the lock (statistics, owners,
  *     states, bitmaps) are _Atomic and accessed relaxed unless noted;
- *   - a shared cache (c->region, shared.c): its depot, slabs and records
+ *   - a shared cache (c->region, shared*.c): its depot, slabs and records
  *     under the region's robust mutex (the cache lock), except that a
  *     record moves between CACHED and LIVE on a process's fast paths under
  *     that process's slot lock, and leaves LIVE only by compare-and-swap.
@@ -299,9 +299,10 @@ struct kmc_cache_s {
     bool heaps_on; /* per-thread caches (never with debug flags) */
     kmc_ctor_fn ctor;
     void *ctor_arg;
-    kmc_depot_t *d;              /* the depot: &own_depot, or the region's */
-    struct kmc_region_s *region; /* NULL, or this process's view of the shared
-                                   * region the cache lives in (shared.c) */
+    const struct kmc_backing *backing; /* where the slabs live: see below */
+    kmc_depot_t *d;                    /* the depot: &own_depot, or the region's */
+    struct kmc_region_s *region;       /* the shared backing's own state: this
+                                        * process's view of the region (shared*.c) */
 
     /* the cache lock, and the depot it guards (a shared cache uses the
      * region's, a robust process-shared mutex) */
@@ -324,28 +325,60 @@ struct kmc_cache_s {
     struct kmc_cache_s *prev_cache, *next_cache; /* process list, caches_lock */
 };
 
-/* The cache lock, whatever kind the cache has: the test-and-set lock of a
- * private cache, the region's robust mutex for a shared one (whose taker
- * recovers the depot when the last holder died). heap.c takes c->lock
- * directly: only private caches have heaps. */
-void kmc__region_lock(kmc_cache_t *c); /* shared.c */
-void kmc__region_unlock(kmc_cache_t *c);
+/* --- the backing: where a cache's slabs live, and the slow-path operations
+ * that differ with it, as os.c is the one seam to the OS. A private cache's
+ * slabs are in arenas of this process's memory, found through its bitmaps
+ * and heaps (arena.c); a shared cache's are in one shared-memory region whose
+ * object records, not the bitmaps, say what is live, and whose objects other
+ * processes hold (shared_backing.c). cache.c reaches the difference only
+ * through these and never asks which backing a cache has. */
+typedef struct kmc_backing {
+    const char *kind;             /* "private", "shared": for messages */
+    bool serves_kmalloc;          /* may be a kmalloc size class's cache */
+    void (*lock)(kmc_cache_t *c); /* the cache lock */
+    void (*unlock)(kmc_cache_t *c);
+    /* the locked paths: threads without a heap, debug caches */
+    void *(*alloc)(kmc_cache_t *c, int zero);
+    kmc_status (*free)(kmc_cache_t *c, void *p, bool *owned); /* *owned: a heap's, nothing done */
+    bool (*is_live)(const kmc_cache_t *c, uint32_t id, uint32_t idx); /* cache locked */
+    /* growing: before taking the lock, the slab slots to build in when
+     * none is left (locked), the NEW slab's claim (locked), its memory
+     * (unlocked: 0 or -1), and giving it back (locked: state RELEASED) */
+    kmc_status (*may_grow)(kmc_cache_t *c);
+    kmc_status (*new_arena)(kmc_cache_t *c, kmc_arena_t **out);
+    void (*claim)(kmc_cache_t *c, uint32_t id);
+    int (*commit)(kmc_cache_t *c, uint32_t id);
+    void (*release)(kmc_cache_t *c, uint32_t id);
+    /* shrink, validate and stats add their part; cache locked */
+    void (*shrink_first)(kmc_cache_t *c);  /* before the heaps come back */
+    size_t (*shrink_last)(kmc_cache_t *c); /* bytes of metadata given back */
+    void (*validate_first)(kmc_cache_t *c, size_t *count, kmc_status *first,
+                           kmc_report_t *first_report); /* before the slabs' checks */
+    void (*validate_last)(kmc_cache_t *c, size_t *count, kmc_status *first,
+                          kmc_report_t *first_report);
+    void (*stats)(kmc_cache_t *c, kmc_stats_t *o);
+    kmc_status (*destroy)(kmc_cache_t *c); /* kmc_cache_destroy */
+    /* fork: every lock before (caches_lock held), released after, and the
+     * child's repairs (@me: the forking thread's heap index) */
+    void (*fork_lock)(kmc_cache_t *c);
+    void (*fork_unlock)(kmc_cache_t *c);
+    void (*fork_child)(kmc_cache_t *c, uint32_t me);
+} kmc_backing_t;
+extern const kmc_backing_t kmc__private_backing; /* arena.c */
+extern const kmc_backing_t kmc__shared_backing;  /* shared_backing.c */
 
-static inline void kmc__cache_lock(kmc_cache_t *c)
-{
-    if (likely(!c->region))
-        kmc__lock(&c->lock);
-    else
-        kmc__region_lock(c);
-}
+/* The cache lock, whatever the backing: the test-and-set lock of a private
+ * cache, the region's robust mutex for a shared one (whose taker recovers
+ * the depot when the last holder died). heap.c takes c->lock directly: only
+ * private caches have heaps. */
+static inline void kmc__cache_lock(kmc_cache_t *c) { c->backing->lock(c); }
+static inline void kmc__cache_unlock(kmc_cache_t *c) { c->backing->unlock(c); }
 
-static inline void kmc__cache_unlock(kmc_cache_t *c)
-{
-    if (likely(!c->region))
-        kmc__unlock(&c->lock);
-    else
-        kmc__region_unlock(c);
-}
+/* --- arena.c: the private backing's arenas; a shared cache installs its
+ * one arena (the region's slab area) with the same directory. */
+kmc_status kmc__arena_install(kmc_cache_t *c, kmc_arena_t *a); /* as arena 0 */
+void kmc__arena_uninstall(kmc_cache_t *c, kmc_arena_t *a);
+void kmc__arenas_free_dead(kmc_cache_t *c); /* locked, every heap seen idle since */
 
 /* --- os.c: the page source, the one seam to the OS.
  * Addresses and lengths are page multiples; functions return 0 or -1. */
@@ -477,11 +510,9 @@ bool kmc__valid_name(const char *name);
 void kmc__cache_layout(kmc_cache_t *c, unsigned min_shift); /* slab size >= 2^min_shift */
 kmc_status kmc__cache_setup(kmc_cache_t *c, const char *name, size_t size, size_t align,
                             unsigned flags, kmc_ctor_fn ctor, void *ctor_arg);
-kmc_cache_t *kmc__cache_new(void);                             /* zeroed */
-void kmc__cache_link(kmc_cache_t *c);                          /* onto the process list */
-void kmc__cache_unlink(kmc_cache_t *c);                        /* kmc__caches_lock held */
-kmc_status kmc__arena_install(kmc_cache_t *c, kmc_arena_t *a); /* a shared cache's arena */
-void kmc__arena_uninstall(kmc_cache_t *c, kmc_arena_t *a);
+kmc_cache_t *kmc__cache_new(void);                              /* zeroed */
+void kmc__cache_link(kmc_cache_t *c);                           /* onto the process list */
+void kmc__cache_unlink(kmc_cache_t *c);                         /* kmc__caches_lock held */
 uint8_t *kmc__depot_take_debug(kmc_cache_t *c, kmc_status *st); /* with debug checks */
 /* The depot's part of an alloc or free, cache locked. */
 uint8_t *kmc__depot_take(kmc_cache_t *c);
@@ -490,8 +521,10 @@ void kmc__depot_place(kmc_cache_t *c, uint32_t id); /* a slab back from a heap *
 kmc_status kmc__depot_grow(kmc_cache_t *c);         /* called unlocked */
 void kmc__depot_release_expired(kmc_cache_t *c, uint32_t now, bool all);
 bool kmc__depot_has_empty(const kmc_cache_t *c);
-void *kmc__depot_alloc(kmc_cache_t *c, int zero);
+void *kmc__depot_alloc(kmc_cache_t *c, int zero); /* the private backing's locked paths */
 kmc_status kmc__depot_free(kmc_cache_t *c, void *p, bool *owned);
+bool kmc__depot_is_live(const kmc_cache_t *c, uint32_t id, uint32_t idx);
+kmc_status kmc__depot_retire(kmc_cache_t *c, bool *busy); /* destroy's checks; locked */
 kmc_status kmc__locate(kmc_cache_t *c, const void *p, kmc_arena_t **arena, uint32_t *id,
                        uint32_t *idx); /* checks p is a slot start of @c */
 void *kmc__cache_alloc_sized(kmc_cache_t *c, int zero, size_t orig); /* kmalloc's */
@@ -500,20 +533,6 @@ size_t kmc__cache_ksize(kmc_cache_t *c, const void *p);
 void kmc__depot_recount(kmc_cache_t *c);                /* counters from bitmaps; locked */
 uint32_t kmc__depot_merge(kmc_cache_t *c, uint32_t id); /* a depot slab's remote bits */
 uint32_t kmc__depot_pop(kmc_cache_t *c); /* a slab for a heap, off the depot's lists */
-
-/* --- shared.c: caches in a shared region: what cache.c asks of them. */
-bool kmc__shared_is_live(const kmc_cache_t *c, uint32_t id, uint32_t idx);
-uint32_t kmc__shared_builder(kmc_cache_t *c); /* slab owner while NEW: slot + 1 */
-bool kmc__shared_lacks_ctor(const kmc_cache_t *c);
-int kmc__shared_commit(kmc_cache_t *c, uint32_t id); /* a slab's memory and records */
-void kmc__shared_decommit(kmc_cache_t *c, uint32_t id);
-void kmc__shared_flush_mine(kmc_cache_t *c);            /* locked: this process's cached */
-void kmc__shared_stats(kmc_cache_t *c, kmc_stats_t *o); /* locked */
-void kmc__shared_validate_begin(kmc_cache_t *c, size_t *count, kmc_status *first,
-                                kmc_report_t *first_report); /* locked; quiesces */
-void kmc__shared_validate_end(kmc_cache_t *c, size_t *count, kmc_status *first,
-                              kmc_report_t *first_report);
-void kmc__shared_after_fork(kmc_cache_t *c); /* in the child */
 
 /* --- heap.c: the per-thread caches. */
 extern __thread uint32_t kmc__self __attribute__((tls_model("initial-exec")));
@@ -534,6 +553,7 @@ bool kmc__heaps_take_back(kmc_cache_t *c, kmc_take mode); /* cache locked */
 void kmc__heaps_hold(kmc_cache_t *c, bool on);            /* fork: requests, and back */
 void kmc__heaps_wait_idle(kmc_cache_t *c);                /* fork: after the barrier */
 void kmc__heaps_free(kmc_cache_t *c);
+void kmc__heaps_after_fork(kmc_cache_t *c, uint32_t me); /* the child's repairs */
 void kmc__heaps_stats(const kmc_cache_t *c, kmc_stats_t *o, uint64_t *late_double);
 /* adds the heaps' part; cache locked */
 bool kmc__heap_bits_of(const kmc_cache_t *c, const kmc_slab_t *s, uint64_t *bits);

@@ -118,9 +118,9 @@ kmc_status kmc_kmalloc_install(unsigned index, kmc_cache_t *c)
     if (index >= KMC_KMALLOC_CLASSES || !c)
         return kmc__report(KMC_EINVAL, c, NULL, "no size class %u, or no cache", index);
     const kmc_kmalloc_class_t *k = &kmc_kmalloc_classes[index];
-    if (c->region)
-        return kmc__report(KMC_EINVAL, c, NULL, "%s is a shared cache: it cannot serve kmalloc",
-                           c->name);
+    if (!c->backing->serves_kmalloc)
+        return kmc__report(KMC_EINVAL, c, NULL, "%s is a %s cache: it cannot serve kmalloc",
+                           c->name, c->backing->kind);
     if (c->size != k->size || c->align < k->align || c->ctor)
         return kmc__report(KMC_EINVAL, c, NULL,
                            "cache %s (size %zu, align %zu%s) cannot serve %s (size %zu, "

@@ -90,7 +90,7 @@
  * Errors: functions return a kmc_status (0 is success) or NULL, and leave the
  * details of the last error of the calling thread in kmc_last_report().
  *
- * Shared caches (kmc_shared_*; shared.c, and shm.c for their OS calls). A
+ * Shared caches (kmc_shared_*; shared*.c, and shm.c for their OS calls). A
  * shared cache is an ordinary cache in each process whose one arena is the
  * slab area of a POSIX shared-memory region ("/kmemcache.<uid>.<name>",
  * mode 0600), and whose depot and lock live in the region too: a robust,

@@ -9,11 +9,11 @@
  * fork(): every engine lock is taken before the fork and released after it
  * in both processes (pthread_atfork, registered when the engine is loaded,
  * before any lock can be held), so the child never inherits a lock
- * that a thread it does not have was holding; a shared cache's lock lives
- * in its region, shared rather than copied, and is left alone. Threads inside a fast path
- * hold no lock: in the child their heaps are given back to the depot, and
- * when one was caught in the middle of an operation the cache's counters
- * are made to agree with its bitmaps again.
+ * that a thread it does not have was holding. Each cache's backing says
+ * which of its locks are copied (a shared cache's lives in its region,
+ * shared rather than copied, and is left alone) and repairs the child.
+ * Threads inside a fast path hold no lock: in the child their heaps are
+ * given back to the depot (heap.c).
  */
 #include <stdlib.h>
 
@@ -94,17 +94,12 @@ static void fork_prepare(void)
 {
     kmc__kmalloc_lock(false);
     pthread_mutex_lock(&kmc__caches_lock);
-    for (kmc_cache_t *c = kmc__caches_first; c; c = c->next_cache) {
-        if (c->region) /* a shared cache's lock is in the region, not copied */
-            continue;
-        kmc__lock(&c->lock);
-        kmc__heaps_hold(c, true);
-    }
+    for (kmc_cache_t *c = kmc__caches_first; c; c = c->next_cache)
+        c->backing->fork_lock(c);
     /* (no cache, no heap: a process that never made one pays no barrier) */
     if (kmc__caches_first && kmc__os_barrier() == 0)
         for (kmc_cache_t *c = kmc__caches_first; c; c = c->next_cache)
-            if (!c->region)
-                kmc__heaps_wait_idle(c);
+            kmc__heaps_wait_idle(c);
     kmc__registry_lock_all();
     kmc__kmalloc_lock(true);
     pthread_mutex_lock(&threads_lock);
@@ -119,12 +114,8 @@ static void unlock_all(bool child)
     pthread_mutex_unlock(&threads_lock);
     kmc__kmalloc_unlock(true);
     kmc__registry_unlock_all();
-    for (kmc_cache_t *c = kmc__caches_first; c; c = c->next_cache) {
-        if (c->region)
-            continue;
-        kmc__heaps_hold(c, false);
-        kmc__unlock(&c->lock);
-    }
+    for (kmc_cache_t *c = kmc__caches_first; c; c = c->next_cache)
+        c->backing->fork_unlock(c);
     pthread_mutex_unlock(&kmc__caches_lock);
     kmc__kmalloc_unlock(false);
 }
@@ -141,37 +132,8 @@ static void fork_child(void)
     if (me < KMC_MAX_HEAPS)
         used[me / 64] |= UINT64_C(1) << (me % 64);
     kmc__purge_defer(true);
-    for (kmc_cache_t *c = kmc__caches_first; c; c = c->next_cache) {
-        if (c->region) {
-            /* the child is another process: it gets a slot of its own when
-             * it first uses the cache */
-            kmc__shared_after_fork(c);
-            continue;
-        }
-        bool torn = false;
-        kmc__cache_lock(c);
-        for (uint32_t i = 0; i < KMC_MAX_HEAPS; i++) {
-            kmc_heap_t *h = i == me ? NULL : kmc__heap_at(c, i);
-            if (!h) {
-                if (!atomic_load(&c->chunks[i >> KMC_HEAP_CHUNK_SHIFT]))
-                    i |= (1u << KMC_HEAP_CHUNK_SHIFT) - 1;
-                continue;
-            }
-            torn |= KMC_LOAD(&h->busy) != 0;
-            /* a thread caught between cur_change and cur_changed (possible
-             * only without the barrier) would leave other threads' reads of
-             * this heap spinning forever */
-            uint32_t gen = KMC_LOAD(&h->cur_gen);
-            torn |= (gen & 1) != 0;
-            KMC_STORE(&h->cur_gen, gen & ~1u);
-            KMC_STORE(&h->busy, 0);
-            KMC_STORE(&h->request, 0);
-            kmc__heap_flush(c, h, true);
-        }
-        if (torn)
-            kmc__depot_recount(c);
-        kmc__cache_unlock(c);
-    }
+    for (kmc_cache_t *c = kmc__caches_first; c; c = c->next_cache)
+        c->backing->fork_child(c, me);
     kmc__purge_defer(false);
 }
 
