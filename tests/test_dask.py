@@ -36,7 +36,8 @@ def address_of(frame: Any) -> int:
 
 
 @pytest.fixture
-def receiving(request: pytest.FixtureRequest) -> Iterator[None]:
+def receiving() -> Iterator[None]:
+    """The process's received-array alignment set back to none after the test."""
     yield
     kmemcache.dask.receive_aligned(0)
 
