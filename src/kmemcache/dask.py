@@ -11,8 +11,8 @@ messages: one copy).
 The receiving side is where alignment is lost. Dask reads a message into one
 ``np.empty`` buffer, the header and the first large frame together, so an array
 received lands a few hundred bytes into that buffer (the header's length),
-whatever NumPy allocator the worker has installed. Importing this
-module replaces Dask's deserializer of ``numpy.ndarray`` by one that, once
+whatever NumPy allocator the worker has installed. Importing this module
+replaces Dask's deserializer of ``numpy.ndarray`` by one that, once
 :func:`receive_aligned` was called in the process (by the :class:`AlignedArrays`
 worker plugin on every worker), gives back an array aligned to that many bytes:
 the received one where it is aligned already, otherwise a copy of it into an
@@ -36,7 +36,6 @@ Needs ``distributed`` (``pip install 'kmemcache[dask]'``) and NumPy 1.22 or late
 from __future__ import annotations
 
 import importlib
-import threading
 from typing import Any
 
 import numpy as np
@@ -54,7 +53,6 @@ importlib.import_module("distributed.protocol.numpy")
 _registry: Any = _dask_deserialize  # a dask.utils.Dispatch, untyped
 _dask_deserialize_ndarray = _registry.dispatch(np.ndarray)
 
-_lock = threading.Lock()
 _align = 0  # the alignment received arrays get in this process; 0: as Dask leaves them
 
 
@@ -66,8 +64,7 @@ def receive_aligned(align: int = _numpy.DEFAULT_ALIGN) -> None:
         raise TypeError(f"align must be an int, not {type(align).__name__}")
     if align:
         _numpy.handler(align)  # ValueError for an alignment kmemcache has no handler for
-    with _lock:
-        _align = align
+    _align = align  # one store: a deserializer running meanwhile sees the old or the new
 
 
 def receiving_align() -> int:
