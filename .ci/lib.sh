@@ -16,8 +16,9 @@ step_done() {
 }
 trap step_done EXIT
 
-# The system packages the steps need, installed by 00-setup (apt-get update once).
-APT_PACKAGES=(gcc make python3-venv python3-dev clang libclang-rt-14-dev clang-format)
+# The system packages the steps need, installed by 00-setup (apt-get update once);
+# iproute2's ip makes the network namespaces of tests/test_dask.py's two test hosts.
+APT_PACKAGES=(gcc make python3-venv python3-dev clang libclang-rt-14-dev clang-format iproute2)
 
 # Fail with a useful line when a tool 00-setup installs is missing.
 need() {
@@ -30,13 +31,16 @@ need() {
     done
 }
 
-# CI's virtual environment (.venv-ci, made by 00-setup: kmemcache with its dev and
-# docs extras), activated; made here when a step runs alone before 00-setup.
+# CI's virtual environment (.venv-ci, made by 00-setup: kmemcache with its dev, docs
+# and dask extras, and pyarrow for the Arrow tests), activated; made here when a step
+# runs alone before 00-setup. The dask extra and pyarrow let tests/test_dask.py and
+# the Arrow tests run in 40-pytest (they skip where either is absent) and mypy check
+# kmemcache.dask against distributed's types.
 use_ci_venv() {
     if [ ! -x .venv-ci/bin/python ]; then
         python3 -m venv .venv-ci
         .venv-ci/bin/python -m pip install -q --upgrade pip
-        KMEMCACHE_WERROR=1 .venv-ci/bin/python -m pip install -q '.[dev,docs]'
+        KMEMCACHE_WERROR=1 .venv-ci/bin/python -m pip install -q '.[dev,docs,dask]' 'pyarrow>=12'
     fi
     # shellcheck disable=SC1091
     . .venv-ci/bin/activate

@@ -40,7 +40,7 @@ import _plots
 HERE = Path(__file__).resolve().parent
 ROOT = HERE.parent
 #: Run in this order; any other bench_*.py follows in name order.
-ORDER = ("alloc", "numpy", "memory", "scaling", "bulk", "threads", "engine", "shared")
+ORDER = ("alloc", "numpy", "memory", "scaling", "bulk", "threads", "engine", "shared", "transport")
 
 
 def discover() -> list[str]:

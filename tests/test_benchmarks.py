@@ -431,6 +431,40 @@ def test_shared_shape(tmp_path: Path) -> None:
     assert not [n for n in kmemcache.shared.regions() if n.startswith("bench-shared-")]
 
 
+# --- bench_transport ------------------------------------------------------------------------
+
+
+def test_transport_shape(tmp_path: Path) -> None:
+    data, stdout = run_quick("bench_transport.py", tmp_path / "transport.json")
+    assert data["benchmark"] == "transport" and data["sizes"] == [65536, 1 << 20]
+    for p in data["pickle"]:
+        # counted, not timed: these hold in --quick too
+        assert p["buffers"] == 1 and p["out_of_band_bytes"] == p["size"]
+        assert p["inband_bytes"] < 200 and p["copies"] == 0
+    ways = ["shared", "object", "bytes", "shm", "int"]
+    transports = data["transports"]
+    assert set(transports) == {"queue", "pipe", "dask"}
+    expected_dask = "ok" if installed("distributed") else "not installed"
+    assert transports["dask"]["status"] == expected_dask
+    for kind, res in transports.items():
+        if res["status"] != "ok":
+            assert res["note"]
+            continue
+        assert set(res["by_size"]) == {"65536", str(1 << 20)}
+        for by_size in res["by_size"].values():
+            recs = by_size["results"]
+            assert [r["key"] for r in recs] == ways, kind
+            assert recs[0]["vs_shared"] == pytest.approx(1.0)
+            for rec in recs:
+                assert len(rec["samples_ns"]) == data["repeats"] and rec["median_ns"] > 0
+    [target] = data["targets"]
+    check_targets(data["targets"])
+    assert target["key"] == "pickle5-1MiB" and target["status"] == "PASS", target
+    assert len(target_lines(stdout)) == 1
+    table_is_whole(stdout)
+    assert not [n for n in kmemcache.shared.regions() if n.startswith("bench-shared-")]
+
+
 # --- bench_pool --------------------------------------------------------------------------
 
 

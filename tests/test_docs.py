@@ -10,12 +10,15 @@ as that block, line for line, once what varies from run to run is set aside
 followed by any other ```text block must print exactly that text; every other
 block must succeed. A block with a line ``# not run: <why>`` is not run here
 (the reason says what runs it instead, e.g. the C API's ``setup.py``, which
-tests/test_capi.py builds). The docs' reStructuredText pages hold no Python
-example, so that every example is found here.
+tests/test_capi.py builds). A block importing a module of ``OPTIONAL`` (which
+the test extra does not install) is skipped, saying so, where it is absent. The
+docs' reStructuredText pages hold no Python example, so that every example is
+found here.
 """
 
 from __future__ import annotations
 
+import importlib.util
 import os
 import re
 import subprocess
@@ -29,6 +32,9 @@ README = ROOT / "README.md"
 DOCS = ROOT / "docs"
 BLOCK = re.compile(r"^```(\w+)\n(.*?)^```", re.S | re.M)
 NOT_RUN = re.compile(r"^# not run: \S", re.M)
+#: What an example may import that the test extra does not install: an example
+#: importing one is skipped where it is absent (CI's 40-pytest has them all).
+OPTIONAL = ("distributed", "pyarrow")
 
 pytestmark = pytest.mark.skipif(not DOCS.is_dir(), reason="docs/ is not in this tree")
 
@@ -78,7 +84,7 @@ def without_traceback(report: str) -> str:
 def test_every_page_has_examples_found() -> None:
     by_page = {page for page, *_ in examples()}
     assert "README.md" in by_page
-    for page in ("caches", "kmalloc", "debugging", "numpy", "shared", "inspection"):
+    for page in ("caches", "kmalloc", "debugging", "numpy", "shared", "inspection", "transport"):
         assert f"docs/guide/{page}.md" in by_page
     assert len(examples()) >= 12
 
@@ -140,6 +146,10 @@ def test_environment_table_matches_the_code() -> None:
 def test_example_runs(
     page: str, code: str, expected: str | None, output: str | None, tmp_path: Path
 ) -> None:
+    for module in OPTIONAL:
+        imported = re.search(rf"^(import|from) {module}\b", code, re.M)
+        if imported and importlib.util.find_spec(module) is None:
+            pytest.skip(f"the example imports {module}, which is not installed")
     script = tmp_path / "app.py"
     script.write_text(code)
     run = subprocess.run(

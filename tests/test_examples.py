@@ -37,7 +37,13 @@ def run(script: str, *args: str, cwd: Path) -> subprocess.CompletedProcess[str]:
 
 
 def test_every_example_is_tested() -> None:
-    tested = {"aligned_odirect.py", "simd_numpy.py", "shared_pool.py", "capi_extension"}
+    tested = {
+        "aligned_odirect.py",
+        "simd_numpy.py",
+        "shared_pool.py",
+        "arrow_shared.py",
+        "capi_extension",
+    }
     assert {p.name for p in EXAMPLES.iterdir()} == tested
 
 
@@ -79,6 +85,19 @@ def test_shared_pool(tmp_path: Path) -> None:
     done = run("shared_pool.py", cwd=tmp_path)
     assert done.returncode == 0, done.stderr
     assert "maxima: [1.0, 1.0, 1.0, 1.0, 1.0, 1.0, 1.0, 1.0]" in done.stdout
+
+
+def test_arrow_shared(tmp_path: Path) -> None:
+    pytest.importorskip("pyarrow", reason="pyarrow is not installed (pip install pyarrow)")
+    done = run("arrow_shared.py", cwd=tmp_path)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout == (
+        "12 batches of 20000 rows read by 2 consumers\n"
+        "every column in the producer's shared memory: True\n"
+        "early frees: ['refused']\n"
+        "sums: True\n"
+        "objects left: 0\n"
+    )
 
 
 def compiler() -> str | None:

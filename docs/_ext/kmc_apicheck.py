@@ -19,6 +19,7 @@ PUBLIC_MODULES = (
     "kmemcache.kmalloc",
     "kmemcache.debug",
     "kmemcache.pickling",
+    "kmemcache.dask",
     "kmemcache.numpy",
     "kmemcache.shared",
     "kmemcache.publishing",
