@@ -71,6 +71,12 @@ typedef struct SharedHandleObject {
     uint32_t gen;
 } SharedHandleObject;
 
+extern PyTypeObject MemoryGroup_Type; /* group_type.c */
+PyObject *kmcpy_limit_error(PyObject *cls, const kmc_report_t *report);
+#define KMCPY_LIMIT_REPORT 1024 /* bytes of kmcpy_limit_report's text, at most */
+void kmcpy_limit_report(const kmc_report_t *report, char *out, size_t size);
+int kmcpy_limit_arg(PyObject *arg, const char *what, uint64_t *out); /* None: 0 */
+
 extern PyTypeObject SharedCache_Type;
 extern PyTypeObject SharedHandle_Type;
 extern PyMethodDef kmcpy_shared_methods[]; /* module functions: _shared_unlink, ... */

@@ -270,18 +270,20 @@ int kmcpy_bulk_args(PyObject *args, PyObject *kwds, Py_ssize_t *n, int *zero)
  * after it, and the engine cache made is the one this call made. */
 static int cache_init(CacheObject *self, PyObject *args, PyObject *kwds)
 {
-    static char *kwlist[] = {"name", "size", "align", "flags", "ctor", NULL};
-    PyObject *name, *size_o, *align_o = NULL, *flags_o = NULL, *ctor = Py_None;
+    static char *kwlist[] = {"name", "size", "align", "flags", "ctor", "limit", NULL};
+    PyObject *name, *size_o, *align_o = NULL, *flags_o = NULL, *ctor = Py_None, *limit_o = NULL;
     Py_ssize_t size, align = 0, flags = 0;
+    uint64_t limit;
     if (self->cache) {
         PyErr_SetString(PyExc_TypeError, "a kmemcache cache cannot be initialised twice");
         return -1;
     }
-    if (!PyArg_ParseTupleAndKeywords(args, kwds, "OO|OOO:Cache", kwlist, &name, &size_o, &align_o,
-                                     &flags_o, &ctor))
+    if (!PyArg_ParseTupleAndKeywords(args, kwds, "OO|OOO$O:Cache", kwlist, &name, &size_o, &align_o,
+                                     &flags_o, &ctor, &limit_o))
         return -1;
     const char *cname = kmcpy_cache_name_arg(name);
-    if (!cname || kmcpy_ssize_value(size_o, "size", &size) < 0 ||
+    if (!cname || kmcpy_limit_arg(limit_o, "limit", &limit) < 0 ||
+        kmcpy_ssize_value(size_o, "size", &size) < 0 ||
         (align_o && kmcpy_ssize_value(align_o, "align", &align) < 0) ||
         (flags_o && kmcpy_ssize_value(flags_o, "flags", &flags) < 0))
         return -1;
@@ -308,6 +310,8 @@ static int cache_init(CacheObject *self, PyObject *args, PyObject *kwds)
             kmcpy_raise(st);
         return -1;
     }
+    if (limit)
+        (void)kmc_cache_set_limit(made, limit); /* a private cache of its own: always takes it */
     /* also on a cache initialised again after destroy(): no stale ctor */
     PyObject *old_ctor = self->ctor, *old_error = self->ctor_error;
     self->ctor = ctor != Py_None ? Py_NewRef(ctor) : NULL;
@@ -1033,6 +1037,30 @@ static PyMethodDef cache_methods[] = {
     {NULL, NULL, 0, NULL},
 };
 
+static PyObject *cache_get_limit(CacheObject *self, void *Py_UNUSED(closure))
+{
+    if (kmcpy_cache_check_alive(self) < 0)
+        return NULL;
+    uint64_t v = kmc_cache_limit(self->cache);
+    return v ? PyLong_FromUnsignedLongLong(v) : Py_NewRef(Py_None);
+}
+
+static int cache_set_limit(CacheObject *self, PyObject *value, void *Py_UNUSED(closure))
+{
+    uint64_t v;
+    if (!value) {
+        PyErr_SetString(PyExc_AttributeError, "the limit cannot be deleted: set it to None");
+        return -1;
+    }
+    if (kmcpy_cache_check_alive(self) < 0 || kmcpy_limit_arg(value, "limit", &v) < 0)
+        return -1;
+    if (kmc_cache_set_limit(self->cache, v) != KMC_OK) {
+        PyErr_SetString(PyExc_ValueError, kmc_last_report()->message);
+        return -1;
+    }
+    return 0;
+}
+
 static PyGetSetDef cache_getset[] = {
     {"name", (getter)cache_get_name, NULL, "The cache's name.", NULL},
     {"size", (getter)cache_get_size, NULL, "Bytes per object, as asked for.", NULL},
@@ -1040,6 +1068,11 @@ static PyGetSetDef cache_getset[] = {
     {"flags", (getter)cache_get_flags, NULL, "The cache's flags, as an int.", NULL},
     {"destroyed", (getter)cache_get_destroyed, NULL, "True once destroyed.", NULL},
     {"ctor", (getter)cache_get_ctor, NULL, "The constructor, or None.", NULL},
+    {"limit", (getter)cache_get_limit, (setter)cache_set_limit,
+     "Bytes of slabs the cache may hold at most (None: no limit). Writable; an allocation that "
+     "would need a slab past it raises MemoryLimitError, after the cache's empty slabs went "
+     "back.",
+     NULL},
     {NULL, NULL, NULL, NULL, NULL},
 };
 
@@ -1057,7 +1090,7 @@ PyTypeObject Cache_Type = {
     .tp_dealloc = (destructor)cache_dealloc,
     .tp_flags = Py_TPFLAGS_DEFAULT | Py_TPFLAGS_BASETYPE | Py_TPFLAGS_HAVE_GC,
     .tp_doc =
-        "Cache(name, size, align=0, flags=0, ctor=None)\n--\n\n"
+        "Cache(name, size, align=0, flags=0, ctor=None, *, limit=None)\n--\n\n"
         "A cache of objects of `size` bytes, each aligned to `align` bytes.\n\n"
         "name: 1 to 63 bytes of UTF-8, no whitespace or control character (it is\n"
         "    a /proc/slabinfo column).\n"
@@ -1065,7 +1098,9 @@ PyTypeObject Cache_Type = {
         "align: 0 (the default minimum, 8 bytes) or a power of two up to 2 MiB.\n"
         "flags: kmemcache.Flags; Flags.HWCACHE_ALIGN aligns on the cache line.\n"
         "ctor: called with a memoryview of each object once, when its slab is\n"
-        "    created (not on every alloc). The view is released after the call.\n\n"
+        "    created (not on every alloc). The view is released after the call.\n"
+        "limit: bytes of slabs the cache may hold at most (None: no limit); past\n"
+        "    it an alloc raises kmemcache.MemoryLimitError.\n\n"
         "Use `with Cache(...) as cache:` to destroy the cache at the end.",
     .tp_traverse = (traverseproc)cache_traverse,
     .tp_clear = (inquiry)cache_clear,

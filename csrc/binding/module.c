@@ -11,7 +11,7 @@
 
 PyObject *kmcpy_slab_error;
 static PyObject *double_free_error, *invalid_free_error, *cache_busy_error, *redzone_error,
-    *poison_error, *corruption_error, *stale_object_error;
+    *poison_error, *corruption_error, *stale_object_error, *memory_limit_error;
 static PyObject *error_factory; /* callable(kind, report_dict) -> exception or None */
 PyObject *kmcpy_facade;
 
@@ -48,6 +48,8 @@ PyObject *kmcpy_exception_for(kmc_status status)
         return PyExc_FileNotFoundError;
     case KMC_EOS:
         return PyExc_OSError;
+    case KMC_ELIMIT:
+        return memory_limit_error;
     case KMC_OK:
         break;
     }
@@ -74,6 +76,14 @@ static PyObject *report_dict(const kmc_report_t *r)
 static int raise_report(const kmc_report_t *r)
 {
     PyObject *cls = kmcpy_exception_for(r->status);
+    if (r->status == KMC_ELIMIT) {
+        PyObject *exc = kmcpy_limit_error(cls, r);
+        if (exc) {
+            PyErr_SetObject(cls, exc);
+            Py_DECREF(exc);
+        }
+        return 0;
+    }
     if (r->status == KMC_EEXIST || r->status == KMC_ENOENT || r->status == KMC_EOS) {
         /* an OSError of the errno the OS gave */
         int err = r->os_error               ? r->os_error
@@ -363,7 +373,8 @@ PyMODINIT_FUNC PyInit__kmemcache(void)
         return NULL;
     SharedCache_Type.tp_base = &Cache_Type;
     SharedHandle_Type.tp_base = &Handle_Type;
-    if (PyType_Ready(&SharedCache_Type) < 0 || PyType_Ready(&SharedHandle_Type) < 0)
+    if (PyType_Ready(&SharedCache_Type) < 0 || PyType_Ready(&SharedHandle_Type) < 0 ||
+        PyType_Ready(&MemoryGroup_Type) < 0)
         return NULL;
     PyObject *m = PyModule_Create(&module_def);
     if (!m)
@@ -372,6 +383,7 @@ PyMODINIT_FUNC PyInit__kmemcache(void)
         PyModule_AddObjectRef(m, "Object", (PyObject *)&Handle_Type) < 0 ||
         PyModule_AddObjectRef(m, "SharedCache", (PyObject *)&SharedCache_Type) < 0 ||
         PyModule_AddObjectRef(m, "SharedObject", (PyObject *)&SharedHandle_Type) < 0 ||
+        PyModule_AddObjectRef(m, "MemoryGroup", (PyObject *)&MemoryGroup_Type) < 0 ||
         PyModule_AddFunctions(m, kmcpy_kmalloc_methods) < 0 ||
         PyModule_AddFunctions(m, kmcpy_shared_methods) < 0 ||
         PyModule_AddFunctions(m, kmcpy_numpy_methods) < 0 || kmcpy_capi_add(m) < 0)
@@ -392,7 +404,10 @@ PyMODINIT_FUNC PyInit__kmemcache(void)
                                        "The allocator's metadata does not add up.")) ||
         !(stale_object_error = new_error(m, "StaleObjectError", kmcpy_slab_error,
                                          "A shared object reference names an object that "
-                                         "was freed.")))
+                                         "was freed.")) ||
+        !(memory_limit_error = new_error(m, "MemoryLimitError", PyExc_MemoryError,
+                                         "An allocation would pass a memory group's limit, or "
+                                         "a cache's: nothing was allocated or charged.")))
         goto fail;
     struct {
         const char *name;

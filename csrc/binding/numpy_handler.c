@@ -62,9 +62,40 @@ _Static_assert(((size_t)1 << MAX_SHIFT) == KMC_MAX_ALIGN, "the last handler is K
 
 static void free_failed(void *p, kmc_status st);
 
+/* A memory group's limit refused this thread's last array: its report, made
+ * then (the frees NumPy does before it raises clear the engine's), for the
+ * note kmemcache.numpy adds to NumPy's MemoryError (_numpy_limit_note). In
+ * memory of the thread's own, freed when it exits: this module's
+ * thread-locals are static TLS, which is small. */
+static pthread_key_t note_key;
+static pthread_once_t note_once = PTHREAD_ONCE_INIT;
+
+static void note_key_make(void) { (void)pthread_key_create(&note_key, free); }
+
+static void *refused(void)
+{
+    const kmc_report_t *r = kmc_last_report();
+    if (pthread_once(&note_once, note_key_make) != 0)
+        return NULL;
+    char *note = pthread_getspecific(note_key);
+    if (r->status != KMC_ELIMIT) { /* another failure: no note, nor an older one */
+        if (note)
+            note[0] = 0;
+        return NULL;
+    }
+    if (!note && (note = malloc(KMCPY_LIMIT_REPORT)) && pthread_setspecific(note_key, note) != 0) {
+        free(note);
+        note = NULL;
+    }
+    if (note)
+        kmcpy_limit_report(r, note, KMCPY_LIMIT_REPORT);
+    return NULL;
+}
+
 static void *h_malloc(void *ctx, size_t size)
 {
-    return kmc_kmalloc(size ? size : 1, ALIGN_OF(ctx));
+    void *p = kmc_kmalloc(size ? size : 1, ALIGN_OF(ctx));
+    return p ? p : refused();
 }
 
 static void *h_calloc(void *ctx, size_t nelem, size_t elsize)
@@ -72,7 +103,8 @@ static void *h_calloc(void *ctx, size_t nelem, size_t elsize)
     size_t size;
     if (__builtin_mul_overflow(nelem, elsize, &size))
         return NULL;
-    return kmc_kzalloc(size ? size : 1, ALIGN_OF(ctx));
+    void *p = kmc_kzalloc(size ? size : 1, ALIGN_OF(ctx));
+    return p ? p : refused();
 }
 
 static void h_free(void *ctx, void *p, size_t size)
@@ -92,13 +124,13 @@ static void *h_realloc(void *ctx, void *p, size_t size)
     if (!size)
         size = 1;
     if (!p)
-        return kmc_kmalloc(size, align);
+        return h_malloc(ctx, size);
     if (kmc_krealloc_in_place(p, size, align))
         return p;
     size_t old = kmc_ksize(p);
     void *q = kmc_kmalloc(size, align);
     if (!q)
-        return NULL; /* p untouched, as realloc leaves it */
+        return refused(); /* p untouched, as realloc leaves it */
     memcpy(q, p, old < size ? old : size);
     h_free(ctx, p, old);
     return q;
@@ -257,7 +289,23 @@ static PyObject *numpy_handler_align(PyObject *Py_UNUSED(m), PyObject *arg)
     return PyLong_FromLong(0);
 }
 
+/* The report of the limit that refused this thread's last array, once. */
+static PyObject *numpy_limit_note(PyObject *Py_UNUSED(module), PyObject *Py_UNUSED(ignored))
+{
+    if (pthread_once(&note_once, note_key_make) != 0)
+        Py_RETURN_NONE;
+    char *note = pthread_getspecific(note_key);
+    if (!note || !note[0])
+        Py_RETURN_NONE;
+    PyObject *text = PyUnicode_FromFormat("kmemcache: %s", note);
+    note[0] = 0;
+    return text;
+}
+
 PyMethodDef kmcpy_numpy_methods[] = {
+    {"_numpy_limit_note", numpy_limit_note, METH_NOARGS,
+     "_numpy_limit_note($module, /)\n--\n\nThe report of the memory limit that refused the "
+     "calling thread's last array, or None; cleared by the call."},
     {"_numpy_handler", numpy_handler, METH_O,
      "_numpy_handler($module, align, /)\n--\n\n"
      "The NEP 49 handler capsule for arrays aligned to align bytes (one per alignment)."},

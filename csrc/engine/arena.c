@@ -118,6 +118,10 @@ void kmc__arenas_free_dead(kmc_cache_t *c)
     for (kmc_arena_t *a = c->dead_arenas, *next; a; a = next) {
         next = a->next_dead;
         kmc__os_unmap_meta(a->slabs, a->meta_bytes);
+        _Atomic uint16_t *tags = atomic_load(&a->tags);
+        if (tags)
+            kmc__os_unmap_meta((void *)tags, a->tags_bytes);
+        atomic_store(&a->tags, NULL);
         spare_arena(c, a);
     }
     c->dead_arenas = NULL;
@@ -167,6 +171,7 @@ static kmc_status arena_new(kmc_cache_t *c, kmc_arena_t **out)
         return kmc__report(KMC_ENOMEM, c, NULL, "the OS refused %zu bytes for an arena", bytes);
     }
     a->bump = a->live_slabs = a->pinned = 0;
+    atomic_store(&a->tags, NULL); /* mapped at its first charge */
     a->next_dead = NULL;
     a->base = (uintptr_t)base;
     a->bytes = bytes;
@@ -293,6 +298,7 @@ static void fork_unlock(kmc_cache_t *c)
 const kmc_backing_t kmc__private_backing = {
     .kind = "private",
     .serves_kmalloc = true,
+    .chargeable = true,
     .lock = own_lock,
     .unlock = own_unlock,
     .alloc = kmc__depot_alloc,

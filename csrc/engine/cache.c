@@ -376,6 +376,44 @@ void kmc__depot_release_expired(kmc_cache_t *c, uint32_t now, bool all)
 
 bool kmc__depot_has_empty(const kmc_cache_t *c) { return c->d->empty.count != 0; }
 
+/* May @c commit one more slab? Past its limit, its empty slabs go back to
+ * the OS first (the depot's; those a heap keeps come back at the next
+ * purge). Cache locked. */
+static kmc_status within_limit(kmc_cache_t *c)
+{
+    uint64_t limit = atomic_load_explicit(&c->limit, memory_order_relaxed);
+    if (!limit || (c->d->num_slabs + 1) * c->slab_size <= limit)
+        return KMC_OK;
+    kmc__depot_release_expired(c, 0, true);
+    if ((c->d->num_slabs + 1) * c->slab_size <= limit)
+        return KMC_OK;
+    uint64_t usage = c->d->num_slabs * c->slab_size;
+    kmc__report(KMC_ELIMIT, c, NULL,
+                "cache %s: a %zu-byte slab more would pass its limit of %llu bytes of slabs "
+                "(%llu in use)",
+                c->name, c->slab_size, (unsigned long long)limit, (unsigned long long)usage);
+    kmc_report_t *r = kmc__report_slot();
+    r->requested = c->slab_size;
+    r->usage = usage;
+    r->limit = limit;
+    r->peak = c->peak_slabs * c->slab_size;
+    return KMC_ELIMIT;
+}
+
+kmc_status kmc_cache_set_limit(kmc_cache_t *c, uint64_t bytes)
+{
+    kmc__report_clear();
+    if (kmc__kmalloc_pinned(c))
+        return kmc__report(KMC_EINVAL, c, NULL, "%s serves kmalloc: it takes no limit", c->name);
+    if (!c->backing->chargeable)
+        return kmc__report(KMC_EINVAL, c, NULL, "%s is a %s cache: it takes no limit", c->name,
+                           c->backing->kind);
+    atomic_store(&c->limit, bytes);
+    return KMC_OK;
+}
+
+uint64_t kmc_cache_limit(const kmc_cache_t *c) { return atomic_load(&((kmc_cache_t *)c)->limit); }
+
 /* Build one more slab and put it at the head of the depot's partial list.
  * The memory is committed and the constructor run without the lock, on a
  * NEW slab that no other thread can reach. Called unlocked; returns
@@ -389,6 +427,10 @@ kmc_status kmc__depot_grow(kmc_cache_t *c)
     if (c->d->partial.head != KMC_NIL || c->d->empty.head != KMC_NIL) {
         kmc__cache_unlock(c); /* another thread grew it, or a heap gave back */
         return KMC_OK;
+    }
+    if ((st = within_limit(c)) != KMC_OK) {
+        kmc__cache_unlock(c);
+        return st;
     }
     uint32_t id = KMC_NIL;
     uint8_t *mem = NULL;
@@ -428,6 +470,8 @@ kmc_status kmc__depot_grow(kmc_cache_t *c)
         kmc__list_push(c, &c->d->partial, id);
         c->d->num_slabs++;
         c->d->slabs_created++;
+        if (c->d->num_slabs > c->peak_slabs)
+            c->peak_slabs = c->d->num_slabs;
     } else if (ctor_rc > 0) {
         kmc__slab_set_state(s, KMC_SLAB_PINNED); /* live_slabs keeps counting it */
         kmc__slab_arena(c, id)->pinned++;
@@ -709,8 +753,18 @@ void *kmc__cache_alloc_sized(kmc_cache_t *c, int zero, size_t orig)
     if (!(c->flags & KMC_RED_ZONE) || orig >= c->size)
         return kmc_cache_alloc(c, zero);
     kmc__report_clear();
-    kmc_status st;
-    return depot_alloc(c, zero, orig, &st);
+    kmc_status st = KMC_OK;
+    kmc_group_t *g = kmc__group_cur ? kmc__group_charge(c, c->size, &st) : NULL;
+    if (st != KMC_OK)
+        return NULL;
+    void *p = depot_alloc(c, zero, orig, &st);
+    if (g) {
+        if (p)
+            kmc__group_tag(c, p, g);
+        else
+            kmc__group_uncharge(g, c->size, 1);
+    }
+    return p;
 }
 
 /* A private cache's locked alloc: kmc_cache_alloc's slow path when the

@@ -20,8 +20,8 @@
  * Lock order: kmalloc classes lock, caches_lock, cache locks (in list order;
  * a shared cache's is its region's mutex), process slot locks of a region
  * (in slot order), registry lock, large-allocation lock, thread registry
- * lock, purge lock, options lock. A process's fast paths take only their
- * own slot lock.
+ * lock, purge lock, options lock, memory groups' lock. A process's fast
+ * paths take only their own slot lock.
  */
 #ifndef KMC_INTERNAL_H
 #define KMC_INTERNAL_H
@@ -180,8 +180,11 @@ typedef struct kmc_arena_s {
     kmc_slab_t *slabs;
     _Atomic uint64_t *local;
     _Atomic uint64_t *remote;
-    uint32_t *orig;                /* NULL unless the cache has red zones */
-    size_t meta_bytes;             /* mapped for all of the above */
+    uint32_t *orig;                   /* NULL unless the cache has red zones */
+    size_t meta_bytes;                /* mapped for all of the above */
+    _Atomic(_Atomic uint16_t *) tags; /* each slot's memory group id (group.c),
+                                        * mapped at the first charge */
+    size_t tags_bytes;
     struct kmc_arena_s *next_dead; /* on dead_arenas or spare_arenas */
 } kmc_arena_t;
 
@@ -296,7 +299,9 @@ struct kmc_cache_s {
     uint32_t heap_keep;    /* empty slabs a heap keeps */
     uint32_t mag_size;     /* objects a heap's magazine keeps, <= KMC_MAG_SIZE */
     unsigned flags;
-    bool heaps_on; /* per-thread caches (never with debug flags) */
+    bool heaps_on;          /* per-thread caches (never with debug flags) */
+    _Atomic uint64_t limit; /* slab memory at most (0: none): kmc_cache_set_limit */
+    uint64_t peak_slabs;    /* the most committed slabs; cache lock */
     kmc_ctor_fn ctor;
     void *ctor_arg;
     const struct kmc_backing *backing; /* where the slabs live: see below */
@@ -335,6 +340,7 @@ struct kmc_cache_s {
 typedef struct kmc_backing {
     const char *kind;             /* "private", "shared": for messages */
     bool serves_kmalloc;          /* may be a kmalloc size class's cache */
+    bool chargeable;              /* its objects are charged to memory groups */
     void (*lock)(kmc_cache_t *c); /* the cache lock */
     void (*unlock)(kmc_cache_t *c);
     /* the locked paths: threads without a heap, debug caches */
@@ -569,6 +575,21 @@ uint32_t kmc__purge_delay_ms(void);
 void kmc__purge_lock_all(void);         /* fork */
 void kmc__purge_unlock_all(bool child); /* child: no thread */
 void kmc__purge_defer(bool on);         /* a forked child's handler: start none */
+
+/* --- group.c: memory groups. The alloc paths charge the calling thread's
+ * group first (kmc__group_cur: one test when none) and tag the object; the
+ * free paths, once any object was charged, take the tag's charge back. */
+extern __thread kmc_group_t *kmc__group_cur __attribute__((tls_model("initial-exec")));
+extern uint8_t kmc__groups_used; /* a plain byte: the free path's test is one compare */
+kmc_group_t *kmc__group_charge(const kmc_cache_t *c, uint64_t bytes, kmc_status *st);
+void kmc__group_uncharge(kmc_group_t *g, uint64_t bytes, uint64_t objects);
+void kmc__group_tag(const kmc_cache_t *c, void *p, kmc_group_t *g); /* after the alloc */
+void kmc__group_free(const kmc_cache_t *c, const void *p);          /* before the free */
+kmc_group_t *kmc__group_of_id(uint32_t id);
+bool kmc__group_holds(uint32_t id, const kmc_group_t *g); /* id is g or a child's */
+uint32_t kmc__group_id(const kmc_group_t *g);
+void kmc__groups_lock(bool on);                            /* fork */
+uint64_t kmc__kmalloc_large_charged(const kmc_group_t *g); /* kmalloc.c */
 
 /* --- options.c */
 long kmc__option(kmc_option option);

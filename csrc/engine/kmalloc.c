@@ -175,6 +175,7 @@ typedef struct large_s {
     uintptr_t addr; /* start of the pages; 0: empty slot */
     size_t bytes;   /* mapped bytes, a page multiple */
     uint32_t since; /* kept runs: kmc__now_ms() when freed */
+    uint32_t group; /* live ones: the memory group charged (0: none) */
 } large_t;
 
 /* Freed runs kept for the purge delay, as a cache keeps its empty slabs:
@@ -320,6 +321,10 @@ static void *large_alloc(size_t size, size_t align, int zero)
     size_t a = align > page ? align : page;
     if (is_pow2(size) && size > a)
         a = size; /* natural alignment, as the kernel's page allocator gives */
+    kmc_status st = KMC_OK;
+    kmc_group_t *g = kmc__group_cur ? kmc__group_charge(NULL, bytes, &st) : NULL;
+    if (st != KMC_OK)
+        return NULL;
     pthread_mutex_lock(&large.lock);
     uint8_t *p = (uint8_t *)large_take_kept(bytes, a);
     pthread_mutex_unlock(&large.lock);
@@ -330,6 +335,8 @@ static void *large_alloc(size_t size, size_t align, int zero)
             memset(p, 0, bytes); /* all of ksize: krealloc may grow into it */
     }
     if (!p && !(p = kmc__os_map_pages(bytes, a))) {
+        if (g)
+            kmc__group_uncharge(g, bytes, 1);
         kmc__report(KMC_ENOMEM, NULL, NULL, "the OS refused %zu bytes for a large kmalloc", bytes);
         return NULL;
     }
@@ -337,12 +344,16 @@ static void *large_alloc(size_t size, size_t align, int zero)
     bool room = (large.count + 1) * 2 <= large.cap ||
                 large_resize(large.cap ? large.cap * 2 : large_min_slots());
     if (room) {
-        large_put(large.slots, large.cap, (large_t){.addr = (uintptr_t)p, .bytes = bytes});
+        large_put(
+            large.slots, large.cap,
+            (large_t){.addr = (uintptr_t)p, .bytes = bytes, .group = g ? kmc__group_id(g) : 0});
         large.count++;
         large.bytes += bytes;
     }
     pthread_mutex_unlock(&large.lock);
     if (!room) {
+        if (g)
+            kmc__group_uncharge(g, bytes, 1);
         kmc__os_unmap_pages(p, bytes);
         kmc__report(KMC_ENOMEM, NULL, NULL, "no memory for the large allocation table");
         return NULL;
@@ -360,6 +371,7 @@ static bool large_free(void *p)
         return false;
     }
     size_t bytes = large.slots[i].bytes;
+    kmc_group_t *g = kmc__group_of_id(large.slots[i].group);
     large.count--;
     large.bytes -= bytes;
     large_remove_at(i);
@@ -374,7 +386,20 @@ static bool large_free(void *p)
         kmc__os_unmap_pages(p, bytes);
     for (unsigned k = 0; k < n; k++)
         kmc__os_unmap_pages((void *)evicted[k].addr, evicted[k].bytes);
+    if (g)
+        kmc__group_uncharge(g, bytes, 1);
     return true;
+}
+
+uint64_t kmc__kmalloc_large_charged(const kmc_group_t *g)
+{
+    uint64_t bytes = 0;
+    pthread_mutex_lock(&large.lock);
+    for (size_t i = 0; i < large.cap; i++)
+        if (large.slots[i].addr && kmc__group_holds(large.slots[i].group, g))
+            bytes += large.slots[i].bytes;
+    pthread_mutex_unlock(&large.lock);
+    return bytes;
 }
 
 static size_t large_size(const void *p)
@@ -401,7 +426,10 @@ static bool large_shrink(void *p, size_t size)
     size_t tail = large.slots[i].bytes - want;
     large.slots[i].bytes = want;
     large.bytes -= tail;
+    kmc_group_t *g = kmc__group_of_id(large.slots[i].group);
     pthread_mutex_unlock(&large.lock);
+    if (g && tail)
+        kmc__group_uncharge(g, tail, 0);
     if (tail)
         kmc__os_unmap_pages((uint8_t *)p + want, tail);
     return true;

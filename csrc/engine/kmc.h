@@ -186,9 +186,11 @@ typedef enum kmc_status {
     KMC_ENOENT,        /* no shared cache of that name */
     KMC_ESTALE,        /* a shared object's reference names a freed object */
     KMC_EOS,           /* the OS refused, for the reason in report.os_error */
+    KMC_ELIMIT,        /* a memory group's or a cache's limit; nothing changed */
 } kmc_status;
 
 typedef struct kmc_cache_s kmc_cache_t;
+typedef struct kmc_group_s kmc_group_t; /* a memory group: see kmc_group_create */
 
 /* A constructor runs once per object when its slab is created, never on a
  * plain alloc (Bonwick's object caching). It runs without any engine lock
@@ -215,6 +217,13 @@ typedef struct kmc_report_s {
     uint8_t dump[64];         /* bytes around the damage */
     char message[256];        /* one line, in SLUB's words where they fit */
     int os_error;             /* KMC_EOS (and others from an OS call): errno */
+    /* KMC_ELIMIT: whose limit (a group's name, or "" for the cache's own),
+     * the bytes asked for, and the group's or cache's usage, limit and peak
+     * then; message names its largest consumers */
+    char group[KMC_NAME_MAX];
+    uint64_t requested, usage, limit, peak;
+    kmc_group_t *limit_group; /* that group: valid until it is released, so
+                               * while the thread that failed stays in it */
 } kmc_report_t;
 
 /* Per-cache counters, one X-macro list so that every consumer (the struct,
@@ -695,6 +704,62 @@ void kmc_kmalloc_large_stats(kmc_kmalloc_large_stats_t *out);
 /* kmc_kmalloc_shrink - give the kept runs back to the OS (the size-class
  * caches shrink with kmc_cache_shrink). Return: the bytes given back. */
 size_t kmc_kmalloc_shrink(void);
+
+/*
+ * Memory groups (group.c), as the kernel charges slab objects to memory
+ * cgroups. While a group is a thread's current one, every object that thread
+ * gets from a private cache or the kmalloc family is charged to the group,
+ * and to each of its parents, until it is freed, by whichever thread: the
+ * object's size in its cache (a kmalloc object: its size class; a large
+ * one: its pages). Objects of shared caches are not charged. A charge that
+ * would take a group past its limit fails with KMC_ELIMIT and changes
+ * nothing; one that takes it past its soft limit first has every cache give
+ * its empty and cached memory back (a purge), once per crossing.
+ *
+ * A group lives while it has a handle or charged bytes or child groups:
+ * kmc_group_release lets go of the handle. No group entered, nothing is
+ * charged, and alloc and free pay one test each.
+ */
+typedef struct kmc_group_stats_s {
+    uint64_t usage;      /* bytes charged now: its objects' and its children's */
+    uint64_t peak;       /* the most usage since creation or the last reset */
+    uint64_t limit;      /* 0: none */
+    uint64_t soft_limit; /* 0: none */
+    uint64_t soft_hits;  /* charges that crossed the soft limit */
+    uint64_t failures;   /* charges refused at the limit */
+    uint64_t purges;     /* purges those crossings ran */
+    uint64_t objects;    /* objects charged now (large allocations included) */
+} kmc_group_stats_t;
+
+/* kmc_group_create - a group named @name (printable, no spaces), a child of
+ * @parent (NULL: none); limits in bytes, 0 for none. KMC_EINVAL for a bad
+ * name, a soft limit above the limit, or parents nested deeper than 8. */
+kmc_status kmc_group_create(const char *name, kmc_group_t *parent, uint64_t limit,
+                            uint64_t soft_limit, kmc_group_t **out);
+void kmc_group_release(kmc_group_t *group);
+/* kmc_group_enter - make @group (NULL: none) the calling thread's current
+ * group; returns the one it replaces, for kmc_group_enter to put back. */
+kmc_group_t *kmc_group_enter(kmc_group_t *group);
+kmc_group_t *kmc_group_current(void);
+kmc_group_t *kmc_group_parent(const kmc_group_t *group);
+const char *kmc_group_name(const kmc_group_t *group);
+/* A pointer kept for the group's creator (the binding: its MemoryGroup). */
+void kmc_group_set_owner(kmc_group_t *group, void *owner);
+void *kmc_group_owner(const kmc_group_t *group);
+void kmc_group_stats(const kmc_group_t *group, kmc_group_stats_t *out);
+kmc_status kmc_group_set_limits(kmc_group_t *group, uint64_t limit, uint64_t soft_limit);
+void kmc_group_reset_peak(kmc_group_t *group);
+/* kmc_group_consumers - the caches holding the most of @group's charged
+ * bytes (its children's included), largest first: up to @max names and
+ * byte counts ("kmalloc-large" for large allocations); returns how many. */
+size_t kmc_group_consumers(const kmc_group_t *group, char (*names)[KMC_NAME_MAX], uint64_t *bytes,
+                           size_t max);
+
+/* kmc_cache_set_limit - cap @cache's slab memory at @bytes (0: no cap).
+ * Growing past it first gives the cache's empty slabs back, then fails
+ * with KMC_ELIMIT. KMC_EINVAL for a shared cache or a kmalloc class. */
+kmc_status kmc_cache_set_limit(kmc_cache_t *cache, uint64_t bytes);
+uint64_t kmc_cache_limit(const kmc_cache_t *cache);
 
 #ifdef __cplusplus
 }

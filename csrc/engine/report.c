@@ -51,6 +51,7 @@ const char *kmc_status_name(kmc_status status)
         [KMC_ENOENT] = "no such shared cache",
         [KMC_ESTALE] = "stale object reference",
         [KMC_EOS] = "OS error",
+        [KMC_ELIMIT] = "memory limit",
     };
     if ((unsigned)status < sizeof(names) / sizeof(names[0]) && names[status])
         return names[status];

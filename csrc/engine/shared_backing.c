@@ -286,6 +286,7 @@ static void fork_child(kmc_cache_t *c, uint32_t me)
 const kmc_backing_t kmc__shared_backing = {
     .kind = "shared",
     .serves_kmalloc = false,
+    .chargeable = false, /* other processes free its objects */
     .lock = kmc__region_lock,
     .unlock = kmc__region_unlock,
     .alloc = alloc,

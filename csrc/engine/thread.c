@@ -105,10 +105,12 @@ static void fork_prepare(void)
     pthread_mutex_lock(&threads_lock);
     kmc__purge_lock_all();
     kmc__options_lock(true);
+    kmc__groups_lock(true);
 }
 
 static void unlock_all(bool child)
 {
+    kmc__groups_lock(false);
     kmc__options_lock(false);
     kmc__purge_unlock_all(child);
     pthread_mutex_unlock(&threads_lock);

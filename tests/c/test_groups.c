@@ -1,0 +1,351 @@
+/*
+ * test_groups.c - memory groups and cache limits through kmc.h: what a
+ * thread allocates inside a group is charged to it and its parents until
+ * freed by any thread, limits refuse exactly at the limit and change
+ * nothing, and usage matches a model after two threads' random work.
+ */
+#include <pthread.h>
+#include <stdint.h>
+
+#include "kmc.h"
+#include "test_helpers.h"
+#include "thread_helpers.h"
+
+static kmc_group_stats_t gstats(kmc_group_t *g)
+{
+    kmc_group_stats_t s;
+    kmc_group_stats(g, &s);
+    return s;
+}
+
+static kmc_cache_t *free_cache;
+static void *free_elsewhere(void *p)
+{
+    if (kmc_cache_free(free_cache, p) != KMC_OK)
+        atomic_fetch_add(&thread_failures, 1);
+    return NULL;
+}
+
+static void test_objects_are_charged_until_freed(void)
+{
+    kmc_group_t *g;
+    CHECK_EQ(kmc_group_create("job", NULL, 0, 0, &g), KMC_OK);
+    kmc_cache_t *c = make("grp-a", 100, 64);
+    CHECK(c);
+    void *outside = kmc_cache_alloc(c, 0);
+    CHECK(kmc_group_enter(g) == NULL);
+    void *a = kmc_cache_alloc(c, 0), *b = kmc_cache_alloc(c, 1);
+    void *k = kmc_kmalloc(100, 0);      /* the 128-byte class */
+    void *big = kmc_kmalloc(100000, 0); /* large: 25 pages */
+    CHECK(kmc_group_enter(NULL) == g);
+    CHECK(a && b && k && big && outside);
+    size_t pages = (100000 + kmc_page_size() - 1) / kmc_page_size() * kmc_page_size();
+    CHECK_EQ(gstats(g).usage, 100 + 100 + 128 + pages);
+    CHECK_EQ(gstats(g).objects, 4);
+    CHECK_EQ(gstats(g).peak, 100 + 100 + 128 + pages);
+    CHECK_EQ(kmc_cache_free(c, outside), KMC_OK); /* not charged: nothing taken back */
+    CHECK_EQ(gstats(g).usage, 100 + 100 + 128 + pages);
+    CHECK_EQ(kmc_cache_free(c, a), KMC_OK);
+    CHECK_EQ(kmc_kfree(k), KMC_OK);
+    CHECK_EQ(kmc_kfree(big), KMC_OK);
+    CHECK_EQ(gstats(g).usage, 100);
+    CHECK_EQ(kmc_cache_free(c, a), KMC_EDOUBLE_FREE); /* a double free takes nothing back */
+    CHECK_EQ(gstats(g).usage, 100);
+    free_cache = c; /* by another thread, outside any group */
+    atomic_store(&thread_failures, 0);
+    in_thread(free_elsewhere, b);
+    CHECK_EQ(atomic_load(&thread_failures), 0);
+    CHECK_EQ(gstats(g).usage, 0);
+    CHECK_EQ(gstats(g).objects, 0);
+    CHECK_EQ(gstats(g).peak, 100 + 100 + 128 + pages);
+    kmc_group_reset_peak(g);
+    CHECK_EQ(gstats(g).peak, 0);
+    kmc_group_release(g);
+    CHECK_EQ(kmc_cache_destroy(c), KMC_OK);
+}
+
+static void test_a_limit_refuses_exactly_and_changes_nothing(void)
+{
+    kmc_group_t *g;
+    CHECK_EQ(kmc_group_create("bounded", NULL, 1000, 0, &g), KMC_OK);
+    kmc_cache_t *c = make("grp-b", 96, 0);
+    CHECK(c);
+    void *objs[16];
+    kmc_group_enter(g);
+    int n = 0;
+    while (n < 16 && (objs[n] = kmc_cache_alloc(c, 0)))
+        n++;
+    const kmc_report_t *r = kmc_last_report();
+    kmc_group_enter(NULL);
+    CHECK_EQ(n, 1000 / 96); /* 10 fit, the 11th would pass 1000 */
+    CHECK_EQ(r->status, KMC_ELIMIT);
+    CHECK(strcmp(r->group, "bounded") == 0);
+    CHECK_EQ(r->requested, 96);
+    CHECK_EQ(r->usage, 960);
+    CHECK_EQ(r->limit, 1000);
+    CHECK(strstr(r->message, "grp-b") != NULL); /* the largest consumer is named */
+    kmc_stats_t s = stats_of(c);
+    CHECK_EQ(s.active_objs, (uint64_t)n); /* the refused alloc took no object */
+    CHECK_EQ(gstats(g).usage, 960);
+    CHECK_EQ(gstats(g).failures, 1);
+    /* a raised limit lets the next one through */
+    CHECK_EQ(kmc_group_set_limits(g, 2000, 0), KMC_OK);
+    kmc_group_enter(g);
+    objs[n] = kmc_cache_alloc(c, 0);
+    kmc_group_enter(NULL);
+    CHECK(objs[n]);
+    n++;
+    CHECK_EQ(kmc_group_set_limits(g, 100, 200), KMC_EINVAL); /* soft above hard */
+    for (int i = 0; i < n; i++)
+        CHECK_EQ(kmc_cache_free(c, objs[i]), KMC_OK);
+    CHECK_EQ(gstats(g).usage, 0);
+    kmc_group_release(g);
+    CHECK_EQ(kmc_cache_destroy(c), KMC_OK);
+}
+
+static void test_a_child_counts_in_its_parent_and_obeys_its_limit(void)
+{
+    kmc_group_t *parent, *child;
+    CHECK_EQ(kmc_group_create("parent", NULL, 300, 0, &parent), KMC_OK);
+    CHECK_EQ(kmc_group_create("child", parent, 0, 0, &child), KMC_OK);
+    CHECK(kmc_group_parent(child) == parent);
+    kmc_cache_t *c = make("grp-c", 100, 0);
+    CHECK(c);
+    kmc_group_enter(child);
+    void *a = kmc_cache_alloc(c, 0), *b = kmc_cache_alloc(c, 0), *d = kmc_cache_alloc(c, 0);
+    void *e = kmc_cache_alloc(c, 0);
+    kmc_group_enter(NULL);
+    CHECK(a && b && d && !e);
+    CHECK(strcmp(kmc_last_report()->group, "parent") == 0);
+    CHECK_EQ(gstats(child).usage, 300);
+    CHECK_EQ(gstats(parent).usage, 300);
+    CHECK_EQ(gstats(child).failures, 0);
+    CHECK_EQ(gstats(parent).failures, 1);
+    kmc_group_release(parent); /* lives on: a child and charges */
+    kmc_group_release(child);  /* lives on: charges */
+    CHECK_EQ(kmc_cache_free(c, a), KMC_OK);
+    CHECK_EQ(kmc_cache_free(c, b), KMC_OK);
+    CHECK_EQ(kmc_cache_free(c, d), KMC_OK); /* the last charge: both go */
+    CHECK_EQ(kmc_cache_destroy(c), KMC_OK);
+}
+
+static void test_groups_nest_eight_deep_at_most(void)
+{
+    kmc_group_t *g[9] = {0};
+    for (int i = 0; i < 8; i++)
+        CHECK_EQ(kmc_group_create("level", i ? g[i - 1] : NULL, 0, 0, &g[i]), KMC_OK);
+    CHECK_EQ(kmc_group_create("level", g[7], 0, 0, &g[8]), KMC_EINVAL);
+    CHECK_EQ(kmc_group_create("bad name", NULL, 0, 0, &g[8]), KMC_EINVAL);
+    CHECK_EQ(kmc_group_create("soft", NULL, 10, 20, &g[8]), KMC_EINVAL);
+    for (int i = 7; i >= 0; i--)
+        kmc_group_release(g[i]);
+}
+
+static void test_crossing_the_soft_limit_purges_once(void)
+{
+    kmc_group_t *g;
+    CHECK_EQ(kmc_group_create("soft", NULL, 0, 250, &g), KMC_OK);
+    kmc_cache_t *c = make("grp-d", 100, 0);
+    CHECK(c);
+    void *o[4];
+    kmc_group_enter(g);
+    for (int i = 0; i < 4; i++)
+        o[i] = kmc_cache_alloc(c, 0);
+    kmc_group_enter(NULL);
+    CHECK(o[3]);
+    CHECK_EQ(gstats(g).soft_hits, 1); /* 300 crossed 250; 400 did not cross again */
+    CHECK_EQ(gstats(g).purges, 1);
+    for (int i = 0; i < 4; i++)
+        kmc_cache_free(c, o[i]);
+    kmc_group_enter(g);
+    for (int i = 0; i < 3; i++)
+        o[i] = kmc_cache_alloc(c, 0);
+    kmc_group_enter(NULL);
+    CHECK_EQ(gstats(g).soft_hits, 2); /* down below it, and across again */
+    for (int i = 0; i < 3; i++)
+        kmc_cache_free(c, o[i]);
+    kmc_group_release(g);
+    CHECK_EQ(kmc_cache_destroy(c), KMC_OK);
+}
+
+static void test_a_cache_limit_caps_its_slabs(void)
+{
+    kmc_cache_t *c = make("grp-e", 64, 0);
+    CHECK(c);
+    kmc_stats_t s = stats_of(c);
+    size_t slab = s.slab_size;
+    CHECK_EQ(kmc_cache_set_limit(c, 2 * slab), KMC_OK);
+    CHECK_EQ(kmc_cache_limit(c), 2 * slab);
+    size_t cap = 4 * (slab / 64);
+    void **objs = calloc(cap, sizeof(void *));
+    CHECK(objs);
+    size_t n = 0;
+    while (n < cap && (objs[n] = kmc_cache_alloc(c, 0)))
+        n++;
+    CHECK(n < cap);
+    CHECK_EQ(kmc_last_report()->status, KMC_ELIMIT);
+    CHECK_EQ(kmc_last_report()->limit, 2 * slab);
+    s = stats_of(c);
+    CHECK(s.num_slabs <= 2);
+    for (size_t i = 0; i < n; i++)
+        CHECK_EQ(kmc_cache_free(c, objs[i]), KMC_OK);
+    free(objs);
+    CHECK_EQ(kmc_cache_set_limit(c, 0), KMC_OK);
+    CHECK_EQ(kmc_cache_destroy(c), KMC_OK);
+    /* the kmalloc classes take no limit */
+    void *k = kmc_kmalloc(64, 0);
+    CHECK_EQ(kmc_cache_set_limit(kmc_owner(k, NULL), 4096), KMC_EINVAL);
+    kmc_kfree(k);
+}
+
+/* Two threads allocate inside one group and free each other's objects at
+ * random; usage always equals what the model says is live. */
+#define SLOTS 512
+static kmc_cache_t *shared_cache;
+static kmc_group_t *shared_group;
+static _Atomic(void *) slots[SLOTS];
+
+static void *churn(void *arg)
+{
+    uint64_t x = (uint64_t)(uintptr_t)arg * 0x9e3779b97f4a7c15u + 1;
+    kmc_group_enter(shared_group);
+    for (int i = 0; i < 100000; i++) {
+        x ^= x << 13, x ^= x >> 7, x ^= x << 17;
+        _Atomic(void *) *s = &slots[x % SLOTS];
+        void *old = atomic_exchange(s, NULL);
+        if (old) {
+            if (kmc_cache_free(shared_cache, old) != KMC_OK)
+                atomic_fetch_add(&thread_failures, 1);
+        } else {
+            void *p = x & 1 ? kmc_cache_alloc(shared_cache, 0) : kmc_kmalloc(200, 0);
+            if (!p)
+                atomic_fetch_add(&thread_failures, 1);
+            else if (!(x & 1))
+                kmc_kfree(p);
+            else if (!atomic_compare_exchange_strong(s, &old, p)) /* the other thread filled it */
+                kmc_cache_free(shared_cache, p);
+        }
+    }
+    kmc_group_enter(NULL);
+    return NULL;
+}
+
+static void test_two_threads_usage_matches_the_model(void)
+{
+    CHECK_EQ(kmc_group_create("churn", NULL, 0, 0, &shared_group), KMC_OK);
+    shared_cache = make("grp-f", 80, 0);
+    CHECK(shared_cache);
+    atomic_store(&thread_failures, 0);
+    pthread_t t[2];
+    for (int i = 0; i < 2; i++)
+        CHECK_EQ(pthread_create(&t[i], NULL, churn, (void *)(uintptr_t)(i + 1)), 0);
+    for (int i = 0; i < 2; i++)
+        pthread_join(t[i], NULL);
+    CHECK_EQ(atomic_load(&thread_failures), 0);
+    uint64_t live = 0;
+    for (int i = 0; i < SLOTS; i++)
+        live += atomic_load(&slots[i]) != NULL;
+    CHECK_EQ(gstats(shared_group).usage, live * 80);
+    CHECK_EQ(gstats(shared_group).objects, live);
+    for (int i = 0; i < SLOTS; i++) {
+        void *p = atomic_exchange(&slots[i], NULL);
+        if (p)
+            CHECK_EQ(kmc_cache_free(shared_cache, p), KMC_OK);
+    }
+    CHECK_EQ(gstats(shared_group).usage, 0);
+    kmc_group_release(shared_group);
+    CHECK_EQ(kmc_cache_destroy(shared_cache), KMC_OK);
+}
+
+/* Two threads charge and uncharge one group at once, as fast as they can:
+ * no update is lost. */
+static void *hammer(void *arg)
+{
+    void **mine = arg;
+    kmc_group_enter(shared_group);
+    for (int round = 0; round < 100; round++) {
+        for (int i = 0; i < 4096; i++)
+            if (!(mine[i] = kmc_cache_alloc(shared_cache, 0)))
+                atomic_fetch_add(&thread_failures, 1);
+        for (int i = 0; i < 4096; i++)
+            kmc_cache_free(shared_cache, mine[i]);
+    }
+    for (int i = 0; i < 4096; i++)
+        if (!(mine[i] = kmc_cache_alloc(shared_cache, 0)))
+            atomic_fetch_add(&thread_failures, 1);
+    kmc_group_enter(NULL);
+    return NULL;
+}
+
+static void test_two_threads_lose_no_charge(void)
+{
+    CHECK_EQ(kmc_group_create("hammer", NULL, 0, 0, &shared_group), KMC_OK);
+    shared_cache = make("grp-h", 48, 0);
+    CHECK(shared_cache);
+    static void *got[2][4096];
+    atomic_store(&thread_failures, 0);
+    pthread_t t[2];
+    for (int i = 0; i < 2; i++)
+        CHECK_EQ(pthread_create(&t[i], NULL, hammer, got[i]), 0);
+    for (int i = 0; i < 2; i++)
+        pthread_join(t[i], NULL);
+    CHECK_EQ(atomic_load(&thread_failures), 0);
+    CHECK_EQ(gstats(shared_group).usage, 2 * 4096 * 48);
+    CHECK_EQ(gstats(shared_group).objects, 2 * 4096);
+    for (int i = 0; i < 2; i++)
+        for (int j = 0; j < 4096; j++)
+            kmc_cache_free(shared_cache, got[i][j]);
+    CHECK_EQ(gstats(shared_group).usage, 0);
+    kmc_group_release(shared_group);
+    CHECK_EQ(kmc_cache_destroy(shared_cache), KMC_OK);
+}
+
+/* Two threads charge one limited group at once: the limit is never passed. */
+static void *fill(void *arg)
+{
+    void **mine = arg;
+    kmc_group_enter(shared_group);
+    for (int i = 0; i < 4096; i++)
+        mine[i] = kmc_cache_alloc(shared_cache, 0);
+    kmc_group_enter(NULL);
+    return NULL;
+}
+
+static void test_two_threads_never_pass_a_limit(void)
+{
+    CHECK_EQ(kmc_group_create("race", NULL, 100 * 64, 0, &shared_group), KMC_OK);
+    shared_cache = make("grp-g", 64, 0);
+    CHECK(shared_cache);
+    static void *got[2][4096];
+    pthread_t t[2];
+    for (int i = 0; i < 2; i++)
+        CHECK_EQ(pthread_create(&t[i], NULL, fill, got[i]), 0);
+    for (int i = 0; i < 2; i++)
+        pthread_join(t[i], NULL);
+    int n = 0;
+    for (int i = 0; i < 2; i++)
+        for (int j = 0; j < 4096; j++)
+            if (got[i][j]) {
+                n++;
+                kmc_cache_free(shared_cache, got[i][j]);
+            }
+    CHECK_EQ(n, 100);
+    CHECK_EQ(gstats(shared_group).peak, 100 * 64);
+    CHECK_EQ(gstats(shared_group).usage, 0);
+    kmc_group_release(shared_group);
+    CHECK_EQ(kmc_cache_destroy(shared_cache), KMC_OK);
+}
+
+int main(void)
+{
+    RUN(test_objects_are_charged_until_freed);
+    RUN(test_a_limit_refuses_exactly_and_changes_nothing);
+    RUN(test_a_child_counts_in_its_parent_and_obeys_its_limit);
+    RUN(test_groups_nest_eight_deep_at_most);
+    RUN(test_crossing_the_soft_limit_purges_once);
+    RUN(test_a_cache_limit_caps_its_slabs);
+    RUN(test_two_threads_usage_matches_the_model);
+    RUN(test_two_threads_lose_no_charge);
+    RUN(test_two_threads_never_pass_a_limit);
+    return TESTS_DONE();
+}
