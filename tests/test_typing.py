@@ -149,7 +149,10 @@ def test_signatures_say_what_the_calls_take() -> None:
     assert str(inspect.signature(kmemcache.Cache.free)) == "(self, obj, /)"
     assert str(inspect.signature(kmemcache.kmalloc)) == "(size, align=0)"
     assert str(inspect.signature(kmemcache.krealloc)) == "(obj, new_size, align=0)"
-    assert str(inspect.signature(kmemcache.Cache)) == "(name, size, align=0, flags=0, ctor=None)"
+    assert (
+        str(inspect.signature(kmemcache.Cache))
+        == "(name, size, align=0, flags=0, ctor=None, *, limit=None)"
+    )
     assert (
         str(inspect.signature(kmemcache.SharedCache))
         == "(name, size, align=0, flags=0, *, capacity, max_processes=64, ctor=None)"

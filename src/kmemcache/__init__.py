@@ -33,6 +33,7 @@ from .errors import (
     StaleObjectError,
 )
 from .flags import Flags
+from .groups import GroupEvents, MemoryGroup, MemoryLimitError
 from .kmalloc import kcalloc, kfree, kmalloc, krealloc, ksize, kzalloc
 from .publishing import publish
 from .shared import SharedCache, SharedObject
@@ -51,7 +52,10 @@ __all__ = [
     "CorruptionError",
     "DoubleFreeError",
     "Flags",
+    "GroupEvents",
     "InvalidFreeError",
+    "MemoryGroup",
+    "MemoryLimitError",
     "Object",
     "PoisonError",
     "RedzoneError",

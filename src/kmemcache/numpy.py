@@ -40,6 +40,11 @@ a write past an array's end is reported when the array is freed (or by
 ``kmemcache.debug``; a free cannot raise, so the report is written as
 unraisable (``sys.unraisablehook``) and the memory is freed.
 
+Memory groups (``kmemcache.MemoryGroup``) charge arrays made inside ``with group:``;
+when a group's limit refuses one, NumPy raises its own MemoryError, which carries
+kmemcache's report as a note (``__notes__``: the group, its limit, its largest
+consumers).
+
 tracemalloc: NumPy traces every array's data itself (domain 389047), so the
 handler does not trace it again in kmemcache's domain.
 """
@@ -73,6 +78,37 @@ def _check_numpy() -> None:
 
 
 _check_numpy()
+
+
+def _note_limit_failures() -> None:
+    """Give NumPy's MemoryError a note with kmemcache's report when a memory group's
+    limit refused the array: NumPy raises its own error after the handler returns
+    NULL, so the note is added as NumPy makes that error."""
+    numpy = importlib.import_module("numpy")
+    module = "numpy._core._exceptions" if hasattr(numpy, "_core") else "numpy.core._exceptions"
+    try:
+        cls = importlib.import_module(module)._ArrayMemoryError
+    except (ImportError, AttributeError):  # pragma: no cover - every NumPy since 1.17 has it
+        return
+    if getattr(cls.__init__, "_kmemcache", False):
+        return
+    init = cls.__init__
+
+    def __init__(self: BaseException, *args: object, **kwargs: object) -> None:
+        init(self, *args, **kwargs)
+        note = _core._numpy_limit_note()
+        if note is not None:
+            notes = getattr(self, "__notes__", None)
+            if notes is None:
+                notes = []
+                self.__notes__ = notes  # what add_note does, also before 3.11
+            notes.append(note)
+
+    __init__._kmemcache = True  # type: ignore[attr-defined]
+    cls.__init__ = __init__
+
+
+_note_limit_failures()
 
 #: The alignment ``handler()``, ``install()`` and ``aligned()`` use by default: the
 #: cache line, and AVX-512's vector.

@@ -37,6 +37,7 @@ cdef extern from "kmemcache.h":
         KMC_ENOENT
         KMC_ESTALE
         KMC_EOS
+        KMC_ELIMIT
 
     enum:
         KMC_CONSISTENCY_CHECKS
