@@ -62,22 +62,6 @@ static void handle_clear(SharedHandleObject *self, bool untrace)
     self->base.ptr = NULL;
 }
 
-/* A handle for @p (generation @gen), just allocated; on failure the object
- * goes back. */
-static PyObject *adopt(SharedCacheObject *self, void *p, uint32_t gen)
-{
-    SharedHandleObject *h = handle_new(self, p, gen);
-    if (!h) {
-        kmc_shared_free(engine(self), p, gen);
-        return NULL;
-    }
-    if (self->base.track && kmcpy_track(&self->base, "alloc", p) < 0) {
-        Py_DECREF(h); /* its dealloc lets the object go */
-        return NULL;
-    }
-    return (PyObject *)h;
-}
-
 /* --- second handles of one object ------------------------------------------------ */
 
 static PyObject *dup_key(SharedCacheObject *self, void *p, uint32_t gen)
@@ -150,7 +134,8 @@ static void dup_forget(SharedCacheObject *self, void *p, uint32_t gen)
 
 #define FREE_TRIES 4
 
-int kmcpy_shared_handle_free(HandleObject *h)
+/* kmcpy_handle_free of a shared object: free it for every process. */
+static int shared_free_handle(HandleObject *h)
 {
     SharedHandleObject *self = (SharedHandleObject *)h;
     SharedCacheObject *owner = (SharedCacheObject *)h->owner;
@@ -239,17 +224,9 @@ static void handle_dealloc(SharedHandleObject *self)
         Py_TYPE(self)->tp_free((PyObject *)self);
 }
 
-static int check_live(SharedHandleObject *self)
-{
-    if (self->base.ptr)
-        return 0;
-    PyErr_SetString(PyExc_ValueError, "operation on a freed kmemcache object");
-    return -1;
-}
-
 static PyObject *handle_get_offset(SharedHandleObject *self, void *Py_UNUSED(closure))
 {
-    if (check_live(self) < 0)
+    if (kmcpy_handle_check_live(&self->base) < 0)
         return NULL;
     SharedCacheObject *owner = (SharedCacheObject *)self->base.owner;
     return PyLong_FromUnsignedLongLong(kmc_shared_offset(engine(owner), self->base.ptr));
@@ -264,7 +241,7 @@ static PyObject *handle_get_generation(SharedHandleObject *self, void *Py_UNUSED
  * object is kept alive for the receiver: one reference in flight. */
 static PyObject *handle_reduce(SharedHandleObject *self, PyObject *Py_UNUSED(ignored))
 {
-    if (check_live(self) < 0)
+    if (kmcpy_handle_check_live(&self->base) < 0)
         return NULL;
     SharedCacheObject *owner = (SharedCacheObject *)self->base.owner;
     if (kmcpy_cache_check_alive(&owner->base) < 0)
@@ -305,39 +282,14 @@ static PyObject *handle_repr(SharedHandleObject *self)
         (unsigned)self->gen);
 }
 
-/* Defined here again, not inherited from kmemcache.Object: CPython takes its
- * fast path for a C method only on an instance of exactly the method's type. */
-static PyObject *handle_free(SharedHandleObject *self, PyObject *Py_UNUSED(ignored))
-{
-    if (kmcpy_shared_handle_free(&self->base) < 0)
-        return NULL;
-    Py_RETURN_NONE;
-}
-
-static PyObject *handle_enter(SharedHandleObject *self, PyObject *Py_UNUSED(ignored))
-{
-    if (check_live(self) < 0)
-        return NULL;
-    return Py_NewRef((PyObject *)self);
-}
-
-static int handle_close(PyObject *self)
-{
-    HandleObject *h = &((SharedHandleObject *)self)->base;
-    return h->ptr ? kmcpy_shared_handle_free(h) : 0;
-}
-
-static PyObject *handle_exit(SharedHandleObject *self, PyObject *args)
-{
-    return kmcpy_context_exit((PyObject *)self, args, handle_close, "the shared object");
-}
-
 static PyMethodDef handle_methods[] = {
-    {"free", (PyCFunction)handle_free, METH_NOARGS,
+    /* listed again, not inherited: see kmcpy_cache_ops_t */
+    {"free", (PyCFunction)kmcpy_handle_free_method, METH_NOARGS,
      "free($self, /)\n--\n\nEnd the object for every process. BufferError while views exist; "
      "DoubleFreeError if it was freed already, here or in another process."},
-    {"__enter__", (PyCFunction)handle_enter, METH_NOARGS, "__enter__($self, /)\n--\n\nThe object."},
-    {"__exit__", (PyCFunction)handle_exit, METH_VARARGS,
+    {"__enter__", (PyCFunction)kmcpy_handle_enter, METH_NOARGS,
+     "__enter__($self, /)\n--\n\nThe object."},
+    {"__exit__", (PyCFunction)kmcpy_handle_exit, METH_VARARGS,
      "__exit__($self, exc_type, exc, tb, /)\n--\n\nFree the object unless it was freed."},
     {"__reduce__", (PyCFunction)handle_reduce, METH_NOARGS,
      "__reduce__($self, /)\n--\n\nA reference (region, offset, generation): unpickled in "
@@ -355,11 +307,6 @@ static PyGetSetDef handle_getset[] = {
     {NULL, NULL, NULL, NULL, NULL},
 };
 
-static int handle_traverse(SharedHandleObject *self, visitproc visit, void *arg)
-{
-    return Handle_Type.tp_traverse((PyObject *)self, visit, arg);
-}
-
 /* PyVarObject_HEAD_INIT ends without a comma: left as written */
 /* clang-format off */
 PyTypeObject SharedHandle_Type = {
@@ -368,8 +315,8 @@ PyTypeObject SharedHandle_Type = {
     .tp_basicsize = sizeof(SharedHandleObject),
     .tp_dealloc = (destructor)handle_dealloc,
     .tp_repr = (reprfunc)handle_repr,
-    .tp_flags = Py_TPFLAGS_DEFAULT | Py_TPFLAGS_HAVE_GC,
-    .tp_traverse = (traverseproc)handle_traverse,
+    /* garbage collection and traverse inherited from kmemcache.Object */
+    .tp_flags = Py_TPFLAGS_DEFAULT,
     .tp_doc = "One object of a kmemcache.SharedCache: memory in a shared-memory region,\n"
               "exported through the buffer protocol (format 'B'). Pickles as a\n"
               "reference, which names the same memory in the process that unpickles it.",
@@ -382,11 +329,11 @@ PyTypeObject SharedHandle_Type = {
 
 /* 0 if @self is a live shared cache. Cache.__init__ run on an uninitialised
  * SharedCache gives it a private engine cache: refused here. */
-static int shared_alive(SharedCacheObject *self)
+static int shared_alive(CacheObject *self)
 {
-    if (kmcpy_cache_check_alive(&self->base) < 0)
+    if (kmcpy_cache_check_alive(self) < 0)
         return -1;
-    if (!self->base.shared) {
+    if (!self->shared) {
         PyErr_SetString(PyExc_TypeError,
                         "this SharedCache was initialised by Cache.__init__: it is not shared");
         return -1;
@@ -400,26 +347,9 @@ static int adopt_cache(SharedCacheObject *self, kmc_cache_t *made, PyObject *cto
 {
     kmc_shared_info_t info;
     kmc_shared_info(made, &info);
-    PyObject *old_ctor = self->base.ctor;
-    self->base.ctor = ctor != Py_None ? Py_NewRef(ctor) : NULL;
-    self->base.cache = made;
-    self->base.size = (Py_ssize_t)kmc_cache_size(made);
-    self->base.initialised = 1;
     self->base.shared = 1;
     self->nonce = info.nonce;
-    Py_XDECREF(old_ctor);
-    if (kmcpy_facade) {
-        PyObject *r = PyObject_CallMethod(kmcpy_facade, "attach_shared", "O", (PyObject *)self);
-        if (!r) {
-            if (self->base.cache == made) {
-                kmc_cache_destroy(made);
-                self->base.cache = NULL;
-            }
-            return -1;
-        }
-        Py_DECREF(r);
-    }
-    return 0;
+    return kmcpy_cache_adopt(&self->base, made, ctor, "attach_shared");
 }
 
 static int shared_init(SharedCacheObject *self, PyObject *args, PyObject *kwds)
@@ -428,12 +358,10 @@ static int shared_init(SharedCacheObject *self, PyObject *args, PyObject *kwds)
                              "capacity", "max_processes", "ctor",  NULL};
     PyObject *name, *size_o, *align_o = NULL, *flags_o = NULL, *cap_o = NULL, *procs_o = NULL,
                              *ctor = Py_None;
-    Py_ssize_t size, align = 0, flags = 0, capacity = 0, procs = KMC_SHARED_DEFAULT_PROCS;
-    if (self->base.cache) {
-        PyErr_SetString(PyExc_TypeError, "a kmemcache cache cannot be initialised twice");
-        return -1;
-    }
-    if (!PyArg_ParseTupleAndKeywords(args, kwds, "OO|OO$OOO:SharedCache", kwlist, &name, &size_o,
+    Py_ssize_t capacity = 0, procs = KMC_SHARED_DEFAULT_PROCS;
+    kmcpy_cache_args_t a;
+    if (kmcpy_check_uninitialised(&self->base, 0) < 0 ||
+        !PyArg_ParseTupleAndKeywords(args, kwds, "OO|OO$OOO:SharedCache", kwlist, &name, &size_o,
                                      &align_o, &flags_o, &cap_o, &procs_o, &ctor))
         return -1;
     if (!cap_o) {
@@ -441,18 +369,15 @@ static int shared_init(SharedCacheObject *self, PyObject *args, PyObject *kwds)
                         "SharedCache() needs capacity=, the region's size in bytes at most");
         return -1;
     }
-    const char *cname = kmcpy_cache_name_arg(name);
-    if (!cname || kmcpy_ssize_value(size_o, "size", &size) < 0 ||
-        (align_o && kmcpy_ssize_value(align_o, "align", &align) < 0) ||
-        (flags_o && kmcpy_ssize_value(flags_o, "flags", &flags) < 0) ||
+    if (kmcpy_cache_arg_values(name, size_o, align_o, flags_o, &a) < 0 ||
         kmcpy_ssize_value(cap_o, "capacity", &capacity) < 0 ||
         (procs_o && kmcpy_ssize_value(procs_o, "max_processes", &procs) < 0))
         return -1;
-    if (strchr(cname, '/')) {
+    if (strchr(a.name, '/')) {
         PyErr_Format(PyExc_ValueError, "a shared cache name must not contain '/': %R", name);
         return -1;
     }
-    if (kmcpy_check_cache_args(size, align, flags, ctor) < 0)
+    if (kmcpy_check_cache_args(a.size, a.align, a.flags, ctor) < 0)
         return -1;
     if (capacity < 1) {
         PyErr_Format(PyExc_ValueError, "capacity must be a positive number of bytes, not %zd",
@@ -464,25 +389,16 @@ static int shared_init(SharedCacheObject *self, PyObject *args, PyObject *kwds)
                      KMC_SHARED_MAX_PROCS, procs);
         return -1;
     }
-    if (kmcpy_check_poison_ctor(flags, ctor) < 0)
+    if (kmcpy_check_poison_ctor((unsigned long long)a.flags, ctor) < 0 ||
+        kmcpy_debug_flags(name, &a.flags, ctor) < 0 ||
+        kmcpy_check_uninitialised(&self->base, 1) < 0)
         return -1;
-    if (kmcpy_debug_flags(name, &flags, ctor) < 0)
-        return -1;
-    if (self->base.cache) {
-        PyErr_SetString(PyExc_TypeError,
-                        "a kmemcache cache cannot be initialised twice (it was, while this "
-                        "__init__ ran)");
-        return -1;
-    }
     kmc_cache_t *made;
-    kmc_status st = kmc_shared_create(cname, (size_t)size, (size_t)align, (unsigned)flags,
+    kmc_status st = kmc_shared_create(a.name, (size_t)a.size, (size_t)a.align, (unsigned)a.flags,
                                       (size_t)capacity, (unsigned)procs,
                                       ctor != Py_None ? kmcpy_call_ctor : NULL, self, &made);
     if (st != KMC_OK) {
-        if (st == KMC_EINVAL)
-            PyErr_SetString(PyExc_ValueError, kmc_last_report()->message);
-        else
-            kmcpy_raise(st);
+        kmcpy_raise_status(st);
         return -1;
     }
     return adopt_cache(self, made, ctor);
@@ -514,10 +430,7 @@ static PyObject *shared_attach(PyTypeObject *cls, PyObject *args, PyObject *kwds
     kmc_cache_t *made;
     kmc_status st = kmc_shared_attach(cname, ctor != Py_None ? kmcpy_call_ctor : NULL, self, &made);
     if (st != KMC_OK) {
-        if (st == KMC_EINVAL)
-            PyErr_SetString(PyExc_ValueError, kmc_last_report()->message);
-        else if (!kmcpy_raise(st) && !PyErr_Occurred())
-            PyErr_SetString(PyExc_OSError, kmc_last_report()->message);
+        kmcpy_raise_status(st);
         Py_DECREF(self);
         return NULL;
     }
@@ -528,140 +441,37 @@ static PyObject *shared_attach(PyTypeObject *cls, PyObject *args, PyObject *kwds
     return (PyObject *)self;
 }
 
-static PyObject *alloc_one(SharedCacheObject *self, int zero)
+/* The ops of kmcpy_cache_ops_t: the engine's shared calls. */
+
+static void *shared_alloc(CacheObject *self, int zero, uint32_t *gen)
 {
-    if (shared_alive(self) < 0)
-        return NULL;
-    void *p;
-    uint32_t gen;
-    while (!(p = kmc_shared_alloc(engine(self), zero, &gen))) {
-        if (zero && self->base.ctor) {
-            PyErr_SetString(PyExc_ValueError,
-                            "zalloc() on a cache with a ctor: the ctor's work would be lost");
-            return NULL;
-        }
-        if (!kmcpy_raise_alloc_failure(&self->base) || shared_alive(self) < 0)
-            return NULL;
-    }
-    return adopt(self, p, gen);
+    return kmc_shared_alloc(self->cache, zero, gen);
 }
 
-static PyObject *shared_alloc(SharedCacheObject *self, PyObject *Py_UNUSED(ignored))
+static kmc_status shared_alloc_bulk(CacheObject *self, size_t n, void **ptrs, uint32_t *gens,
+                                    int zero)
 {
-    return alloc_one(self, 0);
+    return kmc_shared_alloc_bulk(self->cache, n, ptrs, gens, zero);
 }
 
-static PyObject *shared_zalloc(SharedCacheObject *self, PyObject *Py_UNUSED(ignored))
+static HandleObject *shared_handle(CacheObject *self, void *p, Py_ssize_t Py_UNUSED(size),
+                                   uint32_t gen)
 {
-    return alloc_one(self, 1);
+    return (HandleObject *)handle_new((SharedCacheObject *)self, p, gen);
 }
 
-static PyObject *shared_alloc_bulk(SharedCacheObject *self, PyObject *args, PyObject *kwds)
+static void shared_give_back(CacheObject *self, void *p, uint32_t gen)
 {
-    Py_ssize_t n;
-    int zero;
-    if (kmcpy_bulk_args(args, kwds, &n, &zero) < 0 || shared_alive(self) < 0)
-        return NULL;
-    void **ptrs = PyMem_Malloc((n ? (size_t)n : 1) * sizeof(void *));
-    uint32_t *gens = PyMem_Malloc((n ? (size_t)n : 1) * sizeof(uint32_t));
-    PyObject *list = NULL;
-    if (!ptrs || !gens) {
-        PyErr_NoMemory();
-        goto out;
-    }
-    for (;;) {
-        if (shared_alive(self) < 0)
-            goto out;
-        if (zero && self->base.ctor) {
-            PyErr_SetString(PyExc_ValueError,
-                            "zero=True on a cache with a ctor: the ctor's work would be lost");
-            goto out;
-        }
-        if (kmc_shared_alloc_bulk(engine(self), (size_t)n, ptrs, gens, zero) == KMC_OK)
-            break;
-        if (!kmcpy_raise_alloc_failure(&self->base))
-            goto out;
-    }
-    /* n objects are held now: handles own them from here (no Python code
-     * until every one has its handle) */
-    if (!(list = PyList_New(n))) {
-        for (Py_ssize_t i = 0; i < n; i++)
-            kmc_shared_free(engine(self), ptrs[i], gens[i]);
-        goto out;
-    }
-    for (Py_ssize_t i = 0; i < n; i++) {
-        SharedHandleObject *h = handle_new(self, ptrs[i], gens[i]);
-        if (!h) {
-            for (Py_ssize_t j = i; j < n; j++)
-                kmc_shared_free(engine(self), ptrs[j], gens[j]);
-            Py_CLEAR(list); /* the handles made let their objects go */
-            goto out;
-        }
-        PyList_SET_ITEM(list, i, (PyObject *)h);
-    }
-    if (self->base.track)
-        for (Py_ssize_t i = 0; i < n; i++)
-            if (kmcpy_track(&self->base, "alloc", ptrs[i]) < 0) {
-                Py_CLEAR(list);
-                goto out;
-            }
-out:
-    PyMem_Free(ptrs);
-    PyMem_Free(gens);
-    return list;
+    kmc_shared_free(self->cache, p, gen);
 }
 
-/* Is @arg a handle of this cache? 0, or -1 / 1 as check_freeable says. */
-static int check_mine(SharedCacheObject *self, PyObject *arg)
-{
-    if (!PyObject_TypeCheck(arg, &SharedHandle_Type))
-        return kmcpy_raise_message(KMC_EINVALID_FREE, &self->base, NULL,
-                                   "Invalid free in %s: %.100s is not an object of a shared "
-                                   "cache",
-                                   kmc_cache_name(engine(self)), Py_TYPE(arg)->tp_name)
-                   ? 1
-                   : -1;
-    HandleObject *h = (HandleObject *)arg;
-    if (h->owner != &self->base && h->ptr)
-        return kmcpy_raise_message(KMC_EINVALID_FREE, &self->base, h->ptr,
-                                   "Invalid free of %p in %s: it belongs to cache %s", h->ptr,
-                                   kmc_cache_name(engine(self)),
-                                   h->owner->cache ? kmc_cache_name(h->owner->cache) : "?")
-                   ? 1
-                   : -1;
-    return 0;
-}
-
-static PyObject *shared_free(SharedCacheObject *self, PyObject *arg)
-{
-    if (shared_alive(self) < 0)
-        return NULL;
-    int r = check_mine(self, arg);
-    if (r < 0)
-        return NULL;
-    if (r == 0 && kmcpy_shared_handle_free((HandleObject *)arg) < 0)
-        return NULL;
-    Py_RETURN_NONE;
-}
-
-/* All or nothing: every handle is checked here (live, unviewed, listed
- * once), then the engine checks every object and frees them under one
+/* All or nothing: every handle is checked here (live, unviewed), then the
+ * engine checks every object (listed once too) and frees them under one
  * hold of the region's lock. No Python code runs between the checks and
  * the frees. */
-static PyObject *shared_free_bulk(SharedCacheObject *self, PyObject *arg)
+static PyObject *shared_free_bulk(CacheObject *base, PyObject *seq)
 {
-    if (shared_alive(self) < 0)
-        return NULL;
-    PyObject *seq = PyTuple_CheckExact(arg) ? Py_NewRef(arg) : PySequence_Tuple(arg);
-    if (!seq) {
-        if (PyErr_ExceptionMatches(PyExc_TypeError) && !Py_TYPE(arg)->tp_iter &&
-            !PySequence_Check(arg)) {
-            PyErr_Clear();
-            PyErr_Format(PyExc_TypeError, "free_bulk() takes a sequence of objects, not %.100s",
-                         Py_TYPE(arg)->tp_name);
-        }
-        return NULL;
-    }
+    SharedCacheObject *self = (SharedCacheObject *)base;
     Py_ssize_t n = PyTuple_GET_SIZE(seq);
     void **ptrs = PyMem_Malloc((n ? (size_t)n : 1) * sizeof(void *));
     uint32_t *gens = PyMem_Malloc((n ? (size_t)n : 1) * sizeof(uint32_t));
@@ -671,40 +481,19 @@ static PyObject *shared_free_bulk(SharedCacheObject *self, PyObject *arg)
         goto out;
     }
     for (Py_ssize_t i = 0; i < n; i++) {
-        PyObject *item = PyTuple_GET_ITEM(seq, i);
-        int r = check_mine(self, item);
+        int r = kmcpy_check_bulk_item(base, PyTuple_GET_ITEM(seq, i), i);
         if (r != 0) {
             if (r > 0)
                 result = Py_NewRef(Py_None); /* told to go on: nothing freed */
             goto out;
         }
-        SharedHandleObject *h = (SharedHandleObject *)item;
-        if (!h->base.ptr) {
-            if (kmcpy_raise_message(KMC_EDOUBLE_FREE, &self->base, NULL,
-                                    "Object already free: item %zd was freed before", i))
-                result = Py_NewRef(Py_None);
-            goto out;
-        }
-        if (h->base.exports) {
-            PyErr_Format(PyExc_BufferError, "cannot free item %zd: %zd buffer view(s) of it exist",
-                         i, h->base.exports);
-            goto out;
-        }
+        SharedHandleObject *h = (SharedHandleObject *)PyTuple_GET_ITEM(seq, i);
         ptrs[i] = h->base.ptr;
         gens[i] = h->gen;
     }
     /* Python code (the error factory) may have run: read the items again */
-    if (shared_alive(self) < 0)
+    if (shared_alive(base) < 0 || kmcpy_bulk_unchanged(seq, ptrs) < 0)
         goto out;
-    for (Py_ssize_t i = 0; i < n; i++) {
-        SharedHandleObject *h = (SharedHandleObject *)PyTuple_GET_ITEM(seq, i);
-        if (h->base.ptr != ptrs[i] || h->base.exports) {
-            PyErr_Format(h->base.exports ? PyExc_BufferError : PyExc_ValueError,
-                         "cannot free item %zd: it was %s while free_bulk() checked the others", i,
-                         h->base.exports ? "viewed" : "freed");
-            goto out;
-        }
-    }
     kmc_status st = kmc_shared_free_bulk(engine(self), (size_t)n, ptrs, gens);
     if (st != KMC_OK) {
         if (kmcpy_raise(st))
@@ -717,24 +506,25 @@ static PyObject *shared_free_bulk(SharedCacheObject *self, PyObject *arg)
         dup_forget(self, ptrs[i], gens[i]);
     }
     int tracked = 0;
-    for (Py_ssize_t i = 0; i < n && self->base.track && tracked == 0; i++)
-        tracked = kmcpy_track(&self->base, "free", ptrs[i]);
+    for (Py_ssize_t i = 0; i < n && base->track && tracked == 0; i++)
+        tracked = kmcpy_track(base, "free", ptrs[i]);
     if (tracked == 0)
         result = Py_NewRef(Py_None);
 out:
     PyMem_Free(ptrs);
     PyMem_Free(gens);
-    Py_DECREF(seq);
     return result;
 }
 
-static PyObject *shared_destroy(SharedCacheObject *self, PyObject *Py_UNUSED(ignored))
+/* Detach this process, unless handles of its objects are alive here. */
+static PyObject *shared_destroy(CacheObject *base, PyObject *Py_UNUSED(ignored))
 {
-    if (shared_alive(self) < 0)
+    SharedCacheObject *self = (SharedCacheObject *)base;
+    if (shared_alive(base) < 0)
         return NULL;
-    if (self->handles || kmcpy_ctor_running(&self->base)) {
-        if (!kmcpy_raise_message(KMC_EBUSY, &self->base, NULL,
-                                 kmcpy_ctor_running(&self->base)
+    if (self->handles || kmcpy_ctor_running(base)) {
+        if (!kmcpy_raise_message(KMC_EBUSY, base, NULL,
+                                 kmcpy_ctor_running(base)
                                      ? "Cannot detach %s while its ctor runs: a slab is being "
                                        "built"
                                      : "Cannot detach %s: this process still has %zd handle(s) "
@@ -744,24 +534,26 @@ static PyObject *shared_destroy(SharedCacheObject *self, PyObject *Py_UNUSED(ign
         Py_RETURN_NONE;
     }
     kmc_cache_t *c = engine(self);
-    self->base.cache = NULL;
+    base->cache = NULL;
     kmc_cache_destroy(c); /* detaches: always succeeds */
     Py_RETURN_NONE;
 }
 
-static int shared_close(PyObject *self)
-{
-    if (!((SharedCacheObject *)self)->base.cache)
-        return 0;
-    PyObject *r = shared_destroy((SharedCacheObject *)self, NULL);
-    Py_XDECREF(r);
-    return r ? 0 : -1;
-}
-
-static PyObject *shared_exit(SharedCacheObject *self, PyObject *args)
-{
-    return kmcpy_context_exit((PyObject *)self, args, shared_close, "the shared cache");
-}
+const kmcpy_cache_ops_t kmcpy_shared_ops = {
+    .what = "the shared cache",
+    .object_what = "the shared object",
+    .handle_type = &SharedHandle_Type,
+    .not_handle = "an object of a shared cache",
+    .shared = 1,
+    .alive = shared_alive,
+    .alloc = shared_alloc,
+    .alloc_bulk = shared_alloc_bulk,
+    .handle = shared_handle,
+    .give_back = shared_give_back,
+    .free_bulk = shared_free_bulk,
+    .destroy = shared_destroy,
+    .free_handle = shared_free_handle,
+};
 
 static PyObject *shared_leave(SharedCacheObject *self, PyObject *Py_UNUSED(ignored))
 {
@@ -783,7 +575,7 @@ static PyObject *shared_reclaim(SharedCacheObject *self, PyObject *args, PyObjec
     int pickled = 0;
     if (!PyArg_ParseTupleAndKeywords(args, kwds, "|$p:reclaim", kwlist, &pickled))
         return NULL;
-    if (shared_alive(self) < 0)
+    if (shared_alive(&self->base) < 0)
         return NULL;
     return PyLong_FromSize_t(kmc_shared_reclaim(engine(self), pickled));
 }
@@ -792,20 +584,14 @@ static PyObject *shared_reclaim(SharedCacheObject *self, PyObject *args, PyObjec
  * becoming one of its holders; @ticket claims a pickled reference. */
 static PyObject *hold(SharedCacheObject *self, unsigned long long offset, uint32_t gen, int ticket)
 {
-    if (shared_alive(self) < 0)
+    if (shared_alive(&self->base) < 0)
         return NULL;
     void *p;
     uint32_t got;
     int already = 0;
     kmc_status st = kmc_shared_hold(engine(self), offset, gen, ticket, &p, &got, &already);
-    if (st != KMC_OK) {
-        if (st == KMC_EINVAL) {
-            PyErr_SetString(PyExc_ValueError, kmc_last_report()->message);
-        } else if (kmcpy_raise(st)) {
-            PyErr_SetString(kmcpy_exception_for(st), kmc_last_report()->message);
-        }
-        return NULL;
-    }
+    if (st != KMC_OK)
+        return kmcpy_raise_status(st);
     if (already && dup_add(self, p, got) < 0)
         return NULL;
     SharedHandleObject *h = handle_new(self, p, got);
@@ -872,22 +658,13 @@ static PyObject *shared_hold(SharedCacheObject *self, PyObject *args)
     return hold(self, off, (uint32_t)gen, ticket);
 }
 
-static PyObject *raise_status(kmc_status st)
-{
-    if (st == KMC_EINVAL)
-        PyErr_SetString(PyExc_ValueError, kmc_last_report()->message);
-    else if (kmcpy_raise(st) && !PyErr_Occurred())
-        PyErr_SetString(kmcpy_exception_for(st), kmc_last_report()->message);
-    return NULL;
-}
-
 static PyObject *shared_unlink(SharedCacheObject *self, PyObject *Py_UNUSED(ignored))
 {
-    if (shared_alive(self) < 0)
+    if (shared_alive(&self->base) < 0)
         return NULL;
     kmc_status st = kmc_shared_unlink_cache(engine(self));
     if (st != KMC_OK)
-        return raise_status(st);
+        return kmcpy_raise_status(st);
     Py_RETURN_NONE;
 }
 
@@ -908,7 +685,7 @@ static PyObject *info_dict(const kmc_shared_info_t *i)
 
 static PyObject *shared_info(SharedCacheObject *self, PyObject *Py_UNUSED(ignored))
 {
-    if (shared_alive(self) < 0)
+    if (shared_alive(&self->base) < 0)
         return NULL;
     kmc_shared_info_t i;
     kmc_shared_info(engine(self), &i);
@@ -917,7 +694,7 @@ static PyObject *shared_info(SharedCacheObject *self, PyObject *Py_UNUSED(ignore
 
 static PyObject *shared_reduce(SharedCacheObject *self, PyObject *Py_UNUSED(ignored))
 {
-    if (shared_alive(self) < 0)
+    if (shared_alive(&self->base) < 0)
         return NULL;
     PyObject *fn = kmcpy_facade_attr("shared_attach_pickled");
     if (!fn)
@@ -983,22 +760,24 @@ static PyMethodDef shared_methods[] = {
      "attach(name, *, ctor=None)\n--\n\nAttach the shared cache that a process of this user "
      "made. ctor: what this process runs on the objects of a slab it builds (a cache made "
      "with a ctor needs one to build slabs)."},
-    {"alloc", (PyCFunction)shared_alloc, METH_NOARGS,
+    /* Cache's methods listed again, not inherited: see kmcpy_cache_ops_t */
+    {"alloc", (PyCFunction)kmcpy_cache_alloc, METH_NOARGS,
      "alloc($self, /)\n--\n\nOne object, held by this process."},
-    {"zalloc", (PyCFunction)shared_zalloc, METH_NOARGS,
+    {"zalloc", (PyCFunction)kmcpy_cache_zalloc, METH_NOARGS,
      "zalloc($self, /)\n--\n\nOne zeroed object. ValueError on a cache with a ctor."},
-    {"alloc_bulk", (PyCFunction)(void (*)(void))shared_alloc_bulk, METH_VARARGS | METH_KEYWORDS,
+    {"alloc_bulk", (PyCFunction)(void (*)(void))kmcpy_cache_alloc_bulk,
+     METH_VARARGS | METH_KEYWORDS,
      "alloc_bulk($self, /, n, zero=False)\n--\n\nA list of n objects, all or nothing."},
-    {"free", (PyCFunction)shared_free, METH_O,
+    {"free", (PyCFunction)kmcpy_cache_free, METH_O,
      "free($self, obj, /)\n--\n\nEnd obj for every process. DoubleFreeError (also when another "
      "process freed it), InvalidFreeError, BufferError."},
-    {"free_bulk", (PyCFunction)shared_free_bulk, METH_O,
+    {"free_bulk", (PyCFunction)kmcpy_cache_free_bulk, METH_O,
      "free_bulk($self, objs, /)\n--\n\nFree every object of a sequence; checks all first."},
     {"destroy", (PyCFunction)shared_destroy, METH_NOARGS,
      "destroy($self, /)\n--\n\nDetach this process (the region lives on for the others): it "
      "lets go of what it holds. CacheBusyError while its objects are referenced here."},
     {"close", (PyCFunction)shared_destroy, METH_NOARGS, "close($self, /)\n--\n\ndestroy()."},
-    {"__exit__", (PyCFunction)shared_exit, METH_VARARGS,
+    {"__exit__", (PyCFunction)kmcpy_cache_exit, METH_VARARGS,
      "__exit__($self, exc_type, exc, tb, /)\n--\n\nDetach (CacheBusyError while this "
      "process's objects are referenced; when the block raised, a warning and a note on its "
      "exception instead)."},
@@ -1070,7 +849,7 @@ static PyObject *mod_shared_unlink(PyObject *Py_UNUSED(module), PyObject *name)
         return NULL;
     kmc_status st = kmc_shared_unlink(cname);
     if (st != KMC_OK)
-        return raise_status(st);
+        return kmcpy_raise_status(st);
     Py_RETURN_NONE;
 }
 
@@ -1084,7 +863,7 @@ static PyObject *mod_shared_peek(PyObject *Py_UNUSED(module), PyObject *name)
     snprintf(snap.name, sizeof(snap.name), "%s", cname);
     kmc_status st = kmc_shared_peek(cname, &snap.stats, &info);
     if (st != KMC_OK)
-        return raise_status(st);
+        return kmcpy_raise_status(st);
     return Py_BuildValue("(NN)", kmcpy_stats_dict(&snap), info_dict(&info));
 }
 
@@ -1096,7 +875,7 @@ static PyObject *mod_shared_region_name(PyObject *Py_UNUSED(module), PyObject *n
     char out[96];
     kmc_status st = kmc_shared_region_name(cname, out, sizeof(out));
     if (st != KMC_OK)
-        return raise_status(st);
+        return kmcpy_raise_status(st);
     return PyUnicode_FromString(out);
 }
 
