@@ -198,6 +198,36 @@ int kmcpy_raise(kmc_status status);
 int kmcpy_raise_message(kmc_status status, CacheObject *cache, const void *object, const char *fmt,
                         ...);
 
+/* Handles are made and dropped on every alloc/free: each handle type keeps
+ * some of its own for reuse (a handle of a Python subclass goes to tp_free).
+ * Not thread-safe without the GIL, which every caller holds. */
+#define KMCPY_HANDLE_POOL_MAX 256
+typedef struct kmcpy_handle_pool_s {
+    PyTypeObject *type;
+    int n;
+    PyObject *free[KMCPY_HANDLE_POOL_MAX];
+} kmcpy_handle_pool_t;
+
+/* A new handle of @pool's type, its fields to be filled in, not yet tracked
+ * by the GC; NULL with MemoryError. */
+static inline PyObject *kmcpy_handle_take(kmcpy_handle_pool_t *pool)
+{
+    if (pool->n) {
+        PyObject *self = pool->free[--pool->n];
+        return PyObject_Init(self, pool->type);
+    }
+    return (PyObject *)PyObject_GC_New(PyObject, pool->type);
+}
+
+/* The end of a handle's dealloc, once it is untracked and cleared. */
+static inline void kmcpy_handle_put(kmcpy_handle_pool_t *pool, PyObject *self)
+{
+    if (pool->n < KMCPY_HANDLE_POOL_MAX && Py_TYPE(self) == pool->type)
+        pool->free[pool->n++] = self;
+    else
+        Py_TYPE(self)->tp_free(self);
+}
+
 HandleObject *kmcpy_handle_new(CacheObject *owner, void *ptr, Py_ssize_t size);
 /* A handle of @size bytes for @p (generation @gen in a shared cache), just
  * allocated from @cache, reported to the cache's tracker; on failure @p goes

@@ -12,22 +12,13 @@
  */
 #include "binding.h"
 
-/* Handles are made and dropped on every alloc/free: keep some for reuse. */
-#define FREE_HANDLES_MAX 256
-static HandleObject *free_handles[FREE_HANDLES_MAX];
-static int nr_free_handles;
+static kmcpy_handle_pool_t pool = {.type = &Handle_Type};
 
 HandleObject *kmcpy_handle_new(CacheObject *owner, void *ptr, Py_ssize_t size)
 {
-    HandleObject *self;
-    if (nr_free_handles) {
-        self = free_handles[--nr_free_handles];
-        (void)PyObject_Init((PyObject *)self, &Handle_Type);
-    } else {
-        self = PyObject_GC_New(HandleObject, &Handle_Type);
-        if (!self)
-            return NULL;
-    }
+    HandleObject *self = (HandleObject *)kmcpy_handle_take(&pool);
+    if (!self)
+        return NULL;
     self->ptr = ptr;
     self->size = size;
     self->exports = 0;
@@ -159,10 +150,7 @@ static void handle_dealloc(HandleObject *self)
         PyErr_Restore(type, value, tb);
     }
     Py_CLEAR(self->owner);
-    if (nr_free_handles < FREE_HANDLES_MAX && Py_TYPE(self) == &Handle_Type)
-        free_handles[nr_free_handles++] = self;
-    else
-        Py_TYPE(self)->tp_free((PyObject *)self);
+    kmcpy_handle_put(&pool, (PyObject *)self);
 }
 
 static int handle_getbuffer(HandleObject *self, Py_buffer *view, int flags)

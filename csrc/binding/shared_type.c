@@ -22,23 +22,15 @@
 
 #include "binding.h"
 
-#define FREE_HANDLES_MAX 256
-static SharedHandleObject *free_handles[FREE_HANDLES_MAX];
-static int nr_free_handles;
+static kmcpy_handle_pool_t pool = {.type = &SharedHandle_Type};
 
 static kmc_cache_t *engine(SharedCacheObject *self) { return self->base.cache; }
 
 static SharedHandleObject *handle_new(SharedCacheObject *owner, void *ptr, uint32_t gen)
 {
-    SharedHandleObject *self;
-    if (nr_free_handles) {
-        self = free_handles[--nr_free_handles];
-        (void)PyObject_Init((PyObject *)self, &SharedHandle_Type);
-    } else {
-        self = PyObject_GC_New(SharedHandleObject, &SharedHandle_Type);
-        if (!self)
-            return NULL;
-    }
+    SharedHandleObject *self = (SharedHandleObject *)kmcpy_handle_take(&pool);
+    if (!self)
+        return NULL;
     self->base.ptr = ptr;
     self->base.size = owner->base.size;
     self->base.exports = 0;
@@ -218,10 +210,7 @@ static void handle_dealloc(SharedHandleObject *self)
     }
     handle_clear(self, last);
     Py_CLEAR(h->owner);
-    if (nr_free_handles < FREE_HANDLES_MAX && Py_TYPE(self) == &SharedHandle_Type)
-        free_handles[nr_free_handles++] = self;
-    else
-        Py_TYPE(self)->tp_free((PyObject *)self);
+    kmcpy_handle_put(&pool, (PyObject *)self);
 }
 
 static PyObject *handle_get_offset(SharedHandleObject *self, void *Py_UNUSED(closure))
