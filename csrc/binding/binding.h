@@ -108,8 +108,13 @@ typedef struct SharedCacheObject {
     CacheObject base;
     uint64_t nonce;     /* the region's, for references to it */
     PyObject *dups;     /* {(offset, gen): n}: handles of an object beyond
-                            * the first in this process; NULL until needed */
+                         * the first in this process; NULL until needed */
     Py_ssize_t handles; /* live handles of this cache in this process */
+    /* the process's attachments, which references resolve to (shared_type.c) */
+    struct SharedCacheObject *next, *prev; /* the list, while linked */
+    uint64_t used;                         /* when a reference last named it */
+    int linked;                            /* in the list */
+    int kept;                              /* the list holds a reference to it */
 } SharedCacheObject;
 
 /* A handle of a shared object (kmemcache.SharedObject): a handle with the

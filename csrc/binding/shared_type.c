@@ -17,12 +17,32 @@
  *     hold is let go when the last of them is dropped.
  * Python code runs in here (the error factory, the tracker, the GC): as in
  * the Cache type, nothing read before it is trusted after it.
+ *
+ * A reference is (kmemcache._shared_ref, (bytes,)): one bytes object packs
+ * the fields (ref_t), so that pickling and unpickling one costs a few pickle
+ * opcodes, one global and one call of _shared_ref(), which mod_shared_ref
+ * does: it finds the attachment a reference names in the list of this
+ * process's attachments below, with no Python code; only a miss attaches
+ * through the package.
  */
 #include <stdbool.h>
 
 #include "binding.h"
 
 static kmcpy_handle_pool_t pool = {.type = &SharedHandle_Type};
+
+/* A pickled reference: fixed-width fields in this machine's byte order (a
+ * reference names shared memory: it never leaves the machine), then the
+ * region's name, 1 to KMC_NAME_MAX - 1 bytes, no terminator. Every field is
+ * read at its full width, so no number can wrap onto another object. */
+typedef struct ref_s {
+    uint64_t nonce;  /* the region's */
+    uint64_t offset; /* kmc_shared_offset() */
+    uint32_t gen;    /* the object's generation, never KMC_SHARED_ANY_GEN */
+} ref_t;
+#define REF_HEAD (sizeof(uint64_t) * 2 + sizeof(uint32_t)) /* bytes before the name */
+
+static PyObject *shared_ref_fn; /* kmemcache._shared_ref, from the facade once */
 
 static kmc_cache_t *engine(SharedCacheObject *self) { return self->base.cache; }
 
@@ -226,8 +246,8 @@ static PyObject *handle_get_generation(SharedHandleObject *self, void *Py_UNUSED
     return PyLong_FromUnsignedLong(self->gen);
 }
 
-/* Pickled as a reference: (region name, nonce, offset, generation). The
- * object is kept alive for the receiver: one reference in flight. */
+/* Pickled as a reference (ref_t), which keeps the object alive for the
+ * receiver: one reference in flight, taken last, once nothing can fail. */
 static PyObject *handle_reduce(SharedHandleObject *self, PyObject *Py_UNUSED(ignored))
 {
     if (kmcpy_handle_check_live(&self->base) < 0)
@@ -235,21 +255,46 @@ static PyObject *handle_reduce(SharedHandleObject *self, PyObject *Py_UNUSED(ign
     SharedCacheObject *owner = (SharedCacheObject *)self->base.owner;
     if (kmcpy_cache_check_alive(&owner->base) < 0)
         return NULL;
-    PyObject *rebuild = kmcpy_facade_attr("shared_rebuild");
-    if (!rebuild)
+    if (!shared_ref_fn && !(shared_ref_fn = kmcpy_facade_attr("shared_ref")))
         return NULL;
     kmc_cache_t *c = engine(owner);
-    kmc_status st = kmc_shared_ticket(c, self->base.ptr, self->gen);
-    if (st != KMC_OK) {
-        Py_DECREF(rebuild);
-        kmcpy_raise(st);
-        if (!PyErr_Occurred())
-            PyErr_SetString(kmcpy_exception_for(st), kmc_last_report()->message);
+    const char *name = kmc_cache_name(c);
+    size_t name_len = strlen(name);
+    char packed[REF_HEAD + KMC_NAME_MAX];
+    uint64_t offset = kmc_shared_offset(c, self->base.ptr);
+    memcpy(packed, &owner->nonce, sizeof(uint64_t));
+    memcpy(packed + sizeof(uint64_t), &offset, sizeof(uint64_t));
+    memcpy(packed + 2 * sizeof(uint64_t), &self->gen, sizeof(uint32_t));
+    memcpy(packed + REF_HEAD, name, name_len);
+    PyObject *data = PyBytes_FromStringAndSize(packed, (Py_ssize_t)(REF_HEAD + name_len));
+    PyObject *args = data ? PyTuple_New(1) : NULL;
+    PyObject *result = args ? PyTuple_New(2) : NULL;
+    if (!result) {
+        Py_XDECREF(args);
+        Py_XDECREF(data);
         return NULL;
     }
-    return Py_BuildValue("(N(sKKI))", rebuild, kmc_cache_name(c), (unsigned long long)owner->nonce,
-                         (unsigned long long)kmc_shared_offset(c, self->base.ptr),
-                         (unsigned int)self->gen);
+    PyTuple_SET_ITEM(args, 0, data);
+    PyTuple_SET_ITEM(result, 0, Py_NewRef(shared_ref_fn));
+    PyTuple_SET_ITEM(result, 1, args);
+    kmc_status st = kmc_shared_ticket(c, self->base.ptr, self->gen);
+    if (st != KMC_OK) {
+        Py_DECREF(result);
+        return kmcpy_raise_status(st);
+    }
+    return result;
+}
+
+/* _shared_reduce(obj), which copyreg's dispatch table lists (kmemcache.shared):
+ * a pickler finds it there before it looks for obj.__reduce_ex__. */
+static PyObject *handle_reduce_o(PyObject *Py_UNUSED(module), PyObject *obj)
+{
+    if (!PyObject_TypeCheck(obj, &SharedHandle_Type)) {
+        PyErr_Format(PyExc_TypeError, "_shared_reduce takes a SharedObject, not %.100s",
+                     Py_TYPE(obj)->tp_name);
+        return NULL;
+    }
+    return handle_reduce((SharedHandleObject *)obj, NULL);
 }
 
 /* Not the base Object's by-value reduce: a reference under every protocol. */
@@ -330,14 +375,93 @@ static int shared_alive(CacheObject *self)
     return 0;
 }
 
+/* --- the process's attachments ------------------------------------------------------ */
+
+/* Every SharedCache object of this process that was made or attached, in a
+ * list threaded through them (linked when made, unlinked when deallocated),
+ * so that unpickling finds the attachment a reference names by walking a
+ * few pointers, with no Python code. Those attached by unpickling are also
+ * kept (the list holds a reference), the KEPT_MAX most recently used, so
+ * that a worker receiving objects one by one does not attach and detach for
+ * each, and one that sees many short-lived regions keeps a bounded number of
+ * descriptors and mappings. The GIL guards the list. */
+#define KEPT_MAX 8
+static SharedCacheObject *attachments;
+static uint64_t attach_clock; /* one tick per use */
+static int nr_kept;
+
+static void link_attachment(SharedCacheObject *self)
+{
+    if (self->linked)
+        return; /* initialised again after it was detached */
+    self->linked = 1;
+    self->prev = NULL;
+    self->next = attachments;
+    if (attachments)
+        attachments->prev = self;
+    attachments = self;
+}
+
+static void unlink_attachment(SharedCacheObject *self)
+{
+    if (!self->linked)
+        return;
+    if (self->prev)
+        self->prev->next = self->next;
+    else
+        attachments = self->next;
+    if (self->next)
+        self->next->prev = self->prev;
+    self->linked = 0;
+}
+
+/* The live attachment of region @name (@len bytes) made with @nonce, or
+ * NULL (borrowed). No Python code, no exception. */
+static SharedCacheObject *find_attachment(uint64_t nonce, const char *name, size_t len)
+{
+    for (SharedCacheObject *c = attachments; c; c = c->next) {
+        if (c->nonce != nonce || !c->base.cache || !c->base.shared)
+            continue;
+        const char *n = kmc_cache_name(c->base.cache);
+        if (strlen(n) == len && memcmp(n, name, len) == 0) {
+            c->used = ++attach_clock;
+            return c;
+        }
+    }
+    return NULL;
+}
+
+/* Keep @self (attached by unpickling), and no more than KEPT_MAX: the least
+ * recently used others are let go of (each detaches now, or when its last
+ * handle goes). */
+static void keep_attachment(SharedCacheObject *self)
+{
+    if (!self->kept) {
+        self->kept = 1;
+        Py_INCREF(self);
+        nr_kept++;
+    }
+    self->used = ++attach_clock;
+    while (nr_kept > KEPT_MAX) {
+        SharedCacheObject *oldest = NULL;
+        for (SharedCacheObject *c = attachments; c; c = c->next)
+            if (c->kept && c != self && (!oldest || c->used < oldest->used))
+                oldest = c;
+        oldest->kept = 0;
+        nr_kept--;
+        Py_DECREF(oldest); /* may unlink it: the walk is over */
+    }
+}
+
 /* Fill in a new SharedCache around engine cache @made (its ctor @ctor),
- * then tell the package (debug options, the per-process registry). */
+ * then tell the package (debug options, exit hooks). */
 static int adopt_cache(SharedCacheObject *self, kmc_cache_t *made, PyObject *ctor)
 {
     kmc_shared_info_t info;
     kmc_shared_info(made, &info);
     self->base.shared = 1;
     self->nonce = info.nonce;
+    link_attachment(self);
     return kmcpy_cache_adopt(&self->base, made, ctor, "attach_shared");
 }
 
@@ -607,46 +731,6 @@ static PyObject *shared_object_at(SharedCacheObject *self, PyObject *arg)
     return hold(self, off, KMC_SHARED_ANY_GEN, 0);
 }
 
-/* A number of a pickled reference: an int from 0 to @max, else ValueError
- * (the "K" and "I" formats would take it modulo 2^64 or 2^32, onto another
- * object). */
-static int reference_number(PyObject *arg, const char *what, unsigned long long max,
-                            unsigned long long *out)
-{
-    if (!PyLong_Check(arg)) {
-        PyErr_Format(PyExc_TypeError, "a shared object reference's %s must be an int, not %.100s",
-                     what, Py_TYPE(arg)->tp_name);
-        return -1;
-    }
-    unsigned long long v = PyLong_AsUnsignedLongLong(arg);
-    if ((v == (unsigned long long)-1 && PyErr_Occurred()) || v > max) {
-        PyErr_Clear();
-        PyErr_Format(PyExc_ValueError,
-                     "a shared object reference's %s is %R, not from 0 to %llu: not a reference "
-                     "kmemcache made",
-                     what, arg, max);
-        return -1;
-    }
-    *out = v;
-    return 0;
-}
-
-static PyObject *shared_hold(SharedCacheObject *self, PyObject *args)
-{
-    PyObject *off_arg, *gen_arg;
-    int ticket;
-    unsigned long long off, gen;
-    if (!PyArg_ParseTuple(args, "OOp:_hold", &off_arg, &gen_arg, &ticket) ||
-        reference_number(off_arg, "offset", UINT64_MAX, &off) < 0 ||
-        reference_number(gen_arg, "generation", UINT32_MAX, &gen) < 0)
-        return NULL;
-    if (gen == KMC_SHARED_ANY_GEN) {
-        PyErr_SetString(PyExc_ValueError, "generation 0 names no object");
-        return NULL;
-    }
-    return hold(self, off, (uint32_t)gen, ticket);
-}
-
 static PyObject *shared_unlink(SharedCacheObject *self, PyObject *Py_UNUSED(ignored))
 {
     if (shared_alive(&self->base) < 0)
@@ -738,6 +822,7 @@ static void shared_dealloc(SharedCacheObject *self)
         self->base.cache = NULL;
         kmc_cache_destroy(c);
     }
+    unlink_attachment(self);
     Py_CLEAR(self->dups);
     Cache_Type.tp_clear((PyObject *)self);
     Py_TYPE(self)->tp_free((PyObject *)self);
@@ -786,8 +871,6 @@ static PyMethodDef shared_methods[] = {
      "recoveries, objects reclaimed, pickles in flight, this process's slot."},
     {"__reduce__", (PyCFunction)shared_reduce, METH_NOARGS,
      "__reduce__($self, /)\n--\n\nPickled by name: unpickled, it attaches the same region."},
-    {"_hold", (PyCFunction)shared_hold, METH_VARARGS,
-     "_hold($self, offset, generation, ticket, /)\n--\n\n"},
     {"_leave", (PyCFunction)shared_leave, METH_NOARGS, "_leave($self, /)\n--\n\n"},
     {"_exiting", (PyCFunction)shared_exiting, METH_NOARGS, "_exiting($self, /)\n--\n\n"},
     {NULL, NULL, 0, NULL},
@@ -868,6 +951,112 @@ static PyObject *mod_shared_region_name(PyObject *Py_UNUSED(module), PyObject *n
     return PyUnicode_FromString(out);
 }
 
+/* _shared_ref(reference): a SharedObject's pickle unpickled, this
+ * process becoming one of its holders. The reference is untrusted: its
+ * length is checked, then each field is read once at its full width; the
+ * engine checks the offset and generation against the region. */
+static PyObject *mod_shared_ref(PyObject *Py_UNUSED(module), PyObject *arg)
+{
+    if (!PyBytes_Check(arg)) {
+        PyErr_Format(PyExc_TypeError, "a shared object reference is bytes, not %.100s",
+                     Py_TYPE(arg)->tp_name);
+        return NULL;
+    }
+    Py_ssize_t len = PyBytes_GET_SIZE(arg);
+    if (len < (Py_ssize_t)REF_HEAD + 1 || len > (Py_ssize_t)REF_HEAD + KMC_NAME_MAX - 1) {
+        PyErr_Format(PyExc_ValueError,
+                     "a shared object reference of %zd bytes, not %zu to %zu: not a reference "
+                     "kmemcache made",
+                     len, REF_HEAD + 1, REF_HEAD + KMC_NAME_MAX - 1);
+        return NULL;
+    }
+    const char *data = PyBytes_AS_STRING(arg);
+    ref_t ref;
+    memcpy(&ref.nonce, data, sizeof(uint64_t));
+    memcpy(&ref.offset, data + sizeof(uint64_t), sizeof(uint64_t));
+    memcpy(&ref.gen, data + 2 * sizeof(uint64_t), sizeof(uint32_t));
+    if (ref.gen == KMC_SHARED_ANY_GEN) {
+        PyErr_SetString(PyExc_ValueError, "generation 0 names no object");
+        return NULL;
+    }
+    const char *name = data + REF_HEAD;
+    size_t name_len = (size_t)len - REF_HEAD;
+    PyObject *cache = (PyObject *)find_attachment(ref.nonce, name, name_len);
+    if (cache) {
+        Py_INCREF(cache); /* hold() may run Python code */
+    } else {
+        /* a miss: attach through the package (the nonce checked there) */
+        PyObject *str = PyUnicode_DecodeUTF8(name, (Py_ssize_t)name_len, "strict");
+        PyObject *lookup = str ? kmcpy_facade_attr("shared_lookup") : NULL;
+        cache = lookup ? PyObject_CallFunction(lookup, "OK", str, (unsigned long long)ref.nonce)
+                       : NULL;
+        Py_XDECREF(lookup);
+        Py_XDECREF(str);
+        if (!cache)
+            return NULL;
+        if (!PyObject_TypeCheck(cache, &SharedCache_Type)) {
+            PyErr_Format(PyExc_TypeError, "shared_lookup gave %.100s, not a SharedCache",
+                         Py_TYPE(cache)->tp_name);
+            Py_DECREF(cache);
+            return NULL;
+        }
+    }
+    PyObject *obj = hold((SharedCacheObject *)cache, ref.offset, ref.gen, 1);
+    Py_DECREF(cache);
+    return obj;
+}
+
+/* _shared_find(name, nonce): this process's live attachment, or None. */
+static PyObject *mod_shared_find(PyObject *Py_UNUSED(module), PyObject *args)
+{
+    PyObject *name;
+    unsigned long long nonce;
+    if (!PyArg_ParseTuple(args, "UK:_shared_find", &name, &nonce))
+        return NULL;
+    Py_ssize_t len;
+    const char *cname = PyUnicode_AsUTF8AndSize(name, &len);
+    if (!cname)
+        return NULL;
+    SharedCacheObject *c = find_attachment(nonce, cname, (size_t)len);
+    return Py_NewRef(c ? (PyObject *)c : Py_None);
+}
+
+/* _shared_keep(cache): keep an attachment made by unpickling. */
+static PyObject *mod_shared_keep(PyObject *Py_UNUSED(module), PyObject *arg)
+{
+    if (!PyObject_TypeCheck(arg, &SharedCache_Type) || !((SharedCacheObject *)arg)->linked) {
+        PyErr_SetString(PyExc_TypeError, "_shared_keep takes an attached SharedCache");
+        return NULL;
+    }
+    keep_attachment((SharedCacheObject *)arg);
+    Py_RETURN_NONE;
+}
+
+/* _shared_attachments(): this process's live attachments, a list. Each is
+ * held before the list is made: making it can run the GC, which may unlink
+ * an attachment from under the walk. */
+static PyObject *mod_shared_attachments(PyObject *Py_UNUSED(module), PyObject *Py_UNUSED(ignored))
+{
+    Py_ssize_t n = 0, i = 0;
+    for (SharedCacheObject *c = attachments; c; c = c->next)
+        n += c->base.cache != NULL;
+    PyObject **found = PyMem_Calloc(n ? (size_t)n : 1, sizeof(PyObject *));
+    if (!found)
+        return PyErr_NoMemory();
+    for (SharedCacheObject *c = attachments; c && i < n; c = c->next)
+        if (c->base.cache)
+            found[i++] = Py_NewRef((PyObject *)c);
+    PyObject *list = PyList_New(i);
+    for (Py_ssize_t j = 0; j < i; j++) {
+        if (list)
+            PyList_SET_ITEM(list, j, found[j]);
+        else
+            Py_DECREF(found[j]);
+    }
+    PyMem_Free(found);
+    return list;
+}
+
 static PyObject *mod_shared_crash_after(PyObject *Py_UNUSED(module), PyObject *arg)
 {
     long n = PyLong_AsLong(arg);
@@ -885,6 +1074,20 @@ PyMethodDef kmcpy_shared_methods[] = {
      "read without attaching."},
     {"_shared_region_name", mod_shared_region_name, METH_O,
      "_shared_region_name($module, name, /)\n--\n\nThe POSIX shm name of shared cache name."},
+    {"_shared_reduce", (PyCFunction)handle_reduce_o, METH_O,
+     "_shared_reduce($module, obj, /)\n--\n\nobj.__reduce__(), for copyreg's dispatch table: "
+     "pickle calls it without looking up obj's __reduce_ex__."},
+    {"_shared_ref", mod_shared_ref, METH_O,
+     "_shared_ref($module, reference, /)\n--\n\nA SharedObject's pickle unpickled: the "
+     "object it names, this process becoming one of its holders."},
+    {"_shared_find", mod_shared_find, METH_VARARGS,
+     "_shared_find($module, name, nonce, /)\n--\n\nThis process's live attachment of shared "
+     "cache name made with nonce, or None."},
+    {"_shared_keep", mod_shared_keep, METH_O,
+     "_shared_keep($module, cache, /)\n--\n\nKeep an attachment made by unpickling (the "
+     "most recently used " Py_STRINGIFY(KEPT_MAX) " are kept)."},
+    {"_shared_attachments", mod_shared_attachments, METH_NOARGS,
+     "_shared_attachments($module, /)\n--\n\nThis process's live attachments."},
     {"_shared_crash_after", mod_shared_crash_after, METH_O,
      "_shared_crash_after($module, n, /)\n--\n\nTest hook: this process dies by SIGKILL at "
      "the n-th crash point of a shared cache's paths (0: off)."},
