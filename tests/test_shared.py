@@ -527,6 +527,28 @@ def test_an_attachment_in_use_outlives_those_of_other_regions(shared_name: Name)
     assert out.stdout.split() == ["True", "True"], out.stdout
 
 
+def test_an_attachment_being_dropped_is_not_found(shared_name: Name) -> None:
+    """A weakref callback runs while an attachment is deallocated: a reference it
+    unpickles resolves to another attachment, not to the dying one."""
+    out = run_python(
+        f"""
+        import pickle, weakref
+        from kmemcache import SharedCache
+
+        keeper = SharedCache({shared_name()!r}, 64, 64, capacity=2 << 20)
+        obj = keeper.alloc()
+        data = pickle.dumps(obj)
+        second = SharedCache.attach(keeper.name)  # found first: the latest made
+        got = []
+        ref = weakref.ref(second, lambda _: got.append(pickle.loads(data)))
+        del second
+        print(got[0].cache is keeper)
+        """
+    )
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.split() == ["True"], out.stdout
+
+
 def test_object_at(cache: SharedCache) -> None:
     o = cache.alloc()
     assert cache.object_at(o.offset).address == o.address

@@ -815,6 +815,8 @@ static int shared_clear(SharedCacheObject *self)
 static void shared_dealloc(SharedCacheObject *self)
 {
     PyObject_GC_UnTrack(self);
+    /* first: weakref callbacks run Python code, which must not find it */
+    unlink_attachment(self);
     if (self->base.weakrefs)
         PyObject_ClearWeakRefs((PyObject *)self);
     if (self->base.cache) {
@@ -822,7 +824,6 @@ static void shared_dealloc(SharedCacheObject *self)
         self->base.cache = NULL;
         kmc_cache_destroy(c);
     }
-    unlink_attachment(self);
     Py_CLEAR(self->dups);
     Cache_Type.tp_clear((PyObject *)self);
     Py_TYPE(self)->tp_free((PyObject *)self);
