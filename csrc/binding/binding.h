@@ -137,6 +137,7 @@ int kmcpy_call_ctor(void *object, size_t size, void *arg);
 /* A cache name argument as UTF-8, or NULL with an exception (cache_type.c). */
 const char *kmcpy_cache_name_arg(PyObject *name);
 int kmcpy_ssize_value(PyObject *arg, const char *what, Py_ssize_t *out);
+int kmcpy_check_ctor(PyObject *ctor); /* callable or None; -1: TypeError */
 int kmcpy_check_cache_args(Py_ssize_t size, Py_ssize_t align, Py_ssize_t flags,
                            PyObject *ctor); /* -1: refused */
 int kmcpy_debug_flags(PyObject *name, Py_ssize_t *flags, PyObject *ctor);

@@ -186,15 +186,21 @@ const char *kmcpy_cache_name_arg(PyObject *name)
     return cname;
 }
 
+int kmcpy_check_ctor(PyObject *ctor)
+{
+    if (ctor == Py_None || PyCallable_Check(ctor))
+        return 0;
+    PyErr_Format(PyExc_TypeError, "ctor must be callable or None, not %.100s",
+                 Py_TYPE(ctor)->tp_name);
+    return -1;
+}
+
 /* The arguments every cache's __init__ takes, checked: a callable ctor or
  * None, the size, the alignment, the flags. */
 int kmcpy_check_cache_args(Py_ssize_t size, Py_ssize_t align, Py_ssize_t flags, PyObject *ctor)
 {
-    if (ctor != Py_None && !PyCallable_Check(ctor)) {
-        PyErr_Format(PyExc_TypeError, "ctor must be callable or None, not %.100s",
-                     Py_TYPE(ctor)->tp_name);
+    if (kmcpy_check_ctor(ctor) < 0)
         return -1;
-    }
     if (size < 1 || (size_t)size > KMC_MAX_SIZE) {
         PyErr_Format(PyExc_ValueError, "size must be 1 to %zu bytes, not %zd", (size_t)KMC_MAX_SIZE,
                      size);

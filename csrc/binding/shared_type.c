@@ -524,13 +524,8 @@ static PyObject *shared_attach(PyTypeObject *cls, PyObject *args, PyObject *kwds
     if (!PyArg_ParseTupleAndKeywords(args, kwds, "O|$O:attach", kwlist, &name, &ctor))
         return NULL;
     const char *cname = kmcpy_cache_name_arg(name);
-    if (!cname)
+    if (!cname || kmcpy_check_ctor(ctor) < 0)
         return NULL;
-    if (ctor != Py_None && !PyCallable_Check(ctor)) {
-        PyErr_Format(PyExc_TypeError, "ctor must be callable or None, not %.100s",
-                     Py_TYPE(ctor)->tp_name);
-        return NULL;
-    }
     if (!PyType_IsSubtype(cls, &SharedCache_Type)) {
         PyErr_SetString(PyExc_TypeError, "attach() makes a SharedCache");
         return NULL;
