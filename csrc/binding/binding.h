@@ -158,7 +158,8 @@ int kmcpy_cache_arg_values(PyObject *name, PyObject *size, PyObject *align, PyOb
  * @hook. 0, or -1 with an exception and @made released. */
 int kmcpy_cache_adopt(CacheObject *self, kmc_cache_t *made, PyObject *ctor, const char *hook);
 /* Raise for @status from an engine call: ValueError for KMC_EINVAL, else
- * through the error factory, which may not choose to go on here. NULL. */
+ * through the error factory; an exception is set even when the factory
+ * chose to go on, since the caller cannot. Returns NULL. */
 PyObject *kmcpy_raise_status(kmc_status status);
 /* One item of free_bulk: a live, unviewed handle of @self? 0 if so, -1
  * with an exception set, 1 when the error factory chose to go on. */
