@@ -1,7 +1,7 @@
 """Shared caches: alloc+free from Python, handing objects to another process, and
 two processes allocating at once.
 
-Three parts, each against what a program would do without kmemcache:
+Four parts, each against what a program would do without kmemcache:
 
 1. **alloc+free**: ``o = cache.zalloc(); o.free()`` on a SharedCache against a
    private Cache (64 B and 1512 B at alignment 64), the ops taking turns as in
@@ -19,6 +19,11 @@ Three parts, each against what a program would do without kmemcache:
    for a fixed time, against one process: total operations per second; the same
    with the magazines off, and with a private cache in each process (what the
    machine itself scales to).
+4. **a reference through a Pipe**: one SharedObject sent over and over through a
+   ``multiprocessing`` Pipe (fork) to a process that unpickles it (becoming a
+   holder) and drops it, against a 64-byte bytes object sent the same way (the
+   transport's own cost per item): what pickling, unpickling and holding a
+   reference add. Time per item: from the first send to the receiver's last.
 
     python benchmarks/bench_shared.py                  # Markdown tables on stdout
     python benchmarks/bench_shared.py --json out.json  # also machine-readable results
@@ -49,6 +54,8 @@ MiB = 1 << 20
 HANDOFF_SIZE = 64 << 10
 HANDOFF_N = 2000
 QUICK_HANDOFF_N = 40
+PIPE_N = 20000
+QUICK_PIPE_N = 100
 SCALE_DURATION = 0.5  # seconds per trial
 QUICK_SCALE_DURATION = 0.05
 BATCH = 500
@@ -342,6 +349,73 @@ def part_scale(args: Any, regions: _Regions, progress: m.Progress) -> dict[str, 
     return {"duration_s": duration, "repeats": repeats, "results": out}
 
 
+# --- 4. a reference through a Pipe ---------------------------------------------------------
+
+
+def _pipe_receiver(conn: Any) -> None:
+    """Receive what each trial sends; answer when it may start and when its last
+    item was unpickled (a SharedObject is dropped as soon as the next arrives)."""
+    while True:
+        n = conn.recv()
+        if n is None:
+            return
+        conn.send(None)
+        recv = conn.recv
+        for _ in itertools.repeat(None, n):
+            recv()
+        conn.send(time.perf_counter())
+
+
+def pipe_trial(conn: Any, item: Any, n: int) -> float:
+    """ns per item sent through @conn, from the first send to the receiver's last recv."""
+    conn.send(n)
+    conn.recv()
+    send = conn.send
+    started = time.perf_counter()
+    for _ in itertools.repeat(None, n):
+        send(item)
+    ended: float = conn.recv()
+    return (ended - started) * 1e9 / n
+
+
+def part_pipe(args: Any, regions: _Regions, progress: m.Progress) -> dict[str, Any]:
+    n = QUICK_PIPE_N if args.quick else PIPE_N
+    repeats = h.QUICK_REPEATS if args.quick else args.repeats
+    cache = regions.make("pipe", 64, 64, 8 * MiB)
+    obj = cache.alloc()
+    ways = [("shared", "a SharedObject (a reference)", obj), ("bytes", "64 B as bytes", bytes(64))]
+    ctx = multiprocessing.get_context("fork")
+    conn, child_conn = ctx.Pipe()
+    child = ctx.Process(target=_pipe_receiver, args=(child_conn,))
+    child.start()
+    samples: dict[str, list[float]] = {key: [] for key, *_ in ways}
+    try:
+        for _key, _label, item in ways:
+            pipe_trial(conn, item, min(n, 200))  # warm both ends
+        for rep in range(repeats):
+            shift = rep % len(ways)
+            for key, _label, item in ways[shift:] + ways[:shift]:
+                progress.step(f"pipe {rep + 1}/{repeats} {key}")
+                samples[key].append(pipe_trial(conn, item, n))
+    finally:
+        conn.send(None)
+        child.join(timeout=60)
+    obj.free()
+    out = []
+    for key, label, _ in ways:
+        rec: dict[str, Any] = {"key": key, "label": label, "samples_ns": samples[key]}
+        rec.update(m.summarize(samples[key]))
+        out.append(rec)
+    ref, raw = out[0]["median_ns"], out[1]["median_ns"]
+    return {
+        "n": n,
+        "repeats": repeats,
+        "results": out,
+        "extra_ns": ref - raw,
+        "ratio": ref / raw,
+    }
+
+
 # --- the run --------------------------------------------------------------------------------
 
 
@@ -351,13 +425,15 @@ def main(argv: Sequence[str] | None = None) -> int:
     repeats, _, _ = h.settings(args)
     scale_repeats = h.QUICK_REPEATS if args.quick else args.repeats
     handoff_repeats = h.QUICK_REPEATS if args.quick else max(3, args.repeats // 2)
-    steps = 2 * 3 * (repeats + 1) + 4 * handoff_repeats + 6 * scale_repeats
+    pipe_repeats = h.QUICK_REPEATS if args.quick else args.repeats
+    steps = 2 * 3 * (repeats + 1) + 4 * handoff_repeats + 6 * scale_repeats + 2 * pipe_repeats
     progress = h.progress_for(args, steps, "bench_shared")
     regions = _Regions()
     try:
         alloc = part_alloc(args, regions, progress)
         handoff = part_handoff(args, regions, progress)
         scale = part_scale(args, regions, progress)
+        pipe = part_pipe(args, regions, progress)
     finally:
         progress.close()
         regions.close()
@@ -388,6 +464,20 @@ def main(argv: Sequence[str] | None = None) -> int:
             "higher",
         ),
     ]
+    # at most 1 µs over the transport's own cost per item, as a ratio: the
+    # threshold follows the bytes' cost measured in this run
+    raw_ns = pipe["results"][1]["median_ns"]
+    targets.append(
+        h.make_target(
+            "reference-vs-bytes",
+            "a SharedObject reference through a Pipe, against 64 B bytes: at most 1 µs more "
+            "per item",
+            round((raw_ns + 1000) / raw_ns, 2),
+            "lower",
+        )
+    )
+    h.judge_target(targets[4], pipe["ratio"])
+    targets[4]["detail"] = f"{pipe['extra_ns'] / 1000:+.2f} µs per item over {raw_ns / 1000:.2f} µs"
     shared64 = {r["key"]: r for r in alloc["64"]}
     if "ratio" in shared64["shared"]:
         h.judge_target(targets[0], shared64["shared"]["ratio"])
@@ -404,6 +494,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         "alloc": alloc,
         "handoff": handoff,
         "scale": scale,
+        "pipe": pipe,
         "cpu_share_min": h.min_cpu_share(r for recs in alloc.values() for r in recs),
         "targets": targets,
     }
@@ -458,6 +549,27 @@ def render(data: dict[str, Any]) -> str:
                 for r in sc["results"]
             ],
             {1, 2, 3},
+        ),
+    ]
+    pi = data["pipe"]
+    lines += [
+        "",
+        f"One object sent over and over through a multiprocessing Pipe (fork), {pi['n']} "
+        f"items a trial, median of {pi['repeats']} trials: µs per item, and / the 64 B "
+        "bytes' (lower: closer to the transport's own cost). The reference costs "
+        f"{pi['extra_ns'] / 1000:+.2f} µs per item over the bytes.",
+        "",
+        m.markdown_table(
+            ["sent as", "µs per item", "vs 64 B bytes"],
+            [
+                [
+                    r["label"],
+                    f"{r['median_ns'] / 1000:.2f}",
+                    m.fmt_ratio(r["median_ns"] / pi["results"][1]["median_ns"]),
+                ]
+                for r in pi["results"]
+            ],
+            {1, 2},
         ),
         "",
         "### Targets",

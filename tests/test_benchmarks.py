@@ -419,14 +419,22 @@ def test_shared_shape(tmp_path: Path) -> None:
         (k, p) for k in ("shared", "shared-locked", "private") for p in (1, 2)
     }
     assert all(r["median_ops_per_s"] > 0 for r in scale)
+    pipe = data["pipe"]
+    assert [r["key"] for r in pipe["results"]] == ["shared", "bytes"]
+    assert all(len(r["samples_ns"]) == pipe["repeats"] for r in pipe["results"])
+    ref, raw = (r["median_ns"] for r in pipe["results"])
+    assert pipe["extra_ns"] == pytest.approx(ref - raw) and pipe["ratio"] == pytest.approx(
+        ref / raw
+    )
     check_targets(data["targets"])
     assert {t["key"] for t in data["targets"]} == {
         "shared-alloc-free",
         "handoff-vs-bytes",
         "handoff-vs-shm",
         "two-processes",
+        "reference-vs-bytes",
     }
-    assert len(target_lines(stdout)) == 4
+    assert len(target_lines(stdout)) == 5
     table_is_whole(stdout)
     assert not [n for n in kmemcache.shared.regions() if n.startswith("bench-shared-")]
 

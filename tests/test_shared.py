@@ -10,16 +10,19 @@ from __future__ import annotations
 
 import copy
 import ctypes
+import gc
 import multiprocessing
 import os
 import pickle
 import random
 import signal
+import struct
 import subprocess
 import sys
 import textwrap
 import time
 from collections.abc import Callable, Iterator
+from typing import Any
 
 import pytest
 from helpers import run_python
@@ -197,18 +200,6 @@ def test_krealloc_of_a_shared_object_is_refused(cache: SharedCache) -> None:
     obj.free()
 
 
-@pytest.mark.parametrize("offset,generation", [(2**64, 1), (0, 2**32 + 1), (-1, 1), (0, -1)])
-def test_a_reference_with_numbers_out_of_range_is_refused(
-    cache: SharedCache, offset: int, generation: int
-) -> None:
-    """Numbers that would wrap modulo 2^64 or 2^32 onto a live object."""
-    obj = cache.alloc()
-    assert obj.offset == 0
-    with pytest.raises(ValueError, match="not from 0 to .*not a reference kmemcache made"):
-        shared._rebuild(cache.name, cache.nonce, offset, generation)
-    obj.free()
-
-
 def test_emfile_is_reported_as_such(shared_name: Name) -> None:
     name = shared_name()
     SharedCache(name, 64, 64, capacity=4 * MiB).close()
@@ -369,6 +360,7 @@ def test_pickles_are_small_references(cache: SharedCache) -> None:
     assert cache.info()["pickled"] == 1
     p = pickle.loads(data)
     assert p.address == o.address and p.generation == o.generation
+    assert p.cache is cache  # the attachment this process has
     assert cache.info()["pickled"] == 0
     assert copy.copy(o).address == o.address
     # one process, three handles: it lets go when the last one goes
@@ -420,6 +412,141 @@ def test_a_region_made_again_is_another(shared_name: Name) -> None:
     with SharedCache(name, 64, capacity=8 * MiB):
         with pytest.raises(StaleObjectError, match="made again"):
             pickle.loads(data)
+
+
+def _reference(
+    cache: SharedCache, offset: int, generation: int, nonce: int | None = None, name: bytes = b""
+) -> bytes:
+    """A reference as a SharedObject pickles it: nonce, offset, generation, name."""
+    nonce = cache.nonce if nonce is None else nonce
+    return struct.pack("=QQI", nonce, offset, generation) + (name or cache.name.encode())
+
+
+def test_a_reference_is_its_fields_packed(cache: SharedCache) -> None:
+    obj = cache.alloc()
+    fn, (data,) = obj.__reduce_ex__(5)
+    assert fn is kmemcache._shared_ref
+    assert data == _reference(cache, obj.offset, obj.generation)
+    got = fn(data)  # claims the reference in flight
+    assert got.address == obj.address and got.cache is cache
+    assert cache.info()["pickled"] == 0
+    obj.free()
+
+
+_BAD_REFERENCES: list[tuple[str, Callable[[SharedCache, SharedObject], Any], type, str]] = [
+    ("str", lambda c, o: "x" * 30, TypeError, "is bytes, not str"),
+    ("bytearray", lambda c, o: bytearray(30), TypeError, "is bytes, not bytearray"),
+    ("no name", lambda c, o: _reference(c, o.offset, o.generation)[:20], ValueError, "of 20 bytes"),
+    ("too long", lambda c, o: _reference(c, 0, 1) + b"x" * 64, ValueError, "not a reference"),
+    ("generation 0", lambda c, o: _reference(c, o.offset, 0), ValueError, "generation 0"),
+    ("offset far out", lambda c, o: _reference(c, 1 << 60, 1), ValueError, "no object slot"),
+    ("offset 2^64-1", lambda c, o: _reference(c, 2**64 - 1, 1), ValueError, "no object slot"),
+    ("between slots", lambda c, o: _reference(c, o.offset + 1, 1), ValueError, "no object slot"),
+    (
+        "generation",
+        lambda c, o: _reference(c, o.offset, o.generation + 1),
+        StaleObjectError,
+        "gone",
+    ),
+    ("nonce", lambda c, o: _reference(c, 0, 1, c.nonce ^ 1), StaleObjectError, "made again"),
+    ("unknown name", lambda c, o: _reference(c, 0, 1, name=b"no-such"), OSError, "no shared cache"),
+    ("not UTF-8", lambda c, o: _reference(c, 0, 1, name=b"\xff\xfe"), ValueError, "utf-8"),
+    ("whitespace", lambda c, o: _reference(c, 0, 1, name=b"a b"), ValueError, "whitespace"),
+]
+
+
+@pytest.mark.parametrize(
+    "make,error,match", [case[1:] for case in _BAD_REFERENCES], ids=[c[0] for c in _BAD_REFERENCES]
+)
+def test_a_bad_reference_is_refused_and_changes_nothing(
+    cache: SharedCache,
+    make: Callable[[SharedCache, SharedObject], Any],
+    error: type[Exception],
+    match: str,
+) -> None:
+    obj = cache.alloc()
+    info = cache.info()
+    with pytest.raises(error, match=match):
+        kmemcache._shared_ref(make(cache, obj))
+    after = cache.info()
+    assert (after["pickled"], after["processes"]) == (info["pickled"], info["processes"])
+    assert cache.stats().active_objs == 1 and not obj.freed
+    obj.free()
+
+
+def test_a_reference_to_a_detached_cache_attaches_again(shared_name: Name) -> None:
+    name = shared_name()
+    c = SharedCache(name, 64, 64, capacity=4 * MiB)
+    keeper = SharedCache.attach(name)  # the region lives on while one is attached
+    obj = c.alloc()
+    data = pickle.dumps(obj)
+    del obj
+    c.close()
+    got = pickle.loads(data)  # not the detached attachment: a new one
+    assert got.cache is not c and not got.cache.destroyed and got.cache.nonce == c.nonce
+    got.free()
+    del got
+    data = pickle.dumps(keeper.alloc())
+    keeper.close()
+    shared.unlink(name)
+    gc.collect()  # the attachment made above goes with its last handle
+    for attachment in shared._attachments():
+        assert attachment.name != name
+    with pytest.raises(FileNotFoundError):
+        pickle.loads(data)
+
+
+def test_an_attachment_in_use_outlives_those_of_other_regions(shared_name: Name) -> None:
+    """Attachments made by unpickling are kept, the 8 most recently used: one that
+    references keep naming stays while a worker sees many other regions."""
+    names = [shared_name() for _ in range(12)]
+    out = run_python(
+        f"""
+        import pickle, weakref
+        from kmemcache import SharedCache, shared
+
+        def references(name, n):
+            c = SharedCache(name, 64, 64, capacity=2 << 20, max_processes=2)
+            obj = c.alloc()
+            data = [pickle.dumps(obj) for _ in range(n)]
+            del obj
+            c.close()  # as if made by another process: this one holds nothing
+            return data
+
+        hot = references({names[0]!r}, 13)
+        first = pickle.loads(hot.pop())
+        kept = weakref.ref(first.cache)
+        del first  # only the list of attachments holds it now
+        for name in {names[1:]!r}:
+            pickle.loads(references(name, 1)[0]).free()
+            pickle.loads(hot.pop())  # the hot region, named again
+        print(kept() is not None, pickle.loads(hot.pop()).cache is kept())
+        """
+    )
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.split() == ["True", "True"], out.stdout
+
+
+def test_an_attachment_being_dropped_is_not_found(shared_name: Name) -> None:
+    """A weakref callback runs while an attachment is deallocated: a reference it
+    unpickles resolves to another attachment, not to the dying one."""
+    out = run_python(
+        f"""
+        import pickle, weakref
+        from kmemcache import SharedCache
+
+        keeper = SharedCache({shared_name()!r}, 64, 64, capacity=2 << 20)
+        obj = keeper.alloc()
+        data = pickle.dumps(obj)
+        second = SharedCache.attach(keeper.name)  # found first: the latest made
+        got = []
+        ref = weakref.ref(second, lambda _: got.append(pickle.loads(data)))
+        del second
+        print(got[0].cache is keeper)
+        """
+    )
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.split() == ["True"], out.stdout
 
 
 def test_object_at(cache: SharedCache) -> None:

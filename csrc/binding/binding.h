@@ -22,34 +22,82 @@
 #define KMEMCACHE_BUILDING_CAPSULE /* the C API's table and constants, no macros */
 #include "kmemcache.h"
 
+typedef struct kmcpy_cache_ops_s kmcpy_cache_ops_t;
+typedef struct HandleObject HandleObject;
+
 typedef struct CacheObject {
     PyObject_HEAD
-    kmc_cache_t *cache;   /* NULL once destroyed */
-    PyObject *ctor;       /* callable or NULL */
-    PyObject *track;      /* callable(event, address) or NULL: STORE_USER */
-    PyObject *ctor_error; /* exception raised by ctor during the last grow */
-    PyObject *dict;       /* instance attributes; made with the object, see
-                            * Cache_Type */
+    kmc_cache_t *cache;           /* NULL once destroyed */
+    const kmcpy_cache_ops_t *ops; /* its type's: private or shared */
+    PyObject *ctor;               /* callable or NULL */
+    PyObject *track;              /* callable(event, address) or NULL: STORE_USER */
+    PyObject *ctor_error;         /* exception raised by ctor during the last grow */
+    PyObject *dict;               /* instance attributes: see Cache_Type */
     PyObject *weakrefs;
     Py_ssize_t size; /* the object size, cached for handle creation */
     int in_ctor;     /* ctor calls running: a slab is being built */
     long ctor_pid;   /* the process they run in: a forked child's copy of
                       * in_ctor counts threads it does not have */
     int initialised; /* __init__ succeeded once (else "uninitialised") */
-    int shared;      /* a SharedCacheObject (shared_type.c) */
+    int shared;      /* its engine cache is shared (made by SharedCache's
+                      * __init__ or attach, not by Cache.__init__) */
 } CacheObject;
+
+/* What a private cache and a shared one do differently, under the methods
+ * they share (cache_type.c). Each type's method table lists the same
+ * functions with its own docstrings: CPython 3.11 calls a C method through
+ * its fast path only on an instance of exactly the method's type, so
+ * SharedCache lists them again rather than inheriting them. The ops are the
+ * type's, chosen when the object is made. */
+struct kmcpy_cache_ops_s {
+    const char *what;          /* in __exit__'s warning: "the cache" */
+    const char *object_what;   /* the same for one of its handles */
+    PyTypeObject *handle_type; /* what free() takes */
+    const char *not_handle;    /* free()'s words for anything else */
+    int shared;                /* the engine cache its methods want */
+    /* 0 if the methods may run, or -1 with an exception (kmcpy_alive) */
+    int (*alive)(CacheObject *self);
+    /* one object, or @n into @ptrs; their generations (shared caches) into
+     * @gens. The first NULL on failure, the second KMC_OK or not. */
+    void *(*alloc)(CacheObject *self, int zero, uint32_t *gen);
+    kmc_status (*alloc_bulk)(CacheObject *self, size_t n, void **ptrs, uint32_t *gens, int zero);
+    /* the handle of @p (@size bytes, generation @gen), just allocated, traced
+     * by tracemalloc; NULL (@p still live) on failure */
+    HandleObject *(*handle)(CacheObject *self, void *p, Py_ssize_t size, uint32_t gen);
+    void (*give_back)(CacheObject *self, void *p, uint32_t gen); /* @p has no handle */
+    /* free_bulk once the cache is alive and @items is a tuple */
+    PyObject *(*free_bulk)(CacheObject *self, PyObject *items);
+    /* destroy(), which close() and __exit__ call. Each type's table lists
+     * its own: Cache.destroy() of a SharedCache that Cache.__init__
+     * initialised destroys the private cache it holds. */
+    PyObject *(*destroy)(CacheObject *self, PyObject *ignored);
+    /* kmcpy_handle_free of one of its handles; NULL: the private cache's */
+    int (*free_handle)(HandleObject *handle);
+};
+
+extern const kmcpy_cache_ops_t kmcpy_shared_ops; /* shared_type.c */
+
+/* 0 if @self's methods may run: alive, holding the kind of engine cache its
+ * type's methods want (Cache.__init__ can give a SharedCache a private one).
+ * The common case is a test; only an error calls the type's check. */
+static inline int kmcpy_alive(CacheObject *self)
+{
+    if (self->cache && self->shared == self->ops->shared)
+        return 0;
+    return self->ops->alive(self);
+}
 
 int kmcpy_ctor_running(const CacheObject *self); /* in this process */
 
 /* A handle: one object of one cache. */
-typedef struct HandleObject {
+struct HandleObject {
     PyObject_HEAD
     char *ptr;          /* NULL once freed */
     Py_ssize_t size;    /* len(); at most the cache's size */
     Py_ssize_t exports; /* live buffer views */
     CacheObject *owner; /* strong reference; NULL for kmalloc's pages and
                               zero-size objects, which no cache holds */
-} HandleObject;
+};
 
 extern PyTypeObject Cache_Type;
 extern PyTypeObject Handle_Type;
@@ -60,8 +108,13 @@ typedef struct SharedCacheObject {
     CacheObject base;
     uint64_t nonce;     /* the region's, for references to it */
     PyObject *dups;     /* {(offset, gen): n}: handles of an object beyond
-                            * the first in this process; NULL until needed */
+                         * the first in this process; NULL until needed */
     Py_ssize_t handles; /* live handles of this cache in this process */
+    /* the process's attachments, which references resolve to (shared_type.c) */
+    struct SharedCacheObject *next, *prev; /* the list, while linked */
+    uint64_t used;                         /* when a reference last named it */
+    int linked;                            /* in the list */
+    int kept;                              /* the list holds a reference to it */
 } SharedCacheObject;
 
 /* A handle of a shared object (kmemcache.SharedObject): a handle with the
@@ -85,19 +138,55 @@ extern PyMethodDef kmcpy_shared_methods[]; /* module functions: _shared_unlink, 
  * "kmalloc(0)" or "(destroyed)". */
 const char *kmcpy_handle_owner_name(const HandleObject *handle);
 
-/* kmcpy_handle_free for a shared object: free it for every process. */
-int kmcpy_shared_handle_free(HandleObject *self);
-
 /* The engine's constructor hook for caches with a Python ctor (cache_type.c). */
 int kmcpy_call_ctor(void *object, size_t size, void *arg);
 /* A cache name argument as UTF-8, or NULL with an exception (cache_type.c). */
 const char *kmcpy_cache_name_arg(PyObject *name);
 int kmcpy_ssize_value(PyObject *arg, const char *what, Py_ssize_t *out);
+int kmcpy_check_ctor(PyObject *ctor); /* callable or None; -1: TypeError */
 int kmcpy_check_cache_args(Py_ssize_t size, Py_ssize_t align, Py_ssize_t flags,
                            PyObject *ctor); /* -1: refused */
 int kmcpy_debug_flags(PyObject *name, Py_ssize_t *flags, PyObject *ctor);
-int kmcpy_check_poison_ctor(unsigned long long flags, PyObject *ctor);         /* -1: refused */
-int kmcpy_bulk_args(PyObject *args, PyObject *kwds, Py_ssize_t *n, int *zero); /* alloc_bulk's */
+int kmcpy_check_poison_ctor(unsigned long long flags, PyObject *ctor); /* -1: refused */
+/* __init__'s "initialised twice" (TypeError): before its arguments are read,
+ * and (@again) after the Python code that reading them ran. */
+int kmcpy_check_uninitialised(const CacheObject *self, int again);
+/* The arguments every cache's __init__ takes, ctor apart, as values; the
+ * name's UTF-8 is owned by @name. Python code runs (__index__). */
+typedef struct kmcpy_cache_args_s {
+    const char *name;
+    Py_ssize_t size, align, flags;
+} kmcpy_cache_args_t;
+int kmcpy_cache_arg_values(PyObject *name, PyObject *size, PyObject *align, PyObject *flags,
+                           kmcpy_cache_args_t *out);
+/* Fill in @self around engine cache @made, its ctor @ctor (no Python code
+ * ran since it was made), then tell the package through the facade's
+ * @hook. 0, or -1 with an exception and @made released. */
+int kmcpy_cache_adopt(CacheObject *self, kmc_cache_t *made, PyObject *ctor, const char *hook);
+/* Raise for @status from an engine call: ValueError for KMC_EINVAL, else
+ * through the error factory; an exception is set even when the factory
+ * chose to go on, since the caller cannot. Returns NULL. */
+PyObject *kmcpy_raise_status(kmc_status status);
+/* One item of free_bulk: a live, unviewed handle of @self? 0 if so, -1
+ * with an exception set, 1 when the error factory chose to go on. */
+int kmcpy_check_bulk_item(CacheObject *self, PyObject *item, Py_ssize_t i);
+/* After the checks of free_bulk's @items ran Python code: each whose
+ * pointer was kept in @ptrs (NULL: skipped) still has it and no view?
+ * 0, or -1 with an exception. */
+int kmcpy_bulk_unchanged(PyObject *items, void *const *ptrs);
+
+/* The methods of Cache that SharedCache's table lists again (see
+ * kmcpy_cache_ops_t), and those of Object that SharedObject's does. */
+PyObject *kmcpy_cache_alloc(CacheObject *self, PyObject *ignored);
+PyObject *kmcpy_cache_zalloc(CacheObject *self, PyObject *ignored);
+PyObject *kmcpy_cache_alloc_bulk(CacheObject *self, PyObject *args, PyObject *kwds);
+PyObject *kmcpy_cache_free(CacheObject *self, PyObject *obj);
+PyObject *kmcpy_cache_free_bulk(CacheObject *self, PyObject *objs);
+PyObject *kmcpy_cache_exit(CacheObject *self, PyObject *args);
+PyObject *kmcpy_handle_free_method(HandleObject *self, PyObject *ignored);
+PyObject *kmcpy_handle_enter(HandleObject *self, PyObject *ignored);
+PyObject *kmcpy_handle_exit(HandleObject *self, PyObject *args);
+int kmcpy_handle_check_live(const HandleObject *self); /* ValueError once freed */
 /* Raise for a failed allocation, the ctor's own exception if it failed:
  * 0 with an exception set, 1 to retry (the error factory chose to go on). */
 int kmcpy_raise_alloc_failure(CacheObject *self);
@@ -122,10 +211,41 @@ int kmcpy_raise(kmc_status status);
 int kmcpy_raise_message(kmc_status status, CacheObject *cache, const void *object, const char *fmt,
                         ...);
 
+/* Handles are made and dropped on every alloc/free: each handle type keeps
+ * some of its own for reuse (a handle of a Python subclass goes to tp_free).
+ * Not thread-safe without the GIL, which every caller holds. */
+#define KMCPY_HANDLE_POOL_MAX 256
+typedef struct kmcpy_handle_pool_s {
+    PyTypeObject *type;
+    int n;
+    PyObject *free[KMCPY_HANDLE_POOL_MAX];
+} kmcpy_handle_pool_t;
+
+/* A new handle of @pool's type, its fields to be filled in, not yet tracked
+ * by the GC; NULL with MemoryError. */
+static inline PyObject *kmcpy_handle_take(kmcpy_handle_pool_t *pool)
+{
+    if (pool->n) {
+        PyObject *self = pool->free[--pool->n];
+        return PyObject_Init(self, pool->type);
+    }
+    return (PyObject *)PyObject_GC_New(PyObject, pool->type);
+}
+
+/* The end of a handle's dealloc, once it is untracked and cleared. */
+static inline void kmcpy_handle_put(kmcpy_handle_pool_t *pool, PyObject *self)
+{
+    if (pool->n < KMCPY_HANDLE_POOL_MAX && Py_TYPE(self) == pool->type)
+        pool->free[pool->n++] = self;
+    else
+        Py_TYPE(self)->tp_free(self);
+}
+
 HandleObject *kmcpy_handle_new(CacheObject *owner, void *ptr, Py_ssize_t size);
-/* A handle of @size bytes for @p, just allocated from @cache, reported to the
- * cache's tracker; on failure @p goes back and NULL is returned. */
-PyObject *kmcpy_adopt(CacheObject *cache, void *p, Py_ssize_t size);
+/* A handle of @size bytes for @p (generation @gen in a shared cache), just
+ * allocated from @cache, reported to the cache's tracker; on failure @p goes
+ * back and NULL is returned. */
+PyObject *kmcpy_adopt(CacheObject *cache, void *p, Py_ssize_t size, uint32_t gen);
 int kmcpy_handle_free(HandleObject *self); /* 0 ok or retried-away, -1 error */
 int kmcpy_cache_check_alive(CacheObject *self);
 int kmcpy_track(CacheObject *cache, const char *event, const void *address);

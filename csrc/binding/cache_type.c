@@ -109,11 +109,16 @@ int kmcpy_raise_alloc_failure(CacheObject *self)
     return kmcpy_raise(st);
 }
 
+static const kmcpy_cache_ops_t private_ops;
+
+/* SharedCache's tp_new too: the ops are the type's, whichever __new__ ran. */
 static PyObject *cache_new(PyTypeObject *type, PyObject *Py_UNUSED(args), PyObject *Py_UNUSED(kwds))
 {
     CacheObject *self = (CacheObject *)type->tp_alloc(type, 0);
     if (self && !(self->dict = PyDict_New()))
         Py_CLEAR(self);
+    if (self)
+        self->ops = PyType_IsSubtype(type, &SharedCache_Type) ? &kmcpy_shared_ops : &private_ops;
     return (PyObject *)self;
 }
 
@@ -181,15 +186,21 @@ const char *kmcpy_cache_name_arg(PyObject *name)
     return cname;
 }
 
+int kmcpy_check_ctor(PyObject *ctor)
+{
+    if (ctor == Py_None || PyCallable_Check(ctor))
+        return 0;
+    PyErr_Format(PyExc_TypeError, "ctor must be callable or None, not %.100s",
+                 Py_TYPE(ctor)->tp_name);
+    return -1;
+}
+
 /* The arguments every cache's __init__ takes, checked: a callable ctor or
  * None, the size, the alignment, the flags. */
 int kmcpy_check_cache_args(Py_ssize_t size, Py_ssize_t align, Py_ssize_t flags, PyObject *ctor)
 {
-    if (ctor != Py_None && !PyCallable_Check(ctor)) {
-        PyErr_Format(PyExc_TypeError, "ctor must be callable or None, not %.100s",
-                     Py_TYPE(ctor)->tp_name);
+    if (kmcpy_check_ctor(ctor) < 0)
         return -1;
-    }
     if (size < 1 || (size_t)size > KMC_MAX_SIZE) {
         PyErr_Format(PyExc_ValueError, "size must be 1 to %zu bytes, not %zd", (size_t)KMC_MAX_SIZE,
                      size);
@@ -264,65 +275,50 @@ int kmcpy_bulk_args(PyObject *args, PyObject *kwds, Py_ssize_t *n, int *zero)
     return 0;
 }
 
-/* Python code runs in here (__index__ of the arguments, the facade's
- * cache_flags and attach, finalizers of a replaced ctor), and it may call
- * __init__ on the same cache: the "initialised twice" check is made again
- * after it, and the engine cache made is the one this call made. */
-static int cache_init(CacheObject *self, PyObject *args, PyObject *kwds)
+int kmcpy_check_uninitialised(const CacheObject *self, int again)
 {
-    static char *kwlist[] = {"name", "size", "align", "flags", "ctor", "limit", NULL};
-    PyObject *name, *size_o, *align_o = NULL, *flags_o = NULL, *ctor = Py_None, *limit_o = NULL;
-    Py_ssize_t size, align = 0, flags = 0;
-    uint64_t limit;
-    if (self->cache) {
-        PyErr_SetString(PyExc_TypeError, "a kmemcache cache cannot be initialised twice");
+    if (!self->cache)
+        return 0;
+    PyErr_SetString(PyExc_TypeError, again ? "a kmemcache cache cannot be initialised twice (it "
+                                             "was, while this __init__ ran)"
+                                           : "a kmemcache cache cannot be initialised twice");
+    return -1;
+}
+
+int kmcpy_cache_arg_values(PyObject *name, PyObject *size, PyObject *align, PyObject *flags,
+                           kmcpy_cache_args_t *out)
+{
+    out->align = out->flags = 0;
+    if (!(out->name = kmcpy_cache_name_arg(name)) ||
+        kmcpy_ssize_value(size, "size", &out->size) < 0 ||
+        (align && kmcpy_ssize_value(align, "align", &out->align) < 0) ||
+        (flags && kmcpy_ssize_value(flags, "flags", &out->flags) < 0))
         return -1;
-    }
-    if (!PyArg_ParseTupleAndKeywords(args, kwds, "OO|OOO$O:Cache", kwlist, &name, &size_o, &align_o,
-                                     &flags_o, &ctor, &limit_o))
-        return -1;
-    const char *cname = kmcpy_cache_name_arg(name);
-    if (!cname || kmcpy_limit_arg(limit_o, "limit", &limit) < 0 ||
-        kmcpy_ssize_value(size_o, "size", &size) < 0 ||
-        (align_o && kmcpy_ssize_value(align_o, "align", &align) < 0) ||
-        (flags_o && kmcpy_ssize_value(flags_o, "flags", &flags) < 0))
-        return -1;
-    if (kmcpy_check_cache_args(size, align, flags, ctor) < 0)
-        return -1;
-    if (kmcpy_check_poison_ctor(flags, ctor) < 0)
-        return -1;
-    if (kmcpy_debug_flags(name, &flags, ctor) < 0)
-        return -1;
-    if (self->cache) {
-        PyErr_SetString(PyExc_TypeError,
-                        "a kmemcache cache cannot be initialised twice (it was, while this "
-                        "__init__ ran)");
-        return -1;
-    }
-    /* no Python code from here to the assignments below */
-    kmc_cache_t *made;
-    kmc_status st = kmc_cache_create(cname, (size_t)size, (size_t)align, (unsigned)flags,
-                                     ctor != Py_None ? kmcpy_call_ctor : NULL, self, &made);
-    if (st != KMC_OK) {
-        if (st == KMC_EINVAL)
-            PyErr_SetString(PyExc_ValueError, kmc_last_report()->message);
-        else
-            kmcpy_raise(st);
-        return -1;
-    }
-    if (limit)
-        (void)kmc_cache_set_limit(made, limit); /* a private cache of its own: always takes it */
+    return 0;
+}
+
+PyObject *kmcpy_raise_status(kmc_status st)
+{
+    if (st == KMC_EINVAL)
+        PyErr_SetString(PyExc_ValueError, kmc_last_report()->message);
+    else if (kmcpy_raise(st) && !PyErr_Occurred())
+        PyErr_SetString(kmcpy_exception_for(st), kmc_last_report()->message);
+    return NULL;
+}
+
+int kmcpy_cache_adopt(CacheObject *self, kmc_cache_t *made, PyObject *ctor, const char *hook)
+{
     /* also on a cache initialised again after destroy(): no stale ctor */
     PyObject *old_ctor = self->ctor, *old_error = self->ctor_error;
     self->ctor = ctor != Py_None ? Py_NewRef(ctor) : NULL;
     self->ctor_error = NULL;
     self->cache = made;
-    self->size = size;
+    self->size = (Py_ssize_t)kmc_cache_size(made);
     self->initialised = 1;
     Py_XDECREF(old_ctor);
     Py_XDECREF(old_error);
     if (kmcpy_facade) {
-        PyObject *r = PyObject_CallMethod(kmcpy_facade, "attach", "O", (PyObject *)self);
+        PyObject *r = PyObject_CallMethod(kmcpy_facade, hook, "O", (PyObject *)self);
         if (!r) {
             /* only the cache made here, if Python code left it so */
             if (self->cache == made && kmc_cache_destroy(made) != KMC_EBUSY)
@@ -332,6 +328,38 @@ static int cache_init(CacheObject *self, PyObject *args, PyObject *kwds)
         Py_DECREF(r);
     }
     return 0;
+}
+
+/* Python code runs in here (__index__ of the arguments, the facade's
+ * cache_flags and attach, finalizers of a replaced ctor), and it may call
+ * __init__ on the same cache: the "initialised twice" check is made again
+ * after it, and the engine cache made is the one this call made. */
+static int cache_init(CacheObject *self, PyObject *args, PyObject *kwds)
+{
+    static char *kwlist[] = {"name", "size", "align", "flags", "ctor", "limit", NULL};
+    PyObject *name, *size_o, *align_o = NULL, *flags_o = NULL, *ctor = Py_None, *limit_o = NULL;
+    kmcpy_cache_args_t a;
+    uint64_t limit;
+    if (kmcpy_check_uninitialised(self, 0) < 0 ||
+        !PyArg_ParseTupleAndKeywords(args, kwds, "OO|OOO$O:Cache", kwlist, &name, &size_o, &align_o,
+                                     &flags_o, &ctor, &limit_o) ||
+        kmcpy_limit_arg(limit_o, "limit", &limit) < 0 ||
+        kmcpy_cache_arg_values(name, size_o, align_o, flags_o, &a) < 0 ||
+        kmcpy_check_cache_args(a.size, a.align, a.flags, ctor) < 0 ||
+        kmcpy_check_poison_ctor((unsigned long long)a.flags, ctor) < 0 ||
+        kmcpy_debug_flags(name, &a.flags, ctor) < 0 || kmcpy_check_uninitialised(self, 1) < 0)
+        return -1;
+    /* no Python code from here to kmcpy_cache_adopt's assignments */
+    kmc_cache_t *made;
+    kmc_status st = kmc_cache_create(a.name, (size_t)a.size, (size_t)a.align, (unsigned)a.flags,
+                                     ctor != Py_None ? kmcpy_call_ctor : NULL, self, &made);
+    if (st != KMC_OK) {
+        kmcpy_raise_status(st);
+        return -1;
+    }
+    if (limit)
+        (void)kmc_cache_set_limit(made, limit); /* a private cache of its own: always takes it */
+    return kmcpy_cache_adopt(self, made, ctor, "attach");
 }
 
 static int cache_traverse(CacheObject *self, visitproc visit, void *arg)
@@ -411,14 +439,13 @@ static void cache_dealloc(CacheObject *self)
     Py_TYPE(self)->tp_free((PyObject *)self);
 }
 
-PyObject *kmcpy_adopt(CacheObject *cache, void *p, Py_ssize_t size)
+PyObject *kmcpy_adopt(CacheObject *cache, void *p, Py_ssize_t size, uint32_t gen)
 {
-    HandleObject *obj = kmcpy_handle_new(cache, p, size);
+    HandleObject *obj = cache->ops->handle(cache, p, size, gen);
     if (!obj) {
-        kmc_cache_free(cache->cache, p); /* alive: p is live in it */
+        cache->ops->give_back(cache, p, gen); /* alive: p is live in it */
         return NULL;
     }
-    kmcpy_trace(p, size);
     if (cache->track && kmcpy_track(cache, "alloc", p) < 0) {
         Py_DECREF(obj); /* its dealloc gives the object back */
         return NULL;
@@ -431,68 +458,71 @@ PyObject *kmcpy_adopt(CacheObject *cache, void *p, Py_ssize_t size)
  * retry: checked again. */
 static PyObject *alloc_one(CacheObject *self, int zero)
 {
-    if (kmcpy_cache_check_alive(self) < 0)
+    const kmcpy_cache_ops_t *ops = self->ops;
+    if (kmcpy_alive(self) < 0)
         return NULL;
     void *p;
-    while (!(p = kmc_cache_alloc(self->cache, zero))) {
+    uint32_t gen = 0;
+    while (!(p = ops->alloc(self, zero, &gen))) {
         if (zero && self->ctor) {
             PyErr_SetString(PyExc_ValueError,
                             "zalloc() on a cache with a ctor: the ctor's work would be lost");
             return NULL;
         }
-        if (!kmcpy_raise_alloc_failure(self) || kmcpy_cache_check_alive(self) < 0)
+        if (!kmcpy_raise_alloc_failure(self) || kmcpy_alive(self) < 0)
             return NULL;
     }
-    return kmcpy_adopt(self, p, self->size);
+    return kmcpy_adopt(self, p, self->size, gen);
 }
 
-static PyObject *cache_alloc(CacheObject *self, PyObject *Py_UNUSED(ignored))
+PyObject *kmcpy_cache_alloc(CacheObject *self, PyObject *Py_UNUSED(ignored))
 {
     return alloc_one(self, 0);
 }
 
-static PyObject *cache_zalloc(CacheObject *self, PyObject *Py_UNUSED(ignored))
+PyObject *kmcpy_cache_zalloc(CacheObject *self, PyObject *Py_UNUSED(ignored))
 {
     return alloc_one(self, 1);
 }
 
 /* The handles are kept in an array of our own until the list is made: the
  * tracker and the GC run Python code that could reach a list made earlier. */
-static PyObject *cache_alloc_bulk(CacheObject *self, PyObject *args, PyObject *kwds)
+PyObject *kmcpy_cache_alloc_bulk(CacheObject *self, PyObject *args, PyObject *kwds)
 {
     Py_ssize_t n;
     int zero;
-    if (kmcpy_bulk_args(args, kwds, &n, &zero) < 0 || kmcpy_cache_check_alive(self) < 0)
+    if (kmcpy_bulk_args(args, kwds, &n, &zero) < 0 || kmcpy_alive(self) < 0)
         return NULL;
-    void **ptrs = PyMem_Malloc((n ? (size_t)n : 1) * sizeof(void *));
-    HandleObject **handles = PyMem_Calloc(n ? (size_t)n : 1, sizeof(HandleObject *));
+    size_t slots = n ? (size_t)n : 1;
+    void **ptrs = PyMem_Malloc(slots * sizeof(void *));
+    uint32_t *gens = PyMem_Calloc(slots, sizeof(uint32_t));
+    HandleObject **handles = PyMem_Calloc(slots, sizeof(HandleObject *));
     PyObject *list = NULL;
     Py_ssize_t made = 0;
-    if (!ptrs || !handles) {
+    if (!ptrs || !gens || !handles) {
         PyErr_NoMemory();
         goto out;
     }
     for (;;) {
-        if (kmcpy_cache_check_alive(self) < 0)
+        if (kmcpy_alive(self) < 0)
             goto out;
         if (zero && self->ctor) {
             PyErr_SetString(PyExc_ValueError,
                             "zero=True on a cache with a ctor: the ctor's work would be lost");
             goto out;
         }
-        if (kmc_cache_alloc_bulk(self->cache, (size_t)n, ptrs, zero) == KMC_OK)
+        if (self->ops->alloc_bulk(self, (size_t)n, ptrs, gens, zero) == KMC_OK)
             break;
         if (!kmcpy_raise_alloc_failure(self))
             goto out;
     }
     /* n objects are live now: the cache cannot be destroyed under us */
     for (; made < n; made++) {
-        if (!(handles[made] = kmcpy_handle_new(self, ptrs[made], self->size))) {
+        if (!(handles[made] = self->ops->handle(self, ptrs[made], self->size, gens[made]))) {
             for (Py_ssize_t j = made; j < n; j++) /* no handle yet: give them back */
-                kmc_cache_free(self->cache, ptrs[j]);
+                self->ops->give_back(self, ptrs[j], gens[j]);
             goto out;
         }
-        kmcpy_trace(ptrs[made], self->size);
     }
     if (self->track)
         for (Py_ssize_t i = 0; i < n; i++)
@@ -509,6 +539,7 @@ out:
     for (Py_ssize_t i = 0; handles && i < made; i++)
         Py_XDECREF(handles[i]);
     PyMem_Free(handles);
+    PyMem_Free(gens);
     PyMem_Free(ptrs);
     return list;
 }
@@ -518,10 +549,10 @@ out:
  * (the caller skips the object; Python code ran). The cache is alive. */
 static int check_freeable(CacheObject *self, PyObject *arg)
 {
-    if (!PyObject_TypeCheck(arg, &Handle_Type))
-        return kmcpy_raise_message(KMC_EINVALID_FREE, self, NULL,
-                                   "Invalid free in %s: %.100s is not a kmemcache object",
-                                   kmc_cache_name(self->cache), Py_TYPE(arg)->tp_name)
+    if (!PyObject_TypeCheck(arg, self->ops->handle_type))
+        return kmcpy_raise_message(
+                   KMC_EINVALID_FREE, self, NULL, "Invalid free in %s: %.100s is not %s",
+                   kmc_cache_name(self->cache), Py_TYPE(arg)->tp_name, self->ops->not_handle)
                    ? 1
                    : -1;
     HandleObject *obj = (HandleObject *)arg;
@@ -536,9 +567,9 @@ static int check_freeable(CacheObject *self, PyObject *arg)
     return 0;
 }
 
-static PyObject *cache_free(CacheObject *self, PyObject *arg)
+PyObject *kmcpy_cache_free(CacheObject *self, PyObject *arg)
 {
-    if (kmcpy_cache_check_alive(self) < 0)
+    if (kmcpy_alive(self) < 0)
         return NULL;
     int r = check_freeable(self, arg);
     if (r < 0)
@@ -548,12 +579,7 @@ static PyObject *cache_free(CacheObject *self, PyObject *arg)
     Py_RETURN_NONE;
 }
 
-/* The handle-level checks of one item of free_bulk (live, unviewed, not
- * listed twice), then the engine's: would it accept the free? 0 to free it,
- * 1 to skip it (the error factory chose to go on), 2 to free it although
- * the engine reported damage (the factory chose to go on, as SLUB frees the
- * object after its "FIX" line), -1 on error. */
-static int check_bulk_item(CacheObject *self, PyObject *item, Py_ssize_t i, PyObject *seen)
+int kmcpy_check_bulk_item(CacheObject *self, PyObject *item, Py_ssize_t i)
 {
     int r = check_freeable(self, item);
     if (r != 0)
@@ -569,6 +595,34 @@ static int check_bulk_item(CacheObject *self, PyObject *item, Py_ssize_t i, PyOb
                      obj->exports);
         return -1;
     }
+    return 0;
+}
+
+int kmcpy_bulk_unchanged(PyObject *items, void *const *ptrs)
+{
+    for (Py_ssize_t i = 0; i < PyTuple_GET_SIZE(items); i++) {
+        HandleObject *obj = (HandleObject *)PyTuple_GET_ITEM(items, i);
+        if (ptrs[i] && (obj->ptr != ptrs[i] || obj->exports)) {
+            PyErr_Format(obj->exports ? PyExc_BufferError : PyExc_ValueError,
+                         "cannot free item %zd: it was %s while free_bulk() checked the others", i,
+                         obj->exports ? "viewed" : "freed");
+            return -1;
+        }
+    }
+    return 0;
+}
+
+/* The checks of one item of free_bulk (kmcpy_check_bulk_item's, and not
+ * listed twice), then the engine's: would it accept the free? 0 to free it,
+ * 1 to skip it (the error factory chose to go on), 2 to free it although
+ * the engine reported damage (the factory chose to go on, as SLUB frees the
+ * object after its "FIX" line), -1 on error. */
+static int check_bulk_item(CacheObject *self, PyObject *item, Py_ssize_t i, PyObject *seen)
+{
+    int r = kmcpy_check_bulk_item(self, item, i);
+    if (r != 0)
+        return r;
+    HandleObject *obj = (HandleObject *)item;
     int dup = PySet_Contains(seen, item);
     if (dup < 0 || (!dup && PySet_Add(seen, item) < 0))
         return -1;
@@ -617,26 +671,13 @@ static int free_bulk_item(CacheObject *self, HandleObject *obj, void *p, int rep
 }
 
 /* All or nothing: every item is checked, by the handle and by the engine,
- * before the first is freed. The items are copied into a tuple first, so
- * that a list changed by Python code meanwhile cannot pull them away.
- * Python code can run during the checks (the error factory) and change any
- * item: so before the first free every item is read again, and from there
- * to the last free no Python code runs (unless the engine finds damage its
- * check could not see). The tracker is told of the frees afterwards. */
-static PyObject *cache_free_bulk(CacheObject *self, PyObject *arg)
+ * before the first is freed. Python code can run during the checks (the
+ * error factory) and change any item: so before the first free every item is
+ * read again, and from there to the last free no Python code runs (unless
+ * the engine finds damage its check could not see). The tracker is told of
+ * the frees afterwards. */
+static PyObject *private_free_bulk(CacheObject *self, PyObject *seq)
 {
-    if (kmcpy_cache_check_alive(self) < 0)
-        return NULL;
-    PyObject *seq = PyTuple_CheckExact(arg) ? Py_NewRef(arg) : PySequence_Tuple(arg);
-    if (!seq) {
-        if (PyErr_ExceptionMatches(PyExc_TypeError) && !Py_TYPE(arg)->tp_iter &&
-            !PySequence_Check(arg)) {
-            PyErr_Clear();
-            PyErr_Format(PyExc_TypeError, "free_bulk() takes a sequence of objects, not %.100s",
-                         Py_TYPE(arg)->tp_name);
-        }
-        return NULL;
-    }
     Py_ssize_t n = PyTuple_GET_SIZE(seq);
     PyObject *seen = PySet_New(NULL);
     void **ptrs = PyMem_Calloc(n ? (size_t)n : 1, sizeof(void *)); /* NULL: skipped */
@@ -659,17 +700,8 @@ static PyObject *cache_free_bulk(CacheObject *self, PyObject *arg)
     }
     /* what Python code changed while the checks ran is seen here, before
      * anything is freed */
-    if (kmcpy_cache_check_alive(self) < 0)
+    if (kmcpy_cache_check_alive(self) < 0 || kmcpy_bulk_unchanged(seq, ptrs) < 0)
         goto out;
-    for (Py_ssize_t i = 0; i < n; i++) {
-        HandleObject *obj = (HandleObject *)PyTuple_GET_ITEM(seq, i);
-        if (ptrs[i] && (obj->ptr != ptrs[i] || obj->exports)) {
-            PyErr_Format(obj->exports ? PyExc_BufferError : PyExc_ValueError,
-                         "cannot free item %zd: it was %s while free_bulk() checked the others", i,
-                         obj->exports ? "viewed" : "freed");
-            goto out;
-        }
-    }
     int failed = 0;
     for (Py_ssize_t i = 0; i < n && !failed; i++) {
         if (!ptrs[i])
@@ -704,6 +736,26 @@ out:
     PyMem_Free(reported);
     PyMem_Free(ptrs);
     Py_XDECREF(seen);
+    return result;
+}
+
+/* The items are copied into a tuple first, so that a list changed by Python
+ * code meanwhile cannot pull them away. */
+PyObject *kmcpy_cache_free_bulk(CacheObject *self, PyObject *arg)
+{
+    if (kmcpy_alive(self) < 0)
+        return NULL;
+    PyObject *seq = PyTuple_CheckExact(arg) ? Py_NewRef(arg) : PySequence_Tuple(arg);
+    if (!seq) {
+        if (PyErr_ExceptionMatches(PyExc_TypeError) && !Py_TYPE(arg)->tp_iter &&
+            !PySequence_Check(arg)) {
+            PyErr_Clear();
+            PyErr_Format(PyExc_TypeError, "free_bulk() takes a sequence of objects, not %.100s",
+                         Py_TYPE(arg)->tp_name);
+        }
+        return NULL;
+    }
+    PyObject *result = self->ops->free_bulk(self, seq);
     Py_DECREF(seq);
     return result;
 }
@@ -970,16 +1022,17 @@ static PyObject *cache_enter(CacheObject *self, PyObject *Py_UNUSED(ignored))
 
 static int cache_close(PyObject *self)
 {
-    if (!((CacheObject *)self)->cache)
+    CacheObject *cache = (CacheObject *)self;
+    if (!cache->cache)
         return 0;
-    PyObject *r = cache_destroy((CacheObject *)self, NULL);
+    PyObject *r = cache->ops->destroy(cache, NULL);
     Py_XDECREF(r);
     return r ? 0 : -1;
 }
 
-static PyObject *cache_exit(CacheObject *self, PyObject *args)
+PyObject *kmcpy_cache_exit(CacheObject *self, PyObject *args)
 {
-    return kmcpy_context_exit((PyObject *)self, args, cache_close, "the cache");
+    return kmcpy_context_exit((PyObject *)self, args, cache_close, self->ops->what);
 }
 
 static PyObject *cache_repr(CacheObject *self)
@@ -1002,15 +1055,16 @@ static PyObject *cache_get_ctor(CacheObject *self, void *Py_UNUSED(closure))
 }
 
 static PyMethodDef cache_methods[] = {
-    {"alloc", (PyCFunction)cache_alloc, METH_NOARGS,
+    {"alloc", (PyCFunction)kmcpy_cache_alloc, METH_NOARGS,
      "alloc($self, /)\n--\n\nOne object (contents undefined, or as the ctor left them)."},
-    {"zalloc", (PyCFunction)cache_zalloc, METH_NOARGS,
+    {"zalloc", (PyCFunction)kmcpy_cache_zalloc, METH_NOARGS,
      "zalloc($self, /)\n--\n\nOne zeroed object. ValueError on a cache with a ctor."},
-    {"alloc_bulk", (PyCFunction)(void (*)(void))cache_alloc_bulk, METH_VARARGS | METH_KEYWORDS,
+    {"alloc_bulk", (PyCFunction)(void (*)(void))kmcpy_cache_alloc_bulk,
+     METH_VARARGS | METH_KEYWORDS,
      "alloc_bulk($self, /, n, zero=False)\n--\n\nA list of n objects, all or nothing."},
-    {"free", (PyCFunction)cache_free, METH_O,
+    {"free", (PyCFunction)kmcpy_cache_free, METH_O,
      "free($self, obj, /)\n--\n\nGive obj back. DoubleFreeError, InvalidFreeError, BufferError."},
-    {"free_bulk", (PyCFunction)cache_free_bulk, METH_O,
+    {"free_bulk", (PyCFunction)kmcpy_cache_free_bulk, METH_O,
      "free_bulk($self, objs, /)\n--\n\nFree every object of a sequence; checks all first."},
     {"shrink", (PyCFunction)cache_shrink, METH_NOARGS,
      "shrink($self, /)\n--\n\nRelease every empty slab to the OS; return the bytes given back."},
@@ -1026,7 +1080,7 @@ static PyMethodDef cache_methods[] = {
      "leaks($self, /)\n--\n\nThe live objects, lowest address first, each with where it was "
      "allocated when the cache has Flags.STORE_USER."},
     {"__enter__", (PyCFunction)cache_enter, METH_NOARGS, "__enter__($self, /)\n--\n\nThe cache."},
-    {"__exit__", (PyCFunction)cache_exit, METH_VARARGS,
+    {"__exit__", (PyCFunction)kmcpy_cache_exit, METH_VARARGS,
      "__exit__($self, exc_type, exc, tb, /)\n--\n\n"
      "Destroy the cache (CacheBusyError while objects are live; when the block raised, a "
      "warning and a note on its exception instead)."},
@@ -1074,6 +1128,47 @@ static PyGetSetDef cache_getset[] = {
      "back.",
      NULL},
     {NULL, NULL, NULL, NULL, NULL},
+};
+
+static void *private_alloc(CacheObject *self, int zero, uint32_t *Py_UNUSED(gen))
+{
+    return kmc_cache_alloc(self->cache, zero);
+}
+
+static kmc_status private_alloc_bulk(CacheObject *self, size_t n, void **ptrs,
+                                     uint32_t *Py_UNUSED(gens), int zero)
+{
+    return kmc_cache_alloc_bulk(self->cache, n, ptrs, zero);
+}
+
+static HandleObject *private_handle(CacheObject *self, void *p, Py_ssize_t size,
+                                    uint32_t Py_UNUSED(gen))
+{
+    HandleObject *h = kmcpy_handle_new(self, p, size);
+    if (h)
+        kmcpy_trace(p, size);
+    return h;
+}
+
+static void private_give_back(CacheObject *self, void *p, uint32_t Py_UNUSED(gen))
+{
+    kmc_cache_free(self->cache, p);
+}
+
+static const kmcpy_cache_ops_t private_ops = {
+    .what = "the cache",
+    .object_what = "the object",
+    .handle_type = &Handle_Type,
+    .not_handle = "a kmemcache object",
+    .shared = 0,
+    .alive = kmcpy_cache_check_alive,
+    .alloc = private_alloc,
+    .alloc_bulk = private_alloc_bulk,
+    .handle = private_handle,
+    .give_back = private_give_back,
+    .free_bulk = private_free_bulk,
+    .destroy = cache_destroy,
+    .free_handle = NULL, /* kmcpy_handle_free's own path */
 };
 
 /* This type is kmemcache.Cache itself, not the base of a Python class:

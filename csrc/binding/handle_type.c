@@ -12,22 +12,13 @@
  */
 #include "binding.h"
 
-/* Handles are made and dropped on every alloc/free: keep some for reuse. */
-#define FREE_HANDLES_MAX 256
-static HandleObject *free_handles[FREE_HANDLES_MAX];
-static int nr_free_handles;
+static kmcpy_handle_pool_t pool = {.type = &Handle_Type};
 
 HandleObject *kmcpy_handle_new(CacheObject *owner, void *ptr, Py_ssize_t size)
 {
-    HandleObject *self;
-    if (nr_free_handles) {
-        self = free_handles[--nr_free_handles];
-        (void)PyObject_Init((PyObject *)self, &Handle_Type);
-    } else {
-        self = PyObject_GC_New(HandleObject, &Handle_Type);
-        if (!self)
-            return NULL;
-    }
+    HandleObject *self = (HandleObject *)kmcpy_handle_take(&pool);
+    if (!self)
+        return NULL;
     self->ptr = ptr;
     self->size = size;
     self->exports = 0;
@@ -43,7 +34,7 @@ static const char *no_cache_name(const HandleObject *self)
     return self->size ? "kmalloc pages" : "kmalloc(0)";
 }
 
-static int check_live(HandleObject *self)
+int kmcpy_handle_check_live(const HandleObject *self)
 {
     if (self->ptr)
         return 0;
@@ -75,8 +66,8 @@ const char *kmcpy_handle_owner_name(const HandleObject *self)
 int kmcpy_handle_free(HandleObject *self)
 {
     CacheObject *owner = self->owner; /* the handle's reference keeps it */
-    if (owner && owner->shared)
-        return kmcpy_shared_handle_free(self);
+    if (owner && owner->ops->free_handle)
+        return owner->ops->free_handle(self);
     void *p = NULL;
     for (int tries = 0;; tries++) {
         if (!self->ptr) {
@@ -128,7 +119,7 @@ int kmcpy_handle_free(HandleObject *self)
     return 0;
 }
 
-static PyObject *handle_free(HandleObject *self, PyObject *Py_UNUSED(ignored))
+PyObject *kmcpy_handle_free_method(HandleObject *self, PyObject *Py_UNUSED(ignored))
 {
     if (kmcpy_handle_free(self) < 0)
         return NULL;
@@ -159,15 +150,12 @@ static void handle_dealloc(HandleObject *self)
         PyErr_Restore(type, value, tb);
     }
     Py_CLEAR(self->owner);
-    if (nr_free_handles < FREE_HANDLES_MAX && Py_TYPE(self) == &Handle_Type)
-        free_handles[nr_free_handles++] = self;
-    else
-        Py_TYPE(self)->tp_free((PyObject *)self);
+    kmcpy_handle_put(&pool, (PyObject *)self);
 }
 
 static int handle_getbuffer(HandleObject *self, Py_buffer *view, int flags)
 {
-    if (check_live(self) < 0) {
+    if (kmcpy_handle_check_live(self) < 0) {
         view->obj = NULL;
         return -1;
     }
@@ -189,7 +177,7 @@ static PyBufferProcs handle_as_buffer = {
 
 static Py_ssize_t handle_length(HandleObject *self)
 {
-    if (check_live(self) < 0)
+    if (kmcpy_handle_check_live(self) < 0)
         return -1;
     return self->size;
 }
@@ -200,7 +188,7 @@ static PySequenceMethods handle_as_sequence = {
 
 static PyObject *handle_get_address(HandleObject *self, void *Py_UNUSED(closure))
 {
-    if (check_live(self) < 0)
+    if (kmcpy_handle_check_live(self) < 0)
         return NULL;
     return PyLong_FromVoidPtr(self->ptr);
 }
@@ -220,9 +208,9 @@ static PyObject *handle_get_exports(HandleObject *self, void *Py_UNUSED(closure)
     return PyLong_FromSsize_t(self->exports);
 }
 
-static PyObject *handle_enter(HandleObject *self, PyObject *Py_UNUSED(ignored))
+PyObject *kmcpy_handle_enter(HandleObject *self, PyObject *Py_UNUSED(ignored))
 {
-    if (check_live(self) < 0)
+    if (kmcpy_handle_check_live(self) < 0)
         return NULL;
     return Py_NewRef((PyObject *)self);
 }
@@ -232,9 +220,10 @@ static int handle_close(PyObject *self)
     return ((HandleObject *)self)->ptr ? kmcpy_handle_free((HandleObject *)self) : 0;
 }
 
-static PyObject *handle_exit(HandleObject *self, PyObject *args)
+PyObject *kmcpy_handle_exit(HandleObject *self, PyObject *args)
 {
-    return kmcpy_context_exit((PyObject *)self, args, handle_close, "the object");
+    return kmcpy_context_exit((PyObject *)self, args, handle_close,
+                              self->owner ? self->owner->ops->object_what : "the object");
 }
 
 static PyObject *handle_repr(HandleObject *self)
@@ -259,7 +248,8 @@ static PyObject *handle_reduce_ex(HandleObject *self, PyObject *protocol_arg)
     long protocol = PyLong_AsLong(protocol_arg);
     if (protocol == -1 && PyErr_Occurred())
         return NULL;
-    if (check_live(self) < 0 || (self->owner && kmcpy_cache_check_alive(self->owner) < 0))
+    if (kmcpy_handle_check_live(self) < 0 ||
+        (self->owner && kmcpy_cache_check_alive(self->owner) < 0))
         return NULL;
     /* kmalloc(0) is one object whatever the alignment; pages are aligned to
      * the page at least */
@@ -283,11 +273,12 @@ static PyMethodDef handle_methods[] = {
     {"__reduce_ex__", (PyCFunction)handle_reduce_ex, METH_O,
      "__reduce_ex__($self, protocol, /)\n--\n\nPickled by value: its bytes (out of band "
      "under protocol 5), its length and alignment; unpickled, a kmalloc object."},
-    {"free", (PyCFunction)handle_free, METH_NOARGS,
+    {"free", (PyCFunction)kmcpy_handle_free_method, METH_NOARGS,
      "free($self, /)\n--\n\nGive the object back to its cache. BufferError while views "
      "exist; DoubleFreeError if already freed."},
-    {"__enter__", (PyCFunction)handle_enter, METH_NOARGS, "__enter__($self, /)\n--\n\nThe object."},
-    {"__exit__", (PyCFunction)handle_exit, METH_VARARGS,
+    {"__enter__", (PyCFunction)kmcpy_handle_enter, METH_NOARGS,
+     "__enter__($self, /)\n--\n\nThe object."},
+    {"__exit__", (PyCFunction)kmcpy_handle_exit, METH_VARARGS,
      "__exit__($self, exc_type, exc, tb, /)\n--\n\nFree the object unless it was freed."},
     {NULL, NULL, 0, NULL},
 };

@@ -181,7 +181,7 @@ static PyObject *new_object(size_t size, size_t align, int zero)
         if (!raise_alloc_failure())
             return NULL;
     if (c)
-        return kmcpy_adopt(c, p, (Py_ssize_t)size);
+        return kmcpy_adopt(c, p, (Py_ssize_t)size, 0);
     HandleObject *obj = kmcpy_handle_new(NULL, p, (Py_ssize_t)size);
     if (!obj)
         kmc_kfree(p);

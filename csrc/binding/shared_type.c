@@ -17,28 +17,40 @@
  *     hold is let go when the last of them is dropped.
  * Python code runs in here (the error factory, the tracker, the GC): as in
  * the Cache type, nothing read before it is trusted after it.
+ *
+ * A reference is (kmemcache._shared_ref, (bytes,)): one bytes object packs
+ * the fields (ref_t), so that pickling and unpickling one costs a few pickle
+ * opcodes, one global and one call of _shared_ref(), which mod_shared_ref
+ * does: it finds the attachment a reference names in the list of this
+ * process's attachments below, with no Python code; only a miss attaches
+ * through the package.
  */
 #include <stdbool.h>
 
 #include "binding.h"
 
-#define FREE_HANDLES_MAX 256
-static SharedHandleObject *free_handles[FREE_HANDLES_MAX];
-static int nr_free_handles;
+static kmcpy_handle_pool_t pool = {.type = &SharedHandle_Type};
+
+/* A pickled reference: fixed-width fields in this machine's byte order (a
+ * reference names shared memory: it never leaves the machine), then the
+ * region's name, 1 to KMC_NAME_MAX - 1 bytes, no terminator. Every field is
+ * read at its full width, so no number can wrap onto another object. */
+typedef struct ref_s {
+    uint64_t nonce;  /* the region's */
+    uint64_t offset; /* kmc_shared_offset() */
+    uint32_t gen;    /* the object's generation, never KMC_SHARED_ANY_GEN */
+} ref_t;
+#define REF_HEAD (sizeof(uint64_t) * 2 + sizeof(uint32_t)) /* bytes before the name */
+
+static PyObject *shared_ref_fn; /* kmemcache._shared_ref, from the facade once */
 
 static kmc_cache_t *engine(SharedCacheObject *self) { return self->base.cache; }
 
 static SharedHandleObject *handle_new(SharedCacheObject *owner, void *ptr, uint32_t gen)
 {
-    SharedHandleObject *self;
-    if (nr_free_handles) {
-        self = free_handles[--nr_free_handles];
-        (void)PyObject_Init((PyObject *)self, &SharedHandle_Type);
-    } else {
-        self = PyObject_GC_New(SharedHandleObject, &SharedHandle_Type);
-        if (!self)
-            return NULL;
-    }
+    SharedHandleObject *self = (SharedHandleObject *)kmcpy_handle_take(&pool);
+    if (!self)
+        return NULL;
     self->base.ptr = ptr;
     self->base.size = owner->base.size;
     self->base.exports = 0;
@@ -60,22 +72,6 @@ static void handle_clear(SharedHandleObject *self, bool untrace)
     if (self->base.ptr && untrace)
         kmcpy_untrace(self->base.ptr);
     self->base.ptr = NULL;
-}
-
-/* A handle for @p (generation @gen), just allocated; on failure the object
- * goes back. */
-static PyObject *adopt(SharedCacheObject *self, void *p, uint32_t gen)
-{
-    SharedHandleObject *h = handle_new(self, p, gen);
-    if (!h) {
-        kmc_shared_free(engine(self), p, gen);
-        return NULL;
-    }
-    if (self->base.track && kmcpy_track(&self->base, "alloc", p) < 0) {
-        Py_DECREF(h); /* its dealloc lets the object go */
-        return NULL;
-    }
-    return (PyObject *)h;
 }
 
 /* --- second handles of one object ------------------------------------------------ */
@@ -150,7 +146,8 @@ static void dup_forget(SharedCacheObject *self, void *p, uint32_t gen)
 
 #define FREE_TRIES 4
 
-int kmcpy_shared_handle_free(HandleObject *h)
+/* kmcpy_handle_free of a shared object: free it for every process. */
+static int shared_free_handle(HandleObject *h)
 {
     SharedHandleObject *self = (SharedHandleObject *)h;
     SharedCacheObject *owner = (SharedCacheObject *)h->owner;
@@ -233,23 +230,12 @@ static void handle_dealloc(SharedHandleObject *self)
     }
     handle_clear(self, last);
     Py_CLEAR(h->owner);
-    if (nr_free_handles < FREE_HANDLES_MAX && Py_TYPE(self) == &SharedHandle_Type)
-        free_handles[nr_free_handles++] = self;
-    else
-        Py_TYPE(self)->tp_free((PyObject *)self);
-}
-
-static int check_live(SharedHandleObject *self)
-{
-    if (self->base.ptr)
-        return 0;
-    PyErr_SetString(PyExc_ValueError, "operation on a freed kmemcache object");
-    return -1;
+    kmcpy_handle_put(&pool, (PyObject *)self);
 }
 
 static PyObject *handle_get_offset(SharedHandleObject *self, void *Py_UNUSED(closure))
 {
-    if (check_live(self) < 0)
+    if (kmcpy_handle_check_live(&self->base) < 0)
         return NULL;
     SharedCacheObject *owner = (SharedCacheObject *)self->base.owner;
     return PyLong_FromUnsignedLongLong(kmc_shared_offset(engine(owner), self->base.ptr));
@@ -260,30 +246,55 @@ static PyObject *handle_get_generation(SharedHandleObject *self, void *Py_UNUSED
     return PyLong_FromUnsignedLong(self->gen);
 }
 
-/* Pickled as a reference: (region name, nonce, offset, generation). The
- * object is kept alive for the receiver: one reference in flight. */
+/* Pickled as a reference (ref_t), which keeps the object alive for the
+ * receiver: one reference in flight, taken last, once nothing can fail. */
 static PyObject *handle_reduce(SharedHandleObject *self, PyObject *Py_UNUSED(ignored))
 {
-    if (check_live(self) < 0)
+    if (kmcpy_handle_check_live(&self->base) < 0)
         return NULL;
     SharedCacheObject *owner = (SharedCacheObject *)self->base.owner;
     if (kmcpy_cache_check_alive(&owner->base) < 0)
         return NULL;
-    PyObject *rebuild = kmcpy_facade_attr("shared_rebuild");
-    if (!rebuild)
+    if (!shared_ref_fn && !(shared_ref_fn = kmcpy_facade_attr("shared_ref")))
         return NULL;
     kmc_cache_t *c = engine(owner);
-    kmc_status st = kmc_shared_ticket(c, self->base.ptr, self->gen);
-    if (st != KMC_OK) {
-        Py_DECREF(rebuild);
-        kmcpy_raise(st);
-        if (!PyErr_Occurred())
-            PyErr_SetString(kmcpy_exception_for(st), kmc_last_report()->message);
+    const char *name = kmc_cache_name(c);
+    size_t name_len = strlen(name);
+    char packed[REF_HEAD + KMC_NAME_MAX];
+    uint64_t offset = kmc_shared_offset(c, self->base.ptr);
+    memcpy(packed, &owner->nonce, sizeof(uint64_t));
+    memcpy(packed + sizeof(uint64_t), &offset, sizeof(uint64_t));
+    memcpy(packed + 2 * sizeof(uint64_t), &self->gen, sizeof(uint32_t));
+    memcpy(packed + REF_HEAD, name, name_len);
+    PyObject *data = PyBytes_FromStringAndSize(packed, (Py_ssize_t)(REF_HEAD + name_len));
+    PyObject *args = data ? PyTuple_New(1) : NULL;
+    PyObject *result = args ? PyTuple_New(2) : NULL;
+    if (!result) {
+        Py_XDECREF(args);
+        Py_XDECREF(data);
         return NULL;
     }
-    return Py_BuildValue("(N(sKKI))", rebuild, kmc_cache_name(c), (unsigned long long)owner->nonce,
-                         (unsigned long long)kmc_shared_offset(c, self->base.ptr),
-                         (unsigned int)self->gen);
+    PyTuple_SET_ITEM(args, 0, data);
+    PyTuple_SET_ITEM(result, 0, Py_NewRef(shared_ref_fn));
+    PyTuple_SET_ITEM(result, 1, args);
+    kmc_status st = kmc_shared_ticket(c, self->base.ptr, self->gen);
+    if (st != KMC_OK) {
+        Py_DECREF(result);
+        return kmcpy_raise_status(st);
+    }
+    return result;
+}
+
+/* _shared_reduce(obj), which copyreg's dispatch table lists (kmemcache.shared):
+ * a pickler finds it there before it looks for obj.__reduce_ex__. */
+static PyObject *handle_reduce_o(PyObject *Py_UNUSED(module), PyObject *obj)
+{
+    if (!PyObject_TypeCheck(obj, &SharedHandle_Type)) {
+        PyErr_Format(PyExc_TypeError, "_shared_reduce takes a SharedObject, not %.100s",
+                     Py_TYPE(obj)->tp_name);
+        return NULL;
+    }
+    return handle_reduce((SharedHandleObject *)obj, NULL);
 }
 
 /* Not the base Object's by-value reduce: a reference under every protocol. */
@@ -305,39 +316,14 @@ static PyObject *handle_repr(SharedHandleObject *self)
         (unsigned)self->gen);
 }
 
-/* Defined here again, not inherited from kmemcache.Object: CPython takes its
- * fast path for a C method only on an instance of exactly the method's type. */
-static PyObject *handle_free(SharedHandleObject *self, PyObject *Py_UNUSED(ignored))
-{
-    if (kmcpy_shared_handle_free(&self->base) < 0)
-        return NULL;
-    Py_RETURN_NONE;
-}
-
-static PyObject *handle_enter(SharedHandleObject *self, PyObject *Py_UNUSED(ignored))
-{
-    if (check_live(self) < 0)
-        return NULL;
-    return Py_NewRef((PyObject *)self);
-}
-
-static int handle_close(PyObject *self)
-{
-    HandleObject *h = &((SharedHandleObject *)self)->base;
-    return h->ptr ? kmcpy_shared_handle_free(h) : 0;
-}
-
-static PyObject *handle_exit(SharedHandleObject *self, PyObject *args)
-{
-    return kmcpy_context_exit((PyObject *)self, args, handle_close, "the shared object");
-}
-
 static PyMethodDef handle_methods[] = {
-    {"free", (PyCFunction)handle_free, METH_NOARGS,
+    /* listed again, not inherited: see kmcpy_cache_ops_t */
+    {"free", (PyCFunction)kmcpy_handle_free_method, METH_NOARGS,
      "free($self, /)\n--\n\nEnd the object for every process. BufferError while views exist; "
      "DoubleFreeError if it was freed already, here or in another process."},
-    {"__enter__", (PyCFunction)handle_enter, METH_NOARGS, "__enter__($self, /)\n--\n\nThe object."},
-    {"__exit__", (PyCFunction)handle_exit, METH_VARARGS,
+    {"__enter__", (PyCFunction)kmcpy_handle_enter, METH_NOARGS,
+     "__enter__($self, /)\n--\n\nThe object."},
+    {"__exit__", (PyCFunction)kmcpy_handle_exit, METH_VARARGS,
      "__exit__($self, exc_type, exc, tb, /)\n--\n\nFree the object unless it was freed."},
     {"__reduce__", (PyCFunction)handle_reduce, METH_NOARGS,
      "__reduce__($self, /)\n--\n\nA reference (region, offset, generation): unpickled in "
@@ -355,11 +341,6 @@ static PyGetSetDef handle_getset[] = {
     {NULL, NULL, NULL, NULL, NULL},
 };
 
-static int handle_traverse(SharedHandleObject *self, visitproc visit, void *arg)
-{
-    return Handle_Type.tp_traverse((PyObject *)self, visit, arg);
-}
-
 /* PyVarObject_HEAD_INIT ends without a comma: left as written */
 /* clang-format off */
 PyTypeObject SharedHandle_Type = {
@@ -368,8 +349,8 @@ PyTypeObject SharedHandle_Type = {
     .tp_basicsize = sizeof(SharedHandleObject),
     .tp_dealloc = (destructor)handle_dealloc,
     .tp_repr = (reprfunc)handle_repr,
-    .tp_flags = Py_TPFLAGS_DEFAULT | Py_TPFLAGS_HAVE_GC,
-    .tp_traverse = (traverseproc)handle_traverse,
+    /* garbage collection and traverse inherited from kmemcache.Object */
+    .tp_flags = Py_TPFLAGS_DEFAULT,
     .tp_doc = "One object of a kmemcache.SharedCache: memory in a shared-memory region,\n"
               "exported through the buffer protocol (format 'B'). Pickles as a\n"
               "reference, which names the same memory in the process that unpickles it.",
@@ -382,11 +363,11 @@ PyTypeObject SharedHandle_Type = {
 
 /* 0 if @self is a live shared cache. Cache.__init__ run on an uninitialised
  * SharedCache gives it a private engine cache: refused here. */
-static int shared_alive(SharedCacheObject *self)
+static int shared_alive(CacheObject *self)
 {
-    if (kmcpy_cache_check_alive(&self->base) < 0)
+    if (kmcpy_cache_check_alive(self) < 0)
         return -1;
-    if (!self->base.shared) {
+    if (!self->shared) {
         PyErr_SetString(PyExc_TypeError,
                         "this SharedCache was initialised by Cache.__init__: it is not shared");
         return -1;
@@ -394,32 +375,94 @@ static int shared_alive(SharedCacheObject *self)
     return 0;
 }
 
+/* --- the process's attachments ------------------------------------------------------ */
+
+/* Every SharedCache object of this process that was made or attached, in a
+ * list threaded through them (linked when made, unlinked when deallocated),
+ * so that unpickling finds the attachment a reference names by walking a
+ * few pointers, with no Python code. Those attached by unpickling are also
+ * kept (the list holds a reference), the KEPT_MAX most recently used, so
+ * that a worker receiving objects one by one does not attach and detach for
+ * each, and one that sees many short-lived regions keeps a bounded number of
+ * descriptors and mappings. The GIL guards the list. */
+#define KEPT_MAX 8
+static SharedCacheObject *attachments;
+static uint64_t attach_clock; /* one tick per use */
+static int nr_kept;
+
+static void link_attachment(SharedCacheObject *self)
+{
+    if (self->linked)
+        return; /* initialised again after it was detached */
+    self->linked = 1;
+    self->prev = NULL;
+    self->next = attachments;
+    if (attachments)
+        attachments->prev = self;
+    attachments = self;
+}
+
+static void unlink_attachment(SharedCacheObject *self)
+{
+    if (!self->linked)
+        return;
+    if (self->prev)
+        self->prev->next = self->next;
+    else
+        attachments = self->next;
+    if (self->next)
+        self->next->prev = self->prev;
+    self->linked = 0;
+}
+
+/* The live attachment of region @name (@len bytes) made with @nonce, or
+ * NULL (borrowed). No Python code, no exception. */
+static SharedCacheObject *find_attachment(uint64_t nonce, const char *name, size_t len)
+{
+    for (SharedCacheObject *c = attachments; c; c = c->next) {
+        if (c->nonce != nonce || !c->base.cache || !c->base.shared)
+            continue;
+        const char *n = kmc_cache_name(c->base.cache);
+        if (strlen(n) == len && memcmp(n, name, len) == 0) {
+            c->used = ++attach_clock;
+            return c;
+        }
+    }
+    return NULL;
+}
+
+/* Keep @self (attached by unpickling), and no more than KEPT_MAX: the least
+ * recently used others are let go of (each detaches now, or when its last
+ * handle goes). */
+static void keep_attachment(SharedCacheObject *self)
+{
+    if (!self->kept) {
+        self->kept = 1;
+        Py_INCREF(self);
+        nr_kept++;
+    }
+    self->used = ++attach_clock;
+    while (nr_kept > KEPT_MAX) {
+        SharedCacheObject *oldest = NULL;
+        for (SharedCacheObject *c = attachments; c; c = c->next)
+            if (c->kept && c != self && (!oldest || c->used < oldest->used))
+                oldest = c;
+        oldest->kept = 0;
+        nr_kept--;
+        Py_DECREF(oldest); /* may unlink it: the walk is over */
+    }
+}
+
 /* Fill in a new SharedCache around engine cache @made (its ctor @ctor),
- * then tell the package (debug options, the per-process registry). */
+ * then tell the package (debug options, exit hooks). */
 static int adopt_cache(SharedCacheObject *self, kmc_cache_t *made, PyObject *ctor)
 {
     kmc_shared_info_t info;
     kmc_shared_info(made, &info);
-    PyObject *old_ctor = self->base.ctor;
-    self->base.ctor = ctor != Py_None ? Py_NewRef(ctor) : NULL;
-    self->base.cache = made;
-    self->base.size = (Py_ssize_t)kmc_cache_size(made);
-    self->base.initialised = 1;
     self->base.shared = 1;
     self->nonce = info.nonce;
-    Py_XDECREF(old_ctor);
-    if (kmcpy_facade) {
-        PyObject *r = PyObject_CallMethod(kmcpy_facade, "attach_shared", "O", (PyObject *)self);
-        if (!r) {
-            if (self->base.cache == made) {
-                kmc_cache_destroy(made);
-                self->base.cache = NULL;
-            }
-            return -1;
-        }
-        Py_DECREF(r);
-    }
-    return 0;
+    link_attachment(self);
+    return kmcpy_cache_adopt(&self->base, made, ctor, "attach_shared");
 }
 
 static int shared_init(SharedCacheObject *self, PyObject *args, PyObject *kwds)
@@ -428,12 +471,10 @@ static int shared_init(SharedCacheObject *self, PyObject *args, PyObject *kwds)
                              "capacity", "max_processes", "ctor",  NULL};
     PyObject *name, *size_o, *align_o = NULL, *flags_o = NULL, *cap_o = NULL, *procs_o = NULL,
                              *ctor = Py_None;
-    Py_ssize_t size, align = 0, flags = 0, capacity = 0, procs = KMC_SHARED_DEFAULT_PROCS;
-    if (self->base.cache) {
-        PyErr_SetString(PyExc_TypeError, "a kmemcache cache cannot be initialised twice");
-        return -1;
-    }
-    if (!PyArg_ParseTupleAndKeywords(args, kwds, "OO|OO$OOO:SharedCache", kwlist, &name, &size_o,
+    Py_ssize_t capacity = 0, procs = KMC_SHARED_DEFAULT_PROCS;
+    kmcpy_cache_args_t a;
+    if (kmcpy_check_uninitialised(&self->base, 0) < 0 ||
+        !PyArg_ParseTupleAndKeywords(args, kwds, "OO|OO$OOO:SharedCache", kwlist, &name, &size_o,
                                      &align_o, &flags_o, &cap_o, &procs_o, &ctor))
         return -1;
     if (!cap_o) {
@@ -441,18 +482,15 @@ static int shared_init(SharedCacheObject *self, PyObject *args, PyObject *kwds)
                         "SharedCache() needs capacity=, the region's size in bytes at most");
         return -1;
     }
-    const char *cname = kmcpy_cache_name_arg(name);
-    if (!cname || kmcpy_ssize_value(size_o, "size", &size) < 0 ||
-        (align_o && kmcpy_ssize_value(align_o, "align", &align) < 0) ||
-        (flags_o && kmcpy_ssize_value(flags_o, "flags", &flags) < 0) ||
+    if (kmcpy_cache_arg_values(name, size_o, align_o, flags_o, &a) < 0 ||
         kmcpy_ssize_value(cap_o, "capacity", &capacity) < 0 ||
         (procs_o && kmcpy_ssize_value(procs_o, "max_processes", &procs) < 0))
         return -1;
-    if (strchr(cname, '/')) {
+    if (strchr(a.name, '/')) {
         PyErr_Format(PyExc_ValueError, "a shared cache name must not contain '/': %R", name);
         return -1;
     }
-    if (kmcpy_check_cache_args(size, align, flags, ctor) < 0)
+    if (kmcpy_check_cache_args(a.size, a.align, a.flags, ctor) < 0)
         return -1;
     if (capacity < 1) {
         PyErr_Format(PyExc_ValueError, "capacity must be a positive number of bytes, not %zd",
@@ -464,25 +502,16 @@ static int shared_init(SharedCacheObject *self, PyObject *args, PyObject *kwds)
                      KMC_SHARED_MAX_PROCS, procs);
         return -1;
     }
-    if (kmcpy_check_poison_ctor(flags, ctor) < 0)
+    if (kmcpy_check_poison_ctor((unsigned long long)a.flags, ctor) < 0 ||
+        kmcpy_debug_flags(name, &a.flags, ctor) < 0 ||
+        kmcpy_check_uninitialised(&self->base, 1) < 0)
         return -1;
-    if (kmcpy_debug_flags(name, &flags, ctor) < 0)
-        return -1;
-    if (self->base.cache) {
-        PyErr_SetString(PyExc_TypeError,
-                        "a kmemcache cache cannot be initialised twice (it was, while this "
-                        "__init__ ran)");
-        return -1;
-    }
     kmc_cache_t *made;
-    kmc_status st = kmc_shared_create(cname, (size_t)size, (size_t)align, (unsigned)flags,
+    kmc_status st = kmc_shared_create(a.name, (size_t)a.size, (size_t)a.align, (unsigned)a.flags,
                                       (size_t)capacity, (unsigned)procs,
                                       ctor != Py_None ? kmcpy_call_ctor : NULL, self, &made);
     if (st != KMC_OK) {
-        if (st == KMC_EINVAL)
-            PyErr_SetString(PyExc_ValueError, kmc_last_report()->message);
-        else
-            kmcpy_raise(st);
+        kmcpy_raise_status(st);
         return -1;
     }
     return adopt_cache(self, made, ctor);
@@ -495,13 +524,8 @@ static PyObject *shared_attach(PyTypeObject *cls, PyObject *args, PyObject *kwds
     if (!PyArg_ParseTupleAndKeywords(args, kwds, "O|$O:attach", kwlist, &name, &ctor))
         return NULL;
     const char *cname = kmcpy_cache_name_arg(name);
-    if (!cname)
+    if (!cname || kmcpy_check_ctor(ctor) < 0)
         return NULL;
-    if (ctor != Py_None && !PyCallable_Check(ctor)) {
-        PyErr_Format(PyExc_TypeError, "ctor must be callable or None, not %.100s",
-                     Py_TYPE(ctor)->tp_name);
-        return NULL;
-    }
     if (!PyType_IsSubtype(cls, &SharedCache_Type)) {
         PyErr_SetString(PyExc_TypeError, "attach() makes a SharedCache");
         return NULL;
@@ -514,10 +538,7 @@ static PyObject *shared_attach(PyTypeObject *cls, PyObject *args, PyObject *kwds
     kmc_cache_t *made;
     kmc_status st = kmc_shared_attach(cname, ctor != Py_None ? kmcpy_call_ctor : NULL, self, &made);
     if (st != KMC_OK) {
-        if (st == KMC_EINVAL)
-            PyErr_SetString(PyExc_ValueError, kmc_last_report()->message);
-        else if (!kmcpy_raise(st) && !PyErr_Occurred())
-            PyErr_SetString(PyExc_OSError, kmc_last_report()->message);
+        kmcpy_raise_status(st);
         Py_DECREF(self);
         return NULL;
     }
@@ -528,140 +549,37 @@ static PyObject *shared_attach(PyTypeObject *cls, PyObject *args, PyObject *kwds
     return (PyObject *)self;
 }
 
-static PyObject *alloc_one(SharedCacheObject *self, int zero)
+/* The ops of kmcpy_cache_ops_t: the engine's shared calls. */
+
+static void *shared_alloc(CacheObject *self, int zero, uint32_t *gen)
 {
-    if (shared_alive(self) < 0)
-        return NULL;
-    void *p;
-    uint32_t gen;
-    while (!(p = kmc_shared_alloc(engine(self), zero, &gen))) {
-        if (zero && self->base.ctor) {
-            PyErr_SetString(PyExc_ValueError,
-                            "zalloc() on a cache with a ctor: the ctor's work would be lost");
-            return NULL;
-        }
-        if (!kmcpy_raise_alloc_failure(&self->base) || shared_alive(self) < 0)
-            return NULL;
-    }
-    return adopt(self, p, gen);
+    return kmc_shared_alloc(self->cache, zero, gen);
 }
 
-static PyObject *shared_alloc(SharedCacheObject *self, PyObject *Py_UNUSED(ignored))
+static kmc_status shared_alloc_bulk(CacheObject *self, size_t n, void **ptrs, uint32_t *gens,
+                                    int zero)
 {
-    return alloc_one(self, 0);
+    return kmc_shared_alloc_bulk(self->cache, n, ptrs, gens, zero);
 }
 
-static PyObject *shared_zalloc(SharedCacheObject *self, PyObject *Py_UNUSED(ignored))
+static HandleObject *shared_handle(CacheObject *self, void *p, Py_ssize_t Py_UNUSED(size),
+                                   uint32_t gen)
 {
-    return alloc_one(self, 1);
+    return (HandleObject *)handle_new((SharedCacheObject *)self, p, gen);
 }
 
-static PyObject *shared_alloc_bulk(SharedCacheObject *self, PyObject *args, PyObject *kwds)
+static void shared_give_back(CacheObject *self, void *p, uint32_t gen)
 {
-    Py_ssize_t n;
-    int zero;
-    if (kmcpy_bulk_args(args, kwds, &n, &zero) < 0 || shared_alive(self) < 0)
-        return NULL;
-    void **ptrs = PyMem_Malloc((n ? (size_t)n : 1) * sizeof(void *));
-    uint32_t *gens = PyMem_Malloc((n ? (size_t)n : 1) * sizeof(uint32_t));
-    PyObject *list = NULL;
-    if (!ptrs || !gens) {
-        PyErr_NoMemory();
-        goto out;
-    }
-    for (;;) {
-        if (shared_alive(self) < 0)
-            goto out;
-        if (zero && self->base.ctor) {
-            PyErr_SetString(PyExc_ValueError,
-                            "zero=True on a cache with a ctor: the ctor's work would be lost");
-            goto out;
-        }
-        if (kmc_shared_alloc_bulk(engine(self), (size_t)n, ptrs, gens, zero) == KMC_OK)
-            break;
-        if (!kmcpy_raise_alloc_failure(&self->base))
-            goto out;
-    }
-    /* n objects are held now: handles own them from here (no Python code
-     * until every one has its handle) */
-    if (!(list = PyList_New(n))) {
-        for (Py_ssize_t i = 0; i < n; i++)
-            kmc_shared_free(engine(self), ptrs[i], gens[i]);
-        goto out;
-    }
-    for (Py_ssize_t i = 0; i < n; i++) {
-        SharedHandleObject *h = handle_new(self, ptrs[i], gens[i]);
-        if (!h) {
-            for (Py_ssize_t j = i; j < n; j++)
-                kmc_shared_free(engine(self), ptrs[j], gens[j]);
-            Py_CLEAR(list); /* the handles made let their objects go */
-            goto out;
-        }
-        PyList_SET_ITEM(list, i, (PyObject *)h);
-    }
-    if (self->base.track)
-        for (Py_ssize_t i = 0; i < n; i++)
-            if (kmcpy_track(&self->base, "alloc", ptrs[i]) < 0) {
-                Py_CLEAR(list);
-                goto out;
-            }
-out:
-    PyMem_Free(ptrs);
-    PyMem_Free(gens);
-    return list;
+    kmc_shared_free(self->cache, p, gen);
 }
 
-/* Is @arg a handle of this cache? 0, or -1 / 1 as check_freeable says. */
-static int check_mine(SharedCacheObject *self, PyObject *arg)
-{
-    if (!PyObject_TypeCheck(arg, &SharedHandle_Type))
-        return kmcpy_raise_message(KMC_EINVALID_FREE, &self->base, NULL,
-                                   "Invalid free in %s: %.100s is not an object of a shared "
-                                   "cache",
-                                   kmc_cache_name(engine(self)), Py_TYPE(arg)->tp_name)
-                   ? 1
-                   : -1;
-    HandleObject *h = (HandleObject *)arg;
-    if (h->owner != &self->base && h->ptr)
-        return kmcpy_raise_message(KMC_EINVALID_FREE, &self->base, h->ptr,
-                                   "Invalid free of %p in %s: it belongs to cache %s", h->ptr,
-                                   kmc_cache_name(engine(self)),
-                                   h->owner->cache ? kmc_cache_name(h->owner->cache) : "?")
-                   ? 1
-                   : -1;
-    return 0;
-}
-
-static PyObject *shared_free(SharedCacheObject *self, PyObject *arg)
-{
-    if (shared_alive(self) < 0)
-        return NULL;
-    int r = check_mine(self, arg);
-    if (r < 0)
-        return NULL;
-    if (r == 0 && kmcpy_shared_handle_free((HandleObject *)arg) < 0)
-        return NULL;
-    Py_RETURN_NONE;
-}
-
-/* All or nothing: every handle is checked here (live, unviewed, listed
- * once), then the engine checks every object and frees them under one
+/* All or nothing: every handle is checked here (live, unviewed), then the
+ * engine checks every object (listed once too) and frees them under one
  * hold of the region's lock. No Python code runs between the checks and
  * the frees. */
-static PyObject *shared_free_bulk(SharedCacheObject *self, PyObject *arg)
+static PyObject *shared_free_bulk(CacheObject *base, PyObject *seq)
 {
-    if (shared_alive(self) < 0)
-        return NULL;
-    PyObject *seq = PyTuple_CheckExact(arg) ? Py_NewRef(arg) : PySequence_Tuple(arg);
-    if (!seq) {
-        if (PyErr_ExceptionMatches(PyExc_TypeError) && !Py_TYPE(arg)->tp_iter &&
-            !PySequence_Check(arg)) {
-            PyErr_Clear();
-            PyErr_Format(PyExc_TypeError, "free_bulk() takes a sequence of objects, not %.100s",
-                         Py_TYPE(arg)->tp_name);
-        }
-        return NULL;
-    }
+    SharedCacheObject *self = (SharedCacheObject *)base;
     Py_ssize_t n = PyTuple_GET_SIZE(seq);
     void **ptrs = PyMem_Malloc((n ? (size_t)n : 1) * sizeof(void *));
     uint32_t *gens = PyMem_Malloc((n ? (size_t)n : 1) * sizeof(uint32_t));
@@ -671,40 +589,19 @@ static PyObject *shared_free_bulk(SharedCacheObject *self, PyObject *arg)
         goto out;
     }
     for (Py_ssize_t i = 0; i < n; i++) {
-        PyObject *item = PyTuple_GET_ITEM(seq, i);
-        int r = check_mine(self, item);
+        int r = kmcpy_check_bulk_item(base, PyTuple_GET_ITEM(seq, i), i);
         if (r != 0) {
             if (r > 0)
                 result = Py_NewRef(Py_None); /* told to go on: nothing freed */
             goto out;
         }
-        SharedHandleObject *h = (SharedHandleObject *)item;
-        if (!h->base.ptr) {
-            if (kmcpy_raise_message(KMC_EDOUBLE_FREE, &self->base, NULL,
-                                    "Object already free: item %zd was freed before", i))
-                result = Py_NewRef(Py_None);
-            goto out;
-        }
-        if (h->base.exports) {
-            PyErr_Format(PyExc_BufferError, "cannot free item %zd: %zd buffer view(s) of it exist",
-                         i, h->base.exports);
-            goto out;
-        }
+        SharedHandleObject *h = (SharedHandleObject *)PyTuple_GET_ITEM(seq, i);
         ptrs[i] = h->base.ptr;
         gens[i] = h->gen;
     }
     /* Python code (the error factory) may have run: read the items again */
-    if (shared_alive(self) < 0)
+    if (shared_alive(base) < 0 || kmcpy_bulk_unchanged(seq, ptrs) < 0)
         goto out;
-    for (Py_ssize_t i = 0; i < n; i++) {
-        SharedHandleObject *h = (SharedHandleObject *)PyTuple_GET_ITEM(seq, i);
-        if (h->base.ptr != ptrs[i] || h->base.exports) {
-            PyErr_Format(h->base.exports ? PyExc_BufferError : PyExc_ValueError,
-                         "cannot free item %zd: it was %s while free_bulk() checked the others", i,
-                         h->base.exports ? "viewed" : "freed");
-            goto out;
-        }
-    }
     kmc_status st = kmc_shared_free_bulk(engine(self), (size_t)n, ptrs, gens);
     if (st != KMC_OK) {
         if (kmcpy_raise(st))
@@ -717,24 +614,25 @@ static PyObject *shared_free_bulk(SharedCacheObject *self, PyObject *arg)
         dup_forget(self, ptrs[i], gens[i]);
     }
     int tracked = 0;
-    for (Py_ssize_t i = 0; i < n && self->base.track && tracked == 0; i++)
-        tracked = kmcpy_track(&self->base, "free", ptrs[i]);
+    for (Py_ssize_t i = 0; i < n && base->track && tracked == 0; i++)
+        tracked = kmcpy_track(base, "free", ptrs[i]);
     if (tracked == 0)
         result = Py_NewRef(Py_None);
 out:
     PyMem_Free(ptrs);
     PyMem_Free(gens);
-    Py_DECREF(seq);
     return result;
 }
 
-static PyObject *shared_destroy(SharedCacheObject *self, PyObject *Py_UNUSED(ignored))
+/* Detach this process, unless handles of its objects are alive here. */
+static PyObject *shared_destroy(CacheObject *base, PyObject *Py_UNUSED(ignored))
 {
-    if (shared_alive(self) < 0)
+    SharedCacheObject *self = (SharedCacheObject *)base;
+    if (shared_alive(base) < 0)
         return NULL;
-    if (self->handles || kmcpy_ctor_running(&self->base)) {
-        if (!kmcpy_raise_message(KMC_EBUSY, &self->base, NULL,
-                                 kmcpy_ctor_running(&self->base)
+    if (self->handles || kmcpy_ctor_running(base)) {
+        if (!kmcpy_raise_message(KMC_EBUSY, base, NULL,
+                                 kmcpy_ctor_running(base)
                                      ? "Cannot detach %s while its ctor runs: a slab is being "
                                        "built"
                                      : "Cannot detach %s: this process still has %zd handle(s) "
@@ -744,24 +642,26 @@ static PyObject *shared_destroy(SharedCacheObject *self, PyObject *Py_UNUSED(ign
         Py_RETURN_NONE;
     }
     kmc_cache_t *c = engine(self);
-    self->base.cache = NULL;
+    base->cache = NULL;
     kmc_cache_destroy(c); /* detaches: always succeeds */
     Py_RETURN_NONE;
 }
 
-static int shared_close(PyObject *self)
-{
-    if (!((SharedCacheObject *)self)->base.cache)
-        return 0;
-    PyObject *r = shared_destroy((SharedCacheObject *)self, NULL);
-    Py_XDECREF(r);
-    return r ? 0 : -1;
-}
-
-static PyObject *shared_exit(SharedCacheObject *self, PyObject *args)
-{
-    return kmcpy_context_exit((PyObject *)self, args, shared_close, "the shared cache");
-}
+const kmcpy_cache_ops_t kmcpy_shared_ops = {
+    .what = "the shared cache",
+    .object_what = "the shared object",
+    .handle_type = &SharedHandle_Type,
+    .not_handle = "an object of a shared cache",
+    .shared = 1,
+    .alive = shared_alive,
+    .alloc = shared_alloc,
+    .alloc_bulk = shared_alloc_bulk,
+    .handle = shared_handle,
+    .give_back = shared_give_back,
+    .free_bulk = shared_free_bulk,
+    .destroy = shared_destroy,
+    .free_handle = shared_free_handle,
+};
 
 static PyObject *shared_leave(SharedCacheObject *self, PyObject *Py_UNUSED(ignored))
 {
@@ -783,7 +683,7 @@ static PyObject *shared_reclaim(SharedCacheObject *self, PyObject *args, PyObjec
     int pickled = 0;
     if (!PyArg_ParseTupleAndKeywords(args, kwds, "|$p:reclaim", kwlist, &pickled))
         return NULL;
-    if (shared_alive(self) < 0)
+    if (shared_alive(&self->base) < 0)
         return NULL;
     return PyLong_FromSize_t(kmc_shared_reclaim(engine(self), pickled));
 }
@@ -792,20 +692,14 @@ static PyObject *shared_reclaim(SharedCacheObject *self, PyObject *args, PyObjec
  * becoming one of its holders; @ticket claims a pickled reference. */
 static PyObject *hold(SharedCacheObject *self, unsigned long long offset, uint32_t gen, int ticket)
 {
-    if (shared_alive(self) < 0)
+    if (shared_alive(&self->base) < 0)
         return NULL;
     void *p;
     uint32_t got;
     int already = 0;
     kmc_status st = kmc_shared_hold(engine(self), offset, gen, ticket, &p, &got, &already);
-    if (st != KMC_OK) {
-        if (st == KMC_EINVAL) {
-            PyErr_SetString(PyExc_ValueError, kmc_last_report()->message);
-        } else if (kmcpy_raise(st)) {
-            PyErr_SetString(kmcpy_exception_for(st), kmc_last_report()->message);
-        }
-        return NULL;
-    }
+    if (st != KMC_OK)
+        return kmcpy_raise_status(st);
     if (already && dup_add(self, p, got) < 0)
         return NULL;
     SharedHandleObject *h = handle_new(self, p, got);
@@ -832,62 +726,13 @@ static PyObject *shared_object_at(SharedCacheObject *self, PyObject *arg)
     return hold(self, off, KMC_SHARED_ANY_GEN, 0);
 }
 
-/* A number of a pickled reference: an int from 0 to @max, else ValueError
- * (the "K" and "I" formats would take it modulo 2^64 or 2^32, onto another
- * object). */
-static int reference_number(PyObject *arg, const char *what, unsigned long long max,
-                            unsigned long long *out)
-{
-    if (!PyLong_Check(arg)) {
-        PyErr_Format(PyExc_TypeError, "a shared object reference's %s must be an int, not %.100s",
-                     what, Py_TYPE(arg)->tp_name);
-        return -1;
-    }
-    unsigned long long v = PyLong_AsUnsignedLongLong(arg);
-    if ((v == (unsigned long long)-1 && PyErr_Occurred()) || v > max) {
-        PyErr_Clear();
-        PyErr_Format(PyExc_ValueError,
-                     "a shared object reference's %s is %R, not from 0 to %llu: not a reference "
-                     "kmemcache made",
-                     what, arg, max);
-        return -1;
-    }
-    *out = v;
-    return 0;
-}
-
-static PyObject *shared_hold(SharedCacheObject *self, PyObject *args)
-{
-    PyObject *off_arg, *gen_arg;
-    int ticket;
-    unsigned long long off, gen;
-    if (!PyArg_ParseTuple(args, "OOp:_hold", &off_arg, &gen_arg, &ticket) ||
-        reference_number(off_arg, "offset", UINT64_MAX, &off) < 0 ||
-        reference_number(gen_arg, "generation", UINT32_MAX, &gen) < 0)
-        return NULL;
-    if (gen == KMC_SHARED_ANY_GEN) {
-        PyErr_SetString(PyExc_ValueError, "generation 0 names no object");
-        return NULL;
-    }
-    return hold(self, off, (uint32_t)gen, ticket);
-}
-
-static PyObject *raise_status(kmc_status st)
-{
-    if (st == KMC_EINVAL)
-        PyErr_SetString(PyExc_ValueError, kmc_last_report()->message);
-    else if (kmcpy_raise(st) && !PyErr_Occurred())
-        PyErr_SetString(kmcpy_exception_for(st), kmc_last_report()->message);
-    return NULL;
-}
-
 static PyObject *shared_unlink(SharedCacheObject *self, PyObject *Py_UNUSED(ignored))
 {
-    if (shared_alive(self) < 0)
+    if (shared_alive(&self->base) < 0)
         return NULL;
     kmc_status st = kmc_shared_unlink_cache(engine(self));
     if (st != KMC_OK)
-        return raise_status(st);
+        return kmcpy_raise_status(st);
     Py_RETURN_NONE;
 }
 
@@ -908,7 +753,7 @@ static PyObject *info_dict(const kmc_shared_info_t *i)
 
 static PyObject *shared_info(SharedCacheObject *self, PyObject *Py_UNUSED(ignored))
 {
-    if (shared_alive(self) < 0)
+    if (shared_alive(&self->base) < 0)
         return NULL;
     kmc_shared_info_t i;
     kmc_shared_info(engine(self), &i);
@@ -917,7 +762,7 @@ static PyObject *shared_info(SharedCacheObject *self, PyObject *Py_UNUSED(ignore
 
 static PyObject *shared_reduce(SharedCacheObject *self, PyObject *Py_UNUSED(ignored))
 {
-    if (shared_alive(self) < 0)
+    if (shared_alive(&self->base) < 0)
         return NULL;
     PyObject *fn = kmcpy_facade_attr("shared_attach_pickled");
     if (!fn)
@@ -965,6 +810,8 @@ static int shared_clear(SharedCacheObject *self)
 static void shared_dealloc(SharedCacheObject *self)
 {
     PyObject_GC_UnTrack(self);
+    /* first: weakref callbacks run Python code, which must not find it */
+    unlink_attachment(self);
     if (self->base.weakrefs)
         PyObject_ClearWeakRefs((PyObject *)self);
     if (self->base.cache) {
@@ -983,22 +830,24 @@ static PyMethodDef shared_methods[] = {
      "attach(name, *, ctor=None)\n--\n\nAttach the shared cache that a process of this user "
      "made. ctor: what this process runs on the objects of a slab it builds (a cache made "
      "with a ctor needs one to build slabs)."},
-    {"alloc", (PyCFunction)shared_alloc, METH_NOARGS,
+    /* Cache's methods listed again, not inherited: see kmcpy_cache_ops_t */
+    {"alloc", (PyCFunction)kmcpy_cache_alloc, METH_NOARGS,
      "alloc($self, /)\n--\n\nOne object, held by this process."},
-    {"zalloc", (PyCFunction)shared_zalloc, METH_NOARGS,
+    {"zalloc", (PyCFunction)kmcpy_cache_zalloc, METH_NOARGS,
      "zalloc($self, /)\n--\n\nOne zeroed object. ValueError on a cache with a ctor."},
-    {"alloc_bulk", (PyCFunction)(void (*)(void))shared_alloc_bulk, METH_VARARGS | METH_KEYWORDS,
+    {"alloc_bulk", (PyCFunction)(void (*)(void))kmcpy_cache_alloc_bulk,
+     METH_VARARGS | METH_KEYWORDS,
      "alloc_bulk($self, /, n, zero=False)\n--\n\nA list of n objects, all or nothing."},
-    {"free", (PyCFunction)shared_free, METH_O,
+    {"free", (PyCFunction)kmcpy_cache_free, METH_O,
      "free($self, obj, /)\n--\n\nEnd obj for every process. DoubleFreeError (also when another "
      "process freed it), InvalidFreeError, BufferError."},
-    {"free_bulk", (PyCFunction)shared_free_bulk, METH_O,
+    {"free_bulk", (PyCFunction)kmcpy_cache_free_bulk, METH_O,
      "free_bulk($self, objs, /)\n--\n\nFree every object of a sequence; checks all first."},
     {"destroy", (PyCFunction)shared_destroy, METH_NOARGS,
      "destroy($self, /)\n--\n\nDetach this process (the region lives on for the others): it "
      "lets go of what it holds. CacheBusyError while its objects are referenced here."},
     {"close", (PyCFunction)shared_destroy, METH_NOARGS, "close($self, /)\n--\n\ndestroy()."},
-    {"__exit__", (PyCFunction)shared_exit, METH_VARARGS,
+    {"__exit__", (PyCFunction)kmcpy_cache_exit, METH_VARARGS,
      "__exit__($self, exc_type, exc, tb, /)\n--\n\nDetach (CacheBusyError while this "
      "process's objects are referenced; when the block raised, a warning and a note on its "
      "exception instead)."},
@@ -1018,8 +867,6 @@ static PyMethodDef shared_methods[] = {
      "recoveries, objects reclaimed, pickles in flight, this process's slot."},
     {"__reduce__", (PyCFunction)shared_reduce, METH_NOARGS,
      "__reduce__($self, /)\n--\n\nPickled by name: unpickled, it attaches the same region."},
-    {"_hold", (PyCFunction)shared_hold, METH_VARARGS,
-     "_hold($self, offset, generation, ticket, /)\n--\n\n"},
     {"_leave", (PyCFunction)shared_leave, METH_NOARGS, "_leave($self, /)\n--\n\n"},
     {"_exiting", (PyCFunction)shared_exiting, METH_NOARGS, "_exiting($self, /)\n--\n\n"},
     {NULL, NULL, 0, NULL},
@@ -1070,7 +917,7 @@ static PyObject *mod_shared_unlink(PyObject *Py_UNUSED(module), PyObject *name)
         return NULL;
     kmc_status st = kmc_shared_unlink(cname);
     if (st != KMC_OK)
-        return raise_status(st);
+        return kmcpy_raise_status(st);
     Py_RETURN_NONE;
 }
 
@@ -1084,7 +931,7 @@ static PyObject *mod_shared_peek(PyObject *Py_UNUSED(module), PyObject *name)
     snprintf(snap.name, sizeof(snap.name), "%s", cname);
     kmc_status st = kmc_shared_peek(cname, &snap.stats, &info);
     if (st != KMC_OK)
-        return raise_status(st);
+        return kmcpy_raise_status(st);
     return Py_BuildValue("(NN)", kmcpy_stats_dict(&snap), info_dict(&info));
 }
 
@@ -1096,8 +943,114 @@ static PyObject *mod_shared_region_name(PyObject *Py_UNUSED(module), PyObject *n
     char out[96];
     kmc_status st = kmc_shared_region_name(cname, out, sizeof(out));
     if (st != KMC_OK)
-        return raise_status(st);
+        return kmcpy_raise_status(st);
     return PyUnicode_FromString(out);
+}
+
+/* _shared_ref(reference): a SharedObject's pickle unpickled, this
+ * process becoming one of its holders. The reference is untrusted: its
+ * length is checked, then each field is read once at its full width; the
+ * engine checks the offset and generation against the region. */
+static PyObject *mod_shared_ref(PyObject *Py_UNUSED(module), PyObject *arg)
+{
+    if (!PyBytes_Check(arg)) {
+        PyErr_Format(PyExc_TypeError, "a shared object reference is bytes, not %.100s",
+                     Py_TYPE(arg)->tp_name);
+        return NULL;
+    }
+    Py_ssize_t len = PyBytes_GET_SIZE(arg);
+    if (len < (Py_ssize_t)REF_HEAD + 1 || len > (Py_ssize_t)REF_HEAD + KMC_NAME_MAX - 1) {
+        PyErr_Format(PyExc_ValueError,
+                     "a shared object reference of %zd bytes, not %zu to %zu: not a reference "
+                     "kmemcache made",
+                     len, REF_HEAD + 1, REF_HEAD + KMC_NAME_MAX - 1);
+        return NULL;
+    }
+    const char *data = PyBytes_AS_STRING(arg);
+    ref_t ref;
+    memcpy(&ref.nonce, data, sizeof(uint64_t));
+    memcpy(&ref.offset, data + sizeof(uint64_t), sizeof(uint64_t));
+    memcpy(&ref.gen, data + 2 * sizeof(uint64_t), sizeof(uint32_t));
+    if (ref.gen == KMC_SHARED_ANY_GEN) {
+        PyErr_SetString(PyExc_ValueError, "generation 0 names no object");
+        return NULL;
+    }
+    const char *name = data + REF_HEAD;
+    size_t name_len = (size_t)len - REF_HEAD;
+    PyObject *cache = (PyObject *)find_attachment(ref.nonce, name, name_len);
+    if (cache) {
+        Py_INCREF(cache); /* hold() may run Python code */
+    } else {
+        /* a miss: attach through the package (the nonce checked there) */
+        PyObject *str = PyUnicode_DecodeUTF8(name, (Py_ssize_t)name_len, "strict");
+        PyObject *lookup = str ? kmcpy_facade_attr("shared_lookup") : NULL;
+        cache = lookup ? PyObject_CallFunction(lookup, "OK", str, (unsigned long long)ref.nonce)
+                       : NULL;
+        Py_XDECREF(lookup);
+        Py_XDECREF(str);
+        if (!cache)
+            return NULL;
+        if (!PyObject_TypeCheck(cache, &SharedCache_Type)) {
+            PyErr_Format(PyExc_TypeError, "shared_lookup gave %.100s, not a SharedCache",
+                         Py_TYPE(cache)->tp_name);
+            Py_DECREF(cache);
+            return NULL;
+        }
+    }
+    PyObject *obj = hold((SharedCacheObject *)cache, ref.offset, ref.gen, 1);
+    Py_DECREF(cache);
+    return obj;
+}
+
+/* _shared_find(name, nonce): this process's live attachment, or None. */
+static PyObject *mod_shared_find(PyObject *Py_UNUSED(module), PyObject *args)
+{
+    PyObject *name;
+    unsigned long long nonce;
+    if (!PyArg_ParseTuple(args, "UK:_shared_find", &name, &nonce))
+        return NULL;
+    Py_ssize_t len;
+    const char *cname = PyUnicode_AsUTF8AndSize(name, &len);
+    if (!cname)
+        return NULL;
+    SharedCacheObject *c = find_attachment(nonce, cname, (size_t)len);
+    return Py_NewRef(c ? (PyObject *)c : Py_None);
+}
+
+/* _shared_keep(cache): keep an attachment made by unpickling. */
+static PyObject *mod_shared_keep(PyObject *Py_UNUSED(module), PyObject *arg)
+{
+    if (!PyObject_TypeCheck(arg, &SharedCache_Type) || !((SharedCacheObject *)arg)->linked) {
+        PyErr_SetString(PyExc_TypeError, "_shared_keep takes an attached SharedCache");
+        return NULL;
+    }
+    keep_attachment((SharedCacheObject *)arg);
+    Py_RETURN_NONE;
+}
+
+/* _shared_attachments(): this process's live attachments, a list. Each is
+ * held before the list is made: making it can run the GC, which may unlink
+ * an attachment from under the walk. */
+static PyObject *mod_shared_attachments(PyObject *Py_UNUSED(module), PyObject *Py_UNUSED(ignored))
+{
+    Py_ssize_t n = 0, i = 0;
+    for (SharedCacheObject *c = attachments; c; c = c->next)
+        n += c->base.cache != NULL;
+    PyObject **found = PyMem_Calloc(n ? (size_t)n : 1, sizeof(PyObject *));
+    if (!found)
+        return PyErr_NoMemory();
+    for (SharedCacheObject *c = attachments; c && i < n; c = c->next)
+        if (c->base.cache)
+            found[i++] = Py_NewRef((PyObject *)c);
+    PyObject *list = PyList_New(i);
+    for (Py_ssize_t j = 0; j < i; j++) {
+        if (list)
+            PyList_SET_ITEM(list, j, found[j]);
+        else
+            Py_DECREF(found[j]);
+    }
+    PyMem_Free(found);
+    return list;
 }
 
 static PyObject *mod_shared_crash_after(PyObject *Py_UNUSED(module), PyObject *arg)
@@ -1117,6 +1070,20 @@ PyMethodDef kmcpy_shared_methods[] = {
      "read without attaching."},
     {"_shared_region_name", mod_shared_region_name, METH_O,
      "_shared_region_name($module, name, /)\n--\n\nThe POSIX shm name of shared cache name."},
+    {"_shared_reduce", (PyCFunction)handle_reduce_o, METH_O,
+     "_shared_reduce($module, obj, /)\n--\n\nobj.__reduce__(), for copyreg's dispatch table: "
+     "pickle calls it without looking up obj's __reduce_ex__."},
+    {"_shared_ref", mod_shared_ref, METH_O,
+     "_shared_ref($module, reference, /)\n--\n\nA SharedObject's pickle unpickled: the "
+     "object it names, this process becoming one of its holders."},
+    {"_shared_find", mod_shared_find, METH_VARARGS,
+     "_shared_find($module, name, nonce, /)\n--\n\nThis process's live attachment of shared "
+     "cache name made with nonce, or None."},
+    {"_shared_keep", mod_shared_keep, METH_O,
+     "_shared_keep($module, cache, /)\n--\n\nKeep an attachment made by unpickling (the "
+     "most recently used " Py_STRINGIFY(KEPT_MAX) " are kept)."},
+    {"_shared_attachments", mod_shared_attachments, METH_NOARGS,
+     "_shared_attachments($module, /)\n--\n\nThis process's live attachments."},
     {"_shared_crash_after", mod_shared_crash_after, METH_O,
      "_shared_crash_after($module, n, /)\n--\n\nTest hook: this process dies by SIGKILL at "
      "the n-th crash point of a shared cache's paths (0: off)."},

@@ -19,6 +19,7 @@ import os as _os
 from typing import Any as _Any
 
 from . import _kmemcache as _core
+from . import cache as _cache
 from . import debug, pickling
 from .cache import MAX_ALIGN, MAX_SIZE, MIN_ALIGN, PAGE_SIZE, Cache, Object, SlabStats
 from .errors import (
@@ -78,6 +79,19 @@ __all__ = [
     "publish",
     "slabinfo",
 ]
+
+
+def _shared_ref(reference: bytes) -> SharedObject:
+    """What a SharedObject's pickle names: the object it refers to, this process
+    becoming one of its holders. A Python function at the top of the package,
+    because pickle imports a global's module at each pickle and unpickle, and
+    saves a Python function for less than a C one (no ``__reduce_ex__`` call)."""
+    obj: SharedObject = _core._shared_ref(reference)
+    return obj
+
+
+_cache._Facade.shared_ref = staticmethod(_shared_ref)
+
 
 #: The tracemalloc domain of kmemcache's objects (``tracemalloc.DomainFilter``).
 TRACE_DOMAIN: int = _core.TRACE_DOMAIN

@@ -72,11 +72,13 @@ SlabStats.__doc__ = (
 class _Facade:
     """What the C types ask of the package: debug options, statistics, leaks,
     the function a pickled object names (set by kmemcache.pickling), and for
-    shared caches the per-process registry and the functions their pickles
-    name (set by kmemcache.shared)."""
+    shared caches the function their objects' pickles name (set by kmemcache)
+    and attaching what a reference or a pickled cache names (set by
+    kmemcache.shared)."""
 
     unpickle_object: ClassVar[Callable[..., Any]]
-    shared_rebuild: ClassVar[Callable[[str, int, int, int], Any]]
+    shared_ref: ClassVar[Callable[[bytes], Any]]
+    shared_lookup: ClassVar[Callable[[str, int], Any]]
     shared_attach_pickled: ClassVar[Callable[[str, int, Any], Any]]
 
     @staticmethod

@@ -120,7 +120,7 @@ def _start_time(pid: int) -> int | None:
 def _snapshot() -> dict[str, Any]:
     from . import shared
 
-    shared_names = {c.name for c in list(shared._known.values()) if not c.destroyed}
+    shared_names = {c.name for c in shared._attachments()}
     caches = []
     for s in all_stats():
         entry = dataclasses.asdict(s)

@@ -1,10 +1,10 @@
 """Caches shared between processes: objects passed by reference.
 
 ``SharedCache`` is the C type; this module gives it what is easier said in
-Python: the per-process registry that unpickling uses (so that a reference
-resolves to the attachment this process already has), the hooks that give
-back a process's free objects when it exits, and helpers for the command line
-(``regions``, ``peek``).
+Python: attaching the region a reference names when this process has no
+attachment of it yet (the C type finds those it has, without Python code),
+the hooks that give back a process's free objects when it exits, and helpers
+for the command line (``regions``, ``peek``).
 
 Who holds an object (the rules the engine keeps, see ``csrc/engine/kmc.h``):
 
@@ -27,10 +27,8 @@ Who holds an object (the rules the engine keeps, see ``csrc/engine/kmc.h``):
 from __future__ import annotations
 
 import atexit
-import collections
+import copyreg
 import os
-import threading
-import weakref
 from typing import Any
 
 from . import _kmemcache as _core
@@ -62,17 +60,13 @@ DEFAULT_PROCESSES: int = _core.SHARED_DEFAULT_PROCS
 
 _SHM_DIR = "/dev/shm"
 
-_lock = threading.Lock()
-#: Every attachment this process made, by (name, nonce): what references resolve to.
-_known: weakref.WeakValueDictionary[tuple[str, int], SharedCache] = weakref.WeakValueDictionary()
-#: Attachments made by unpickling, kept after this process holds nothing of them so
-#: that a worker receiving objects one by one does not attach and detach for each:
-#: the most recently used few only, so that a worker that sees many short-lived
-#: regions keeps a bounded number of descriptors and mappings. An attachment
-#: dropped from here lives on while handles of its objects do.
-_KEPT_MAX = 8
-_kept: collections.OrderedDict[tuple[str, int], SharedCache] = collections.OrderedDict()
 _hooks_installed = False
+
+
+def _attachments() -> list[SharedCache]:
+    """This process's live attachments (those not detached)."""
+    found: list[SharedCache] = _core._shared_attachments()
+    return found
 
 
 def _exiting_all() -> None:
@@ -80,8 +74,8 @@ def _exiting_all() -> None:
     cache. What it holds stays held until it is gone and found dead: its daemon
     threads and later exit handlers may still write through its handles, and an
     object let go of now could already be another process's."""
-    for cache in list(_known.values()):
-        if not cache.destroyed:
+    for cache in _attachments():
+        if not cache.destroyed:  # detached by an earlier one's Python code
             cache._exiting()
 
 
@@ -99,21 +93,22 @@ def _install_exit_hooks() -> None:
 
 
 def _register(cache: SharedCache) -> None:
-    """Called by SharedCache's constructor and attach(): know it for references."""
+    """Called by SharedCache's constructor and attach() (the C type lists the
+    attachment for references itself)."""
     _debug.attach(cache)
-    with _lock:
-        _known[(cache.name, cache.nonce)] = cache
-        _install_exit_hooks()
+    _install_exit_hooks()
 
 
 def _lookup(name: str, nonce: int, ctor: Any = None) -> SharedCache:
     """This process's attachment of shared cache ``name`` made with ``nonce``,
-    attaching it if there is none yet."""
-    with _lock:
-        cache = _known.get((name, nonce))
-        if (name, nonce) in _kept:
-            _kept.move_to_end((name, nonce))
-    if cache is not None and not cache.destroyed:
+    attaching it if there is none yet. An attachment made here is kept after
+    this process holds nothing of it, so that a worker receiving objects one by
+    one does not attach and detach for each: the most recently used few only,
+    so that one that sees many short-lived regions keeps a bounded number of
+    descriptors and mappings (one let go of lives on while handles of its
+    objects do)."""
+    cache: SharedCache | None = _core._shared_find(name, nonce)
+    if cache is not None:
         return cache
     cache = SharedCache.attach(name, ctor=ctor)
     if cache.nonce != nonce:
@@ -122,19 +117,8 @@ def _lookup(name: str, nonce: int, ctor: Any = None) -> SharedCache:
             f"shared cache {name!r} was made again since this reference was taken: "
             "the object it named is gone"
         )
-    dropped = []
-    with _lock:
-        _kept[(name, nonce)] = cache
-        while len(_kept) > _KEPT_MAX:
-            dropped.append(_kept.popitem(last=False)[1])
-    del dropped  # outside the lock: each detaches here, or when its last handle goes
+    _core._shared_keep(cache)
     return cache
-
-
-def _rebuild(name: str, nonce: int, offset: int, generation: int) -> SharedObject:
-    """Unpickle an object: this process becomes one of its holders."""
-    obj: SharedObject = _lookup(name, nonce)._hold(offset, generation, True)
-    return obj
 
 
 def _attach_pickled(name: str, nonce: int, ctor: Any) -> SharedCache:
@@ -177,5 +161,8 @@ def peek(name: str) -> tuple[SlabStats, dict[str, Any]]:
     return SlabStats.from_dict(raw), info
 
 
-_cache._Facade.shared_rebuild = staticmethod(_rebuild)
+_cache._Facade.shared_lookup = staticmethod(_lookup)
+# A pickler looks in copyreg's table before it looks for __reduce_ex__: the
+# reference costs one lookup less there (SharedObject.__reduce__ is the same).
+copyreg.pickle(SharedObject, _core._shared_reduce)
 _cache._Facade.shared_attach_pickled = staticmethod(_attach_pickled)
