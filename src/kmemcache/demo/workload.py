@@ -54,6 +54,7 @@ How each number is measured
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import gc
 import random
@@ -64,7 +65,7 @@ import tracemalloc
 from collections.abc import Sequence
 from typing import Any, cast
 
-from .._kmemcache import TRACE_DOMAIN
+from .._kmemcache import TRACE_DOMAIN, CacheBusyError
 from ..kmalloc import large_stats
 from ..slabinfo import all_stats
 from . import measure, perf, xsave
@@ -401,9 +402,16 @@ def run(config: DemoConfig, progress: Progress | None = None) -> DemoResult:
             res.alloc_free_vs_option_3 = round(
                 measure.paired_ratio(res.alloc_free_samples, base)[0], 3
             )
-    finally:
+    except BaseException:
+        # interrupted (Ctrl-C) anywhere: a step cut short may hold an object no
+        # task records yet, so a cache may refuse to go; the interruption is
+        # what the caller hears about, and those handles free themselves
         for opt in options:
-            _tear_down(opt)
+            with contextlib.suppress(CacheBusyError):
+                _tear_down(opt)
+        raise
+    for opt in options:
+        _tear_down(opt)
     supported = xsave.is_supported()
     area = xsave.area_size() if supported else 0
     fault = xsave.check_in_child(area, FAULT_CHECK_MISALIGN) if supported else "skipped"
