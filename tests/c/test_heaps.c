@@ -715,13 +715,18 @@ static void test_threads_exchange_tagged_objects_and_come_and_go(void)
             CHECK_EQ(kmc_free(p), KMC_OK);
         }
     }
+    /* the threads did free each other's objects: in some cache at least
+     * (which ones depends on how the threads ran; on a loaded machine one
+     * cache may see none) */
+    uint64_t remote = 0;
     for (int k = 0; k < 3; k++) {
         kmc_stats_t s = stats_of(xcaches[k]);
         CHECK_EQ(s.active_objs, 0);
-        CHECK(s.remote_frees > 0);
+        remote += s.remote_frees;
         CHECK_EQ(kmc_cache_validate(xcaches[k], NULL), KMC_OK);
         CHECK_EQ(kmc_cache_destroy(xcaches[k]), KMC_OK);
     }
+    CHECK(remote > 0);
 }
 
 /* --- address space in proportion to use ----------------------------------------------- */
