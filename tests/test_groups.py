@@ -35,7 +35,8 @@ def test_a_cache_object_is_charged_until_freed() -> None:
         assert MemoryGroup.current() is None
         pages = -(-100_000 // PAGE) * PAGE
         assert group.usage == 100 + ksize(small) + pages
-        assert group.peak == group.usage
+        # the peak reads the counter, which holds this thread's last batch too
+        assert group.usage <= group.peak <= group.usage + 64 * 1024
         assert group.objects == 3
         cache.free(outside)
         assert group.usage == 100 + ksize(small) + pages
@@ -43,7 +44,7 @@ def test_a_cache_object_is_charged_until_freed() -> None:
         kfree(small)
         kfree(large)
         assert group.usage == 0 and group.objects == 0
-        assert group.peak == 100 + 128 + pages
+        assert 100 + 128 + pages <= group.peak <= 100 + 128 + pages + 64 * 1024
         group.reset_peak()
         assert group.peak == 0
 

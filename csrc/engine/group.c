@@ -7,18 +7,38 @@
  * metadata (a uint16_t per object slot, mapped for an arena the first time
  * one of its objects is charged), as the kernel keeps an objcg pointer per
  * slab object; a large kmalloc allocation carries it in its table entry.
- * The free path reads the tag (after the first charge in the process; before
- * that it pays one test) and takes the charge back from the group and its
- * parents, whichever thread frees.
+ * The free path of a cache that ever had an object charged reads the tag
+ * and gives the charge back, whichever thread frees.
  *
- * A group's usage is one atomic counter per level, moved by a compare-and-
- * swap that checks the limit: a charge never takes usage past a limit, and
- * usage is exact at every read. The counters are written by every thread
- * that charges the group, one atomic per level per alloc and per free.
+ * Counting without an atomic per object: memcg's per-CPU stock, per thread.
+ * A group's counter (and each parent's) is moved by compare-and-swap against
+ * the limit, 64 KiB at a time: the thread keeps what it took beyond the
+ * object in its stock, and the next objects it allocates in that group come
+ * out of the stock, and those it frees go back into it, with plain stores.
+ * So a counter is the group's usage plus the stocks taken from it, and never
+ * passes the limit: no charge can. A read of usage subtracts the stocks
+ * (exact); a charge that the counter refuses while stocks hold bytes first
+ * takes every stock of the group back (exact decisions), as memcg drains its
+ * stocks before it reclaims. Taking another thread's stock back is the
+ * heaps' handshake (heap.c): the owner marks itself busy around each use of
+ * its stock; the taker marks the stock revoked, has every thread pass a
+ * memory barrier (membarrier), waits until the owner is not busy, then owns
+ * the stock's bytes. Without the barrier a thread keeps no stock. Near a
+ * limit a thread takes a quarter of what is left at most, so that stocks do
+ * not starve each other.
  *
- * Ids: a table of KMC_GROUPS_MAX slots under groups_lock; a group's id is
- * stable while it lives (a handle, charged bytes or children), which is as
- * long as a tag can name it.
+ * A thread's batches start at one object's worth and double at each
+ * refill up to 64 KiB, so that a thread that allocates little keeps little;
+ * and none is taken near a limit or the soft limit (a quarter of the room
+ * left at most): there every charge and free moves the counters. The peak
+ * reads the counter, stocks included, as Linux's memory.peak reads the page
+ * counter: it can be above the usage's peak by each thread's stock, never
+ * more than its last batch, 64 KiB.
+ *
+ * Ids: a table of GROUPS_MAX slots; a group's id is stable while it lives
+ * (a handle, a charge, a child, or a stock), which is as long as a tag or a
+ * stock can name it. One lock (groups_lock) for the table, the stocks'
+ * list, and every change to a stock but its owner's plain updates.
  */
 #include <stdio.h>
 #include <stdlib.h>
@@ -28,13 +48,16 @@
 
 #define GROUPS_MAX  65535u /* ids fit a tag; 0 is "no group" */
 #define GROUP_DEPTH 8u
+#define STOCK_BYTES ((uint64_t)64 << 10) /* memcg's stock: 64 pages */
 
 struct kmc_group_s {
     char name[KMC_NAME_MAX];
     uint32_t id;
     uint32_t depth; /* 0 for a group without parent */
     struct kmc_group_s *parent;
-    _Atomic uint64_t usage, peak, objects;
+    _Atomic uint64_t counter;           /* usage, plus stocks taken from it */
+    _Atomic uint64_t peak;              /* of counter */
+    _Atomic int64_t objects;            /* its own, but those counted in stocks */
     _Atomic uint64_t limit, soft_limit; /* 0: none */
     _Atomic uint64_t soft_hits, failures, purges;
     _Atomic uint32_t children; /* live child groups */
@@ -42,12 +65,119 @@ struct kmc_group_s {
     bool released;             /* the handle is gone; groups_lock */
 };
 
+/* A thread's stock: bytes taken from one group's counters, not used yet. */
+typedef struct kmc_stock_s {
+    _Atomic(kmc_group_t *) group;    /* whose; changed under groups_lock */
+    _Atomic uint64_t bytes;          /* its owner's plain updates, busy */
+    uint64_t batch;                  /* the last batch taken: the next is twice */
+    uint64_t cap;                    /* frees keep at most this much in it */
+    _Atomic int64_t objects;         /* objects of group charged through it, net */
+    _Atomic uint8_t busy;            /* its owner is using it */
+    _Atomic uint8_t revoked;         /* a taker owns bytes and objects now */
+    struct kmc_stock_s *prev, *next; /* the list: groups_lock */
+} kmc_stock_t;
+
 __thread kmc_group_t *kmc__group_cur __attribute__((tls_model("initial-exec")));
-uint8_t kmc__groups_used; /* some object was charged, ever: frees read tags (__atomic) */
+static __thread kmc_stock_t *my_stock __attribute__((tls_model("initial-exec")));
 
 static pthread_mutex_t groups_lock = PTHREAD_MUTEX_INITIALIZER;
-static kmc_group_t **table; /* id -> group; groups_lock (readers: while charged) */
+static kmc_group_t **table; /* id -> group */
 static uint32_t next_id = 1;
+static kmc_stock_t *stocks; /* every thread's */
+static pthread_key_t stock_key;
+static int stocks_usable = -1; /* the barrier works: 1, 0, or -1 before the first look */
+
+/* --- stocks ----------------------------------------------------------------------- */
+
+static bool in_subtree(const kmc_group_t *g, const kmc_group_t *top)
+{
+    for (; g; g = g->parent)
+        if (g == top)
+            return true;
+    return false;
+}
+
+static void counters_sub(kmc_group_t *g, kmc_group_t *stop, uint64_t bytes)
+{
+    for (; g != stop; g = g->parent)
+        atomic_fetch_sub(&g->counter, bytes);
+}
+
+/* Give a stock's bytes and objects back to its group. groups_lock held; the
+ * owner is the caller, or is not using the stock (revoked and seen idle). */
+static void stock_flush(kmc_stock_t *s)
+{
+    kmc_group_t *g = atomic_load(&s->group);
+    if (!g)
+        return;
+    uint64_t bytes = atomic_exchange(&s->bytes, 0);
+    if (bytes)
+        counters_sub(g, NULL, bytes);
+    atomic_fetch_add(&g->objects, atomic_exchange(&s->objects, 0));
+}
+
+/* Every stock of @top's subtree back to its group, the caller's own
+ * included. groups_lock held. False when the barrier cannot be had (then
+ * no thread keeps a stock, and nothing is to be taken). */
+static void stocks_take_back(const kmc_group_t *top)
+{
+    bool any = false;
+    for (kmc_stock_t *s = stocks; s; s = s->next)
+        if (s != my_stock && in_subtree(atomic_load(&s->group), top) &&
+            (atomic_load(&s->bytes) || atomic_load(&s->objects))) {
+            atomic_store(&s->revoked, 1);
+            any = true;
+        }
+    if (my_stock && in_subtree(atomic_load(&my_stock->group), top))
+        stock_flush(my_stock);
+    if (!any || kmc__os_barrier() != 0)
+        return;
+    for (kmc_stock_t *s = stocks; s; s = s->next) {
+        if (!atomic_load(&s->revoked) || s == my_stock)
+            continue;
+        for (unsigned spins = 0; atomic_load_explicit(&s->busy, memory_order_acquire); spins++)
+            if (spins > 64)
+                sched_yield();
+        stock_flush(s);
+    }
+}
+
+static void stock_free(void *arg)
+{
+    kmc_stock_t *s = arg;
+    pthread_mutex_lock(&groups_lock);
+    stock_flush(s);
+    if (s->prev)
+        s->prev->next = s->next;
+    else
+        stocks = s->next;
+    if (s->next)
+        s->next->prev = s->prev;
+    pthread_mutex_unlock(&groups_lock);
+    if (my_stock == s)
+        my_stock = NULL;
+    free(s);
+}
+
+/* The calling thread's stock, made and listed on first use; NULL where no
+ * stock can be kept. groups_lock held. */
+static kmc_stock_t *stock_mine(void)
+{
+    if (my_stock)
+        return my_stock;
+    if (stocks_usable < 0)
+        stocks_usable = kmc__os_barrier() == 0 && pthread_key_create(&stock_key, stock_free) == 0;
+    kmc_stock_t *s = stocks_usable ? calloc(1, sizeof(*s)) : NULL;
+    if (!s || pthread_setspecific(stock_key, s) != 0) {
+        free(s);
+        return NULL;
+    }
+    s->next = stocks;
+    if (stocks)
+        stocks->prev = s;
+    stocks = s;
+    return my_stock = s;
+}
 
 /* --- life ----------------------------------------------------------------------- */
 
@@ -101,11 +231,15 @@ kmc_status kmc_group_create(const char *name, kmc_group_t *parent, uint64_t limi
     return KMC_OK;
 }
 
-/* Free @g and then any parent it kept alive, if nothing holds them now.
+/* Free @g and then any parent it kept alive, if nothing holds them now: no
+ * handle, charge (stocks were taken back), child, or stock naming it.
  * groups_lock held. */
 static void reap(kmc_group_t *g)
 {
-    while (g && g->released && !atomic_load(&g->usage) && !atomic_load(&g->children)) {
+    while (g && g->released && !atomic_load(&g->counter) && !atomic_load(&g->children)) {
+        for (kmc_stock_t *s = stocks; s; s = s->next)
+            if (atomic_load(&s->group) == g) /* empty (taken back): forget it */
+                atomic_store(&s->group, NULL);
         kmc_group_t *parent = g->parent;
         table[g->id] = NULL;
         free(g);
@@ -121,6 +255,7 @@ void kmc_group_release(kmc_group_t *g)
         return;
     pthread_mutex_lock(&groups_lock);
     g->released = true;
+    stocks_take_back(g);
     reap(g);
     pthread_mutex_unlock(&groups_lock);
 }
@@ -138,17 +273,36 @@ const char *kmc_group_name(const kmc_group_t *g) { return g->name; }
 void kmc_group_set_owner(kmc_group_t *g, void *owner) { g->owner = owner; }
 void *kmc_group_owner(const kmc_group_t *g) { return g->owner; }
 
+/* The bytes the stocks of @g's subtree hold, and the objects @g's own count.
+ * groups_lock held. */
+static uint64_t stocked(const kmc_group_t *g, int64_t *objects)
+{
+    uint64_t bytes = 0;
+    for (kmc_stock_t *s = stocks; s; s = s->next) {
+        kmc_group_t *sg = atomic_load(&s->group);
+        if (in_subtree(sg, g))
+            bytes += atomic_load_explicit(&s->bytes, memory_order_relaxed);
+        if (sg == g && objects)
+            *objects += atomic_load_explicit(&s->objects, memory_order_relaxed);
+    }
+    return bytes;
+}
+
 void kmc_group_stats(const kmc_group_t *g, kmc_group_stats_t *o)
 {
     kmc_group_t *m = (kmc_group_t *)g;
-    o->usage = atomic_load(&m->usage);
+    pthread_mutex_lock(&groups_lock);
+    int64_t objects = atomic_load(&m->objects);
+    uint64_t in_stocks = stocked(g, &objects);
+    o->usage = atomic_load(&m->counter) - in_stocks;
+    o->objects = objects > 0 ? (uint64_t)objects : 0;
+    pthread_mutex_unlock(&groups_lock);
     o->peak = atomic_load(&m->peak);
     o->limit = atomic_load(&m->limit);
     o->soft_limit = atomic_load(&m->soft_limit);
     o->soft_hits = atomic_load(&m->soft_hits);
     o->failures = atomic_load(&m->failures);
     o->purges = atomic_load(&m->purges);
-    o->objects = atomic_load(&m->objects);
 }
 
 kmc_status kmc_group_set_limits(kmc_group_t *g, uint64_t limit, uint64_t soft_limit)
@@ -157,12 +311,20 @@ kmc_status kmc_group_set_limits(kmc_group_t *g, uint64_t limit, uint64_t soft_li
     if (limit && soft_limit > limit)
         return kmc__report(KMC_EINVAL, NULL, NULL, "soft limit %llu is above the limit %llu",
                            (unsigned long long)soft_limit, (unsigned long long)limit);
+    pthread_mutex_lock(&groups_lock);
     atomic_store(&g->limit, limit);
     atomic_store(&g->soft_limit, soft_limit);
+    stocks_take_back(g); /* what they hold was taken under the old limit */
+    pthread_mutex_unlock(&groups_lock);
     return KMC_OK;
 }
 
-void kmc_group_reset_peak(kmc_group_t *g) { atomic_store(&g->peak, atomic_load(&g->usage)); }
+void kmc_group_reset_peak(kmc_group_t *g)
+{
+    pthread_mutex_lock(&groups_lock);
+    atomic_store(&g->peak, atomic_load(&g->counter) - stocked(g, NULL));
+    pthread_mutex_unlock(&groups_lock);
+}
 
 /* --- charging ----------------------------------------------------------------------- */
 
@@ -178,16 +340,13 @@ static void purge_all(void)
     kmc_kmalloc_shrink();
 }
 
-static void uncharge_levels(kmc_group_t *g, kmc_group_t *stop, uint64_t bytes)
-{
-    for (; g != stop; g = g->parent)
-        atomic_fetch_sub(&g->usage, bytes);
-}
-
-/* The failure's report: whose limit, and the largest consumers. */
-static kmc_status refuse(const kmc_cache_t *c, kmc_group_t *g, uint64_t bytes)
+/* The failure's report: whose limit, the usage then, and the largest
+ * consumers. Without groups_lock: the walk takes the caches' locks, which
+ * come before it. @g is alive: the caller's group or one of its parents. */
+static kmc_status refuse(const kmc_cache_t *c, kmc_group_t *g, uint64_t bytes, uint64_t usage)
 {
     atomic_fetch_add(&g->failures, 1);
+    uint64_t limit = atomic_load(&g->limit);
     char names[3][KMC_NAME_MAX];
     uint64_t held[3];
     size_t n = kmc_group_consumers(g, names, held, 3);
@@ -196,7 +355,6 @@ static kmc_status refuse(const kmc_cache_t *c, kmc_group_t *g, uint64_t bytes)
     for (size_t i = 0; i < n && at < sizeof(top); i++)
         at += (size_t)snprintf(top + at, sizeof(top) - at, "%s%s %llu", i ? ", " : "", names[i],
                                (unsigned long long)held[i]);
-    uint64_t usage = atomic_load(&g->usage), limit = atomic_load(&g->limit);
     kmc__report(KMC_ELIMIT, c, NULL,
                 "memory group %s: %llu bytes more would pass its limit of %llu (usage %llu)%s%s",
                 g->name, (unsigned long long)bytes, (unsigned long long)limit,
@@ -211,61 +369,163 @@ static kmc_status refuse(const kmc_cache_t *c, kmc_group_t *g, uint64_t bytes)
     return KMC_ELIMIT;
 }
 
-/* Charge @bytes to the calling thread's group and its parents, each level
- * within its limit; NULL (and KMC_ELIMIT in *@st) when one would pass it,
- * nothing charged. *@st KMC_OK and NULL: no group. */
-kmc_group_t *kmc__group_charge(const kmc_cache_t *c, uint64_t bytes, kmc_status *st)
+/* Add @bytes to the counters of @g and its parents, each within its limit.
+ * NULL, or the level that refused (nothing added). *@purge: a soft limit
+ * was crossed. */
+static kmc_group_t *counters_add(kmc_group_t *g, uint64_t bytes, bool *purge)
 {
-    kmc_group_t *g = kmc__group_cur;
-    *st = KMC_OK;
-    if (!g || (c && !c->backing->chargeable))
-        return NULL;
-    if (!__atomic_load_n(&kmc__groups_used, __ATOMIC_RELAXED))
-        __atomic_store_n(&kmc__groups_used, 1, __ATOMIC_SEQ_CST);
-    bool purged = false;
     for (kmc_group_t *l = g; l; l = l->parent) {
-        uint64_t old = atomic_load_explicit(&l->usage, memory_order_relaxed), now;
-        for (;;) {
+        uint64_t old = atomic_load_explicit(&l->counter, memory_order_relaxed), now;
+        do {
             uint64_t limit = atomic_load_explicit(&l->limit, memory_order_relaxed);
             now = old + bytes;
             if (limit && now > limit) {
-                uncharge_levels(g, l, bytes);
-                *st = refuse(c, l, bytes);
-                return NULL;
+                counters_sub(g, l, bytes);
+                return l;
             }
-            if (atomic_compare_exchange_weak(&l->usage, &old, now))
-                break;
-        }
+        } while (!atomic_compare_exchange_weak(&l->counter, &old, now));
         uint64_t peak = atomic_load_explicit(&l->peak, memory_order_relaxed);
         while (now > peak && !atomic_compare_exchange_weak(&l->peak, &peak, now))
             ;
         uint64_t soft = atomic_load_explicit(&l->soft_limit, memory_order_relaxed);
         if (soft && old <= soft && now > soft) { /* crossed it: once per crossing */
             atomic_fetch_add(&l->soft_hits, 1);
-            if (!purged) {
+            if (!*purge)
                 atomic_fetch_add(&l->purges, 1);
-                purged = true;
-            }
+            *purge = true;
         }
     }
-    atomic_fetch_add_explicit(&g->objects, 1, memory_order_relaxed);
-    if (purged)
+    return NULL;
+}
+
+/* What a thread may keep beyond @bytes: twice its last batch (one object's
+ * worth the first time), so that a thread that allocates little keeps
+ * little (the peak, which reads the counter, stays within the last batch
+ * of the usage's) and one that allocates much refills rarely; 64 KiB at
+ * most, and no more than a quarter of the room left under any limit above. */
+static uint64_t batch_for(const kmc_group_t *g, uint64_t bytes, uint64_t last)
+{
+    uint64_t batch = last ? 2 * last : bytes;
+    if (batch > STOCK_BYTES)
+        batch = STOCK_BYTES;
+    for (const kmc_group_t *l = g; l; l = l->parent) {
+        kmc_group_t *m = (kmc_group_t *)l;
+        uint64_t used = atomic_load_explicit(&m->counter, memory_order_relaxed) + bytes;
+        uint64_t limits[2] = {atomic_load_explicit(&m->limit, memory_order_relaxed),
+                              atomic_load_explicit(&m->soft_limit, memory_order_relaxed)};
+        for (int i = 0; i < 2; i++) {
+            uint64_t room = limits[i] ? (limits[i] > used ? (limits[i] - used) / 4 : 0) : batch;
+            if (room < batch)
+                batch = room;
+        }
+    }
+    return batch;
+}
+
+/* The charge when the stock cannot serve it: straight onto the counters
+ * while the group is too small for batches, else the stock moved to @g and
+ * refilled under groups_lock, as is any charge the counters refuse. */
+static KMC_NOINLINE kmc_group_t *charge_slow(const kmc_cache_t *c, kmc_group_t *g, uint64_t bytes,
+                                             kmc_status *st)
+{
+    bool purge = false;
+    if (!my_stock && stocks_usable == 0) { /* no thread keeps a stock here */
+        if (!counters_add(g, bytes, &purge)) {
+            atomic_fetch_add(&g->objects, 1);
+            if (purge)
+                purge_all();
+            return g;
+        }
+        purge = false; /* (nothing was added) */
+    }
+    pthread_mutex_lock(&groups_lock);
+    kmc_stock_t *s = stock_mine();
+    if (s && (atomic_load(&s->revoked) || atomic_load(&s->group) != g)) {
+        stock_flush(s); /* (a revoked one was emptied by its taker) */
+        atomic_store(&s->revoked, 0);
+        atomic_store(&s->group, g);
+        s->batch = s->cap = 0;
+    }
+    /* the stock tops up to a batch: it never holds more than one */
+    uint64_t batch = s ? batch_for(g, bytes, s->batch) : 0;
+    uint64_t have = s ? atomic_load(&s->bytes) : 0;
+    uint64_t extra = batch > have ? batch - have : 0;
+    kmc_group_t *full = counters_add(g, bytes + extra, &purge);
+    if (full && extra)
+        full = counters_add(g, bytes, &purge), batch = extra = 0;
+    if (full) { /* the stocks may hold the room: take them back, and look again */
+        stocks_take_back(full);
+        full = counters_add(g, bytes, &purge);
+    }
+    if (full) {
+        uint64_t usage = atomic_load(&full->counter) - stocked(full, NULL);
+        pthread_mutex_unlock(&groups_lock);
+        *st = refuse(c, full, bytes, usage);
+        return NULL;
+    }
+    if (s) {
+        atomic_store(&s->bytes, atomic_load(&s->bytes) + extra);
+        atomic_store(&s->objects, atomic_load(&s->objects) + 1);
+        /* without a batch (near or past a limit, or the soft one) frees go
+         * straight to the counters too: a soft limit is crossed again only
+         * when the usage has come back below it */
+        s->batch = s->cap = batch;
+    } else {
+        atomic_fetch_add(&g->objects, 1);
+    }
+    pthread_mutex_unlock(&groups_lock);
+    if (purge)
         purge_all();
     return g;
 }
 
-/* Take back @bytes charged to @g (an object freed, or an alloc that failed
- * after its charge). */
+kmc_group_t *kmc__group_charge(const kmc_cache_t *c, uint64_t bytes, kmc_status *st)
+{
+    kmc_group_t *g = kmc__group_cur;
+    *st = KMC_OK;
+    if (!g || (c && !c->backing->chargeable))
+        return NULL;
+    kmc_stock_t *s = my_stock;
+    if (likely(s && atomic_load_explicit(&s->group, memory_order_relaxed) == g)) {
+        KMC_STORE(&s->busy, 1);
+        atomic_signal_fence(memory_order_seq_cst); /* the store stays before the load */
+        uint64_t have = KMC_LOAD(&s->bytes);
+        if (likely(!KMC_LOAD(&s->revoked) && have >= bytes)) {
+            KMC_STORE(&s->bytes, have - bytes);
+            KMC_STORE(&s->objects, KMC_LOAD(&s->objects) + 1);
+            atomic_store_explicit(&s->busy, 0, memory_order_release);
+            return g;
+        }
+        atomic_store_explicit(&s->busy, 0, memory_order_release);
+    }
+    return charge_slow(c, g, bytes, st);
+}
+
+/* Take back @bytes charged to @g: an object freed, or an alloc that failed
+ * after its charge; into the stock when it is @g's and has room. */
 void kmc__group_uncharge(kmc_group_t *g, uint64_t bytes, uint64_t objects)
 {
-    atomic_fetch_sub_explicit(&g->objects, objects, memory_order_relaxed);
+    kmc_stock_t *s = my_stock;
+    if (s && atomic_load_explicit(&s->group, memory_order_relaxed) == g) {
+        KMC_STORE(&s->busy, 1);
+        atomic_signal_fence(memory_order_seq_cst);
+        uint64_t have = KMC_LOAD(&s->bytes) + bytes;
+        if (likely(!KMC_LOAD(&s->revoked) && have <= s->cap)) {
+            KMC_STORE(&s->bytes, have);
+            KMC_STORE(&s->objects, KMC_LOAD(&s->objects) - (int64_t)objects);
+            atomic_store_explicit(&s->busy, 0, memory_order_release);
+            return;
+        }
+        atomic_store_explicit(&s->busy, 0, memory_order_release);
+    }
+    atomic_fetch_sub_explicit(&g->objects, (int64_t)objects, memory_order_relaxed);
     bool last = false;
     for (kmc_group_t *l = g; l; l = l->parent)
-        last |= atomic_fetch_sub(&l->usage, bytes) == bytes;
-    if (last) { /* a released group may be free now */
+        last |= atomic_fetch_sub(&l->counter, bytes) == bytes;
+    if (last) { /* a released group may go now */
         pthread_mutex_lock(&groups_lock);
         for (kmc_group_t *l = g; l; l = l->parent)
-            if (l->released && !atomic_load(&l->usage) && !atomic_load(&l->children)) {
+            if (l->released && !atomic_load(&l->counter) && !atomic_load(&l->children)) {
                 reap(l);
                 break;
             }
@@ -276,52 +536,70 @@ void kmc__group_uncharge(kmc_group_t *g, uint64_t bytes, uint64_t objects)
 kmc_group_t *kmc__group_of_id(uint32_t id) { return id ? table[id] : NULL; }
 uint32_t kmc__group_id(const kmc_group_t *g) { return g->id; }
 
-/* --- tags --------------------------------------------------------------------------- */
-
-/* The tag of slot @idx of slab @sidx of @a, its array mapped on first use;
- * NULL when no memory could be had (the object then goes uncharged). */
-static _Atomic uint16_t *tag_slot(kmc_arena_t *a, const kmc_cache_t *c, uint32_t sidx, uint32_t idx,
-                                  bool make)
+/* A forked child has only the forking thread: the other threads' stocks go
+ * back to their groups. */
+void kmc__groups_after_fork(void)
 {
-    _Atomic uint16_t *tags = atomic_load_explicit(&a->tags, memory_order_acquire);
-    if (!tags) {
-        if (!make)
-            return NULL;
-        size_t page = kmc_page_size();
-        size_t bytes = ((size_t)a->nslabs * c->objperslab * sizeof(uint16_t) + page - 1) &
-                       ~(page - 1);
-        _Atomic uint16_t *fresh = kmc__os_map_meta(bytes);
-        if (!fresh)
-            return NULL;
-        if (!atomic_compare_exchange_strong(&a->tags, &tags, fresh)) {
-            kmc__os_unmap_meta((void *)fresh, bytes); /* another thread was first */
-        } else {
-            a->tags_bytes = bytes;
-            tags = fresh;
-        }
+    for (kmc_stock_t *s = stocks, *next; s; s = next) {
+        next = s->next;
+        if (s == my_stock)
+            continue;
+        stock_flush(s);
+        if (s->prev)
+            s->prev->next = s->next;
+        else
+            stocks = s->next;
+        if (s->next)
+            s->next->prev = s->prev;
+        free(s);
     }
-    return &tags[(size_t)sidx * c->objperslab + idx];
 }
 
-static _Atomic uint16_t *tag_of(const kmc_cache_t *c, const void *p, bool make)
+/* --- tags --------------------------------------------------------------------------- */
+
+/* An arena's tags, mapped on first use (out of line: the lookup below is
+ * on every charged alloc and free); NULL without memory. */
+static KMC_NOINLINE _Atomic uint16_t *tags_map(kmc_arena_t *a, const kmc_cache_t *c)
+{
+    _Atomic uint16_t *tags = NULL;
+    size_t page = kmc_page_size();
+    size_t bytes = ((size_t)a->nslabs * c->objperslab * sizeof(uint16_t) + page - 1) & ~(page - 1);
+    _Atomic uint16_t *fresh = kmc__os_map_meta(bytes);
+    if (!fresh)
+        return NULL;
+    if (!atomic_compare_exchange_strong(&a->tags, &tags, fresh)) {
+        kmc__os_unmap_meta((void *)fresh, bytes); /* another thread was first */
+        return tags;
+    }
+    a->tags_bytes = bytes;
+    return fresh;
+}
+
+/* The tag of the object at @p of @c; NULL when @p is none of its objects,
+ * or (@make) no memory could be had for the tags (the object then goes
+ * uncharged), or (!@make) its arena has no tags. */
+static inline _Atomic uint16_t *tag_of(const kmc_cache_t *c, const void *p, bool make)
 {
     uintptr_t addr = (uintptr_t)p;
     kmc_arena_t *a = kmc__registry_lookup(addr);
-    if (!a || a->cache != c)
+    if (unlikely(!a || a->cache != c))
         return NULL;
     size_t off = addr - a->base;
     size_t in = off & (c->slab_size - 1);
-    if (in < c->obj_offset)
-        return NULL;
     uint32_t idx = (uint32_t)(((unsigned __int128)(in - c->obj_offset) * c->slot_recip) >> 48);
-    if (idx >= c->objperslab)
+    if (unlikely(in < c->obj_offset || idx >= c->objperslab))
         return NULL;
-    return tag_slot(a, c, (uint32_t)(off >> c->slab_shift), idx, make);
+    _Atomic uint16_t *tags = atomic_load_explicit(&a->tags, memory_order_acquire);
+    if (unlikely(!tags) && (!make || !(tags = tags_map(a, c))))
+        return NULL;
+    return &tags[(off >> c->slab_shift) * c->objperslab + idx];
 }
 
 void kmc__group_tag(const kmc_cache_t *c, void *p, kmc_group_t *g)
 {
     _Atomic uint16_t *t = tag_of(c, p, true);
+    if (!c->charged) /* from now on its frees read tags */
+        __atomic_store_n(&((kmc_cache_t *)c)->charged, 1, __ATOMIC_SEQ_CST);
     if (t)
         atomic_store_explicit(t, (uint16_t)g->id, memory_order_relaxed);
     else

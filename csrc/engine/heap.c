@@ -201,7 +201,7 @@ static KMC_NOINLINE kmc_status charged_free(kmc_cache_t *c, void *p)
  * pair costs 2 instructions more, 107 under callgrind). */
 kmc_status kmc_cache_free(kmc_cache_t *c, void *p)
 {
-    if (unlikely(__atomic_load_n(&kmc__groups_used, __ATOMIC_RELAXED)))
+    if (unlikely(__atomic_load_n(&c->charged, __ATOMIC_RELAXED)))
         return charged_free(c, p);
     return cache_free(c, p);
 }

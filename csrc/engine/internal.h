@@ -300,6 +300,8 @@ struct kmc_cache_s {
     uint32_t mag_size;     /* objects a heap's magazine keeps, <= KMC_MAG_SIZE */
     unsigned flags;
     bool heaps_on;          /* per-thread caches (never with debug flags) */
+    uint8_t charged;        /* an object was charged to a memory group, ever:
+                             * frees read tags from then on (__atomic) */
     _Atomic uint64_t limit; /* slab memory at most (0: none): kmc_cache_set_limit */
     uint64_t peak_slabs;    /* the most committed slabs; cache lock */
     kmc_ctor_fn ctor;
@@ -580,7 +582,6 @@ void kmc__purge_defer(bool on);         /* a forked child's handler: start none 
  * group first (kmc__group_cur: one test when none) and tag the object; the
  * free paths, once any object was charged, take the tag's charge back. */
 extern __thread kmc_group_t *kmc__group_cur __attribute__((tls_model("initial-exec")));
-extern uint8_t kmc__groups_used; /* a plain byte: the free path's test is one compare */
 kmc_group_t *kmc__group_charge(const kmc_cache_t *c, uint64_t bytes, kmc_status *st);
 void kmc__group_uncharge(kmc_group_t *g, uint64_t bytes, uint64_t objects);
 void kmc__group_tag(const kmc_cache_t *c, void *p, kmc_group_t *g); /* after the alloc */
@@ -589,6 +590,7 @@ kmc_group_t *kmc__group_of_id(uint32_t id);
 bool kmc__group_holds(uint32_t id, const kmc_group_t *g); /* id is g or a child's */
 uint32_t kmc__group_id(const kmc_group_t *g);
 void kmc__groups_lock(bool on);                            /* fork */
+void kmc__groups_after_fork(void);                         /* the child, locked */
 uint64_t kmc__kmalloc_large_charged(const kmc_group_t *g); /* kmalloc.c */
 
 /* --- options.c */

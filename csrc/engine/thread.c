@@ -126,6 +126,7 @@ static void fork_parent(void) { unlock_all(false); }
 
 static void fork_child(void)
 {
+    kmc__groups_after_fork(); /* before its lock is let go */
     unlock_all(true);
     /* only the forking thread survives: every other index is free again */
     uint32_t me = kmc__self - 1;
