@@ -199,12 +199,14 @@ static uint32_t site_of_line(PyCodeObject *code, int line)
     sitekey_t *k = key_find(&lines, code, line);
     if (k && k->code)
         return k->site;
+    PyObject *type, *value, *tb; /* the caller's exception, if any, stays */
+    PyErr_Fetch(&type, &value, &tb);
     const char *file = PyUnicode_AsUTF8(code->co_filename);
     const char *function = PyUnicode_AsUTF8(code->co_name);
-    if (!file || !function) {
-        PyErr_Clear();
+    PyErr_Clear();
+    PyErr_Restore(type, value, tb);
+    if (!file || !function)
         return 0;
-    }
     if (nsites == sites_cap) {
         size_t cap = sites_cap ? sites_cap * 2 : 64;
         site_t *bigger = malloc(cap * sizeof(site_t));
@@ -237,6 +239,44 @@ static uint32_t site_of_line(PyCodeObject *code, int line)
     return (uint32_t)(nsites - 1);
 }
 
+#if PY_VERSION_HEX >= 0x030B0000 && PY_VERSION_HEX < 0x030C0000
+/* CPython 3.11: the interpreter's own frames, read in place as tracemalloc
+ * and Cython read them. PyEval_GetFrame would make a frame object for every
+ * Python call that allocates (a GC allocation and its free: a third of
+ * what recording costs). The layout is fixed within 3.11; other versions
+ * take the public API below. */
+#define Py_BUILD_CORE 1
+#include "internal/pycore_frame.h"
+#undef Py_BUILD_CORE
+
+static uint32_t site_of(PyCodeObject *code, int at)
+{
+    sitekey_t *k = key_find(&offsets, code, at);
+    if (k && k->code)
+        return k->site;
+    uint32_t site = site_of_line(code, PyCode_Addr2Line(code, at));
+    if (site)
+        (void)key_add(&offsets, code, at, site); /* the site keeps code alive */
+    return site;
+}
+
+static uint32_t current_site(void)
+{
+    uint32_t first = 0;
+    _PyInterpreterFrame *f = PyThreadState_Get()->cframe->current_frame;
+    for (; f; f = f->previous) {
+        if (_PyFrame_IsIncomplete(f))
+            continue;
+        uint32_t site = site_of(f->f_code,
+                                _PyInterpreterFrame_LASTI(f) * (int)sizeof(_Py_CODEUNIT));
+        if (!site || !sites[site].internal)
+            return site ? site : first;
+        if (!first)
+            first = site;
+    }
+    return first;
+}
+#else
 static int frame_offset(PyFrameObject *f)
 {
 #if PY_VERSION_HEX >= 0x030B0000
@@ -265,7 +305,7 @@ static uint32_t site_of_frame(PyFrameObject *f)
 }
 
 /* The calling Python code's site: its innermost frame outside the package,
- * else the innermost frame of the package, else 0. Frames are made on
+ * else the innermost frame of the package, else 0. Frame objects are made on
  * demand (a GC run may happen, and Python code with it). */
 static uint32_t current_site(void)
 {
@@ -288,6 +328,7 @@ static uint32_t current_site(void)
     }
     return first;
 }
+#endif
 
 /* --- the doors ---------------------------------------------------------------------- */
 
@@ -296,11 +337,8 @@ void kmcpy_allocinfo_record(const void *p, Py_ssize_t size, int how)
     uint32_t site = 0;
     uint64_t seen = 0; /* the epoch the site belongs to; 0: any (site 0) */
     if (!(how & KMCPY_ALLOCINFO_NO_GIL_MAYBE) || PyGILState_Check()) {
-        seen = epoch; /* written with the GIL held */
-        PyObject *type, *value, *tb;
-        PyErr_Fetch(&type, &value, &tb);
+        seen = epoch;          /* written with the GIL held */
         site = current_site(); /* may run Python code: stop() and start() too */
-        PyErr_Restore(type, value, tb);
     }
     kmc_group_t *group = (how & KMCPY_ALLOCINFO_CHARGED) ? kmc_group_current() : NULL;
     pthread_mutex_lock(&lock);
