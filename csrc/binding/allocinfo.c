@@ -196,6 +196,8 @@ static void keymap_clear(keymap_t *m)
  * 0 (no Python frame) when memory is short. No Python code runs. */
 static uint32_t site_of_line(PyCodeObject *code, int line)
 {
+    if (!nsites)
+        return 0; /* stopped while Python code ran (the GC): nothing to add to */
     sitekey_t *k = key_find(&lines, code, line);
     if (k && k->code)
         return k->site;
