@@ -279,6 +279,10 @@ static uint32_t current_site(void)
     return first;
 }
 #else
+#if PY_VERSION_HEX < 0x030B0000
+#include <frameobject.h> /* 3.10: PyFrameObject's fields, PyFrame_GetBack */
+#endif
+
 static int frame_offset(PyFrameObject *f)
 {
 #if PY_VERSION_HEX >= 0x030B0000
