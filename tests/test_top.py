@@ -324,9 +324,17 @@ def test_the_publisher_leaves_no_temporary_files(stats_dir: Path) -> None:
 def site_publisher(stats_dir: Path) -> Iterator[tuple[subprocess.Popen[str], int]]:
     """A publishing process that records call sites: 10 objects of 100 bytes
     allocated on line 4 of its script, 3 of 5000 bytes on line 5."""
-    code = "import sys, kmemcache\nc = kmemcache.Cache('sites_cache', 100)\n"
-    code += "keep = [\n    c.alloc() for _ in range(10)]\nbig = [kmemcache.kmalloc(5000) "
-    code += "for _ in range(3)]\nprint('ready', flush=True)\nsys.stdin.read()\n"
+    code = textwrap.dedent(
+        """\
+        import sys, kmemcache
+        c = kmemcache.Cache("sites_cache", 100)
+        keep, big = [], []
+        for _ in range(10): keep.append(c.alloc())
+        for _ in range(3): big.append(kmemcache.kmalloc(5000))
+        print("ready", flush=True)
+        sys.stdin.read()
+        """
+    )
     proc = subprocess.Popen(
         [sys.executable, "-c", code],
         stdin=subprocess.PIPE,
@@ -345,11 +353,12 @@ def site_publisher(stats_dir: Path) -> Iterator[tuple[subprocess.Popen[str], int
     assert proc.stdin is not None
     proc.stdin.close()
     proc.wait(timeout=30)
+    proc.stdout.close()
 
 
 EXPECTED_SITES = [
-    {"file": "<string>", "line": 5, "function": "<listcomp>", "bytes": 15000, "count": 3},
-    {"file": "<string>", "line": 4, "function": "<listcomp>", "bytes": 1000, "count": 10},
+    {"file": "<string>", "line": 5, "function": "<module>", "bytes": 15000, "count": 3},
+    {"file": "<string>", "line": 4, "function": "<module>", "bytes": 1000, "count": 10},
 ]
 
 
@@ -364,8 +373,8 @@ def test_top_sites(site_publisher: tuple[subprocess.Popen[str], int]) -> None:
     lines = table.stdout.splitlines()
     at = lines.index(f" call sites of {pid} (-c):")
     assert lines[at + 1].split() == ["BYTES", "OBJS", "CALL", "SITE"]
-    assert lines[at + 2].split() == ["14.6K", "3", "<string>:5", "(<listcomp>)"]
-    assert lines[at + 3].split() == ["1000B", "10", "<string>:4", "(<listcomp>)"]
+    assert lines[at + 2].split() == ["14.6K", "3", "<string>:5", "(<module>)"]
+    assert lines[at + 3].split() == ["1000B", "10", "<string>:4", "(<module>)"]
     assert "call sites" not in run("top", "--once").stdout
 
 
