@@ -235,6 +235,22 @@ def test_a_limit_report_names_the_group_call_sites() -> None:
         kfree(o)
 
 
+def test_numpy_s_note_names_the_call_sites_too() -> None:
+    np = pytest.importorskip("numpy")
+    import kmemcache.numpy as knp
+
+    group = MemoryGroup("ai-arrays", limit=1 << 20)
+    with knp.aligned(64), group:
+        a, la = np.zeros(100_000), here()
+        with pytest.raises(MemoryError) as info:
+            np.empty(100_000)
+    (note,) = info.value.__notes__
+    assert "largest call sites:" in note
+    site = f"{HERE}:{la} (test_numpy_s_note_names_the_call_sites_too): 800000 bytes in 1 object"
+    assert note.splitlines()[-1].strip() == site
+    del a
+
+
 # --- Python code in the middle -----------------------------------------------------
 
 
