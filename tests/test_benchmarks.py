@@ -381,6 +381,33 @@ def test_numpy_shape(tmp_path: Path) -> None:
     assert "kmemcache / aligned_alloc" in stdout
 
 
+def test_allocinfo_shape(tmp_path: Path) -> None:
+    data, stdout = run_quick("bench_allocinfo.py", tmp_path / "allocinfo.json")
+    assert data["benchmark"] == "allocinfo" and (data["size"], data["align"]) == (64, 64)
+    assert set(data["results"]) == {"cache", "kmalloc"}
+    for op, records in data["results"].items():
+        assert [r["key"] for r in records] == [f"{op}_off", f"{op}_on"]
+        assert all(r["status"] == "ok" for r in records), records
+        assert "ratio" in records[1] and records[1]["ratio"] > 0
+    check_targets(data["targets"])
+    assert [t["key"] for t in data["targets"]] == ["allocinfo.on_vs_off"]
+    (line,) = target_lines(stdout)
+    assert "allocinfo on <= 1.5x off" in line
+    table_is_whole(stdout)
+
+
+def test_allocinfo_refuses_to_run_with_allocinfo_on(tmp_path: Path) -> None:
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(p for p in sys.path if p)}
+    proc = subprocess.run(
+        [sys.executable, str(BENCHMARKS / "bench_allocinfo.py"), "--quick", "--no-progress"],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        env={**env, "KMEMCACHE_ALLOCINFO": "1"},
+    )
+    assert proc.returncode != 0 and "allocinfo is on" in proc.stderr
+
+
 def test_harness_enters_an_op_once_per_loop() -> None:
     sys.path.insert(0, str(BENCHMARKS))
     try:

@@ -227,6 +227,22 @@ def test_publish_is_off_by_default_and_a_bad_value_warns(stats_dir: Path) -> Non
 
 # --- what is read is untrusted ---------------------------------------------------------
 
+SITE = {"file": "a.py", "line": 3, "function": "f", "bytes": 100, "count": 1}
+#: Call sites no publisher writes: each is a reason to skip the whole file.
+BAD_SITES = [
+    "all",
+    {"a.py": 100},
+    [SITE] * (publishing.SITES_MAX + 1),
+    [SITE, [1, 2]],
+    [{**SITE, "line": "3"}],
+    [{**SITE, "bytes": -1}],
+    [{**SITE, "count": True}],
+    [{**SITE, "count": 1.0}],
+    [{k: v for k, v in SITE.items() if k != "function"}],
+    [{**SITE, "file": "x" * (publishing.SITE_NAME_MAX + 1)}],
+    [{**SITE, "function": None}],
+]
+
 
 @pytest.mark.parametrize(
     "content",
@@ -238,6 +254,7 @@ def test_publish_is_off_by_default_and_a_bad_value_warns(stats_dir: Path) -> Non
         json.dumps({"pid": None, "caches": [{"name": "x"}]}),
         json.dumps({"pid": None, "caches": "all"}),
         json.dumps({"pid": None, "caches": [{"name": "x", "num_objs": "many"}]}),
+        *(json.dumps({"pid": None, "caches": [], "sites": sites}) for sites in BAD_SITES),
     ],
 )
 def test_a_malformed_statistics_file_is_skipped_with_a_warning(
@@ -298,3 +315,103 @@ def test_the_publisher_leaves_no_temporary_files(stats_dir: Path) -> None:
     assert done.returncode == 0, done.stderr
     assert publishing.published() == []
     assert list(stats_dir.iterdir()) == []
+
+
+# --- call sites (kmemcache.allocinfo) ----------------------------------------------------
+
+
+@pytest.fixture
+def site_publisher(stats_dir: Path) -> Iterator[tuple[subprocess.Popen[str], int]]:
+    """A publishing process that records call sites: 10 objects of 100 bytes
+    allocated on line 4 of its script, 3 of 5000 bytes on line 5."""
+    code = textwrap.dedent(
+        """\
+        import sys, kmemcache
+        c = kmemcache.Cache("sites_cache", 100)
+        keep, big = [], []
+        for _ in range(10): keep.append(c.alloc())
+        for _ in range(3): big.append(kmemcache.kmalloc(5000))
+        print("ready", flush=True)
+        sys.stdin.read()
+        """
+    )
+    proc = subprocess.Popen(
+        [sys.executable, "-c", code],
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        text=True,
+        env={**env(), "KMEMCACHE_PUBLISH": "0.1", "KMEMCACHE_ALLOCINFO": "1"},
+    )
+    assert proc.stdout is not None and proc.stdout.readline() == "ready\n"
+    deadline = time.monotonic() + 10
+    while time.monotonic() < deadline:
+        data = publishing.read(proc.pid)
+        if data is not None and len(data.get("sites", [])) == 2:
+            break
+        time.sleep(0.05)
+    yield proc, proc.pid
+    assert proc.stdin is not None
+    proc.stdin.close()
+    proc.wait(timeout=30)
+    proc.stdout.close()
+
+
+EXPECTED_SITES = [
+    {"file": "<string>", "line": 5, "function": "<module>", "bytes": 15000, "count": 3},
+    {"file": "<string>", "line": 4, "function": "<module>", "bytes": 1000, "count": 10},
+]
+
+
+def test_top_sites(site_publisher: tuple[subprocess.Popen[str], int]) -> None:
+    _, pid = site_publisher
+    as_json = json.loads(run("top", "--json", "--sites").stdout)
+    (theirs,) = [p for p in as_json["sites"] if p["pid"] == pid]
+    assert theirs["sites"] == EXPECTED_SITES
+    assert "sites" not in json.loads(run("top", "--json").stdout)
+    table = run("top", "--once", "--sites")
+    assert table.returncode == 0, table.stderr
+    lines = table.stdout.splitlines()
+    at = lines.index(f" call sites of {pid} (-c):")
+    assert lines[at + 1].split() == ["BYTES", "OBJS", "CALL", "SITE"]
+    assert lines[at + 2].split() == ["14.6K", "3", "<string>:5", "(<module>)"]
+    assert lines[at + 3].split() == ["1000B", "10", "<string>:4", "(<module>)"]
+    assert "call sites" not in run("top", "--once").stdout
+
+
+def test_slabinfo_sites(site_publisher: tuple[subprocess.Popen[str], int]) -> None:
+    _, pid = site_publisher
+    text = run("slabinfo", "--pid", str(pid), "--sites")
+    assert text.returncode == 0, text.stderr
+    lines = text.stdout.splitlines()
+    at = lines.index("# call sites of live objects, largest first")
+    assert [ln.split()[:3] for ln in lines[at + 2 :]] == [
+        ["14.6K", "3", "<string>:5"],
+        ["1000B", "10", "<string>:4"],
+    ]
+    as_json = json.loads(run("slabinfo", "--pid", str(pid), "--sites", "--json").stdout)
+    assert as_json["sites"] == EXPECTED_SITES
+
+
+def test_slabinfo_sites_of_a_process_that_records_none(
+    publisher: subprocess.Popen[str],
+) -> None:
+    proc = run("slabinfo", "--pid", str(publisher.pid), "--sites")
+    assert proc.returncode == 0 and "# call sites" not in proc.stdout
+    assert f"process {publisher.pid} records no call sites" in proc.stderr
+    assert "KMEMCACHE_ALLOCINFO=1" in proc.stderr
+    own = run("slabinfo", "--sites", "--json")
+    assert json.loads(own.stdout)["sites"] is None
+    assert "this command's own process records no call sites" in own.stderr
+
+
+def test_published_sites_cannot_drive_the_terminal(stats_dir: Path) -> None:
+    stats_dir.mkdir(mode=0o700)
+    pid = os.getpid()
+    site = {**SITE, "file": "\x1b[2J\x1b[31mevil.py", "function": "f\rg"}
+    (stats_dir / f"{pid}.json").write_text(json.dumps({"pid": pid, "caches": [], "sites": [site]}))
+    top = run("top", "--once", "--sites")
+    assert top.returncode == 0, top.stderr
+    assert "\x1b" not in top.stdout and "\r" not in top.stdout
+    assert "?[2J?[31mevil.py:3 (f?g)" in top.stdout
+    info = run("slabinfo", "--pid", str(pid), "--sites")
+    assert "\x1b" not in info.stdout and "?[2J?[31mevil.py:3" in info.stdout

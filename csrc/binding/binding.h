@@ -274,20 +274,67 @@ typedef struct kmcpy_cache_snapshot_s {
 void kmcpy_cache_snapshot(kmc_cache_t *cache, kmcpy_cache_snapshot_t *out);
 PyObject *kmcpy_stats_dict(const kmcpy_cache_snapshot_t *snap);
 
+/* allocinfo.c: bytes by call site (kmemcache.allocinfo). While
+ * kmcpy_allocinfo_on, each traced object is recorded with the Python line
+ * that allocated it, and forgotten when it is freed: @how is a mask of the
+ * flags below. Without the GIL only with KMCPY_ALLOCINFO_NO_GIL_MAYBE. */
+#define KMCPY_ALLOCINFO_CHARGED      1 /* charged to the thread's memory group */
+#define KMCPY_ALLOCINFO_RESIZED      2 /* in place: still charged where it was */
+#define KMCPY_ALLOCINFO_NO_GIL_MAYBE 4 /* NumPy's handler: the GIL may not be held */
+extern int kmcpy_allocinfo_on;         /* written with the GIL held, read anywhere */
+void kmcpy_allocinfo_record(const void *p, Py_ssize_t size, int how);
+void kmcpy_allocinfo_forget(const void *p);
+/* Append the largest call sites of @group's objects (its children's
+ * included) to the report text @out, written up to @at of @size bytes;
+ * returns the new @at. Nothing without the GIL or when allocinfo is off. */
+size_t kmcpy_allocinfo_report(const kmc_group_t *group, char *out, size_t at, size_t size);
+extern PyMethodDef kmcpy_allocinfo_methods[]; /* _allocinfo_start, ... */
+
+static inline int kmcpy_allocinfo_active(void)
+{
+    return __builtin_expect(__atomic_load_n(&kmcpy_allocinfo_on, __ATOMIC_RELAXED), 0);
+}
+
 /* tracemalloc: every object a handle stands for is traced while its handle
  * holds it, in kmemcache's own domain, with the size asked for (len());
  * zero-size objects, which all share one address, are not. When tracemalloc
  * is not tracing, each call tests one flag and returns (about ten
- * instructions, no GIL work: CPython 3.10 to 3.13). */
+ * instructions, no GIL work: CPython 3.10 to 3.13). allocinfo is told of the
+ * same objects: off, one more test. @how: KMCPY_ALLOCINFO_CHARGED for a
+ * private cache's object or a kmalloc one, 0 for a shared one. */
+static inline void kmcpy_trace_as(const void *p, Py_ssize_t size, int how)
+{
+    if (size > 0) {
+        (void)PyTraceMalloc_Track(KMEMCACHE_TRACE_DOMAIN, (uintptr_t)p, (size_t)size);
+        if (kmcpy_allocinfo_active())
+            kmcpy_allocinfo_record(p, size, how);
+    }
+}
+
 static inline void kmcpy_trace(const void *p, Py_ssize_t size)
 {
-    if (size > 0)
-        (void)PyTraceMalloc_Track(KMEMCACHE_TRACE_DOMAIN, (uintptr_t)p, (size_t)size);
+    kmcpy_trace_as(p, size, KMCPY_ALLOCINFO_CHARGED);
 }
 
 static inline void kmcpy_untrace(const void *p)
 {
     (void)PyTraceMalloc_Untrack(KMEMCACHE_TRACE_DOMAIN, (uintptr_t)p);
+    if (kmcpy_allocinfo_active())
+        kmcpy_allocinfo_forget(p);
+}
+
+/* An object resized in place to @size: traced again, its call site now the
+ * caller's, its charge where it was. */
+static inline void kmcpy_retrace(const void *p, Py_ssize_t size)
+{
+    (void)PyTraceMalloc_Untrack(KMEMCACHE_TRACE_DOMAIN, (uintptr_t)p);
+    if (size > 0) {
+        (void)PyTraceMalloc_Track(KMEMCACHE_TRACE_DOMAIN, (uintptr_t)p, (size_t)size);
+        if (kmcpy_allocinfo_active())
+            kmcpy_allocinfo_record(p, size, KMCPY_ALLOCINFO_CHARGED | KMCPY_ALLOCINFO_RESIZED);
+    } else if (kmcpy_allocinfo_active()) {
+        kmcpy_allocinfo_forget(p);
+    }
 }
 
 /* capi.c: the C API capsule (kmemcache._kmemcache._C_API) and the module's

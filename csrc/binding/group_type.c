@@ -364,9 +364,9 @@ PyTypeObject MemoryGroup_Type = {
 };
 
 /* The report of a KMC_ELIMIT failure, in the manner of the kernel's OOM
- * report: whose limit, the figures, then the group's largest consumers. The
- * engine's one-line message says it shorter. Engine calls only (no GIL
- * needed). */
+ * report: whose limit, the figures, then the group's largest consumers and,
+ * while allocinfo is on and the GIL is held, its largest call sites. The
+ * engine's one-line message says it shorter. No GIL needed. */
 void kmcpy_limit_report(const kmc_report_t *r, char *out, size_t size)
 {
     size_t at = (size_t)snprintf(
@@ -382,6 +382,7 @@ void kmcpy_limit_report(const kmc_report_t *r, char *out, size_t size)
     for (size_t i = 0; i < n && at < size; i++)
         at += (size_t)snprintf(out + at, size - at, "\n    %s: %llu bytes", names[i],
                                (unsigned long long)bytes[i]);
+    (void)kmcpy_allocinfo_report(r->limit_group, out, at, size); /* when allocinfo is on */
 }
 
 /* The MemoryLimitError for the calling thread's last report (KMC_ELIMIT):

@@ -314,8 +314,7 @@ static PyObject *py_krealloc(PyObject *Py_UNUSED(m), PyObject *const *args, Py_s
     }
     if (kmc_krealloc_in_place(old->ptr, size, align)) {
         old->size = (Py_ssize_t)size;
-        kmcpy_untrace(old->ptr); /* traced again with its new size, or not at 0 */
-        kmcpy_trace(old->ptr, old->size);
+        kmcpy_retrace(old->ptr, old->size); /* with its new size, or not at 0 */
         return Py_NewRef(a[0]);
     }
     Py_INCREF(old);

@@ -386,7 +386,8 @@ PyMODINIT_FUNC PyInit__kmemcache(void)
         PyModule_AddObjectRef(m, "MemoryGroup", (PyObject *)&MemoryGroup_Type) < 0 ||
         PyModule_AddFunctions(m, kmcpy_kmalloc_methods) < 0 ||
         PyModule_AddFunctions(m, kmcpy_shared_methods) < 0 ||
-        PyModule_AddFunctions(m, kmcpy_numpy_methods) < 0 || kmcpy_capi_add(m) < 0)
+        PyModule_AddFunctions(m, kmcpy_numpy_methods) < 0 ||
+        PyModule_AddFunctions(m, kmcpy_allocinfo_methods) < 0 || kmcpy_capi_add(m) < 0)
         goto fail;
     if (!(kmcpy_slab_error = new_error(m, "SlabError", NULL,
                                        "Base of the errors the allocator detects.")) ||

@@ -22,7 +22,9 @@
  * KMEMCACHE_DEBUG): the report goes through the package's error policy and
  * is written as unraisable (a free cannot raise), then the memory is freed
  * all the same. NumPy traces the arrays itself (tracemalloc domain
- * 389047), so nothing here traces them again.
+ * 389047), so nothing here traces them again; allocinfo, when on, records
+ * each array with its call site (allocinfo.c), forgetting it before the
+ * free, since once freed another thread may be handed the same address.
  */
 #include "binding.h"
 
@@ -92,10 +94,19 @@ static void *refused(void)
     return NULL;
 }
 
+/* allocinfo: the array's call site, when the GIL is held (else site 0) */
+static __attribute__((noinline)) void *record(void *p, size_t size, int how)
+{
+    kmcpy_allocinfo_record(p, (Py_ssize_t)size, KMCPY_ALLOCINFO_NO_GIL_MAYBE | how);
+    return p;
+}
+
 static void *h_malloc(void *ctx, size_t size)
 {
     void *p = kmc_kmalloc(size ? size : 1, ALIGN_OF(ctx));
-    return p ? p : refused();
+    if (!p)
+        return refused();
+    return kmcpy_allocinfo_active() ? record(p, size, KMCPY_ALLOCINFO_CHARGED) : p;
 }
 
 static void *h_calloc(void *ctx, size_t nelem, size_t elsize)
@@ -104,13 +115,17 @@ static void *h_calloc(void *ctx, size_t nelem, size_t elsize)
     if (__builtin_mul_overflow(nelem, elsize, &size))
         return NULL;
     void *p = kmc_kzalloc(size ? size : 1, ALIGN_OF(ctx));
-    return p ? p : refused();
+    if (!p)
+        return refused();
+    return kmcpy_allocinfo_active() ? record(p, size, KMCPY_ALLOCINFO_CHARGED) : p;
 }
 
 static void h_free(void *ctx, void *p, size_t size)
 {
     (void)ctx;
     (void)size; /* not trusted: the owner and its size come from the address */
+    if (kmcpy_allocinfo_active())
+        kmcpy_allocinfo_forget(p); /* first: once freed, another thread may get p */
     kmc_status st = kmc_kfree(p);
     if (__builtin_expect(st != KMC_OK, 0))
         free_failed(p, st);
@@ -126,14 +141,16 @@ static void *h_realloc(void *ctx, void *p, size_t size)
     if (!p)
         return h_malloc(ctx, size);
     if (kmc_krealloc_in_place(p, size, align))
-        return p;
+        return kmcpy_allocinfo_active()
+                   ? record(p, size, KMCPY_ALLOCINFO_CHARGED | KMCPY_ALLOCINFO_RESIZED)
+                   : p;
     size_t old = kmc_ksize(p);
     void *q = kmc_kmalloc(size, align);
     if (!q)
         return refused(); /* p untouched, as realloc leaves it */
     memcpy(q, p, old < size ? old : size);
     h_free(ctx, p, old);
-    return q;
+    return kmcpy_allocinfo_active() ? record(q, size, KMCPY_ALLOCINFO_CHARGED) : q;
 }
 
 static int is_finalizing(void)

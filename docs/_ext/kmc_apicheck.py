@@ -17,6 +17,7 @@ from typing import Any
 PUBLIC_MODULES = (
     "kmemcache",
     "kmemcache.kmalloc",
+    "kmemcache.allocinfo",
     "kmemcache.debug",
     "kmemcache.pickling",
     "kmemcache.dask",

@@ -26,6 +26,12 @@ DESCRIPTIONS: dict[str, tuple[str, str]] = {
         "(``FZPU``, ``Z,kmalloc-*``, ``-``); see :doc:`guide/debugging`. "
         "A bad value warns and leaves debugging off.",
     ),
+    "KMEMCACHE_ALLOCINFO": (
+        "at import (``kmemcache.allocinfo.start()`` instead)",
+        "``1`` records the Python line that allocated each object, for "
+        "``kmemcache.allocinfo.snapshot()``; unset or ``0``: not recorded. "
+        "See :doc:`guide/limits`.",
+    ),
     "KMEMCACHE_ON_ERROR": (
         "at import (``kmemcache.debug.set_on_error`` later)",
         "What a detected error does: ``raise`` (the default), ``warn`` "

@@ -19,8 +19,8 @@ import os as _os
 from typing import Any as _Any
 
 from . import _kmemcache as _core
+from . import allocinfo, debug, pickling
 from . import cache as _cache
-from . import debug, pickling
 from .cache import MAX_ALIGN, MAX_SIZE, MIN_ALIGN, PAGE_SIZE, Cache, Object, SlabStats
 from .errors import (
     CacheBusyError,
@@ -67,6 +67,7 @@ __all__ = [
     "SlabWarning",
     "StaleObjectError",
     "TRACE_DOMAIN",
+    "allocinfo",
     "debug",
     "get_include",
     "kcalloc",
@@ -116,3 +117,5 @@ _core._set_error_factory(debug.report_error)
 from . import publishing as _publish  # noqa: E402
 
 _publish._from_environment()
+# KMEMCACHE_ALLOCINFO=1: bytes by call site from the start (kmemcache.allocinfo).
+allocinfo._from_environment()

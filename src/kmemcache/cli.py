@@ -26,7 +26,7 @@ import tty
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
-from . import __version__
+from . import __version__, allocinfo
 from . import demo as _demo
 from . import publishing as _publish
 from . import top as _top
@@ -141,6 +141,12 @@ def _parser() -> argparse.ArgumentParser:
         type=_int_arg(1, MAX_PID),
         help="the caches of process PID, which must publish them",
     )
+    info.add_argument(
+        "--sites",
+        action="store_true",
+        help="also the call sites that allocated the live objects, largest first "
+        "(the process must record them: KMEMCACHE_ALLOCINFO=1 or kmemcache.allocinfo.start())",
+    )
     info.set_defaults(own_parser=info)
 
     top = sub.add_parser(
@@ -171,6 +177,12 @@ def _parser() -> argparse.ArgumentParser:
         "--iterations",
         type=_int_arg(1, 1 << 20),
         help="refresh this many times, then end (default: until Ctrl-C)",
+    )
+    top.add_argument(
+        "--sites",
+        action="store_true",
+        help="also the largest call sites of each publishing process that records them "
+        "(KMEMCACHE_ALLOCINFO=1 or kmemcache.allocinfo.start() in it)",
     )
     top.set_defaults(own_parser=top)
 
@@ -279,9 +291,18 @@ def _cmd_bench(args: Sequence[str]) -> int:
     return status
 
 
+_NO_SITES = (
+    "records no call sites: start it with KMEMCACHE_ALLOCINFO=1, or call "
+    "kmemcache.allocinfo.start() in it"
+)
+
+
 def _cmd_slabinfo(ns: argparse.Namespace) -> int:
+    sites: list[allocinfo.Site] | None = None
     if ns.pid is None:
         stats = all_stats()
+        if ns.sites and allocinfo.is_tracing():
+            sites = allocinfo.snapshot()
     else:
         data = _publish.read(ns.pid)
         if data is None:
@@ -293,14 +314,24 @@ def _cmd_slabinfo(ns: argparse.Namespace) -> int:
             )
             return 1
         stats = [SlabStats.from_dict(raw) for raw in data["caches"]]
+        sites = _publish.sites_of(data)
+    if ns.sites and sites is None:
+        who = "this command's own process" if ns.pid is None else f"process {ns.pid}"
+        print(f"kmemcache slabinfo: {who} {_NO_SITES}", file=sys.stderr)
     if ns.json:
         caches = [dataclasses.asdict(s) for s in stats]
         out: dict[str, object] = {"version": "2.1", "caches": caches}
         if ns.pid is not None:
             out["pid"] = ns.pid
+        if ns.sites:
+            out["sites"] = None if sites is None else [dataclasses.asdict(s) for s in sites]
         print(json.dumps(out, indent=2))
     else:
         sys.stdout.write(format_slabinfo(stats) if ns.pid is not None else slabinfo())
+        if ns.sites and sites is not None:
+            lines = ["# call sites of live objects, largest first", _top.SITES_HEADER]
+            lines += [_top.site_line(site) for site in sites]
+            sys.stdout.write("\n".join(lines) + "\n")
     if ns.pid is None and not stats:
         print(
             "kmemcache slabinfo: this command's own process has no caches; name a process "
@@ -320,7 +351,10 @@ def _quit_pressed(seconds: float) -> bool:
 
 def _cmd_top(ns: argparse.Namespace) -> int:
     if ns.json:
-        print(json.dumps(_top.to_json(_top.sort_rows(_top.rows(), ns.sort)), indent=2))
+        docs = _publish.published()
+        found = _top.sort_rows(_top.rows(docs), ns.sort)
+        sites = _top.process_sites(docs) if ns.sites else None
+        print(json.dumps(_top.to_json(found, sites=sites), indent=2))
         return 0
     live = sys.stdout.isatty() and not ns.once
     if live and sys.stdin.isatty():
@@ -338,7 +372,10 @@ def _top_loop(ns: argparse.Namespace, live: bool, keys: bool) -> int:
     frames = 1 if ns.once else ns.iterations
     shown = 0
     while True:
-        frame = _top.render(_top.sort_rows(_top.rows(), ns.sort))
+        docs = _publish.published()
+        frame = _top.render(_top.sort_rows(_top.rows(docs), ns.sort))
+        if ns.sites:
+            frame += _top.render_sites(_top.process_sites(docs))
         if live:
             sys.stdout.write("\x1b[H\x1b[2J")  # home, clear: one screen, redrawn
         elif shown:

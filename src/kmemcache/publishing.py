@@ -7,7 +7,8 @@ That is opt-in, because it costs a thread and a file: set
 ``KMEMCACHE_PUBLISH=1`` in the environment (read at import), or call
 ``publish()``. A background thread then rewrites, about once a second, the
 file ``<pid>.json`` in this user's statistics folder (``stats_dir()``, mode
-0700): every live cache's counters, the process's pid and start time. The
+0700): every live cache's counters, the process's pid and start time, and
+while ``kmemcache.allocinfo`` is on, its largest call sites. The
 file goes when the process exits normally; readers ignore (and remove) the
 files of processes that are gone, telling a reused pid by its start time.
 
@@ -33,14 +34,28 @@ import time
 import warnings
 from typing import Any
 
+from . import allocinfo
 from .cache import SlabStats
 from .slabinfo import all_stats
 
-__all__ = ["DEFAULT_INTERVAL", "published", "publish", "publishing", "read", "stats_dir"]
+__all__ = [
+    "DEFAULT_INTERVAL",
+    "published",
+    "publish",
+    "publishing",
+    "read",
+    "sites_of",
+    "stats_dir",
+]
 
 #: Seconds between two writes of the statistics file.
 DEFAULT_INTERVAL = 1.0
 FORMAT = 1
+#: Call sites a process publishes (its largest), and the most a reader accepts.
+SITES_PUBLISHED = 20
+SITES_MAX = 100
+#: The longest file or function name a reader accepts in a published site.
+SITE_NAME_MAX = 4096
 
 _lock = threading.Lock()
 _thread: threading.Thread | None = None
@@ -126,7 +141,7 @@ def _snapshot() -> dict[str, Any]:
         entry = dataclasses.asdict(s)
         entry["shared"] = s.name in shared_names
         caches.append(entry)
-    return {
+    data: dict[str, Any] = {
         "format": FORMAT,
         "pid": os.getpid(),
         "start": _start_time(os.getpid()),
@@ -134,6 +149,14 @@ def _snapshot() -> dict[str, Any]:
         "time": time.time(),
         "caches": caches,
     }
+    if allocinfo.is_tracing():
+        try:
+            sites = allocinfo.snapshot()[:SITES_PUBLISHED]
+        except RuntimeError:  # stopped meanwhile by another thread
+            sites = None
+        if sites is not None:
+            data["sites"] = [dataclasses.asdict(site) for site in sites]
+    return data
 
 
 def _path(folder: str, pid: int) -> str:
@@ -271,7 +294,40 @@ def _malformed(data: Any, pid: int) -> str | None:
             value: Any = entry.get(name)
             if type(value).__name__ != kind or (kind == "int" and value < 0):
                 return f"cache {i}: {name} is {value!r}, not a {kind} (of 0 or more)"
+    return _malformed_sites(data.get("sites", []))
+
+
+#: A published site's fields and their types.
+_SITE_FIELDS = {"file": str, "line": int, "function": str, "bytes": int, "count": int}
+
+
+def _malformed_sites(sites: Any) -> str | None:
+    """What is wrong with a document's call sites (absent: none), or None."""
+    if not isinstance(sites, list):
+        return "sites is not a list"
+    if len(sites) > SITES_MAX:
+        return f"{len(sites)} sites, more than {SITES_MAX}"
+    for i, entry in enumerate(sites):
+        if not isinstance(entry, dict):
+            return f"site {i} is not a JSON object"
+        for name, kind in _SITE_FIELDS.items():
+            value: Any = entry.get(name)
+            if type(value) is not kind:
+                return f"site {i}: {name} is {value!r:.80}, not a {kind.__name__}"
+            if isinstance(value, int) and value < 0:
+                return f"site {i}: {name} is {value}, below 0"
+            if isinstance(value, str) and len(value) > SITE_NAME_MAX:
+                return f"site {i}: {name} is longer than {SITE_NAME_MAX} characters"
     return None
+
+
+def sites_of(data: dict[str, Any]) -> list[allocinfo.Site] | None:
+    """The call sites in a document ``read()`` returned (so checked), or None when
+    the process does not record them."""
+    raw = data.get("sites")
+    if raw is None:
+        return None
+    return [allocinfo.Site(**{k: entry[k] for k in _SITE_FIELDS}) for entry in raw]
 
 
 def _open_own(path: str) -> Any:

@@ -4,7 +4,9 @@ The shared caches of the machine are read from their regions (without
 attaching: ``kmemcache.shared.peek``); the private caches of running processes
 from what they publish (``kmemcache.publish()``, opt-in). Each row is one cache:
 its objects, the active ones, the object size, slabs, and the memory its slabs
-take, which is what rows are sorted by unless asked otherwise.
+take, which is what rows are sorted by unless asked otherwise. With
+``--sites``, each publishing process that records call sites
+(``kmemcache.allocinfo``) has its largest ones listed below the table.
 """
 
 from __future__ import annotations
@@ -15,9 +17,20 @@ from typing import Any
 
 from . import publishing as _publish
 from . import shared as _shared
+from .allocinfo import Site
 from .cache import SlabStats
 
-__all__ = ["SORT_KEYS", "Row", "render", "rows", "sort_rows", "to_json"]
+__all__ = [
+    "SORT_KEYS",
+    "ProcessSites",
+    "Row",
+    "process_sites",
+    "render",
+    "render_sites",
+    "rows",
+    "sort_rows",
+    "to_json",
+]
 
 
 @dataclasses.dataclass(frozen=True)
@@ -64,8 +77,56 @@ def _stats(raw: dict[str, Any]) -> SlabStats:
     return SlabStats.from_dict(raw)
 
 
-def rows() -> list[Row]:
-    """Every cache visible now: shared regions first, then published ones."""
+@dataclasses.dataclass(frozen=True)
+class ProcessSites:
+    """The call sites one publishing process records, largest first."""
+
+    pid: int
+    command: str
+    sites: list[Site]
+
+
+def process_sites(published: list[dict[str, Any]] | None = None) -> list[ProcessSites]:
+    """The call sites of every publishing process that records them (from
+    ``published``, what ``publishing.published()`` returned, else read now)."""
+    out = []
+    for data in _publish.published() if published is None else published:
+        sites = _publish.sites_of(data)
+        if sites is not None:
+            out.append(ProcessSites(int(data["pid"]), str(data.get("command", "")), sites))
+    return out
+
+
+def _printable(text: str) -> str:
+    """``text`` with anything a terminal would act on shown as ``?``: what
+    another process published is untrusted."""
+    return "".join(c if c.isprintable() else "?" for c in text)
+
+
+def site_line(site: Site) -> str:
+    """One call site as top and slabinfo print it."""
+    where = f"{_printable(site.file)}:{site.line}"
+    function = f" ({_printable(site.function)})" if site.function else ""
+    return f"{_size(site.bytes):>10} {site.count:>8}  {where}{function}"
+
+
+SITES_HEADER = f"{'BYTES':>10} {'OBJS':>8}  CALL SITE"
+
+
+def render_sites(found: list[ProcessSites], limit: int = 10) -> str:
+    """The largest ``limit`` call sites of each process, under a heading each."""
+    lines: list[str] = []
+    for proc in found:
+        lines += ["", f" call sites of {proc.pid} ({_printable(proc.command)}):", SITES_HEADER]
+        lines += [site_line(site) for site in proc.sites[:limit]]
+        if not proc.sites:
+            lines.append("   (no live objects allocated while recording)")
+    return "\n".join(lines)
+
+
+def rows(published: list[dict[str, Any]] | None = None) -> list[Row]:
+    """Every cache visible now: shared regions first, then published ones (from
+    ``published``, what ``publishing.published()`` returned, else read now)."""
     out = []
     for name in _shared.regions():
         try:
@@ -73,7 +134,7 @@ def rows() -> list[Row]:
         except (OSError, ValueError):
             continue  # being made, removed meanwhile, or not ours to read
         out.append(Row(name, "shared", None, "", int(info["processes"]), stats))
-    for data in _publish.published():
+    for data in _publish.published() if published is None else published:
         for raw in data.get("caches", []):
             if raw.get("shared"):
                 continue  # its region's row says it all
@@ -133,8 +194,10 @@ def render(found: list[Row], now: float | None = None) -> str:
     return "\n".join(lines)
 
 
-def to_json(found: list[Row], now: float | None = None) -> dict[str, Any]:
-    return {
+def to_json(
+    found: list[Row], now: float | None = None, sites: list[ProcessSites] | None = None
+) -> dict[str, Any]:
+    out = {
         "time": time.time() if now is None else now,
         "caches": [
             {
@@ -152,3 +215,13 @@ def to_json(found: list[Row], now: float | None = None) -> dict[str, Any]:
             for r in found
         ],
     }
+    if sites is not None:
+        out["sites"] = [
+            {
+                "pid": p.pid,
+                "command": p.command,
+                "sites": [dataclasses.asdict(site) for site in p.sites],
+            }
+            for p in sites
+        ]
+    return out
