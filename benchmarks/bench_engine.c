@@ -25,11 +25,14 @@
  *              single-producer single-consumer ring between them)
  *   threads T  T threads each doing pairs on the one allocator (one cache
  *              shared by all for kmemcache); total pairs per second
+ *   pair in a group   kmemcache only: pairs on a cache of its own inside a
+ *              memory group with a limit (the other patterns' cache never
+ *              has an object charged)
  *
  * Usage: bench_engine SIZE REPEATS QUICK(0|1)
- *        bench_engine SIZE count pair|batch|pool N   (kmemcache only, no
- *        output: for instruction counts under callgrind; pool keeps 4,096
- *        objects live)
+ *        bench_engine SIZE count pair|batch|pool|group N   (kmemcache only,
+ *        no output: for instruction counts under callgrind; pool keeps 4,096
+ *        objects live; group is pair in a group)
  */
 #include <dlfcn.h>
 #include <pthread.h>
@@ -47,7 +50,8 @@
 #define MAX_POOL  100000
 
 static size_t size;
-static kmc_cache_t *cache;
+static kmc_cache_t *cache, *group_cache;
+static kmc_group_t *group;
 static void *(*mi_alloc)(size_t, size_t);
 static void (*mi_release)(void *);
 static void *(*je_alloc)(size_t, size_t);
@@ -242,6 +246,21 @@ static void load_peers(void)
         printf("{\"note\": \"jemalloc: %s\"}\n", j ? "symbols missing" : dlerror());
 }
 
+/* Pairs inside a memory group with a limit, on a cache of their own. */
+static double pair_in_group(long n)
+{
+    kmc_group_enter(group);
+    double t0 = now_s();
+    for (long i = 0; i < n; i++) {
+        void *p = kmc_cache_alloc(group_cache, 0);
+        sink = p;
+        kmc_cache_free(group_cache, p);
+    }
+    double t = now_s() - t0;
+    kmc_group_enter(NULL);
+    return t;
+}
+
 /* Threads doing pairs at once; returns pairs per second, all together. */
 static double threads_rate(allocator_t *a, int nthreads, long per_thread)
 {
@@ -270,8 +289,10 @@ int main(int argc, char **argv)
         return 2;
     }
     size = (size_t)strtoul(argv[1], NULL, 10);
-    if (kmc_cache_create("bench", size, ALIGN, 0, NULL, NULL, &cache) != KMC_OK) {
-        fprintf(stderr, "kmc_cache_create: %s\n", kmc_last_report()->message);
+    if (kmc_cache_create("bench", size, ALIGN, 0, NULL, NULL, &cache) != KMC_OK ||
+        kmc_cache_create("bench-group", size, ALIGN, 0, NULL, NULL, &group_cache) != KMC_OK ||
+        kmc_group_create("bench", NULL, (uint64_t)1 << 30, 0, &group) != KMC_OK) {
+        fprintf(stderr, "bench_engine: %s\n", kmc_last_report()->message);
         return 1;
     }
     if (argc == 5) {
@@ -280,6 +301,8 @@ int main(int argc, char **argv)
             pair_kmemcache(n);
         else if (!strcmp(argv[3], "pool"))
             pool_kmemcache(n, 4096);
+        else if (!strcmp(argv[3], "group"))
+            pair_in_group(n);
         else
             batch_kmemcache(n / MAX_BATCH, MAX_BATCH, 0);
         return 0;
@@ -299,6 +322,11 @@ int main(int argc, char **argv)
             double s = a->pair(pairs);
             if (rep >= 0)
                 emit("pair", a, rep, s * 1e9 / (double)pairs);
+            if (a->pair == pair_kmemcache) {
+                s = pair_in_group(pairs);
+                if (rep >= 0)
+                    emit("pair in a group", a, rep, s * 1e9 / (double)pairs);
+            }
             for (unsigned k = 0; k < 4; k++)
                 for (int shuffled = 0; shuffled < 2; shuffled++) {
                     long rounds = pairs / ks[k];

@@ -17,7 +17,8 @@ every figure is also given as a ratio to mimalloc's in the same run.
     python benchmarks/bench_engine.py --quick          # tiny counts: checks it runs
     python benchmarks/bench_engine.py --callgrind      # instructions per call instead
 
-``--callgrind`` runs kmemcache's pair, batch-of-1000 and 4,096-object pool patterns under valgrind's
+``--callgrind`` runs kmemcache's pair, batch-of-1000, 4,096-object pool and pair-in-a-memory-group
+patterns under valgrind's
 callgrind and reports instructions per alloc+free: counts that, unlike times, are
 the same on a busy machine. It takes about a minute and a half; the default run
 about a minute on two CPUs.
@@ -187,7 +188,28 @@ def judge(results: list[dict[str, Any]]) -> list[dict[str, Any]]:
         remote["where"] = worst[1]
     else:
         h.skip_target(remote, "mimalloc not installed")
-    return [single, scale, remote]
+    group = h.make_target(
+        "engine_group_vs_none",
+        "pair inside a memory group with a limit / pair outside every group, from C (worst size)",
+        1.10,
+        "lower",
+    )
+    in_group = [
+        (
+            by[(s, "pair in a group", "kmemcache")]["median"]
+            / by[(s, "pair", "kmemcache")]["median"],
+            f"{s} B",
+        )
+        for s in SIZES
+        if (s, "pair in a group", "kmemcache") in by and (s, "pair", "kmemcache") in by
+    ]
+    if in_group:
+        worst = max(in_group)
+        h.judge_target(group, worst[0])
+        group["where"] = worst[1]
+    else:
+        h.skip_target(group, "not measured")
+    return [single, scale, remote, group]
 
 
 def callgrind_counts(exe: Path) -> list[dict[str, Any]]:
@@ -197,7 +219,7 @@ def callgrind_counts(exe: Path) -> list[dict[str, Any]]:
     out = []
     with tempfile.TemporaryDirectory() as tmp:
         for size in SIZES:
-            for pattern in ("pair", "batch", "pool"):
+            for pattern in ("pair", "batch", "pool", "group"):
                 totals = []
                 for n in (1_000_000, 2_000_000):
                     log = Path(tmp) / "log"
@@ -220,9 +242,12 @@ def callgrind_counts(exe: Path) -> list[dict[str, Any]]:
                 out.append(
                     {
                         "size": size,
-                        "pattern": {"pair": "pair", "batch": "batch 1000", "pool": "pool 4096"}[
-                            pattern
-                        ],
+                        "pattern": {
+                            "pair": "pair",
+                            "batch": "batch 1000",
+                            "pool": "pool 4096",
+                            "group": "pair in a group",
+                        }[pattern],
                         "instructions_per_pair": (totals[1] - totals[0]) / 1_000_000,
                     }
                 )
@@ -308,6 +333,17 @@ def render(data: dict[str, Any]) -> str:
             row.append(m.fmt_ratio(sc) if sc else "-")
         rows.append(row)
         lines += ["", f"{size} B objects:", "", m.markdown_table(headers, rows, set(range(1, 5)))]
+        grouped, plain = (
+            by.get((size, "pair in a group", "kmemcache")),
+            by.get((size, "pair", "kmemcache")),
+        )
+        if grouped and plain:
+            lines += [
+                "",
+                f"kmemcache pair inside a memory group with a limit (a cache of its own): "
+                f"{grouped['median']:.1f} ns, {m.fmt_ratio(grouped['median'] / plain['median'])} "
+                "the pair outside every group.",
+            ]
     lines += ["", "Targets:"] + [h.target_line(t) for t in data["targets"]]
     return "\n".join(lines)
 

@@ -396,6 +396,24 @@ def test_allocinfo_shape(tmp_path: Path) -> None:
     table_is_whole(stdout)
 
 
+def test_groups_shape(tmp_path: Path) -> None:
+    data, stdout = run_quick("bench_groups.py", tmp_path / "groups.json")
+    assert data["benchmark"] == "groups"
+    keys = {op: [r["key"] for r in recs] for op, recs in data["results"].items()}
+    assert keys["cache"] == ["cache_never", "cache_before", "cache_group"]
+    assert keys["kmalloc"] == ["kmalloc_none", "kmalloc_group"]
+    for op in ("np_empty", "np_zeros"):
+        assert keys[op] == [f"{op}_none", f"{op}_group"]
+    for records in data["results"].values():
+        assert all(r["status"] == "ok" for r in records), records
+        assert all("ratio" in r and r["ratio"] > 0 for r in records[1:])
+    check_targets(data["targets"])
+    assert [t["key"] for t in data["targets"]] == ["groups.in_group_vs_none"]
+    (line,) = target_lines(stdout)
+    assert "in a group with a limit <= 1.10x no group" in line
+    table_is_whole(stdout)
+
+
 def test_allocinfo_refuses_to_run_with_allocinfo_on(tmp_path: Path) -> None:
     env = {**os.environ, "PYTHONPATH": os.pathsep.join(p for p in sys.path if p)}
     proc = subprocess.run(
