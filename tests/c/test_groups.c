@@ -338,6 +338,135 @@ static void test_two_threads_never_pass_a_limit(void)
     CHECK_EQ(kmc_cache_destroy(shared_cache), KMC_OK);
 }
 
+/* A thread's stock holds bytes it took ahead: another thread's charge that
+ * the counter would refuse takes them back first, so that the limit, not
+ * the stocks, decides. */
+static void *fill_then_free(void *arg)
+{
+    (void)arg;
+    void *objs[64]; /* a quarter of the limit: far enough from it to take batches */
+    kmc_group_enter(shared_group);
+    for (int i = 0; i < 64; i++)
+        objs[i] = kmc_cache_alloc(shared_cache, 0);
+    for (int i = 0; i < 64; i++)
+        kmc_cache_free(shared_cache, objs[i]); /* back into its stock */
+    kmc_group_enter(NULL);
+    return NULL; /* the thread's stock goes when it exits: it waits on the barrier */
+}
+
+static pthread_barrier_t hold_barrier;
+
+static void *fill_free_and_wait(void *arg)
+{
+    fill_then_free(arg);
+    pthread_barrier_wait(&hold_barrier); /* filled: the main thread measures */
+    pthread_barrier_wait(&hold_barrier); /* measured: exit */
+    return NULL;
+}
+
+static void test_other_threads_stocks_do_not_hold_the_room(void)
+{
+    CHECK_EQ(kmc_group_create("hoard", NULL, 256 * 64, 0, &shared_group), KMC_OK);
+    shared_cache = make("grp-hoard", 64, 0);
+    CHECK(shared_cache);
+    CHECK_EQ(pthread_barrier_init(&hold_barrier, NULL, 2), 0);
+    pthread_t t;
+    CHECK_EQ(pthread_create(&t, NULL, fill_free_and_wait, NULL), 0);
+    pthread_barrier_wait(&hold_barrier);
+    CHECK_EQ(gstats(shared_group).usage, 0); /* what its stock holds is not usage */
+    void *objs[257];
+    int n = 0;
+    kmc_group_enter(shared_group);
+    while (n < 257 && (objs[n] = kmc_cache_alloc(shared_cache, 0)))
+        n++;
+    kmc_group_enter(NULL);
+    pthread_barrier_wait(&hold_barrier);
+    pthread_join(t, NULL);
+    pthread_barrier_destroy(&hold_barrier);
+    CHECK_EQ(n, 256); /* all of the limit, not what the other stock left */
+    CHECK_EQ(gstats(shared_group).usage, 256 * 64);
+    for (int i = 0; i < n; i++)
+        CHECK_EQ(kmc_cache_free(shared_cache, objs[i]), KMC_OK);
+    CHECK_EQ(gstats(shared_group).usage, 0);
+    kmc_group_release(shared_group);
+    CHECK_EQ(kmc_cache_destroy(shared_cache), KMC_OK);
+}
+
+/* Lowering a limit takes back what the stocks took under the old one: the
+ * new limit holds at once. */
+static void test_a_lowered_limit_holds_at_once(void)
+{
+    kmc_group_t *g;
+    CHECK_EQ(kmc_group_create("lowered", NULL, (uint64_t)1 << 30, 0, &g), KMC_OK);
+    kmc_cache_t *c = make("grp-low", 64, 0);
+    CHECK(c);
+    void *objs[2000];
+    kmc_group_enter(g);
+    for (int i = 0; i < 1000; i++) /* batches double: the stock holds some now */
+        CHECK(objs[i] = kmc_cache_alloc(c, 0));
+    kmc_group_enter(NULL);
+    CHECK_EQ(kmc_group_set_limits(g, 1010 * 64, 0), KMC_OK);
+    int n = 1000;
+    kmc_group_enter(g);
+    while (n < 2000 && (objs[n] = kmc_cache_alloc(c, 0)))
+        n++;
+    kmc_group_enter(NULL);
+    CHECK_EQ(n, 1010);
+    CHECK_EQ(gstats(g).usage, 1010 * 64);
+    for (int i = 0; i < n; i++)
+        CHECK_EQ(kmc_cache_free(c, objs[i]), KMC_OK);
+    kmc_group_release(g);
+    CHECK_EQ(kmc_cache_destroy(c), KMC_OK);
+}
+
+/* One thread allocates and frees through its stock without a pause while
+ * another takes every stock back again and again (each limit change does):
+ * nothing the owner does on a stock taken from it counts twice or not at
+ * all. */
+static atomic_int churning;
+
+static void *churn_stock(void *arg)
+{
+    (void)arg;
+    void *ring[32] = {0};
+    kmc_group_enter(shared_group);
+    for (int i = 0; i < 300000; i++) {
+        void **slot = &ring[i % 32];
+        if (*slot)
+            kmc_cache_free(shared_cache, *slot);
+        if (!(*slot = kmc_cache_alloc(shared_cache, 0)))
+            atomic_fetch_add(&thread_failures, 1);
+    }
+    kmc_group_enter(NULL);
+    static void *left[32];
+    memcpy(left, ring, sizeof(ring));
+    atomic_store(&churning, 0);
+    return left;
+}
+
+static void test_stocks_taken_back_while_in_use(void)
+{
+    CHECK_EQ(kmc_group_create("revoked", NULL, (uint64_t)1 << 30, 0, &shared_group), KMC_OK);
+    shared_cache = make("grp-rev", 64, 0);
+    CHECK(shared_cache);
+    atomic_store(&thread_failures, 0);
+    atomic_store(&churning, 1);
+    pthread_t t;
+    CHECK_EQ(pthread_create(&t, NULL, churn_stock, NULL), 0);
+    for (uint64_t k = 0; atomic_load(&churning); k++)
+        kmc_group_set_limits(shared_group, ((uint64_t)1 << 30) - (k & 1), 0);
+    void **left;
+    pthread_join(t, (void **)&left);
+    CHECK_EQ(atomic_load(&thread_failures), 0);
+    CHECK_EQ(gstats(shared_group).usage, 32 * 64);
+    CHECK_EQ(gstats(shared_group).objects, 32);
+    for (int i = 0; i < 32; i++)
+        CHECK_EQ(kmc_cache_free(shared_cache, left[i]), KMC_OK);
+    CHECK_EQ(gstats(shared_group).usage, 0);
+    kmc_group_release(shared_group);
+    CHECK_EQ(kmc_cache_destroy(shared_cache), KMC_OK);
+}
+
 int main(void)
 {
     RUN(test_objects_are_charged_until_freed);
@@ -349,5 +478,8 @@ int main(void)
     RUN(test_two_threads_usage_matches_the_model);
     RUN(test_two_threads_lose_no_charge);
     RUN(test_two_threads_never_pass_a_limit);
+    RUN(test_other_threads_stocks_do_not_hold_the_room);
+    RUN(test_a_lowered_limit_holds_at_once);
+    RUN(test_stocks_taken_back_while_in_use);
     return TESTS_DONE();
 }
