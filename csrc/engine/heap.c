@@ -19,11 +19,12 @@
  *          the heap (magazine full), a remote free, the depot (lock)
  *
  * Measured with callgrind (python benchmarks/bench_engine.py --callgrind;
- * gcc 12 -O2, x86-64, 64-byte objects, loop included): 105 instructions per
- * alloc+free pair, 109 when a thousand objects are allocated then freed,
- * and 221 per free+alloc in a steady pool of 4,096 live objects, a random
+ * gcc 12 -O2, x86-64, 64-byte objects, loop included): 110 instructions per
+ * alloc+free pair, 114 when a thousand objects are allocated then freed,
+ * and 226 per free+alloc in a steady pool of 4,096 live objects, a random
  * one replaced each time (2,679 before the magazine, when nearly every
- * alloc switched slabs). mimalloc, which keeps its free list inside free
+ * alloc switched slabs); 5 of each are the memory groups' two tests, and a
+ * pair inside a group costs 324 (group.c). mimalloc, which keeps its free list inside free
  * objects, needs fewer; a bitmap outside object memory is what lets every
  * double free be found.
  *
@@ -197,8 +198,8 @@ static KMC_NOINLINE kmc_status charged_free(kmc_cache_t *c, void *p)
     return cache_free(c, p);
 }
 
-/* The tests of the groups are tail calls: no register saved for them (the
- * pair costs 2 instructions more, 107 under callgrind). */
+/* The groups' tests are tail calls, so that no register is saved for them:
+ * with the alloc's, they cost a pair 5 instructions under callgrind. */
 kmc_status kmc_cache_free(kmc_cache_t *c, void *p)
 {
     if (unlikely(__atomic_load_n(&c->charged, __ATOMIC_RELAXED)))
