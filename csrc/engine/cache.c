@@ -757,14 +757,7 @@ void *kmc__cache_alloc_sized(kmc_cache_t *c, int zero, size_t orig)
     kmc_group_t *g = kmc__group_cur ? kmc__group_charge(c, c->size, &st) : NULL;
     if (st != KMC_OK)
         return NULL;
-    void *p = depot_alloc(c, zero, orig, &st);
-    if (g) {
-        if (p)
-            kmc__group_tag(c, p, g);
-        else
-            kmc__group_uncharge(g, c->size, 1);
-    }
-    return p;
+    return kmc__group_settle(c, depot_alloc(c, zero, orig, &st), g);
 }
 
 /* A private cache's locked alloc: kmc_cache_alloc's slow path when the

@@ -142,10 +142,9 @@ static void stocks_take_back(const kmc_group_t *top)
     }
 }
 
-static void stock_free(void *arg)
+/* Flush a stock and take it off the list, for freeing. groups_lock held. */
+static void stock_retire(kmc_stock_t *s)
 {
-    kmc_stock_t *s = arg;
-    pthread_mutex_lock(&groups_lock);
     stock_flush(s);
     if (s->prev)
         s->prev->next = s->next;
@@ -153,6 +152,14 @@ static void stock_free(void *arg)
         stocks = s->next;
     if (s->next)
         s->next->prev = s->prev;
+}
+
+/* Its thread exits (the pthread key's destructor). */
+static void stock_free(void *arg)
+{
+    kmc_stock_t *s = arg;
+    pthread_mutex_lock(&groups_lock);
+    stock_retire(s);
     pthread_mutex_unlock(&groups_lock);
     if (my_stock == s)
         my_stock = NULL;
@@ -533,6 +540,19 @@ void kmc__group_uncharge(kmc_group_t *g, uint64_t bytes, uint64_t objects)
     }
 }
 
+/* After the alloc a charge paid for: the object tagged, or (none) the
+ * charge given back. Returns @p. */
+void *kmc__group_settle(const kmc_cache_t *c, void *p, kmc_group_t *g)
+{
+    if (g) {
+        if (p)
+            kmc__group_tag(c, p, g);
+        else
+            kmc__group_uncharge(g, c->size, 1);
+    }
+    return p;
+}
+
 kmc_group_t *kmc__group_of_id(uint32_t id) { return id ? table[id] : NULL; }
 uint32_t kmc__group_id(const kmc_group_t *g) { return g->id; }
 
@@ -544,13 +564,7 @@ void kmc__groups_after_fork(void)
         next = s->next;
         if (s == my_stock)
             continue;
-        stock_flush(s);
-        if (s->prev)
-            s->prev->next = s->next;
-        else
-            stocks = s->next;
-        if (s->next)
-            s->next->prev = s->prev;
+        stock_retire(s);
         free(s);
     }
 }

@@ -141,14 +141,7 @@ static KMC_NOINLINE void *charged_alloc(kmc_cache_t *c, int zero)
     kmc_group_t *g = kmc__group_charge(c, c->size, &st);
     if (st != KMC_OK)
         return NULL;
-    void *p = cache_alloc(c, zero);
-    if (g) {
-        if (p)
-            kmc__group_tag(c, p, g);
-        else
-            kmc__group_uncharge(g, c->size, 1);
-    }
-    return p;
+    return kmc__group_settle(c, cache_alloc(c, zero), g);
 }
 
 void *kmc_cache_alloc(kmc_cache_t *c, int zero)

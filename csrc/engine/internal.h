@@ -584,8 +584,9 @@ void kmc__purge_defer(bool on);         /* a forked child's handler: start none 
 extern __thread kmc_group_t *kmc__group_cur __attribute__((tls_model("initial-exec")));
 kmc_group_t *kmc__group_charge(const kmc_cache_t *c, uint64_t bytes, kmc_status *st);
 void kmc__group_uncharge(kmc_group_t *g, uint64_t bytes, uint64_t objects);
-void kmc__group_tag(const kmc_cache_t *c, void *p, kmc_group_t *g); /* after the alloc */
-void kmc__group_free(const kmc_cache_t *c, const void *p);          /* before the free */
+void kmc__group_tag(const kmc_cache_t *c, void *p, kmc_group_t *g);     /* after the alloc */
+void *kmc__group_settle(const kmc_cache_t *c, void *p, kmc_group_t *g); /* tag, or give back */
+void kmc__group_free(const kmc_cache_t *c, const void *p);              /* before the free */
 kmc_group_t *kmc__group_of_id(uint32_t id);
 bool kmc__group_holds(uint32_t id, const kmc_group_t *g); /* id is g or a child's */
 uint32_t kmc__group_id(const kmc_group_t *g);

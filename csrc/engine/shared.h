@@ -296,6 +296,8 @@ size_t kmc__shared_reclaim_dead(kmc_cache_t *c, bool pickled, bool orphans);
 uint64_t kmc__shared_recount(kmc_cache_t *c);
 uint32_t kmc__shared_register_self(kmc_cache_t *c);
 void kmc__shared_after_fork(kmc_cache_t *c); /* in the child */
+void kmc__shared_count_procs(const kmc_proc_t *procs, uint32_t n, const kmc_shm_header_t *h,
+                             kmc_stats_t *o); /* allocs, frees, active, cached, caches */
 size_t kmc__shared_scan_release(kmc_cache_t *c, const uint64_t *dead, bool orphans, bool pickled);
 /* shared_objects.c: records and magazines */
 bool kmc__shared_end_live(kmc_cache_t *c, uint32_t me, uint32_t sidx, uint32_t idx, uint64_t w);

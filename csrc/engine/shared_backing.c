@@ -122,23 +122,7 @@ void kmc__shared_flush_mine(kmc_cache_t *c)
 void kmc__shared_stats(kmc_cache_t *c, kmc_stats_t *o)
 {
     kmc_region_t *r = c->region;
-    kmc_shm_header_t *h = r->hdr;
-    uint64_t allocs = h->gone_allocs, frees = h->gone_frees, cached = 0, caches = 0;
-    for (uint32_t s = 0; s < r->lay.max_procs; s++) {
-        kmc_proc_t *p = &r->procs[s];
-        if (KMC_LOAD(&p->state) != PROC_ALIVE)
-            continue;
-        allocs += KMC_LOAD(&p->allocs);
-        frees += KMC_LOAD(&p->frees);
-        uint32_t n = KMC_LOAD(&p->mag_count);
-        cached += n;
-        caches += n != 0;
-    }
-    o->allocs = allocs;
-    o->frees = frees;
-    o->active_objs = allocs - frees;
-    o->cached_objs = cached;
-    o->thread_caches = caches;
+    kmc__shared_count_procs(r->procs, (uint32_t)r->lay.max_procs, r->hdr, o);
     o->remote_frees = 0;
     o->metadata_bytes = r->lay.meta_bytes;
     o->reserved_bytes = r->slabs_len;

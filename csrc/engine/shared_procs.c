@@ -64,6 +64,30 @@ void kmc__shared_proc_lock(kmc_cache_t *c, uint32_t s, uint32_t me, bool region_
     }
 }
 
+/* The counters of the processes in a table of @n slots, with those of the
+ * processes gone (@h): @o's allocs, frees, active_objs, cached_objs and
+ * thread_caches. A table another process writes: only counts are read. */
+void kmc__shared_count_procs(const kmc_proc_t *procs, uint32_t n, const kmc_shm_header_t *h,
+                             kmc_stats_t *o)
+{
+    uint64_t allocs = h->gone_allocs, frees = h->gone_frees, cached = 0, caches = 0;
+    for (uint32_t s = 0; s < n; s++) {
+        kmc_proc_t *p = (kmc_proc_t *)&procs[s];
+        if (KMC_LOAD(&p->state) != PROC_ALIVE)
+            continue;
+        allocs += KMC_LOAD(&p->allocs);
+        frees += KMC_LOAD(&p->frees);
+        uint32_t k = KMC_LOAD(&p->mag_count);
+        cached += k;
+        caches += k != 0;
+    }
+    o->allocs = allocs;
+    o->frees = frees;
+    o->active_objs = allocs - frees;
+    o->cached_objs = cached;
+    o->thread_caches = caches;
+}
+
 /* --- the region lock and recovery --------------------------------------------------- */
 
 /* After the lock's holder died: the depot from the records, slot locks of

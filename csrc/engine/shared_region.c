@@ -218,6 +218,22 @@ static void cache_free(kmc_cache_t *c)
     free(c);
 }
 
+/* A cache and its view of the region of shared cache @name, both zeroed, and
+ * the region's path; a report when the name is bad or memory short. */
+static kmc_status new_view(const char *name, char path[96], kmc_cache_t **c, kmc_region_t **r)
+{
+    kmc_status st = kmc_shared_region_name(name, path, 96);
+    if (st != KMC_OK)
+        return st;
+    *c = kmc__cache_new();
+    *r = *c ? region_new() : NULL;
+    if (!*r) {
+        free(*c);
+        return kmc__report(KMC_ENOMEM, NULL, NULL, "no memory for the cache");
+    }
+    return KMC_OK;
+}
+
 kmc_status kmc_shared_create(const char *name, size_t size, size_t align, unsigned flags,
                              size_t capacity, unsigned max_procs, kmc_ctor_fn ctor, void *ctor_arg,
                              kmc_cache_t **out)
@@ -232,15 +248,11 @@ kmc_status kmc_shared_create(const char *name, size_t size, size_t align, unsign
         return kmc__report(KMC_EINVAL, NULL, NULL, "max_procs %u is not in 1..%u", max_procs,
                            KMC_SHARED_MAX_PROCS);
     char path[96];
-    kmc_status st = kmc_shared_region_name(name, path, sizeof(path));
+    kmc_cache_t *c;
+    kmc_region_t *r;
+    kmc_status st = new_view(name, path, &c, &r);
     if (st != KMC_OK)
         return st;
-    kmc_cache_t *c = kmc__cache_new();
-    kmc_region_t *r = c ? region_new() : NULL;
-    if (!r) {
-        free(c);
-        return kmc__report(KMC_ENOMEM, NULL, NULL, "no memory for the cache");
-    }
     c->region = r;
     st = kmc__cache_setup(c, name, size, align, flags, ctor, ctor_arg);
     plan_t p;
@@ -409,15 +421,11 @@ kmc_status kmc_shared_attach(const char *name, kmc_ctor_fn ctor, void *ctor_arg,
         return kmc__report(KMC_EINVAL, NULL, NULL, "no place to put the cache");
     *out = NULL;
     char path[96];
-    kmc_status st = kmc_shared_region_name(name, path, sizeof(path));
+    kmc_cache_t *c;
+    kmc_region_t *r;
+    kmc_status st = new_view(name, path, &c, &r);
     if (st != KMC_OK)
         return st;
-    kmc_cache_t *c = kmc__cache_new();
-    kmc_region_t *r = c ? region_new() : NULL;
-    if (!r) {
-        free(c);
-        return kmc__report(KMC_ENOMEM, NULL, NULL, "no memory for the cache");
-    }
     snprintf(r->path, sizeof(r->path), "%s", path);
     c->ctor = ctor;
     c->ctor_arg = ctor_arg;
@@ -628,22 +636,9 @@ static void peek_stats(const kmc_shm_layout_t *l, const void *meta, kmc_stats_t 
     const kmc_shm_header_t *m = meta;
     const kmc_proc_t *procs = (const kmc_proc_t *)((const uint8_t *)meta + l->procs_at);
     memset(o, 0, sizeof(*o));
-    uint64_t allocs = m->gone_allocs, frees = m->gone_frees, cached = 0, caches = 0;
-    for (uint32_t s = 0; s < l->max_procs; s++) {
-        kmc_proc_t *p = (kmc_proc_t *)&procs[s];
-        if (KMC_LOAD(&p->state) != PROC_ALIVE)
-            continue;
-        allocs += KMC_LOAD(&p->allocs);
-        frees += KMC_LOAD(&p->frees);
-        uint32_t n = KMC_LOAD(&p->mag_count);
-        cached += n;
-        caches += n != 0;
-    }
+    kmc__shared_count_procs(procs, (uint32_t)l->max_procs, m, o);
     const kmc_depot_t *d = &m->depot;
     uint64_t nslabs = d->num_slabs, empty = d->empty.count;
-    o->allocs = allocs;
-    o->frees = frees;
-    o->active_objs = allocs - frees;
     o->num_objs = nslabs * l->objperslab;
     o->objsize = l->slot_size;
     o->objperslab = l->objperslab;
@@ -655,8 +650,6 @@ static void peek_stats(const kmc_shm_layout_t *l, const void *meta, kmc_stats_t 
     o->active_slabs = nslabs - empty;
     o->size = l->size;
     o->align = l->align;
-    o->cached_objs = cached;
-    o->thread_caches = caches;
     o->slabs_created = d->slabs_created;
     o->slabs_released = d->slabs_released;
     o->committed_bytes = nslabs << l->slab_shift;
