@@ -161,6 +161,18 @@ def test_a_group_lives_on_while_its_objects_do() -> None:
         cache.free(obj)  # gives the charge back to a group nobody names
 
 
+def test_a_group_per_job_never_runs_out() -> None:
+    """Each job's group goes when its last object does, after its handle: more jobs
+    than there are group ids (65,535) all run."""
+    with Cache("grp-jobs", 64) as cache:
+        for _ in range(70_000):
+            group = MemoryGroup("job")
+            with group:
+                obj = cache.alloc()
+            del group
+            cache.free(obj)
+
+
 def test_each_kind_of_bad_input_is_refused() -> None:
     with pytest.raises(ValueError, match="name"):
         MemoryGroup("two words")

@@ -378,16 +378,26 @@ bool kmc__depot_has_empty(const kmc_cache_t *c) { return c->d->empty.count != 0;
 
 /* May @c commit one more slab? Past its limit, its empty slabs go back to
  * the OS first (the depot's; those a heap keeps come back at the next
- * purge). Cache locked. */
+ * purge); KMC_EBUSY (look in the depot again) when another thread is
+ * building one, or when the threads' slabs, taken back, have free objects.
+ * Cache locked. */
 static kmc_status within_limit(kmc_cache_t *c)
 {
     uint64_t limit = atomic_load_explicit(&c->limit, memory_order_relaxed);
-    if (!limit || (c->d->num_slabs + 1) * c->slab_size <= limit)
+    /* the slabs other threads are building count: they commit unlocked */
+    if (!limit || (c->d->num_slabs + c->building + 1) * c->slab_size <= limit)
         return KMC_OK;
     kmc__depot_release_expired(c, 0, true);
-    if ((c->d->num_slabs + 1) * c->slab_size <= limit)
+    if ((c->d->num_slabs + c->building + 1) * c->slab_size <= limit)
         return KMC_OK;
-    uint64_t usage = c->d->num_slabs * c->slab_size;
+    if (c->building) /* a slab on its way may serve this alloc: look again then */
+        return KMC_EBUSY;
+    /* the threads' slabs back to the depot: their free objects may serve it */
+    kmc__heaps_take_back(c, KMC_TAKE_ALL);
+    depot_settle(c);
+    if (c->d->partial.head != KMC_NIL || c->d->empty.head != KMC_NIL)
+        return KMC_EBUSY;
+    uint64_t usage = (c->d->num_slabs + c->building) * c->slab_size;
     kmc__report(KMC_ELIMIT, c, NULL,
                 "cache %s: a %zu-byte slab more would pass its limit of %llu bytes of slabs "
                 "(%llu in use)",
@@ -430,7 +440,10 @@ kmc_status kmc__depot_grow(kmc_cache_t *c)
     }
     if ((st = within_limit(c)) != KMC_OK) {
         kmc__cache_unlock(c);
-        return st;
+        if (st != KMC_EBUSY)
+            return st;
+        sched_yield(); /* the caller looks in the depot again */
+        return KMC_OK;
     }
     uint32_t id = KMC_NIL;
     uint8_t *mem = NULL;
@@ -442,6 +455,7 @@ kmc_status kmc__depot_grow(kmc_cache_t *c)
         orig = kmc__debug_orig(c, kmc__slab_arena(c, id), kmc__slab_index(id), 0);
         kmc__slab_init_free(c, id);
         c->backing->claim(c, id);
+        c->building++;
     }
     kmc__cache_unlock(c);
     if (st != KMC_OK)
@@ -463,6 +477,7 @@ kmc_status kmc__depot_grow(kmc_cache_t *c)
     }
 
     kmc__cache_lock(c);
+    c->building--;
     kmc_slab_t *s = kmc__slab(c, id);
     KMC_STORE(&s->owner, KMC_DEPOT);
     if (st == KMC_OK) {

@@ -97,6 +97,23 @@ static bool in_subtree(const kmc_group_t *g, const kmc_group_t *top)
     return false;
 }
 
+/* Released groups a stock flush may have left unheld: reaped at the end of
+ * the locked section that flushed (reap_pending), not in the middle of a
+ * walk that may still name them. groups_lock. */
+static uint32_t pending[64];
+static unsigned npending;
+static bool sweep; /* pending overflowed: look at every group */
+
+static void reap_later(uint32_t id)
+{
+    if (npending < sizeof(pending) / sizeof(pending[0]))
+        pending[npending++] = id;
+    else
+        sweep = true;
+}
+
+static void reap_pending(void);
+
 static void counters_sub(kmc_group_t *g, kmc_group_t *stop, uint64_t bytes)
 {
     for (; g != stop; g = g->parent)
@@ -114,6 +131,9 @@ static void stock_flush(kmc_stock_t *s)
     if (bytes)
         counters_sub(g, NULL, bytes);
     atomic_fetch_add(&g->objects, atomic_exchange(&s->objects, 0));
+    for (kmc_group_t *l = g; l; l = l->parent)
+        if (l->released)
+            reap_later(l->id); /* it may be unheld now */
 }
 
 /* Every stock of @top's subtree back to its group, the caller's own
@@ -122,14 +142,17 @@ static void stock_flush(kmc_stock_t *s)
 static void stocks_take_back(const kmc_group_t *top)
 {
     bool any = false;
+    /* every one, empty or not: an empty one would still take its owner's
+     * frees (and the group could never reach zero) */
     for (kmc_stock_t *s = stocks; s; s = s->next)
-        if (s != my_stock && in_subtree(atomic_load(&s->group), top) &&
-            (atomic_load(&s->bytes) || atomic_load(&s->objects))) {
+        if (s != my_stock && in_subtree(atomic_load(&s->group), top)) {
             atomic_store(&s->revoked, 1);
             any = true;
         }
-    if (my_stock && in_subtree(atomic_load(&my_stock->group), top))
+    if (my_stock && in_subtree(atomic_load(&my_stock->group), top)) {
         stock_flush(my_stock);
+        my_stock->batch = my_stock->cap = 0; /* (the caller owns it) */
+    }
     if (!any || kmc__os_barrier() != 0)
         return;
     for (kmc_stock_t *s = stocks; s; s = s->next) {
@@ -160,6 +183,7 @@ static void stock_free(void *arg)
     kmc_stock_t *s = arg;
     pthread_mutex_lock(&groups_lock);
     stock_retire(s);
+    reap_pending();
     pthread_mutex_unlock(&groups_lock);
     if (my_stock == s)
         my_stock = NULL;
@@ -256,6 +280,19 @@ static void reap(kmc_group_t *g)
     }
 }
 
+/* The groups reap_later named, by id (one may have gone with another). */
+static void reap_pending(void)
+{
+    for (unsigned i = 0; i < npending; i++)
+        if (table[pending[i]])
+            reap(table[pending[i]]);
+    npending = 0;
+    for (uint32_t id = 1; sweep && id <= GROUPS_MAX; id++)
+        if (table[id])
+            reap(table[id]);
+    sweep = false;
+}
+
 void kmc_group_release(kmc_group_t *g)
 {
     if (!g)
@@ -263,7 +300,8 @@ void kmc_group_release(kmc_group_t *g)
     pthread_mutex_lock(&groups_lock);
     g->released = true;
     stocks_take_back(g);
-    reap(g);
+    reap_later(g->id);
+    reap_pending();
     pthread_mutex_unlock(&groups_lock);
 }
 
@@ -322,6 +360,7 @@ kmc_status kmc_group_set_limits(kmc_group_t *g, uint64_t limit, uint64_t soft_li
     atomic_store(&g->limit, limit);
     atomic_store(&g->soft_limit, soft_limit);
     stocks_take_back(g); /* what they hold was taken under the old limit */
+    reap_pending();
     pthread_mutex_unlock(&groups_lock);
     return KMC_OK;
 }
@@ -381,7 +420,9 @@ static kmc_status refuse(const kmc_cache_t *c, kmc_group_t *g, uint64_t bytes, u
  * was crossed. */
 static kmc_group_t *counters_add(kmc_group_t *g, uint64_t bytes, bool *purge)
 {
-    for (kmc_group_t *l = g; l; l = l->parent) {
+    uint64_t olds[GROUP_DEPTH], nows[GROUP_DEPTH];
+    unsigned n = 0;
+    for (kmc_group_t *l = g; l; l = l->parent, n++) {
         uint64_t old = atomic_load_explicit(&l->counter, memory_order_relaxed), now;
         do {
             uint64_t limit = atomic_load_explicit(&l->limit, memory_order_relaxed);
@@ -391,11 +432,17 @@ static kmc_group_t *counters_add(kmc_group_t *g, uint64_t bytes, bool *purge)
                 return l;
             }
         } while (!atomic_compare_exchange_weak(&l->counter, &old, now));
+        olds[n] = old;
+        nows[n] = now;
+    }
+    /* the whole chain took it: only now do peaks and crossings count */
+    n = 0;
+    for (kmc_group_t *l = g; l; l = l->parent, n++) {
         uint64_t peak = atomic_load_explicit(&l->peak, memory_order_relaxed);
-        while (now > peak && !atomic_compare_exchange_weak(&l->peak, &peak, now))
+        while (nows[n] > peak && !atomic_compare_exchange_weak(&l->peak, &peak, nows[n]))
             ;
         uint64_t soft = atomic_load_explicit(&l->soft_limit, memory_order_relaxed);
-        if (soft && old <= soft && now > soft) { /* crossed it: once per crossing */
+        if (soft && olds[n] <= soft && nows[n] > soft) { /* crossed it: once per crossing */
             atomic_fetch_add(&l->soft_hits, 1);
             if (!*purge)
                 atomic_fetch_add(&l->purges, 1);
@@ -466,6 +513,7 @@ static KMC_NOINLINE kmc_group_t *charge_slow(const kmc_cache_t *c, kmc_group_t *
     }
     if (full) {
         uint64_t usage = atomic_load(&full->counter) - stocked(full, NULL);
+        reap_pending();
         pthread_mutex_unlock(&groups_lock);
         *st = refuse(c, full, bytes, usage);
         return NULL;
@@ -480,6 +528,7 @@ static KMC_NOINLINE kmc_group_t *charge_slow(const kmc_cache_t *c, kmc_group_t *
     } else {
         atomic_fetch_add(&g->objects, 1);
     }
+    reap_pending();
     pthread_mutex_unlock(&groups_lock);
     if (purge)
         purge_all();
@@ -510,6 +559,22 @@ kmc_group_t *kmc__group_charge(const kmc_cache_t *c, uint64_t bytes, kmc_status 
 
 /* Take back @bytes charged to @g: an object freed, or an alloc that failed
  * after its charge; into the stock when it is @g's and has room. */
+/* Take @bytes off one level's counter. A counter reaches zero only under
+ * groups_lock, where a released group is then reaped: so that a group is
+ * freed once, by whoever finds it unheld, and never while another thread is
+ * about to read it. */
+static void counter_take(kmc_group_t *l, uint64_t bytes)
+{
+    uint64_t old = atomic_load_explicit(&l->counter, memory_order_relaxed);
+    while (old != bytes)
+        if (atomic_compare_exchange_weak(&l->counter, &old, old - bytes))
+            return;
+    pthread_mutex_lock(&groups_lock);
+    atomic_fetch_sub(&l->counter, bytes);
+    reap(l);
+    pthread_mutex_unlock(&groups_lock);
+}
+
 void kmc__group_uncharge(kmc_group_t *g, uint64_t bytes, uint64_t objects)
 {
     kmc_stock_t *s = my_stock;
@@ -525,19 +590,16 @@ void kmc__group_uncharge(kmc_group_t *g, uint64_t bytes, uint64_t objects)
         }
         atomic_store_explicit(&s->busy, 0, memory_order_release);
     }
-    atomic_fetch_sub_explicit(&g->objects, (int64_t)objects, memory_order_relaxed);
-    bool last = false;
+    /* the chain first: once this thread's bytes are off a level, another
+     * thread may take it to zero and free it; a level still holding them
+     * cannot go (nor, through its children count, any level above it) */
+    kmc_group_t *chain[GROUP_DEPTH];
+    unsigned n = 0;
     for (kmc_group_t *l = g; l; l = l->parent)
-        last |= atomic_fetch_sub(&l->counter, bytes) == bytes;
-    if (last) { /* a released group may go now */
-        pthread_mutex_lock(&groups_lock);
-        for (kmc_group_t *l = g; l; l = l->parent)
-            if (l->released && !atomic_load(&l->counter) && !atomic_load(&l->children)) {
-                reap(l);
-                break;
-            }
-        pthread_mutex_unlock(&groups_lock);
-    }
+        chain[n++] = l;
+    atomic_fetch_sub_explicit(&g->objects, (int64_t)objects, memory_order_relaxed);
+    for (unsigned i = 0; i < n; i++)
+        counter_take(chain[i], bytes);
 }
 
 /* After the alloc a charge paid for: the object tagged, or (none) the
@@ -567,6 +629,7 @@ void kmc__groups_after_fork(void)
         stock_retire(s);
         free(s);
     }
+    reap_pending();
 }
 
 /* --- tags --------------------------------------------------------------------------- */
@@ -600,8 +663,10 @@ static inline _Atomic uint16_t *tag_of(const kmc_cache_t *c, const void *p, bool
         return NULL;
     size_t off = addr - a->base;
     size_t in = off & (c->slab_size - 1);
-    uint32_t idx = (uint32_t)(((unsigned __int128)(in - c->obj_offset) * c->slot_recip) >> 48);
-    if (unlikely(in < c->obj_offset || idx >= c->objperslab))
+    size_t rel = in - c->obj_offset; /* wraps below the first object */
+    uint32_t idx = (uint32_t)(((unsigned __int128)rel * c->slot_recip) >> 48);
+    /* an object's start only: a pointer into one names no charge */
+    if (unlikely(in < c->obj_offset || idx >= c->objperslab || (size_t)idx * c->slot_size != rel))
         return NULL;
     _Atomic uint16_t *tags = atomic_load_explicit(&a->tags, memory_order_acquire);
     if (unlikely(!tags) && (!make || !(tags = tags_map(a, c))))
@@ -640,6 +705,24 @@ static bool in_group(uint32_t id, const kmc_group_t *g)
     return false;
 }
 
+int kmc_group_holds(const kmc_group_t *g, const void *p)
+{
+    uint32_t id;
+    kmc_cache_t *c = kmc_owner(p, NULL);
+    if (c) {
+        _Atomic uint16_t *t = tag_of(c, p, false);
+        id = t ? atomic_load_explicit(t, memory_order_relaxed) : 0;
+    } else {
+        id = kmc__kmalloc_large_group(p);
+    }
+    if (!id)
+        return 0;
+    pthread_mutex_lock(&groups_lock); /* the ids' groups stay while it is held */
+    int held = in_group(id, g);
+    pthread_mutex_unlock(&groups_lock);
+    return held;
+}
+
 static void rank(char (*names)[KMC_NAME_MAX], uint64_t *bytes, size_t max, size_t *n,
                  const char *name, uint64_t b)
 {
@@ -671,6 +754,7 @@ size_t kmc_group_consumers(const kmc_group_t *g, char (*names)[KMC_NAME_MAX], ui
     for (kmc_cache_t *c = kmc__caches_first; c; c = c->next_cache) {
         uint64_t b = 0;
         kmc__cache_lock(c);
+        pthread_mutex_lock(&groups_lock); /* the ids' groups stay while it is held */
         for (uint32_t ai = 0; ai < c->nr_arenas; ai++) {
             kmc_arena_t *a = kmc__arena(c, ai);
             _Atomic uint16_t *tags = a ? atomic_load(&a->tags) : NULL;
@@ -680,6 +764,7 @@ size_t kmc_group_consumers(const kmc_group_t *g, char (*names)[KMC_NAME_MAX], ui
                     b += c->size;
             }
         }
+        pthread_mutex_unlock(&groups_lock);
         kmc__cache_unlock(c);
         rank(names, bytes, max, &n, c->name, b);
     }
@@ -688,7 +773,13 @@ size_t kmc_group_consumers(const kmc_group_t *g, char (*names)[KMC_NAME_MAX], ui
     return n;
 }
 
-bool kmc__group_holds(uint32_t id, const kmc_group_t *g) { return in_group(id, g); }
+bool kmc__group_holds(uint32_t id, const kmc_group_t *g)
+{
+    pthread_mutex_lock(&groups_lock);
+    bool held = in_group(id, g);
+    pthread_mutex_unlock(&groups_lock);
+    return held;
+}
 
 /* fork: the table's lock */
 void kmc__groups_lock(bool on)

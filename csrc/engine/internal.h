@@ -304,6 +304,7 @@ struct kmc_cache_s {
                              * frees read tags from then on (__atomic) */
     _Atomic uint64_t limit; /* slab memory at most (0: none): kmc_cache_set_limit */
     uint64_t peak_slabs;    /* the most committed slabs; cache lock */
+    uint32_t building;      /* slabs being built (committed unlocked); cache lock */
     kmc_ctor_fn ctor;
     void *ctor_arg;
     const struct kmc_backing *backing; /* where the slabs live: see below */
@@ -593,6 +594,7 @@ uint32_t kmc__group_id(const kmc_group_t *g);
 void kmc__groups_lock(bool on);                            /* fork */
 void kmc__groups_after_fork(void);                         /* the child, locked */
 uint64_t kmc__kmalloc_large_charged(const kmc_group_t *g); /* kmalloc.c */
+uint32_t kmc__kmalloc_large_group(const void *p);          /* its group's id, or 0 */
 
 /* --- options.c */
 long kmc__option(kmc_option option);

@@ -391,6 +391,15 @@ static bool large_free(void *p)
     return true;
 }
 
+uint32_t kmc__kmalloc_large_group(const void *p)
+{
+    pthread_mutex_lock(&large.lock);
+    size_t i = large_find((uintptr_t)p);
+    uint32_t id = i == large.cap ? 0 : large.slots[i].group;
+    pthread_mutex_unlock(&large.lock);
+    return id;
+}
+
 uint64_t kmc__kmalloc_large_charged(const kmc_group_t *g)
 {
     uint64_t bytes = 0;

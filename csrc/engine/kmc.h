@@ -755,6 +755,11 @@ void kmc_group_reset_peak(kmc_group_t *group);
 size_t kmc_group_consumers(const kmc_group_t *group, char (*names)[KMC_NAME_MAX], uint64_t *bytes,
                            size_t max);
 
+/* kmc_group_holds - 1 when the object at @object (a cache object's or a
+ * large kmalloc allocation's start) is charged to @group or to one of its
+ * children, else 0. */
+int kmc_group_holds(const kmc_group_t *group, const void *object);
+
 /* kmc_cache_set_limit - cap @cache's slab memory at @bytes (0: no cap).
  * Growing past it first gives the cache's empty slabs back, then fails
  * with KMC_ELIMIT. KMC_EINVAL for a shared cache or a kmalloc class. */

@@ -5,6 +5,7 @@
  * nothing, and usage matches a model after two threads' random work.
  */
 #include <pthread.h>
+#include <sched.h>
 #include <stdint.h>
 
 #include "kmc.h"
@@ -467,6 +468,157 @@ static void test_stocks_taken_back_while_in_use(void)
     CHECK_EQ(kmc_cache_destroy(shared_cache), KMC_OK);
 }
 
+/* A group released while its objects live goes when the last is freed (a
+ * group per job must not run out of ids): many more than the ids there are. */
+static void test_released_groups_go_with_their_last_object(void)
+{
+    kmc_cache_t *c = make("grp-life", 100, 0);
+    CHECK(c);
+    for (int i = 0; i < 70000; i++) {
+        kmc_group_t *g;
+        CHECK_EQ(kmc_group_create("job", NULL, 0, 0, &g), KMC_OK);
+        kmc_group_enter(g);
+        void *p = kmc_cache_alloc(c, 0);
+        kmc_group_enter(NULL);
+        CHECK(p);
+        kmc_group_release(g);
+        CHECK_EQ(kmc_cache_free(c, p), KMC_OK);
+    }
+    CHECK_EQ(kmc_cache_destroy(c), KMC_OK);
+}
+
+/* Two threads free the last objects of a released child of a released
+ * parent at once: each group is freed once, by whoever finds it unheld, and
+ * never read after (ASan sees the rest). */
+static kmc_cache_t *last_cache;
+static void *last_objs[2];
+static atomic_int last_go[2], last_done[2];
+
+static void *free_last(void *arg)
+{
+    int me = (int)(intptr_t)arg, round = 0;
+    for (;;) {
+        while (atomic_load(&last_go[me]) == round)
+            sched_yield();
+        if ((round = atomic_load(&last_go[me])) < 0)
+            return NULL;
+        if (kmc_cache_free(last_cache, last_objs[me]) != KMC_OK)
+            atomic_fetch_add(&thread_failures, 1);
+        atomic_store(&last_done[me], round);
+    }
+}
+
+static void test_the_last_frees_of_released_groups_race_safely(void)
+{
+    last_cache = make("grp-last", 64, 0);
+    CHECK(last_cache);
+    atomic_store(&thread_failures, 0);
+    pthread_t t[2];
+    for (intptr_t i = 0; i < 2; i++)
+        CHECK_EQ(pthread_create(&t[i], NULL, free_last, (void *)i), 0);
+    for (int r = 1; r <= 20000; r++) {
+        kmc_group_t *parent, *child;
+        CHECK_EQ(kmc_group_create("parent", NULL, 0, 0, &parent), KMC_OK);
+        CHECK_EQ(kmc_group_create("child", parent, 0, 0, &child), KMC_OK);
+        kmc_group_enter(child);
+        last_objs[0] = kmc_cache_alloc(last_cache, 0);
+        last_objs[1] = kmc_cache_alloc(last_cache, 0);
+        kmc_group_enter(NULL);
+        kmc_group_release(child);
+        kmc_group_release(parent);
+        atomic_store(&last_go[0], r);
+        atomic_store(&last_go[1], r);
+        while (atomic_load(&last_done[0]) != r || atomic_load(&last_done[1]) != r)
+            sched_yield();
+    }
+    atomic_store(&last_go[0], -1);
+    atomic_store(&last_go[1], -1);
+    for (int i = 0; i < 2; i++)
+        pthread_join(t[i], NULL);
+    CHECK_EQ(atomic_load(&thread_failures), 0);
+    CHECK_EQ(kmc_cache_destroy(last_cache), KMC_OK);
+}
+
+/* Two threads grow a cache limited to one slab at once (a slow constructor
+ * keeps the first building): one slab, and both get an object from it. */
+static kmc_cache_t *slow_cache;
+static int slow_ctor(void *obj, size_t size, void *arg)
+{
+    (void)obj, (void)size, (void)arg;
+    usleep(200);
+    return 0;
+}
+static void *one_object(void *arg)
+{
+    (void)arg;
+    return kmc_cache_alloc(slow_cache, 0);
+}
+
+static void test_a_cache_limit_holds_while_two_threads_grow_it(void)
+{
+    CHECK_EQ(kmc_cache_create("grp-slow", 64, 0, 0, slow_ctor, NULL, &slow_cache), KMC_OK);
+    CHECK_EQ(kmc_cache_set_limit(slow_cache, stats_of(slow_cache).slab_size), KMC_OK);
+    pthread_t t[2];
+    void *got[2];
+    for (int i = 0; i < 2; i++)
+        CHECK_EQ(pthread_create(&t[i], NULL, one_object, NULL), 0);
+    for (int i = 0; i < 2; i++)
+        pthread_join(t[i], &got[i]);
+    CHECK(got[0] && got[1]);
+    CHECK_EQ(stats_of(slow_cache).num_slabs, 1);
+    for (int i = 0; i < 2; i++)
+        CHECK_EQ(kmc_cache_free(slow_cache, got[i]), KMC_OK);
+    CHECK_EQ(kmc_cache_destroy(slow_cache), KMC_OK);
+}
+
+/* What is refused changes nothing: a free of a pointer into an object gives
+ * no charge back; a charge a parent refuses counts no soft-limit crossing
+ * below it. */
+static void test_refusals_change_no_count(void)
+{
+    kmc_group_t *parent, *child;
+    CHECK_EQ(kmc_group_create("parent", NULL, 520, 0, &parent), KMC_OK);
+    CHECK_EQ(kmc_group_create("child", parent, 0, 500, &child), KMC_OK);
+    kmc_cache_t *c = make("grp-refuse", 96, 0);
+    CHECK(c);
+    void *objs[8];
+    int n = 0;
+    kmc_group_enter(child);
+    while (n < 8 && (objs[n] = kmc_cache_alloc(c, 0)))
+        n++;
+    kmc_group_enter(NULL);
+    CHECK_EQ(n, 5); /* 480: a sixth would pass the parent's 520 */
+    CHECK_EQ(gstats(child).soft_hits, 0);
+    CHECK_EQ(gstats(child).purges, 0);
+    CHECK_EQ(kmc_cache_free(c, (uint8_t *)objs[0] + 8), KMC_EINVALID_FREE);
+    CHECK_EQ(gstats(child).usage, 480);
+    CHECK_EQ(gstats(child).objects, 5);
+    for (int i = 0; i < n; i++)
+        CHECK_EQ(kmc_cache_free(c, objs[i]), KMC_OK);
+    CHECK_EQ(gstats(parent).usage, 0);
+    kmc_group_release(child);
+    kmc_group_release(parent);
+    CHECK_EQ(kmc_cache_destroy(c), KMC_OK);
+}
+
+/* A large allocation shrunk in place gives back the pages it let go. */
+static void test_a_large_object_shrunk_in_place_gives_back_its_tail(void)
+{
+    kmc_group_t *g;
+    CHECK_EQ(kmc_group_create("large", NULL, 0, 0, &g), KMC_OK);
+    size_t page = kmc_page_size();
+    kmc_group_enter(g);
+    void *p = kmc_kmalloc(64 * page, 0);
+    kmc_group_enter(NULL);
+    CHECK(p);
+    CHECK_EQ(gstats(g).usage, 64 * page);
+    CHECK(kmc_krealloc_in_place(p, 16 * page, 0));
+    CHECK_EQ(gstats(g).usage, 16 * page);
+    CHECK_EQ(kmc_kfree(p), KMC_OK);
+    CHECK_EQ(gstats(g).usage, 0);
+    kmc_group_release(g);
+}
+
 int main(void)
 {
     RUN(test_objects_are_charged_until_freed);
@@ -481,5 +633,10 @@ int main(void)
     RUN(test_other_threads_stocks_do_not_hold_the_room);
     RUN(test_a_lowered_limit_holds_at_once);
     RUN(test_stocks_taken_back_while_in_use);
+    RUN(test_released_groups_go_with_their_last_object);
+    RUN(test_the_last_frees_of_released_groups_race_safely);
+    RUN(test_a_cache_limit_holds_while_two_threads_grow_it);
+    RUN(test_refusals_change_no_count);
+    RUN(test_a_large_object_shrunk_in_place_gives_back_its_tail);
     return TESTS_DONE();
 }
