@@ -6,7 +6,7 @@
  * asked for it, and forgotten when it is freed. The counts are exact, not
  * sampled.
  *
- *   records   address -> (site, bytes, group): open addressing, linear
+ *   records   address -> (site, bytes): open addressing, linear
  *             probing, deletion by backward shift, so that a free finds its
  *             record in O(1) whatever the number of live objects
  *   sites     (code object, line), with their live bytes and objects; site 0
@@ -37,10 +37,8 @@
 int kmcpy_allocinfo_on;
 
 typedef struct record_s {
-    uintptr_t addr;     /* 0: an empty slot */
-    uint64_t bytes;     /* as asked for: len() of the handle */
-    kmc_group_t *group; /* charged to (NULL: not charged, a shared object);
-                          * alive while the object is */
+    uintptr_t addr; /* 0: an empty slot */
+    uint64_t bytes; /* as asked for: len() of the handle */
     uint32_t site;
 } record_t;
 
@@ -346,7 +344,6 @@ void kmcpy_allocinfo_record(const void *p, Py_ssize_t size, int how)
         seen = epoch;          /* written with the GIL held */
         site = current_site(); /* may run Python code: stop() and start() too */
     }
-    kmc_group_t *group = (how & KMCPY_ALLOCINFO_CHARGED) ? kmc_group_current() : NULL;
     pthread_mutex_lock(&lock);
     if (__atomic_load_n(&kmcpy_allocinfo_on, __ATOMIC_RELAXED) && (!seen || epoch == seen) &&
         site < nsites) {
@@ -354,11 +351,9 @@ void kmcpy_allocinfo_record(const void *p, Py_ssize_t size, int how)
         if (r) { /* a second handle of a shared object, or an object resized */
             sites[r->site].bytes -= r->bytes;
             sites[r->site].count--;
-            if (how & KMCPY_ALLOCINFO_RESIZED)
-                group = r->group; /* still charged where it was */
             record_delete(r);
         }
-        record_t fresh = {(uintptr_t)p, (uint64_t)size, group, site};
+        record_t fresh = {(uintptr_t)p, (uint64_t)size, site};
         if (record_insert(&fresh) == 0) {
             sites[site].bytes += (uint64_t)size;
             sites[site].count++;
@@ -381,14 +376,6 @@ void kmcpy_allocinfo_forget(const void *p)
 
 /* --- the report of a limit --------------------------------------------------------- */
 
-static int in_group(const kmc_group_t *g, const kmc_group_t *group)
-{
-    for (; g; g = kmc_group_parent(g))
-        if (g == group)
-            return 1;
-    return 0;
-}
-
 #define REPORT_SITES 3
 
 size_t kmcpy_allocinfo_report(const kmc_group_t *group, char *out, size_t at, size_t size)
@@ -405,7 +392,8 @@ size_t kmcpy_allocinfo_report(const kmc_group_t *group, char *out, size_t at, si
     }
     uint64_t *count = bytes + nsites;
     for (size_t i = 0; records && i <= records_mask; i++)
-        if (records[i].addr && in_group(records[i].group, group)) {
+        /* the engine says which group an object is charged to (its tag) */
+        if (records[i].addr && kmc_group_holds(group, (const void *)records[i].addr)) {
             bytes[records[i].site] += records[i].bytes;
             count[records[i].site]++;
         }

@@ -276,12 +276,11 @@ PyObject *kmcpy_stats_dict(const kmcpy_cache_snapshot_t *snap);
 
 /* allocinfo.c: bytes by call site (kmemcache.allocinfo). While
  * kmcpy_allocinfo_on, each traced object is recorded with the Python line
- * that allocated it, and forgotten when it is freed: @how is a mask of the
- * flags below. Without the GIL only with KMCPY_ALLOCINFO_NO_GIL_MAYBE. */
-#define KMCPY_ALLOCINFO_CHARGED      1 /* charged to the thread's memory group */
-#define KMCPY_ALLOCINFO_RESIZED      2 /* in place: still charged where it was */
-#define KMCPY_ALLOCINFO_NO_GIL_MAYBE 4 /* NumPy's handler: the GIL may not be held */
-extern int kmcpy_allocinfo_on;         /* written with the GIL held, read anywhere */
+ * that allocated it, and forgotten when it is freed. @how: 0, or
+ * KMCPY_ALLOCINFO_NO_GIL_MAYBE from NumPy's handler (the GIL may not be
+ * held). Which memory group an object is charged to, the engine says. */
+#define KMCPY_ALLOCINFO_NO_GIL_MAYBE 4
+extern int kmcpy_allocinfo_on; /* written with the GIL held, read anywhere */
 void kmcpy_allocinfo_record(const void *p, Py_ssize_t size, int how);
 void kmcpy_allocinfo_forget(const void *p);
 /* Append the largest call sites of @group's objects (its children's
@@ -300,20 +299,14 @@ static inline int kmcpy_allocinfo_active(void)
  * zero-size objects, which all share one address, are not. When tracemalloc
  * is not tracing, each call tests one flag and returns (about ten
  * instructions, no GIL work: CPython 3.10 to 3.13). allocinfo is told of the
- * same objects: off, one more test. @how: KMCPY_ALLOCINFO_CHARGED for a
- * private cache's object or a kmalloc one, 0 for a shared one. */
-static inline void kmcpy_trace_as(const void *p, Py_ssize_t size, int how)
+ * same objects: off, one more test. */
+static inline void kmcpy_trace(const void *p, Py_ssize_t size)
 {
     if (size > 0) {
         (void)PyTraceMalloc_Track(KMEMCACHE_TRACE_DOMAIN, (uintptr_t)p, (size_t)size);
         if (kmcpy_allocinfo_active())
-            kmcpy_allocinfo_record(p, size, how);
+            kmcpy_allocinfo_record(p, size, 0);
     }
-}
-
-static inline void kmcpy_trace(const void *p, Py_ssize_t size)
-{
-    kmcpy_trace_as(p, size, KMCPY_ALLOCINFO_CHARGED);
 }
 
 static inline void kmcpy_untrace(const void *p)
@@ -324,14 +317,14 @@ static inline void kmcpy_untrace(const void *p)
 }
 
 /* An object resized in place to @size: traced again, its call site now the
- * caller's, its charge where it was. */
+ * caller's (its memory group's charge stays where it was: the engine's). */
 static inline void kmcpy_retrace(const void *p, Py_ssize_t size)
 {
     (void)PyTraceMalloc_Untrack(KMEMCACHE_TRACE_DOMAIN, (uintptr_t)p);
     if (size > 0) {
         (void)PyTraceMalloc_Track(KMEMCACHE_TRACE_DOMAIN, (uintptr_t)p, (size_t)size);
         if (kmcpy_allocinfo_active())
-            kmcpy_allocinfo_record(p, size, KMCPY_ALLOCINFO_CHARGED | KMCPY_ALLOCINFO_RESIZED);
+            kmcpy_allocinfo_record(p, size, 0);
     } else if (kmcpy_allocinfo_active()) {
         kmcpy_allocinfo_forget(p);
     }

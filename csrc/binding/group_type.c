@@ -388,20 +388,27 @@ void kmcpy_limit_report(const kmc_report_t *r, char *out, size_t size)
 /* The MemoryLimitError for the calling thread's last report (KMC_ELIMIT):
  * the group (its MemoryGroup, when one still owns it) or the cache, the
  * figures, and the report. */
-PyObject *kmcpy_limit_error(PyObject *cls, const kmc_report_t *r)
+PyObject *kmcpy_limit_error(PyObject *cls, const kmc_report_t *report_now)
 {
+    /* a copy, and the group held, before any Python code runs (a finalizer
+     * may fail an allocation of its own, or drop the last MemoryGroup) */
+    kmc_report_t copy = *report_now;
+    const kmc_report_t *r = &copy;
     PyObject *group = r->limit_group ? kmc_group_owner(r->limit_group) : NULL;
-    PyObject *exc = PyObject_CallFunction(cls, "s", r->message);
-    if (!exc)
-        return NULL;
+    Py_XINCREF(group);
     char text[KMCPY_LIMIT_REPORT];
     kmcpy_limit_report(r, text, sizeof(text));
+    PyObject *exc = PyObject_CallFunction(cls, "s", r->message);
+    if (!exc) {
+        Py_XDECREF(group);
+        return NULL;
+    }
     PyObject *report = PyUnicode_DecodeUTF8(text, (Py_ssize_t)strlen(text), "replace");
     struct {
         const char *name;
         PyObject *value;
     } attrs[] = {
-        {"group", Py_NewRef(group ? group : Py_None)},
+        {"group", group ? group : Py_NewRef(Py_None)}, /* the reference taken above */
         {"cache",
          r->group[0] || !r->cache[0] ? Py_NewRef(Py_None) : PyUnicode_FromString(r->cache)},
         {"requested", PyLong_FromUnsignedLongLong(r->requested)},

@@ -95,9 +95,9 @@ static void *refused(void)
 }
 
 /* allocinfo: the array's call site, when the GIL is held (else site 0) */
-static __attribute__((noinline)) void *record(void *p, size_t size, int how)
+static __attribute__((noinline)) void *record(void *p, size_t size)
 {
-    kmcpy_allocinfo_record(p, (Py_ssize_t)size, KMCPY_ALLOCINFO_NO_GIL_MAYBE | how);
+    kmcpy_allocinfo_record(p, (Py_ssize_t)size, KMCPY_ALLOCINFO_NO_GIL_MAYBE);
     return p;
 }
 
@@ -106,7 +106,7 @@ static void *h_malloc(void *ctx, size_t size)
     void *p = kmc_kmalloc(size ? size : 1, ALIGN_OF(ctx));
     if (!p)
         return refused();
-    return kmcpy_allocinfo_active() ? record(p, size, KMCPY_ALLOCINFO_CHARGED) : p;
+    return kmcpy_allocinfo_active() ? record(p, size) : p;
 }
 
 static void *h_calloc(void *ctx, size_t nelem, size_t elsize)
@@ -117,7 +117,7 @@ static void *h_calloc(void *ctx, size_t nelem, size_t elsize)
     void *p = kmc_kzalloc(size ? size : 1, ALIGN_OF(ctx));
     if (!p)
         return refused();
-    return kmcpy_allocinfo_active() ? record(p, size, KMCPY_ALLOCINFO_CHARGED) : p;
+    return kmcpy_allocinfo_active() ? record(p, size) : p;
 }
 
 static void h_free(void *ctx, void *p, size_t size)
@@ -141,16 +141,14 @@ static void *h_realloc(void *ctx, void *p, size_t size)
     if (!p)
         return h_malloc(ctx, size);
     if (kmc_krealloc_in_place(p, size, align))
-        return kmcpy_allocinfo_active()
-                   ? record(p, size, KMCPY_ALLOCINFO_CHARGED | KMCPY_ALLOCINFO_RESIZED)
-                   : p;
+        return kmcpy_allocinfo_active() ? record(p, size) : p;
     size_t old = kmc_ksize(p);
     void *q = kmc_kmalloc(size, align);
     if (!q)
         return refused(); /* p untouched, as realloc leaves it */
     memcpy(q, p, old < size ? old : size);
     h_free(ctx, p, old);
-    return kmcpy_allocinfo_active() ? record(q, size, KMCPY_ALLOCINFO_CHARGED) : q;
+    return kmcpy_allocinfo_active() ? record(q, size) : q;
 }
 
 static int is_finalizing(void)

@@ -57,7 +57,7 @@ static SharedHandleObject *handle_new(SharedCacheObject *owner, void *ptr, uint3
     self->base.owner = (CacheObject *)Py_NewRef((PyObject *)owner);
     self->gen = gen;
     owner->handles++;
-    kmcpy_trace_as(ptr, self->base.size, 0); /* as any kmemcache object; never charged */
+    kmcpy_trace(ptr, self->base.size); /* as any kmemcache object */
     PyObject_GC_Track(self);
     return self;
 }
