@@ -24,9 +24,9 @@
  * and 226 per free+alloc in a steady pool of 4,096 live objects, a random
  * one replaced each time (2,679 before the magazine, when nearly every
  * alloc switched slabs); 5 of each are the memory groups' two tests, and a
- * pair inside a group costs 324 (group.c). mimalloc, which keeps its free list inside free
- * objects, needs fewer; a bitmap outside object memory is what lets every
- * double free be found.
+ * pair inside a group costs 343 (group.c). mimalloc, which keeps its free
+ * list inside free objects, needs fewer; a bitmap outside object memory is
+ * what lets every double free be found.
  *
  * Remote frees. A thread freeing into a slab another heap owns sets the
  * slot's bit in the slab's remote bitmap with one atomic OR, after checking
