@@ -85,7 +85,8 @@ static kmc_group_t **table; /* id -> group */
 static uint32_t next_id = 1;
 static kmc_stock_t *stocks; /* every thread's */
 static pthread_key_t stock_key;
-static int stocks_usable = -1; /* the barrier works: 1, 0, or -1 before the first look */
+static _Atomic int stocks_usable = -1; /* the barrier works: 1, 0, or -1 before the first
+                                        * look (written under groups_lock) */
 
 /* --- stocks ----------------------------------------------------------------------- */
 
@@ -196,9 +197,10 @@ static kmc_stock_t *stock_mine(void)
 {
     if (my_stock)
         return my_stock;
-    if (stocks_usable < 0)
-        stocks_usable = kmc__os_barrier() == 0 && pthread_key_create(&stock_key, stock_free) == 0;
-    kmc_stock_t *s = stocks_usable ? calloc(1, sizeof(*s)) : NULL;
+    if (atomic_load(&stocks_usable) < 0)
+        atomic_store(&stocks_usable,
+                     kmc__os_barrier() == 0 && pthread_key_create(&stock_key, stock_free) == 0);
+    kmc_stock_t *s = atomic_load(&stocks_usable) ? calloc(1, sizeof(*s)) : NULL;
     if (!s || pthread_setspecific(stock_key, s) != 0) {
         free(s);
         return NULL;
@@ -483,7 +485,8 @@ static KMC_NOINLINE kmc_group_t *charge_slow(const kmc_cache_t *c, kmc_group_t *
                                              kmc_status *st)
 {
     bool purge = false;
-    if (!my_stock && stocks_usable == 0) { /* no thread keeps a stock here */
+    if (!my_stock && atomic_load_explicit(&stocks_usable, memory_order_relaxed) == 0) {
+        /* no thread keeps a stock here */
         if (!counters_add(g, bytes, &purge)) {
             atomic_fetch_add(&g->objects, 1);
             if (purge)
@@ -677,7 +680,7 @@ static inline _Atomic uint16_t *tag_of(const kmc_cache_t *c, const void *p, bool
 void kmc__group_tag(const kmc_cache_t *c, void *p, kmc_group_t *g)
 {
     _Atomic uint16_t *t = tag_of(c, p, true);
-    if (!c->charged) /* from now on its frees read tags */
+    if (!__atomic_load_n(&c->charged, __ATOMIC_RELAXED)) /* from now on its frees read tags */
         __atomic_store_n(&((kmc_cache_t *)c)->charged, 1, __ATOMIC_SEQ_CST);
     if (t)
         atomic_store_explicit(t, (uint16_t)g->id, memory_order_relaxed);
