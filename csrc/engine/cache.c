@@ -769,10 +769,10 @@ void *kmc__cache_alloc_sized(kmc_cache_t *c, int zero, size_t orig)
         return kmc_cache_alloc(c, zero);
     kmc__report_clear();
     kmc_status st = KMC_OK;
-    kmc_group_t *g = kmc__group_cur ? kmc__group_charge(c, c->size, &st) : NULL;
+    uint32_t group = kmc__group_cur ? kmc__group_charge(c, c->size, &st) : 0;
     if (st != KMC_OK)
         return NULL;
-    return kmc__group_settle(c, depot_alloc(c, zero, orig, &st), g);
+    return kmc__group_settle(c, depot_alloc(c, zero, orig, &st), group);
 }
 
 /* A private cache's locked alloc: kmc_cache_alloc's slow path when the

@@ -8,7 +8,15 @@
  * one of its objects is charged), as the kernel keeps an objcg pointer per
  * slab object; a large kmalloc allocation carries it in its table entry.
  * The free path of a cache that ever had an object charged reads the tag
- * and gives the charge back, whichever thread frees.
+ * and gives the charge back, whichever thread frees. The heap keeps its
+ * current slab's tags at hand (heap.c), so that an alloc from that slab
+ * writes the tag, and a free into it reads and clears it, at the index the
+ * fast path already has, with plain stores: only the owner allocates there.
+ * Any other free finds the tag by the owner lookup and takes it with an
+ * exchange. Two threads freeing one object at the same instant (a double
+ * free the engine reports, in validate when the two race) can then both
+ * give its charge back: counters never go below zero, and group memory is
+ * type-stable (reap), so that this leaves a count low, nothing worse.
  *
  * Counting without an atomic per object: memcg's per-CPU stock, per thread.
  * A group's counter (and each parent's) is moved by compare-and-swap against
@@ -60,9 +68,10 @@ struct kmc_group_s {
     _Atomic int64_t objects;            /* its own, but those counted in stocks */
     _Atomic uint64_t limit, soft_limit; /* 0: none */
     _Atomic uint64_t soft_hits, failures, purges;
-    _Atomic uint32_t children; /* live child groups */
-    void *owner;               /* kmc_group_set_owner */
-    bool released;             /* the handle is gone; groups_lock */
+    _Atomic uint32_t children;      /* live child groups */
+    void *owner;                    /* kmc_group_set_owner */
+    bool released;                  /* the handle is gone; groups_lock */
+    struct kmc_group_s *next_spare; /* freed: the spares list; groups_lock */
 };
 
 /* A thread's stock: bytes taken from one group's counters, not used yet. */
@@ -84,6 +93,7 @@ static pthread_mutex_t groups_lock = PTHREAD_MUTEX_INITIALIZER;
 static kmc_group_t **table; /* id -> group */
 static uint32_t next_id = 1;
 static kmc_stock_t *stocks; /* every thread's */
+static kmc_group_t *spares; /* freed groups (see reap) */
 static pthread_key_t stock_key;
 static _Atomic int stocks_usable = -1; /* the barrier works: 1, 0, or -1 before the first
                                         * look (written under groups_lock) */
@@ -115,10 +125,23 @@ static void reap_later(uint32_t id)
 
 static void reap_pending(void);
 
+/* Take @bytes off a counter, never below zero: two threads freeing one
+ * object at the same instant (a double free, which the engine reports) can
+ * both give its charge back, the owner's fast path with plain stores.
+ * Returns what is left. */
+static uint64_t counter_sub(_Atomic uint64_t *counter, uint64_t bytes)
+{
+    uint64_t old = atomic_load_explicit(counter, memory_order_relaxed), now;
+    do
+        now = old > bytes ? old - bytes : 0;
+    while (!atomic_compare_exchange_weak(counter, &old, now));
+    return now;
+}
+
 static void counters_sub(kmc_group_t *g, kmc_group_t *stop, uint64_t bytes)
 {
     for (; g != stop; g = g->parent)
-        atomic_fetch_sub(&g->counter, bytes);
+        counter_sub(&g->counter, bytes);
 }
 
 /* Give a stock's bytes and objects back to its group. groups_lock held; the
@@ -229,18 +252,9 @@ kmc_status kmc_group_create(const char *name, kmc_group_t *parent, uint64_t limi
                            (unsigned long long)soft_limit, (unsigned long long)limit);
     if (parent && parent->depth + 1 >= GROUP_DEPTH)
         return kmc__report(KMC_EINVAL, NULL, NULL, "groups nest %u deep at most", GROUP_DEPTH);
-    kmc_group_t *g = calloc(1, sizeof(*g));
-    if (!g)
-        return kmc__report(KMC_ENOMEM, NULL, NULL, "no memory for the group");
-    snprintf(g->name, sizeof(g->name), "%s", name);
-    g->parent = parent;
-    g->depth = parent ? parent->depth + 1 : 0;
-    atomic_store(&g->limit, limit);
-    atomic_store(&g->soft_limit, soft_limit);
     pthread_mutex_lock(&groups_lock);
     if (!table && !(table = calloc(GROUPS_MAX + 1, sizeof(*table)))) {
         pthread_mutex_unlock(&groups_lock);
-        free(g);
         return kmc__report(KMC_ENOMEM, NULL, NULL, "no memory for the group table");
     }
     uint32_t id = 0;
@@ -251,9 +265,21 @@ kmc_status kmc_group_create(const char *name, kmc_group_t *parent, uint64_t limi
     }
     if (!id) {
         pthread_mutex_unlock(&groups_lock);
-        free(g);
         return kmc__report(KMC_ENOMEM, NULL, NULL, "%u groups live, the most", GROUPS_MAX);
     }
+    kmc_group_t *g = spares;
+    if (g)
+        spares = g->next_spare;
+    else if (!(g = malloc(sizeof(*g)))) {
+        pthread_mutex_unlock(&groups_lock);
+        return kmc__report(KMC_ENOMEM, NULL, NULL, "no memory for the group");
+    }
+    memset(g, 0, sizeof(*g));
+    snprintf(g->name, sizeof(g->name), "%s", name);
+    g->parent = parent;
+    g->depth = parent ? parent->depth + 1 : 0;
+    atomic_store(&g->limit, limit);
+    atomic_store(&g->soft_limit, soft_limit);
     next_id = id % GROUPS_MAX + 1;
     g->id = id;
     table[id] = g;
@@ -266,7 +292,11 @@ kmc_status kmc_group_create(const char *name, kmc_group_t *parent, uint64_t limi
 
 /* Free @g and then any parent it kept alive, if nothing holds them now: no
  * handle, charge (stocks were taken back), child, or stock naming it.
- * groups_lock held. */
+ * groups_lock held. A freed group's memory is kept for the next group
+ * (type-stable, as Linux's SLAB_TYPESAFE_BY_RCU caches): a racing double
+ * free can give an object's charge back twice (see heap.c), and then a
+ * group can go while a tag still names it; that late free finds no group,
+ * or a later one, never freed memory. */
 static void reap(kmc_group_t *g)
 {
     while (g && g->released && !atomic_load(&g->counter) && !atomic_load(&g->children)) {
@@ -275,7 +305,8 @@ static void reap(kmc_group_t *g)
                 atomic_store(&s->group, NULL);
         kmc_group_t *parent = g->parent;
         table[g->id] = NULL;
-        free(g);
+        g->next_spare = spares;
+        spares = g;
         if (parent)
             atomic_fetch_sub(&parent->children, 1);
         g = parent;
@@ -335,13 +366,21 @@ static uint64_t stocked(const kmc_group_t *g, int64_t *objects)
     return bytes;
 }
 
+/* The counter without the stocks: a count left low by a racing double free
+ * (see the top) may hold less than they do. groups_lock. */
+static uint64_t usage_of(kmc_group_t *g, uint64_t in_stocks)
+{
+    uint64_t counter = atomic_load(&g->counter);
+    return counter > in_stocks ? counter - in_stocks : 0;
+}
+
 void kmc_group_stats(const kmc_group_t *g, kmc_group_stats_t *o)
 {
     kmc_group_t *m = (kmc_group_t *)g;
     pthread_mutex_lock(&groups_lock);
     int64_t objects = atomic_load(&m->objects);
     uint64_t in_stocks = stocked(g, &objects);
-    o->usage = atomic_load(&m->counter) - in_stocks;
+    o->usage = usage_of(m, in_stocks);
     o->objects = objects > 0 ? (uint64_t)objects : 0;
     pthread_mutex_unlock(&groups_lock);
     o->peak = atomic_load(&m->peak);
@@ -370,7 +409,7 @@ kmc_status kmc_group_set_limits(kmc_group_t *g, uint64_t limit, uint64_t soft_li
 void kmc_group_reset_peak(kmc_group_t *g)
 {
     pthread_mutex_lock(&groups_lock);
-    atomic_store(&g->peak, atomic_load(&g->counter) - stocked(g, NULL));
+    atomic_store(&g->peak, usage_of(g, stocked(g, NULL)));
     pthread_mutex_unlock(&groups_lock);
 }
 
@@ -515,7 +554,7 @@ static KMC_NOINLINE kmc_group_t *charge_slow(const kmc_cache_t *c, kmc_group_t *
         full = counters_add(g, bytes, &purge);
     }
     if (full) {
-        uint64_t usage = atomic_load(&full->counter) - stocked(full, NULL);
+        uint64_t usage = usage_of(full, stocked(full, NULL));
         reap_pending();
         pthread_mutex_unlock(&groups_lock);
         *st = refuse(c, full, bytes, usage);
@@ -538,12 +577,12 @@ static KMC_NOINLINE kmc_group_t *charge_slow(const kmc_cache_t *c, kmc_group_t *
     return g;
 }
 
-kmc_group_t *kmc__group_charge(const kmc_cache_t *c, uint64_t bytes, kmc_status *st)
+uint32_t kmc__group_charge(const kmc_cache_t *c, uint64_t bytes, kmc_status *st)
 {
     kmc_group_t *g = kmc__group_cur;
     *st = KMC_OK;
     if (!g || (c && !c->backing->chargeable))
-        return NULL;
+        return 0;
     kmc_stock_t *s = my_stock;
     if (likely(s && atomic_load_explicit(&s->group, memory_order_relaxed) == g)) {
         KMC_STORE(&s->busy, 1);
@@ -553,15 +592,14 @@ kmc_group_t *kmc__group_charge(const kmc_cache_t *c, uint64_t bytes, kmc_status 
             KMC_STORE(&s->bytes, have - bytes);
             KMC_STORE(&s->objects, KMC_LOAD(&s->objects) + 1);
             atomic_store_explicit(&s->busy, 0, memory_order_release);
-            return g;
+            return g->id;
         }
         atomic_store_explicit(&s->busy, 0, memory_order_release);
     }
-    return charge_slow(c, g, bytes, st);
+    g = charge_slow(c, g, bytes, st);
+    return g ? g->id : 0;
 }
 
-/* Take back @bytes charged to @g: an object freed, or an alloc that failed
- * after its charge; into the stock when it is @g's and has room. */
 /* Take @bytes off one level's counter. A counter reaches zero only under
  * groups_lock, where a released group is then reaped: so that a group is
  * freed once, by whoever finds it unheld, and never while another thread is
@@ -569,19 +607,42 @@ kmc_group_t *kmc__group_charge(const kmc_cache_t *c, uint64_t bytes, kmc_status 
 static void counter_take(kmc_group_t *l, uint64_t bytes)
 {
     uint64_t old = atomic_load_explicit(&l->counter, memory_order_relaxed);
-    while (old != bytes)
+    while (old > bytes)
         if (atomic_compare_exchange_weak(&l->counter, &old, old - bytes))
             return;
     pthread_mutex_lock(&groups_lock);
-    atomic_fetch_sub(&l->counter, bytes);
-    reap(l);
+    if (!counter_sub(&l->counter, bytes))
+        reap(l);
     pthread_mutex_unlock(&groups_lock);
 }
 
-void kmc__group_uncharge(kmc_group_t *g, uint64_t bytes, uint64_t objects)
+/* Take back @bytes charged to group @id: an object freed, or an alloc that
+ * failed after its charge; into the stock when it is the group's and has
+ * room. */
+/* The charge back onto the counters: the stock is another group's, full,
+ * or revoked. */
+static KMC_NOINLINE void uncharge_slow(kmc_group_t *g, uint64_t bytes, uint64_t objects)
 {
+    /* the chain first: once this thread's bytes are off a level, another
+     * thread may take it to zero and free it; a level still holding them
+     * cannot go (nor, through its children count, any level above it) */
+    kmc_group_t *chain[GROUP_DEPTH];
+    unsigned n = 0;
+    /* (bounded: a late free's group may be in reuse meanwhile, see reap) */
+    for (kmc_group_t *l = g; l && n < GROUP_DEPTH; l = l->parent)
+        chain[n++] = l;
+    atomic_fetch_sub_explicit(&g->objects, (int64_t)objects, memory_order_relaxed);
+    for (unsigned i = 0; i < n; i++)
+        counter_take(chain[i], bytes);
+}
+
+void kmc__group_uncharge(uint32_t id, uint64_t bytes, uint64_t objects)
+{
+    kmc_group_t *g = table[id]; /* alive: the charge holds it (but see reap) */
     kmc_stock_t *s = my_stock;
-    if (s && atomic_load_explicit(&s->group, memory_order_relaxed) == g) {
+    if (unlikely(!g))
+        return;
+    if (likely(s && atomic_load_explicit(&s->group, memory_order_relaxed) == g)) {
         KMC_STORE(&s->busy, 1);
         atomic_signal_fence(memory_order_seq_cst);
         uint64_t have = KMC_LOAD(&s->bytes) + bytes;
@@ -593,33 +654,21 @@ void kmc__group_uncharge(kmc_group_t *g, uint64_t bytes, uint64_t objects)
         }
         atomic_store_explicit(&s->busy, 0, memory_order_release);
     }
-    /* the chain first: once this thread's bytes are off a level, another
-     * thread may take it to zero and free it; a level still holding them
-     * cannot go (nor, through its children count, any level above it) */
-    kmc_group_t *chain[GROUP_DEPTH];
-    unsigned n = 0;
-    for (kmc_group_t *l = g; l; l = l->parent)
-        chain[n++] = l;
-    atomic_fetch_sub_explicit(&g->objects, (int64_t)objects, memory_order_relaxed);
-    for (unsigned i = 0; i < n; i++)
-        counter_take(chain[i], bytes);
+    uncharge_slow(g, bytes, objects);
 }
 
 /* After the alloc a charge paid for: the object tagged, or (none) the
  * charge given back. Returns @p. */
-void *kmc__group_settle(const kmc_cache_t *c, void *p, kmc_group_t *g)
+void *kmc__group_settle(const kmc_cache_t *c, void *p, uint32_t id)
 {
-    if (g) {
+    if (id) {
         if (p)
-            kmc__group_tag(c, p, g);
+            kmc__group_tag(c, p, id);
         else
-            kmc__group_uncharge(g, c->size, 1);
+            kmc__group_uncharge(id, c->size, 1);
     }
     return p;
 }
-
-kmc_group_t *kmc__group_of_id(uint32_t id) { return id ? table[id] : NULL; }
-uint32_t kmc__group_id(const kmc_group_t *g) { return g->id; }
 
 /* A forked child has only the forking thread: the other threads' stocks go
  * back to their groups. */
@@ -647,6 +696,9 @@ static KMC_NOINLINE _Atomic uint16_t *tags_map(kmc_arena_t *a, const kmc_cache_t
     _Atomic uint16_t *fresh = kmc__os_map_meta(bytes);
     if (!fresh)
         return NULL;
+    /* from now on its frees read tags: set before any thread can see
+     * tags to write (heap.c's fast path writes them without a look) */
+    __atomic_store_n(&((kmc_cache_t *)c)->charged, 1, __ATOMIC_SEQ_CST);
     if (!atomic_compare_exchange_strong(&a->tags, &tags, fresh)) {
         kmc__os_unmap_meta((void *)fresh, bytes); /* another thread was first */
         return tags;
@@ -677,15 +729,20 @@ static inline _Atomic uint16_t *tag_of(const kmc_cache_t *c, const void *p, bool
     return &tags[(off >> c->slab_shift) * c->objperslab + idx];
 }
 
-void kmc__group_tag(const kmc_cache_t *c, void *p, kmc_group_t *g)
+void kmc__group_tag(const kmc_cache_t *c, void *p, uint32_t id)
 {
     _Atomic uint16_t *t = tag_of(c, p, true);
-    if (!__atomic_load_n(&c->charged, __ATOMIC_RELAXED)) /* from now on its frees read tags */
-        __atomic_store_n(&((kmc_cache_t *)c)->charged, 1, __ATOMIC_SEQ_CST);
     if (t)
-        atomic_store_explicit(t, (uint16_t)g->id, memory_order_relaxed);
+        atomic_store_explicit(t, (uint16_t)id, memory_order_relaxed);
     else
-        kmc__group_uncharge(g, c->size, 1); /* no tag, no charge: nothing can take it back */
+        kmc__group_uncharge(id, c->size, 1); /* no tag, no charge: nothing can take it back */
+}
+
+_Atomic uint16_t *kmc__slab_tags(const kmc_cache_t *c, uint32_t slab)
+{
+    _Atomic uint16_t *tags = atomic_load_explicit(&kmc__slab_arena(c, slab)->tags,
+                                                  memory_order_acquire);
+    return tags ? tags + (size_t)kmc__slab_index(slab) * c->objperslab : NULL;
 }
 
 void kmc__group_free(const kmc_cache_t *c, const void *p)
@@ -695,7 +752,7 @@ void kmc__group_free(const kmc_cache_t *c, const void *p)
     /* the exchange: of two threads freeing one object, one takes it back */
     if (t && atomic_load_explicit(t, memory_order_relaxed) &&
         (id = atomic_exchange_explicit(t, 0, memory_order_relaxed)) != 0)
-        kmc__group_uncharge(table[id], c->size, 1);
+        kmc__group_uncharge(id, c->size, 1);
 }
 
 /* --- consumers ---------------------------------------------------------------------- */

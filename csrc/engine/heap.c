@@ -104,7 +104,11 @@ static inline uint8_t *mag_pop(kmc_heap_t *h, uint32_t n)
     return e->obj;
 }
 
-static inline __attribute__((always_inline)) void *cache_alloc(kmc_cache_t *c, int zero)
+/* @tag: the memory group to tag the object with (0 for none: the branch
+ * compiles away); *@tagged tells whether it was, which only the current
+ * slab's path does (the others' callers tag by the owner lookup). */
+static inline __attribute__((always_inline)) void *cache_alloc(kmc_cache_t *c, int zero,
+                                                               uint32_t tag, bool *tagged)
 {
     uint32_t t = kmc__self - 1; /* 0 (unregistered) wraps to no heap */
     kmc_heap_t *h;
@@ -119,7 +123,12 @@ static inline __attribute__((always_inline)) void *cache_alloc(kmc_cache_t *c, i
             if (likely(x)) { /* the current slab */
                 KMC_STORE(&h->bits[w], x & (x - 1));
                 KMC_COUNT(&h->allocs);
-                p = h->cur_mem + ((size_t)w * 64 + (unsigned)__builtin_ctzll(x)) * c->slot_size;
+                size_t slot = (size_t)w * 64 + (unsigned)__builtin_ctzll(x);
+                if (tag && likely(h->cur_tags)) {
+                    atomic_store_explicit(&h->cur_tags[slot], (uint16_t)tag, memory_order_relaxed);
+                    *tagged = true;
+                }
+                p = h->cur_mem + slot * c->slot_size;
             } else if ((n = KMC_LOAD(&h->mag_n))) { /* else the last object freed elsewhere */
                 p = mag_pop(h, n);
             } else {
@@ -133,34 +142,62 @@ static inline __attribute__((always_inline)) void *cache_alloc(kmc_cache_t *c, i
     return kmc__heap_alloc_slow(c, zero);
 }
 
+/* After an object was tagged by the owner lookup, which maps an arena's
+ * tags at its first charge: the current slab's tags, if it had none, for
+ * the fast paths. */
+static KMC_NOINLINE void heap_tags_refresh(kmc_cache_t *c)
+{
+    uint32_t t = kmc__self - 1;
+    kmc_heap_t *h;
+    if (t >= KMC_MAX_HEAPS || !(h = kmc__heap_at(c, t)) || h->cur_tags)
+        return;
+    heap_enter(h);
+    if (!heap_wanted(h) && KMC_LOAD(&h->cur))
+        h->cur_tags = kmc__slab_tags(c, h->cur_id);
+    heap_leave(h);
+}
+
 /* An alloc inside a memory group: charged first, so that a refusal changes
- * nothing, then tagged (group.c). */
+ * nothing, then tagged (group.c): by the fast path from the current slab,
+ * else by the owner lookup. */
 static KMC_NOINLINE void *charged_alloc(kmc_cache_t *c, int zero)
 {
     kmc_status st;
-    kmc_group_t *g = kmc__group_charge(c, c->size, &st);
+    uint32_t group = kmc__group_charge(c, c->size, &st);
+    bool tagged = false;
     if (st != KMC_OK)
         return NULL;
-    return kmc__group_settle(c, cache_alloc(c, zero), g);
+    void *p = cache_alloc(c, zero, group, &tagged);
+    if (!tagged && group) {
+        kmc__group_settle(c, p, group);
+        if (p)
+            heap_tags_refresh(c);
+    }
+    return p;
 }
 
 void *kmc_cache_alloc(kmc_cache_t *c, int zero)
 {
     if (unlikely(kmc__group_cur != NULL))
         return charged_alloc(c, zero);
-    return cache_alloc(c, zero);
+    return cache_alloc(c, zero, 0, NULL);
 }
 
 static kmc_status free_other(kmc_cache_t *c, void *p, kmc_heap_t *h);
 
+static KMC_NOINLINE kmc_status charged_free(kmc_cache_t *c, void *p);
+
 /* A free into the calling thread's current slab needs no owner lookup: the
- * heap knows where that slab is. */
-static inline __attribute__((always_inline)) kmc_status cache_free(kmc_cache_t *c, void *p)
+ * heap knows where that slab is. @charged (a cache that ever had an object
+ * charged to a memory group): the object's tag is read there too, and its
+ * charge given back; any other way goes to charged_free. */
+static inline __attribute__((always_inline)) kmc_status cache_free(kmc_cache_t *c, void *p,
+                                                                   bool charged)
 {
     uint32_t t = kmc__self - 1;
     kmc_heap_t *h;
     if (unlikely(t >= KMC_MAX_HEAPS) || unlikely(!(h = kmc__heap_at(c, t))))
-        return kmc__heap_free_slow(c, p);
+        return charged ? charged_free(c, p) : kmc__heap_free_slow(c, p);
     heap_enter(h);
     size_t in; /* read after the request: a taker may have changed cur_mem */
     if (likely(!heap_wanted(h)) &&
@@ -174,21 +211,45 @@ static inline __attribute__((always_inline)) kmc_status cache_free(kmc_cache_t *
                    !((x | KMC_LOAD(&h->cur_remote[w])) & bit))) {
             /* (h->word is not moved back to w: keeping w costs this path
              * two registers saved, more than the rescan it spares) */
+            uint16_t group = 0;
+            if (charged) {
+                /* the owner's plain stores: only a double free racing in
+                 * another thread touches this tag now (see group.c) */
+                _Atomic uint16_t *tags = h->cur_tags;
+                if (unlikely(!tags)) {
+                    heap_leave(h);
+                    return charged_free(c, p);
+                }
+                if ((group = atomic_load_explicit(&tags[idx], memory_order_relaxed)))
+                    atomic_store_explicit(&tags[idx], 0, memory_order_relaxed);
+            }
             KMC_STORE(&h->bits[w], x | bit);
             KMC_COUNT(&h->frees);
             heap_leave(h);
+            if (charged && group) /* the object is free, and only this thread's */
+                kmc__group_uncharge(group, c->size, 1);
             return KMC_OK;
         }
+    }
+    if (charged) {
+        heap_leave(h);
+        return charged_free(c, p);
     }
     return free_other(c, p, h); /* still busy */
 }
 
 /* Once any object was charged to a memory group, a free gives the object's
- * charge back first, before another thread can have the object. */
+ * charge back first, before another thread can have the object: the tag
+ * found by the owner lookup, which the exchange takes once. */
 static KMC_NOINLINE kmc_status charged_free(kmc_cache_t *c, void *p)
 {
     kmc__group_free(c, p);
-    return cache_free(c, p);
+    return cache_free(c, p, false);
+}
+
+static KMC_NOINLINE kmc_status charged_free_fast(kmc_cache_t *c, void *p)
+{
+    return cache_free(c, p, true);
 }
 
 /* The groups' tests are tail calls, so that no register is saved for them:
@@ -196,8 +257,8 @@ static KMC_NOINLINE kmc_status charged_free(kmc_cache_t *c, void *p)
 kmc_status kmc_cache_free(kmc_cache_t *c, void *p)
 {
     if (unlikely(__atomic_load_n(&c->charged, __ATOMIC_RELAXED)))
-        return charged_free(c, p);
-    return cache_free(c, p);
+        return charged_free_fast(c, p);
+    return cache_free(c, p, false);
 }
 
 static void owned_transition(kmc_cache_t *c, kmc_heap_t *h, uint32_t id);
@@ -454,6 +515,7 @@ static void make_current(kmc_cache_t *c, kmc_heap_t *h, uint32_t id)
     h->cur_id = id;
     h->cur_mem = kmc__slab_mem(c, id);
     h->cur_remote = kmc__slab_remote(c, id);
+    h->cur_tags = kmc__slab_tags(c, id);
     h->word = first == KMC_HEAP_BITS ? 0 : first;
     KMC_STORE(&h->cur, s);
     atomic_store_explicit(&s->state, KMC_SLAB_CURRENT, memory_order_seq_cst);
@@ -484,6 +546,7 @@ KMC_BITCOUNT static void cur_unload(kmc_cache_t *c, kmc_heap_t *h, uint8_t state
     KMC_STORE(&h->cur, NULL);
     h->cur_mem = KMC_NO_SLAB;
     h->cur_remote = kmc__no_remote;
+    h->cur_tags = NULL;
     h->word = 0;
     cur_changed(h);
 }

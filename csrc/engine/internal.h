@@ -223,10 +223,9 @@ typedef struct kmc_heap_s {
     _Atomic uint64_t allocs;      /* objects handed out by this heap, ever */
     _Atomic uint64_t frees;       /* objects freed into its own slabs, ever */
     uint32_t cur_id;              /* cur's slab id */
-    _Atomic uint32_t max_scan;    /* most bitmap words one alloc skipped */
-    _Atomic uint32_t cur_gen;     /* odd while cur and bits change (a seqlock
-                                  * for other threads' reads of them) */
     _Atomic uint32_t mag_n;       /* objects in mag[] */
+    _Atomic uint16_t *cur_tags;   /* its objects' memory group tags (group.c), or
+                                   * NULL: none mapped when it became current */
     /* lines 1-2: the current slab's free bitmap */
     _Atomic uint64_t bits[KMC_HEAP_BITS] __attribute__((aligned(64)));
     /* line 3: the owner's slow paths */
@@ -246,6 +245,9 @@ typedef struct kmc_heap_s {
     _Atomic uint64_t late_double; /* double frees found when merging */
     uint64_t seen_ops;            /* the purge thread's last look at allocs+frees */
     uint8_t taking;               /* kmc__heaps_take_back's mark, cache locked */
+    _Atomic uint32_t cur_gen;     /* odd while cur and bits change (a seqlock
+                                  * for other threads' reads of them) */
+    _Atomic uint32_t max_scan;    /* most bitmap words one alloc skipped */
     /* lines 5-28: the magazine, a stack of objects freed into owned slabs
      * other than the current one (Bonwick's magazines, Linux's sheaves) */
     kmc_mag_entry_t mag[KMC_MAG_SIZE] __attribute__((aligned(64)));
@@ -583,18 +585,18 @@ void kmc__purge_defer(bool on);         /* a forked child's handler: start none 
  * group first (kmc__group_cur: one test when none) and tag the object; the
  * free paths, once any object was charged, take the tag's charge back. */
 extern __thread kmc_group_t *kmc__group_cur __attribute__((tls_model("initial-exec")));
-kmc_group_t *kmc__group_charge(const kmc_cache_t *c, uint64_t bytes, kmc_status *st);
-void kmc__group_uncharge(kmc_group_t *g, uint64_t bytes, uint64_t objects);
-void kmc__group_tag(const kmc_cache_t *c, void *p, kmc_group_t *g);     /* after the alloc */
-void *kmc__group_settle(const kmc_cache_t *c, void *p, kmc_group_t *g); /* tag, or give back */
-void kmc__group_free(const kmc_cache_t *c, const void *p);              /* before the free */
-kmc_group_t *kmc__group_of_id(uint32_t id);
-bool kmc__group_holds(uint32_t id, const kmc_group_t *g); /* id is g or a child's */
-uint32_t kmc__group_id(const kmc_group_t *g);
-void kmc__groups_lock(bool on);                            /* fork */
-void kmc__groups_after_fork(void);                         /* the child, locked */
-uint64_t kmc__kmalloc_large_charged(const kmc_group_t *g); /* kmalloc.c */
-uint32_t kmc__kmalloc_large_group(const void *p);          /* its group's id, or 0 */
+/* A group is named by its id (a tag's value); 0 is none. */
+uint32_t kmc__group_charge(const kmc_cache_t *c, uint64_t bytes, kmc_status *st); /* id or 0 */
+void kmc__group_uncharge(uint32_t id, uint64_t bytes, uint64_t objects);
+void kmc__group_tag(const kmc_cache_t *c, void *p, uint32_t id);       /* after the alloc */
+void *kmc__group_settle(const kmc_cache_t *c, void *p, uint32_t id);   /* tag, or give back */
+void kmc__group_free(const kmc_cache_t *c, const void *p);             /* before the free */
+_Atomic uint16_t *kmc__slab_tags(const kmc_cache_t *c, uint32_t slab); /* or NULL: unmapped */
+bool kmc__group_holds(uint32_t id, const kmc_group_t *g);              /* id is g or a child's */
+void kmc__groups_lock(bool on);                                        /* fork */
+void kmc__groups_after_fork(void);                                     /* the child, locked */
+uint64_t kmc__kmalloc_large_charged(const kmc_group_t *g);             /* kmalloc.c */
+uint32_t kmc__kmalloc_large_group(const void *p);                      /* its group's id, or 0 */
 
 /* --- options.c */
 long kmc__option(kmc_option option);

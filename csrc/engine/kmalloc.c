@@ -322,7 +322,7 @@ static void *large_alloc(size_t size, size_t align, int zero)
     if (is_pow2(size) && size > a)
         a = size; /* natural alignment, as the kernel's page allocator gives */
     kmc_status st = KMC_OK;
-    kmc_group_t *g = kmc__group_cur ? kmc__group_charge(NULL, bytes, &st) : NULL;
+    uint32_t group = kmc__group_cur ? kmc__group_charge(NULL, bytes, &st) : 0;
     if (st != KMC_OK)
         return NULL;
     pthread_mutex_lock(&large.lock);
@@ -335,8 +335,8 @@ static void *large_alloc(size_t size, size_t align, int zero)
             memset(p, 0, bytes); /* all of ksize: krealloc may grow into it */
     }
     if (!p && !(p = kmc__os_map_pages(bytes, a))) {
-        if (g)
-            kmc__group_uncharge(g, bytes, 1);
+        if (group)
+            kmc__group_uncharge(group, bytes, 1);
         kmc__report(KMC_ENOMEM, NULL, NULL, "the OS refused %zu bytes for a large kmalloc", bytes);
         return NULL;
     }
@@ -344,16 +344,15 @@ static void *large_alloc(size_t size, size_t align, int zero)
     bool room = (large.count + 1) * 2 <= large.cap ||
                 large_resize(large.cap ? large.cap * 2 : large_min_slots());
     if (room) {
-        large_put(
-            large.slots, large.cap,
-            (large_t){.addr = (uintptr_t)p, .bytes = bytes, .group = g ? kmc__group_id(g) : 0});
+        large_put(large.slots, large.cap,
+                  (large_t){.addr = (uintptr_t)p, .bytes = bytes, .group = group});
         large.count++;
         large.bytes += bytes;
     }
     pthread_mutex_unlock(&large.lock);
     if (!room) {
-        if (g)
-            kmc__group_uncharge(g, bytes, 1);
+        if (group)
+            kmc__group_uncharge(group, bytes, 1);
         kmc__os_unmap_pages(p, bytes);
         kmc__report(KMC_ENOMEM, NULL, NULL, "no memory for the large allocation table");
         return NULL;
@@ -371,7 +370,7 @@ static bool large_free(void *p)
         return false;
     }
     size_t bytes = large.slots[i].bytes;
-    kmc_group_t *g = kmc__group_of_id(large.slots[i].group);
+    uint32_t group = large.slots[i].group;
     large.count--;
     large.bytes -= bytes;
     large_remove_at(i);
@@ -386,8 +385,8 @@ static bool large_free(void *p)
         kmc__os_unmap_pages(p, bytes);
     for (unsigned k = 0; k < n; k++)
         kmc__os_unmap_pages((void *)evicted[k].addr, evicted[k].bytes);
-    if (g)
-        kmc__group_uncharge(g, bytes, 1);
+    if (group)
+        kmc__group_uncharge(group, bytes, 1);
     return true;
 }
 
@@ -435,10 +434,10 @@ static bool large_shrink(void *p, size_t size)
     size_t tail = large.slots[i].bytes - want;
     large.slots[i].bytes = want;
     large.bytes -= tail;
-    kmc_group_t *g = kmc__group_of_id(large.slots[i].group);
+    uint32_t group = large.slots[i].group;
     pthread_mutex_unlock(&large.lock);
-    if (g && tail)
-        kmc__group_uncharge(g, tail, 0);
+    if (group && tail)
+        kmc__group_uncharge(group, tail, 0);
     if (tail)
         kmc__os_unmap_pages((uint8_t *)p + want, tail);
     return true;

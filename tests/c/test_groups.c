@@ -571,6 +571,78 @@ static void test_a_cache_limit_holds_while_two_threads_grow_it(void)
     CHECK_EQ(kmc_cache_destroy(slow_cache), KMC_OK);
 }
 
+/* Two threads free one object at the same instant, over and over, while
+ * 100 objects of the group stay live: one free wins and gives the charge
+ * back, the other finds the double free. Only an exchange landing between
+ * two of the owner's instructions (its tag's load and clear) can give the
+ * charge back twice: then the usage is one object low, never below zero
+ * (a wrapped counter refuses every charge after), and the group still
+ * works. */
+static kmc_cache_t *race_cache;
+static void *_Atomic race_obj;
+static atomic_int race_round, race_done;
+
+static void *free_at_once(void *arg)
+{
+    (void)arg;
+    for (int round = 1;; round++) {
+        int r;
+        while ((r = atomic_load(&race_round)) >= 0 && r < round)
+            ;
+        if (r < 0)
+            return NULL;
+        (void)kmc_cache_free(race_cache, atomic_load(&race_obj)); /* one of the two fails */
+        atomic_store(&race_done, round);
+    }
+}
+
+static void test_a_racing_double_free_leaves_no_wrapped_count(void)
+{
+    kmc_group_t *g;
+    CHECK_EQ(kmc_group_create("race", NULL, 0, 0, &g), KMC_OK);
+    race_cache = make("grp-race", 64, 64);
+    CHECK(race_cache);
+    atomic_store(&race_round, 0);
+    atomic_store(&race_done, 0);
+    void *live[100];
+    kmc_group_enter(g);
+    for (int i = 0; i < 100; i++)
+        live[i] = kmc_cache_alloc(race_cache, 0);
+    kmc_group_enter(NULL);
+    pthread_t t;
+    CHECK_EQ(pthread_create(&t, NULL, free_at_once, NULL), 0);
+    int rounds = 20000;
+    for (int round = 1; round <= rounds; round++) {
+        kmc_group_enter(g);
+        void *p = kmc_cache_alloc(race_cache, 0);
+        kmc_group_enter(NULL);
+        CHECK(p);
+        atomic_store(&race_obj, p);
+        atomic_store(&race_round, round); /* both free p now */
+        (void)kmc_cache_free(race_cache, p);
+        while (atomic_load(&race_done) < round)
+            ;
+    }
+    atomic_store(&race_round, -1);
+    pthread_join(t, NULL);
+    CHECK_EQ(kmc_group_set_limits(g, 0, 0), KMC_OK); /* the stocks back into the counters */
+    kmc_group_stats_t st = gstats(g);
+    CHECK(st.usage <= 100 * 64 && st.usage >= 50 * 64);
+    CHECK(st.objects <= 100 && st.objects >= 50);
+    /* and a charge still works: nothing wrapped */
+    CHECK_EQ(kmc_group_set_limits(g, 1 << 20, 0), KMC_OK);
+    kmc_group_enter(g);
+    void *p = kmc_cache_alloc(race_cache, 0);
+    kmc_group_enter(NULL);
+    CHECK(p);
+    CHECK_EQ(gstats(g).usage, st.usage + 64);
+    kmc_group_release(g);
+    for (int i = 0; i < 100; i++)
+        CHECK_EQ(kmc_cache_free(race_cache, live[i]), KMC_OK);
+    (void)kmc_cache_free(race_cache, p);
+    (void)kmc_cache_destroy(race_cache); /* may report the double frees' leftovers */
+}
+
 /* What is refused changes nothing: a free of a pointer into an object gives
  * no charge back; a charge a parent refuses counts no soft-limit crossing
  * below it. */
@@ -636,6 +708,7 @@ int main(void)
     RUN(test_released_groups_go_with_their_last_object);
     RUN(test_the_last_frees_of_released_groups_race_safely);
     RUN(test_a_cache_limit_holds_while_two_threads_grow_it);
+    RUN(test_a_racing_double_free_leaves_no_wrapped_count);
     RUN(test_refusals_change_no_count);
     RUN(test_a_large_object_shrunk_in_place_gives_back_its_tail);
     return TESTS_DONE();
