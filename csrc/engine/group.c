@@ -74,20 +74,8 @@ struct kmc_group_s {
     struct kmc_group_s *next_spare; /* freed: the spares list; groups_lock */
 };
 
-/* A thread's stock: bytes taken from one group's counters, not used yet. */
-typedef struct kmc_stock_s {
-    _Atomic(kmc_group_t *) group;    /* whose; changed under groups_lock */
-    _Atomic uint64_t bytes;          /* its owner's plain updates, busy */
-    uint64_t batch;                  /* the last batch taken: the next is twice */
-    uint64_t cap;                    /* frees keep at most this much in it */
-    _Atomic int64_t objects;         /* objects of group charged through it, net */
-    _Atomic uint8_t busy;            /* its owner is using it */
-    _Atomic uint8_t revoked;         /* a taker owns bytes and objects now */
-    struct kmc_stock_s *prev, *next; /* the list: groups_lock */
-} kmc_stock_t;
-
 __thread kmc_group_t *kmc__group_cur __attribute__((tls_model("initial-exec")));
-static __thread kmc_stock_t *my_stock __attribute__((tls_model("initial-exec")));
+__thread kmc_stock_t *kmc__stock __attribute__((tls_model("initial-exec")));
 
 static pthread_mutex_t groups_lock = PTHREAD_MUTEX_INITIALIZER;
 static kmc_group_t **table; /* id -> group */
@@ -169,18 +157,18 @@ static void stocks_take_back(const kmc_group_t *top)
     /* every one, empty or not: an empty one would still take its owner's
      * frees (and the group could never reach zero) */
     for (kmc_stock_t *s = stocks; s; s = s->next)
-        if (s != my_stock && in_subtree(atomic_load(&s->group), top)) {
+        if (s != kmc__stock && in_subtree(atomic_load(&s->group), top)) {
             atomic_store(&s->revoked, 1);
             any = true;
         }
-    if (my_stock && in_subtree(atomic_load(&my_stock->group), top)) {
-        stock_flush(my_stock);
-        my_stock->batch = my_stock->cap = 0; /* (the caller owns it) */
+    if (kmc__stock && in_subtree(atomic_load(&kmc__stock->group), top)) {
+        stock_flush(kmc__stock);
+        kmc__stock->batch = kmc__stock->cap = 0; /* (the caller owns it) */
     }
     if (!any || kmc__os_barrier() != 0)
         return;
     for (kmc_stock_t *s = stocks; s; s = s->next) {
-        if (!atomic_load(&s->revoked) || s == my_stock)
+        if (!atomic_load(&s->revoked) || s == kmc__stock)
             continue;
         for (unsigned spins = 0; atomic_load_explicit(&s->busy, memory_order_acquire); spins++)
             if (spins > 64)
@@ -209,8 +197,8 @@ static void stock_free(void *arg)
     stock_retire(s);
     reap_pending();
     pthread_mutex_unlock(&groups_lock);
-    if (my_stock == s)
-        my_stock = NULL;
+    if (kmc__stock == s)
+        kmc__stock = NULL;
     free(s);
 }
 
@@ -218,8 +206,8 @@ static void stock_free(void *arg)
  * stock can be kept. groups_lock held. */
 static kmc_stock_t *stock_mine(void)
 {
-    if (my_stock)
-        return my_stock;
+    if (kmc__stock)
+        return kmc__stock;
     if (atomic_load(&stocks_usable) < 0)
         atomic_store(&stocks_usable,
                      kmc__os_barrier() == 0 && pthread_key_create(&stock_key, stock_free) == 0);
@@ -232,7 +220,7 @@ static kmc_stock_t *stock_mine(void)
     if (stocks)
         stocks->prev = s;
     stocks = s;
-    return my_stock = s;
+    return kmc__stock = s;
 }
 
 /* --- life ----------------------------------------------------------------------- */
@@ -302,7 +290,7 @@ static void reap(kmc_group_t *g)
     while (g && g->released && !atomic_load(&g->counter) && !atomic_load(&g->children)) {
         for (kmc_stock_t *s = stocks; s; s = s->next)
             if (atomic_load(&s->group) == g) /* empty (taken back): forget it */
-                atomic_store(&s->group, NULL);
+                atomic_store(&s->group, NULL), atomic_store(&s->id, 0);
         kmc_group_t *parent = g->parent;
         table[g->id] = NULL;
         g->next_spare = spares;
@@ -524,7 +512,7 @@ static KMC_NOINLINE kmc_group_t *charge_slow(const kmc_cache_t *c, kmc_group_t *
                                              kmc_status *st)
 {
     bool purge = false;
-    if (!my_stock && atomic_load_explicit(&stocks_usable, memory_order_relaxed) == 0) {
+    if (!kmc__stock && atomic_load_explicit(&stocks_usable, memory_order_relaxed) == 0) {
         /* no thread keeps a stock here */
         if (!counters_add(g, bytes, &purge)) {
             atomic_fetch_add(&g->objects, 1);
@@ -539,7 +527,7 @@ static KMC_NOINLINE kmc_group_t *charge_slow(const kmc_cache_t *c, kmc_group_t *
     if (s && (atomic_load(&s->revoked) || atomic_load(&s->group) != g)) {
         stock_flush(s); /* (a revoked one was emptied by its taker) */
         atomic_store(&s->revoked, 0);
-        atomic_store(&s->group, g);
+        atomic_store(&s->group, g), atomic_store(&s->id, g->id);
         s->batch = s->cap = 0;
     }
     /* the stock tops up to a batch: it never holds more than one */
@@ -577,26 +565,9 @@ static KMC_NOINLINE kmc_group_t *charge_slow(const kmc_cache_t *c, kmc_group_t *
     return g;
 }
 
-uint32_t kmc__group_charge(const kmc_cache_t *c, uint64_t bytes, kmc_status *st)
+uint32_t kmc__group_charge_slow(const kmc_cache_t *c, uint64_t bytes, kmc_status *st)
 {
-    kmc_group_t *g = kmc__group_cur;
-    *st = KMC_OK;
-    if (!g || (c && !c->backing->chargeable))
-        return 0;
-    kmc_stock_t *s = my_stock;
-    if (likely(s && atomic_load_explicit(&s->group, memory_order_relaxed) == g)) {
-        KMC_STORE(&s->busy, 1);
-        atomic_signal_fence(memory_order_seq_cst); /* the store stays before the load */
-        uint64_t have = KMC_LOAD(&s->bytes);
-        if (likely(!KMC_LOAD(&s->revoked) && have >= bytes)) {
-            KMC_STORE(&s->bytes, have - bytes);
-            KMC_STORE(&s->objects, KMC_LOAD(&s->objects) + 1);
-            atomic_store_explicit(&s->busy, 0, memory_order_release);
-            return g->id;
-        }
-        atomic_store_explicit(&s->busy, 0, memory_order_release);
-    }
-    g = charge_slow(c, g, bytes, st);
+    kmc_group_t *g = charge_slow(c, kmc__group_cur, bytes, st);
     return g ? g->id : 0;
 }
 
@@ -616,13 +587,13 @@ static void counter_take(kmc_group_t *l, uint64_t bytes)
     pthread_mutex_unlock(&groups_lock);
 }
 
-/* Take back @bytes charged to group @id: an object freed, or an alloc that
- * failed after its charge; into the stock when it is the group's and has
- * room. */
 /* The charge back onto the counters: the stock is another group's, full,
  * or revoked. */
-static KMC_NOINLINE void uncharge_slow(kmc_group_t *g, uint64_t bytes, uint64_t objects)
+void kmc__group_uncharge_slow(uint32_t id, uint64_t bytes, uint64_t objects)
 {
+    kmc_group_t *g = table[id]; /* alive: the charge holds it (but see reap) */
+    if (unlikely(!g))
+        return;
     /* the chain first: once this thread's bytes are off a level, another
      * thread may take it to zero and free it; a level still holding them
      * cannot go (nor, through its children count, any level above it) */
@@ -634,27 +605,6 @@ static KMC_NOINLINE void uncharge_slow(kmc_group_t *g, uint64_t bytes, uint64_t 
     atomic_fetch_sub_explicit(&g->objects, (int64_t)objects, memory_order_relaxed);
     for (unsigned i = 0; i < n; i++)
         counter_take(chain[i], bytes);
-}
-
-void kmc__group_uncharge(uint32_t id, uint64_t bytes, uint64_t objects)
-{
-    kmc_group_t *g = table[id]; /* alive: the charge holds it (but see reap) */
-    kmc_stock_t *s = my_stock;
-    if (unlikely(!g))
-        return;
-    if (likely(s && atomic_load_explicit(&s->group, memory_order_relaxed) == g)) {
-        KMC_STORE(&s->busy, 1);
-        atomic_signal_fence(memory_order_seq_cst);
-        uint64_t have = KMC_LOAD(&s->bytes) + bytes;
-        if (likely(!KMC_LOAD(&s->revoked) && have <= s->cap)) {
-            KMC_STORE(&s->bytes, have);
-            KMC_STORE(&s->objects, KMC_LOAD(&s->objects) - (int64_t)objects);
-            atomic_store_explicit(&s->busy, 0, memory_order_release);
-            return;
-        }
-        atomic_store_explicit(&s->busy, 0, memory_order_release);
-    }
-    uncharge_slow(g, bytes, objects);
 }
 
 /* After the alloc a charge paid for: the object tagged, or (none) the
@@ -676,7 +626,7 @@ void kmc__groups_after_fork(void)
 {
     for (kmc_stock_t *s = stocks, *next; s; s = next) {
         next = s->next;
-        if (s == my_stock)
+        if (s == kmc__stock)
             continue;
         stock_retire(s);
         free(s);

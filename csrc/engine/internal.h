@@ -585,9 +585,72 @@ void kmc__purge_defer(bool on);         /* a forked child's handler: start none 
  * group first (kmc__group_cur: one test when none) and tag the object; the
  * free paths, once any object was charged, take the tag's charge back. */
 extern __thread kmc_group_t *kmc__group_cur __attribute__((tls_model("initial-exec")));
+
+/* A thread's stock: bytes taken from one group's counters, not used yet
+ * (memcg's per-CPU stock; group.c tells how it is taken back). Its owner's
+ * fast paths, below, use it with plain stores. */
+typedef struct kmc_stock_s {
+    _Atomic(kmc_group_t *) group;    /* whose; changed under groups_lock */
+    _Atomic uint32_t id;             /* group's id (0: none), changed with it */
+    _Atomic uint8_t busy;            /* its owner is using it */
+    _Atomic uint8_t revoked;         /* a taker owns bytes and objects now */
+    _Atomic uint64_t bytes;          /* its owner's plain updates, busy */
+    _Atomic int64_t objects;         /* objects of group charged through it, net */
+    uint64_t batch;                  /* the last batch taken: the next is twice */
+    uint64_t cap;                    /* frees keep at most this much in it */
+    struct kmc_stock_s *prev, *next; /* the list: groups_lock */
+} kmc_stock_t;
+extern __thread kmc_stock_t *kmc__stock __attribute__((tls_model("initial-exec")));
+
 /* A group is named by its id (a tag's value); 0 is none. */
-uint32_t kmc__group_charge(const kmc_cache_t *c, uint64_t bytes, kmc_status *st); /* id or 0 */
-void kmc__group_uncharge(uint32_t id, uint64_t bytes, uint64_t objects);
+uint32_t kmc__group_charge_slow(const kmc_cache_t *c, uint64_t bytes, kmc_status *st);
+void kmc__group_uncharge_slow(uint32_t id, uint64_t bytes, uint64_t objects);
+
+/* Charge @bytes to the calling thread's group: its id, or 0 (none, a cache
+ * not charged, or refused: *@st). From the stock when it holds them. */
+static inline uint32_t kmc__group_charge(const kmc_cache_t *c, uint64_t bytes, kmc_status *st)
+{
+    kmc_group_t *g = kmc__group_cur;
+    kmc_stock_t *s = kmc__stock;
+    *st = KMC_OK;
+    if (!g || (c && !c->backing->chargeable))
+        return 0;
+    if (likely(s && atomic_load_explicit(&s->group, memory_order_relaxed) == g)) {
+        KMC_STORE(&s->busy, 1);
+        atomic_signal_fence(memory_order_seq_cst); /* the store stays before the load */
+        uint64_t have = KMC_LOAD(&s->bytes);
+        if (likely(!KMC_LOAD(&s->revoked) && have >= bytes)) {
+            KMC_STORE(&s->bytes, have - bytes);
+            KMC_STORE(&s->objects, KMC_LOAD(&s->objects) + 1);
+            atomic_store_explicit(&s->busy, 0, memory_order_release);
+            return KMC_LOAD(&s->id);
+        }
+        atomic_store_explicit(&s->busy, 0, memory_order_release);
+    }
+    return kmc__group_charge_slow(c, bytes, st);
+}
+
+/* Give back @bytes and @objects charged to group @id: an object freed, or
+ * an alloc that failed after its charge. Into the stock when it is the
+ * group's and has room. */
+static inline void kmc__group_uncharge(uint32_t id, uint64_t bytes, uint64_t objects)
+{
+    kmc_stock_t *s = kmc__stock;
+    if (likely(s && atomic_load_explicit(&s->id, memory_order_relaxed) == id)) {
+        KMC_STORE(&s->busy, 1);
+        atomic_signal_fence(memory_order_seq_cst);
+        uint64_t have = KMC_LOAD(&s->bytes) + bytes;
+        if (likely(!KMC_LOAD(&s->revoked) && have <= s->cap)) {
+            KMC_STORE(&s->bytes, have);
+            KMC_STORE(&s->objects, KMC_LOAD(&s->objects) - (int64_t)objects);
+            atomic_store_explicit(&s->busy, 0, memory_order_release);
+            return;
+        }
+        atomic_store_explicit(&s->busy, 0, memory_order_release);
+    }
+    kmc__group_uncharge_slow(id, bytes, objects);
+}
+
 void kmc__group_tag(const kmc_cache_t *c, void *p, uint32_t id);       /* after the alloc */
 void *kmc__group_settle(const kmc_cache_t *c, void *p, uint32_t id);   /* tag, or give back */
 void kmc__group_free(const kmc_cache_t *c, const void *p);             /* before the free */
