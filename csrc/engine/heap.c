@@ -24,7 +24,7 @@
  * and 226 per free+alloc in a steady pool of 4,096 live objects, a random
  * one replaced each time (2,679 before the magazine, when nearly every
  * alloc switched slabs); 5 of each are the memory groups' two tests, and a
- * pair inside a group costs 343 (group.c). mimalloc, which keeps its free
+ * pair inside a group costs 198 (group.c). mimalloc, which keeps its free
  * list inside free objects, needs fewer; a bitmap outside object memory is
  * what lets every double free be found.
  *
