@@ -30,6 +30,8 @@
  *              has an object charged)
  *
  * Usage: bench_engine SIZE REPEATS QUICK(0|1)
+ *        bench_engine SIZE pairs REPEATS QUICK   (kmemcache's pair only: for
+ *        the driver's alternating runs of builds with and without groups)
  *        bench_engine SIZE count pair|batch|pool|group N   (kmemcache only,
  *        no output: for instruction counts under callgrind; pool keeps 4,096
  *        objects live; group is pair in a group)
@@ -283,9 +285,11 @@ static void emit(const char *pattern, const allocator_t *a, int repeat, double n
 
 int main(int argc, char **argv)
 {
-    if (argc != 4 && !(argc == 5 && !strcmp(argv[2], "count"))) {
-        fprintf(stderr, "usage: %s SIZE REPEATS QUICK | %s SIZE count pair|batch|pool N\n", argv[0],
-                argv[0]);
+    if (argc != 4 && !(argc == 5 && (!strcmp(argv[2], "count") || !strcmp(argv[2], "pairs")))) {
+        fprintf(stderr,
+                "usage: %s SIZE REPEATS QUICK | %s SIZE count pair|batch|pool|group N | "
+                "%s SIZE pairs REPEATS QUICK\n",
+                argv[0], argv[0], argv[0]);
         return 2;
     }
     size = (size_t)strtoul(argv[1], NULL, 10);
@@ -294,6 +298,15 @@ int main(int argc, char **argv)
         kmc_group_create("bench", NULL, (uint64_t)1 << 30, 0, &group) != KMC_OK) {
         fprintf(stderr, "bench_engine: %s\n", kmc_last_report()->message);
         return 1;
+    }
+    if (argc == 5 && !strcmp(argv[2], "pairs")) {
+        long pairs = atoi(argv[4]) ? 100000 : 2000000;
+        for (int rep = -1, repeats = atoi(argv[3]); rep < repeats; rep++) {
+            double s = pair_kmemcache(pairs);
+            if (rep >= 0) /* repeat -1 warms up, unreported */
+                emit("pair", &allocators[0], rep, s * 1e9 / (double)pairs);
+        }
+        return 0;
     }
     if (argc == 5) {
         long n = atol(argv[4]);

@@ -10,7 +10,9 @@ allocations then frees, in order and shuffled; a producer thread allocating and 
 consumer thread freeing (remote frees); a steady pool of 4,096 and 100,000 live
 objects, a random one freed and replaced each time; 1 and 2 threads on one allocator
 (one cache shared by both). Allocators take turns, the median of the repeats is reported, and
-every figure is also given as a ratio to mimalloc's in the same run.
+every figure is also given as a ratio to mimalloc's in the same run. kmemcache's pair
+inside a memory group is timed too, and its pair outside every group against a second
+build with the groups' tests compiled out (``-DKMC_NO_GROUPS``), in alternating runs.
 
     python benchmarks/bench_engine.py                  # Markdown tables on stdout
     python benchmarks/bench_engine.py --json out.json  # also machine-readable results
@@ -54,16 +56,18 @@ SINGLE = (
 TUNABLES = "glibc.rtld.optional_static_tls=65536"
 
 
-def build(out_dir: Path) -> Path:
-    """Compile the benchmark with the engine; return the program's path."""
+def build(out_dir: Path, groups: bool = True) -> Path:
+    """Compile the benchmark with the engine (without @groups: the engine's memory
+    group tests compiled out, KMC_NO_GROUPS); return the program's path."""
     cc = os.environ.get("CC") or shutil.which("cc") or shutil.which("gcc")
     if not cc:
         raise SystemExit("bench_engine: no C compiler (cc or gcc) found")
-    exe = out_dir / "bench_engine"
+    exe = out_dir / ("bench_engine" if groups else "bench_engine_no_groups")
     cmd = [
         cc,
         "-std=c11",
         "-O2",
+        *([] if groups else ["-DKMC_NO_GROUPS"]),
         "-D_GNU_SOURCE",
         "-pthread",
         f"-I{ENGINE}",
@@ -99,6 +103,33 @@ def run_sizes(exe: Path, repeats: int, quick: bool, progress: m.Progress) -> tup
             else:
                 samples.append(rec)
     return samples, notes
+
+
+GROUPS_IN, GROUPS_OUT = "pair, groups built in", "pair, groups compiled out"
+
+
+def run_groups_compiled_out(
+    exe: Path, exe_out: Path, repeats: int, quick: bool, progress: m.Progress
+) -> list[dict[str, Any]]:
+    """kmemcache's pair from the build with memory groups and from one without their
+    tests (KMC_NO_GROUPS), in alternating runs, one repeat each, the order swapped at
+    each repeat: what the two tests cost a pair outside every group."""
+    samples: list[dict[str, Any]] = []
+    for size in SIZES:
+        progress.step(f"{size} B, groups compiled out")
+        for rep in range(repeats):
+            pair = [(exe, GROUPS_IN), (exe_out, GROUPS_OUT)]
+            for program, pattern in pair if rep % 2 == 0 else pair[::-1]:
+                out = subprocess.run(
+                    [str(program), str(size), "pairs", "1", "1" if quick else "0"],
+                    capture_output=True,
+                    text=True,
+                    check=True,
+                ).stdout
+                for line in out.splitlines():
+                    rec = json.loads(line)
+                    samples.append({**rec, "pattern": pattern, "repeat": rep})
+    return samples
 
 
 def summarize(samples: list[dict[str, Any]]) -> list[dict[str, Any]]:
@@ -209,7 +240,28 @@ def judge(results: list[dict[str, Any]]) -> list[dict[str, Any]]:
         group["where"] = worst[1]
     else:
         h.skip_target(group, "not measured")
-    return [single, scale, remote, group]
+    no_group = h.make_target(
+        "engine_no_group_cost",
+        "pair outside every group / the same pair built with the groups' tests compiled "
+        "out, from C, alternating runs (worst size)",
+        1.02,
+        "lower",
+    )
+    costs = [
+        (
+            by[(s, GROUPS_IN, "kmemcache")]["median"] / by[(s, GROUPS_OUT, "kmemcache")]["median"],
+            f"{s} B",
+        )
+        for s in SIZES
+        if (s, GROUPS_IN, "kmemcache") in by and (s, GROUPS_OUT, "kmemcache") in by
+    ]
+    if costs:
+        worst = max(costs)
+        h.judge_target(no_group, worst[0])
+        no_group["where"] = worst[1]
+    else:
+        h.skip_target(no_group, "not measured")
+    return [single, scale, remote, group, no_group]
 
 
 def callgrind_counts(exe: Path) -> list[dict[str, Any]]:
@@ -271,9 +323,11 @@ def main(argv: Sequence[str] | None = None) -> int:
                 "targets": [],
             }
             return h.finish(args, data, render_callgrind)
-        progress = h.progress_for(args, len(SIZES), "bench_engine")
+        exe_out = build(Path(tmp), groups=False)
+        progress = h.progress_for(args, 2 * len(SIZES), "bench_engine")
         try:
             samples, notes = run_sizes(exe, repeats, args.quick, progress)
+            samples += run_groups_compiled_out(exe, exe_out, repeats, args.quick, progress)
         finally:
             progress.close()
     results = summarize(samples)
@@ -343,6 +397,18 @@ def render(data: dict[str, Any]) -> str:
                 f"kmemcache pair inside a memory group with a limit (a cache of its own): "
                 f"{grouped['median']:.1f} ns, {m.fmt_ratio(grouped['median'] / plain['median'])} "
                 "the pair outside every group.",
+            ]
+        built_in, out = (
+            by.get((size, GROUPS_IN, "kmemcache")),
+            by.get((size, GROUPS_OUT, "kmemcache")),
+        )
+        if built_in and out:
+            lines += [
+                "",
+                "kmemcache pair outside every group, in alternating runs: "
+                f"{built_in['median']:.1f} ns as built, {out['median']:.1f} ns with the "
+                "groups' tests compiled out "
+                f"(KMC_NO_GROUPS): {m.fmt_ratio(built_in['median'] / out['median'])}.",
             ]
     lines += ["", "Targets:"] + [h.target_line(t) for t in data["targets"]]
     return "\n".join(lines)

@@ -178,7 +178,7 @@ static KMC_NOINLINE void *charged_alloc(kmc_cache_t *c, int zero)
 
 void *kmc_cache_alloc(kmc_cache_t *c, int zero)
 {
-    if (unlikely(kmc__group_cur != NULL))
+    if (KMC_GROUPS_ON && unlikely(kmc__group_cur != NULL))
         return charged_alloc(c, zero);
     return cache_alloc(c, zero, 0, NULL);
 }
@@ -256,7 +256,7 @@ static KMC_NOINLINE kmc_status charged_free_fast(kmc_cache_t *c, void *p)
  * with the alloc's, they cost a pair 5 instructions under callgrind. */
 kmc_status kmc_cache_free(kmc_cache_t *c, void *p)
 {
-    if (unlikely(__atomic_load_n(&c->charged, __ATOMIC_RELAXED)))
+    if (KMC_GROUPS_ON && unlikely(__atomic_load_n(&c->charged, __ATOMIC_RELAXED)))
         return charged_free_fast(c, p);
     return cache_free(c, p, false);
 }

@@ -586,6 +586,15 @@ void kmc__purge_defer(bool on);         /* a forked child's handler: start none 
  * free paths, once any object was charged, take the tag's charge back. */
 extern __thread kmc_group_t *kmc__group_cur __attribute__((tls_model("initial-exec")));
 
+/* Built with -DKMC_NO_GROUPS (only benchmarks/bench_engine.py does, to time
+ * what the groups' two tests cost a pair), the alloc and free paths never
+ * look at groups. */
+#ifdef KMC_NO_GROUPS
+#define KMC_GROUPS_ON 0
+#else
+#define KMC_GROUPS_ON 1
+#endif
+
 /* A thread's stock: bytes taken from one group's counters, not used yet
  * (memcg's per-CPU stock; group.c tells how it is taken back). Its owner's
  * fast paths, below, use it with plain stores. */
