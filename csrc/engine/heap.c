@@ -149,10 +149,10 @@ static KMC_NOINLINE void heap_tags_refresh(kmc_cache_t *c)
 {
     uint32_t t = kmc__self - 1;
     kmc_heap_t *h;
-    if (t >= KMC_MAX_HEAPS || !(h = kmc__heap_at(c, t)) || h->cur_tags)
+    if (t >= KMC_MAX_HEAPS || !(h = kmc__heap_at(c, t)))
         return;
-    heap_enter(h);
-    if (!heap_wanted(h) && KMC_LOAD(&h->cur))
+    heap_enter(h); /* a taker may unload the current slab: look inside the handshake */
+    if (!heap_wanted(h) && KMC_LOAD(&h->cur) && !h->cur_tags)
         h->cur_tags = kmc__slab_tags(c, h->cur_id);
     heap_leave(h);
 }

@@ -210,7 +210,8 @@ typedef struct kmc_mag_entry_s {
  * CPU) and its magazine. Line 0 and a word of lines 1-2 are all that an
  * alloc, or a free into the current slab, touches; a free into another
  * owned slab and the alloc after it touch line 0 and one magazine entry;
- * other threads write only line 4. */
+ * other threads write only line 4 (where the owner writes only in its slow
+ * paths). */
 typedef struct kmc_heap_s {
     /* line 0: the fast paths */
     _Atomic uint8_t busy;    /* the owner is inside a fast path */
@@ -236,7 +237,7 @@ typedef struct kmc_heap_s {
     _Atomic uint32_t fulls;        /* HEAP_FULL ones */
     _Atomic uint64_t cached_other; /* free slots in its slabs but cur (remote aside) */
     _Atomic uint64_t remote_frees; /* objects this thread freed into others' slabs */
-    /* line 4: written by other threads. The stack of HEAP_FULL slabs that
+    /* line 4: written by other threads, and read by them. The stack of HEAP_FULL slabs that
      * remote frees reached: generation << 32 | top slab id + 1 (0: empty).
      * A new generation each time the stack is closed or opened, so that a
      * push prepared against an older one fails. */

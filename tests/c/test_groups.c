@@ -643,6 +643,140 @@ static void test_a_racing_double_free_leaves_no_wrapped_count(void)
     (void)kmc_cache_destroy(race_cache); /* may report the double frees' leftovers */
 }
 
+/* Allocations in a group that take the slow path (after each shrink) look up
+ * their heap's tags afterwards, while another thread shrinks and so unloads
+ * that heap's current slab: the look must stay inside the heaps' handshake
+ * (TSan tells otherwise), and every charge comes back. */
+static kmc_cache_t *refresh_cache;
+static atomic_int refresh_stop;
+
+static void *shrink_until_stopped(void *arg)
+{
+    (void)arg;
+    while (!atomic_load(&refresh_stop))
+        kmc_cache_shrink(refresh_cache);
+    return NULL;
+}
+
+static void test_tags_looked_up_while_another_thread_shrinks(void)
+{
+    kmc_group_t *g;
+    CHECK_EQ(kmc_group_create("refresh", NULL, 0, 0, &g), KMC_OK);
+    refresh_cache = make("grp-refresh", 64, 0);
+    CHECK(refresh_cache);
+    atomic_store(&refresh_stop, 0);
+    pthread_t t;
+    CHECK_EQ(pthread_create(&t, NULL, shrink_until_stopped, NULL), 0);
+    for (int i = 0; i < 20000; i++) {
+        kmc_group_enter(g);
+        void *p = kmc_cache_alloc(refresh_cache, 0);
+        kmc_group_enter(NULL);
+        CHECK(p);
+        CHECK_EQ(kmc_cache_free(refresh_cache, p), KMC_OK);
+    }
+    atomic_store(&refresh_stop, 1);
+    pthread_join(t, NULL);
+    CHECK_EQ(gstats(g).usage, 0);
+    kmc_group_release(g);
+    CHECK_EQ(kmc_cache_destroy(refresh_cache), KMC_OK);
+}
+
+/* Two threads allocate inside three groups and outside any, from caches
+ * whose slabs were current before their tags were mapped, free some where
+ * they are and hand the others to each other, while a third thread
+ * shrinks: every group ends at zero. */
+#define MIX_GROUPS 3
+#define MIX_SLOTS  512
+static kmc_cache_t *mix_caches[3];
+static kmc_group_t *mix_groups[MIX_GROUPS];
+static void *_Atomic mix_slots[MIX_SLOTS];
+static atomic_int mix_stop;
+
+static void mix_free(int k, void *p)
+{
+    if (kmc_cache_free(mix_caches[k], p) != KMC_OK)
+        atomic_fetch_add(&thread_failures, 1);
+}
+
+static void *mix_worker(void *arg)
+{
+    uint64_t r = (uint64_t)(uintptr_t)arg * 0x9e3779b97f4a7c15ull + 1;
+    for (int i = 0; i < 100000; i++) {
+        r ^= r << 13, r ^= r >> 7, r ^= r << 17;
+        unsigned slot = (unsigned)(r % MIX_SLOTS);
+        int k = (int)((r >> 20) % 3), gi = (int)((r >> 30) % (MIX_GROUPS + 1));
+        void *old = atomic_exchange(&mix_slots[slot], NULL);
+        if (old) { /* the low bits name its cache */
+            mix_free((int)((uintptr_t)old & 3), (void *)((uintptr_t)old & ~(uintptr_t)3));
+            continue;
+        }
+        kmc_group_enter(gi < MIX_GROUPS ? mix_groups[gi] : NULL);
+        void *p = kmc_cache_alloc(mix_caches[k], (int)((r >> 40) & 1));
+        kmc_group_enter(NULL);
+        void *none = NULL;
+        if (!p)
+            atomic_fetch_add(&thread_failures, 1);
+        else if (((r >> 41) & 1) ||
+                 !atomic_compare_exchange_strong(&mix_slots[slot], &none,
+                                                 (void *)((uintptr_t)p | (uintptr_t)k)))
+            mix_free(k, p);
+    }
+    return NULL;
+}
+
+static void *mix_shrinker(void *arg)
+{
+    (void)arg;
+    while (!atomic_load(&mix_stop)) {
+        for (int k = 0; k < 3; k++)
+            kmc_cache_shrink(mix_caches[k]);
+        sched_yield();
+    }
+    return NULL;
+}
+
+static void test_groups_back_to_zero_after_mixed_work(void)
+{
+    static const size_t sizes[3] = {64, 200, 24};
+    void *warm[3][100];
+    for (int k = 0; k < 3; k++) {
+        CHECK((mix_caches[k] = make("grp-mix", sizes[k], 0)) != NULL);
+        for (int j = 0; j < 100; j++) /* current slabs before any tag is mapped */
+            CHECK((warm[k][j] = kmc_cache_alloc(mix_caches[k], 0)) != NULL);
+    }
+    for (int i = 0; i < MIX_GROUPS; i++)
+        CHECK_EQ(kmc_group_create("mix", NULL, 0, 0, &mix_groups[i]), KMC_OK);
+    atomic_store(&thread_failures, 0);
+    atomic_store(&mix_stop, 0);
+    pthread_t w[2], sh;
+    CHECK_EQ(pthread_create(&sh, NULL, mix_shrinker, NULL), 0);
+    for (uintptr_t i = 0; i < 2; i++)
+        CHECK_EQ(pthread_create(&w[i], NULL, mix_worker, (void *)(i + 1)), 0);
+    for (int i = 0; i < 2; i++)
+        pthread_join(w[i], NULL);
+    atomic_store(&mix_stop, 1);
+    pthread_join(sh, NULL);
+    CHECK_EQ(atomic_load(&thread_failures), 0);
+    for (unsigned s = 0; s < MIX_SLOTS; s++) {
+        void *p = atomic_exchange(&mix_slots[s], NULL);
+        if (p)
+            CHECK_EQ(kmc_cache_free(mix_caches[(uintptr_t)p & 3],
+                                    (void *)((uintptr_t)p & ~(uintptr_t)3)),
+                     KMC_OK);
+    }
+    for (int k = 0; k < 3; k++)
+        for (int j = 0; j < 100; j++)
+            CHECK_EQ(kmc_cache_free(mix_caches[k], warm[k][j]), KMC_OK);
+    for (int i = 0; i < MIX_GROUPS; i++) {
+        CHECK_EQ(kmc_group_set_limits(mix_groups[i], 0, 0), KMC_OK); /* the stocks back */
+        CHECK_EQ(gstats(mix_groups[i]).usage, 0);
+        CHECK_EQ(gstats(mix_groups[i]).objects, 0);
+        kmc_group_release(mix_groups[i]);
+    }
+    for (int k = 0; k < 3; k++)
+        CHECK_EQ(kmc_cache_destroy(mix_caches[k]), KMC_OK);
+}
+
 /* What is refused changes nothing: a free of a pointer into an object gives
  * no charge back; a charge a parent refuses counts no soft-limit crossing
  * below it. */
@@ -709,6 +843,8 @@ int main(void)
     RUN(test_the_last_frees_of_released_groups_race_safely);
     RUN(test_a_cache_limit_holds_while_two_threads_grow_it);
     RUN(test_a_racing_double_free_leaves_no_wrapped_count);
+    RUN(test_tags_looked_up_while_another_thread_shrinks);
+    RUN(test_groups_back_to_zero_after_mixed_work);
     RUN(test_refusals_change_no_count);
     RUN(test_a_large_object_shrunk_in_place_gives_back_its_tail);
     return TESTS_DONE();
