@@ -35,7 +35,7 @@ import statistics
 import subprocess
 import sys
 import tempfile
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -81,22 +81,27 @@ def build(out_dir: Path, groups: bool = True) -> Path:
     return exe
 
 
-def run_sizes(exe: Path, repeats: int, quick: bool, progress: m.Progress) -> tuple[list, list]:
+def run_program(*args: str | Path | int) -> list[dict[str, Any]]:
+    """Run the program; the JSON records it printed, a line each."""
+    out = subprocess.run(
+        [str(a) for a in args],
+        capture_output=True,
+        text=True,
+        env={**os.environ, "GLIBC_TUNABLES": TUNABLES},
+        check=True,
+    ).stdout
+    return [json.loads(line) for line in out.splitlines()]
+
+
+def run_sizes(
+    exe: Path, repeats: int, quick: bool, progress: m.Progress
+) -> tuple[list[dict[str, Any]], list[str]]:
     """Run the program for every size; (samples, notes)."""
-    env = {**os.environ, "GLIBC_TUNABLES": TUNABLES}
     samples: list[dict[str, Any]] = []
     notes: list[str] = []
     for size in SIZES:
         progress.step(f"{size} B")
-        out = subprocess.run(
-            [str(exe), str(size), str(repeats), "1" if quick else "0"],
-            capture_output=True,
-            text=True,
-            env=env,
-            check=True,
-        ).stdout
-        for line in out.splitlines():
-            rec = json.loads(line)
+        for rec in run_program(exe, size, repeats, "1" if quick else "0"):
             if "note" in rec:
                 if rec["note"] not in notes:
                     notes.append(rec["note"])
@@ -120,14 +125,7 @@ def run_groups_compiled_out(
         for rep in range(repeats):
             pair = [(exe, GROUPS_IN), (exe_out, GROUPS_OUT)]
             for program, pattern in pair if rep % 2 == 0 else pair[::-1]:
-                out = subprocess.run(
-                    [str(program), str(size), "pairs", "1", "1" if quick else "0"],
-                    capture_output=True,
-                    text=True,
-                    check=True,
-                ).stdout
-                for line in out.splitlines():
-                    rec = json.loads(line)
+                for rec in run_program(program, size, "pairs", 1, "1" if quick else "0"):
                     samples.append({**rec, "pattern": pattern, "repeat": rep})
     return samples
 
@@ -162,6 +160,34 @@ def scaling(results: list[dict[str, Any]], size: int, alloc: str) -> float | Non
     by = {(r["size"], r["pattern"], r["allocator"]): r["median"] for r in results}
     one, two = by.get((size, "threads 1", alloc)), by.get((size, "threads 2", alloc))
     return two / one if one and two else None
+
+
+def judge_worst(
+    target: dict[str, Any],
+    found: list[tuple[float, str]],
+    missing: str,
+    pick: Callable[[list[tuple[float, str]]], tuple[float, str]] = max,
+) -> None:
+    """Judge @target by the worst of @found, (ratio, where) pairs (the highest, or what
+    @pick picks), or skip it saying @missing."""
+    if found:
+        worst = pick(found)
+        h.judge_target(target, worst[0])
+        target["where"] = worst[1]
+    else:
+        h.skip_target(target, missing)
+
+
+def kmemcache_ratios(
+    by: dict[tuple[int, str, str], dict[str, Any]], top: str, bottom: str
+) -> list[tuple[float, str]]:
+    """kmemcache's median of pattern @top over its median of @bottom, at each size
+    where both were measured."""
+    return [
+        (by[(s, top, "kmemcache")]["median"] / by[(s, bottom, "kmemcache")]["median"], f"{s} B")
+        for s in SIZES
+        if (s, top, "kmemcache") in by and (s, bottom, "kmemcache") in by
+    ]
 
 
 def judge(results: list[dict[str, Any]]) -> list[dict[str, Any]]:
@@ -202,44 +228,20 @@ def judge(results: list[dict[str, Any]]) -> list[dict[str, Any]]:
         ours, theirs = scaling(results, s, "kmemcache"), scaling(results, s, "mimalloc")
         if ours and theirs:
             scales.append((ours / theirs, f"{s} B (kmemcache {ours:.2f}x, mimalloc {theirs:.2f}x)"))
-    if scales:
-        worst = min(scales)
-        h.judge_target(scale, worst[0])
-        scale["where"] = worst[1]
-    else:
-        h.skip_target(scale, "mimalloc not installed")
+    judge_worst(scale, scales, "mimalloc not installed", min)
     rem = [
         (by[(s, "remote", "kmemcache")]["vs_mimalloc"], f"{s} B")
         for s in SIZES
         if "vs_mimalloc" in by.get((s, "remote", "kmemcache"), {})
     ]
-    if rem:
-        worst = max(rem)
-        h.judge_target(remote, worst[0])
-        remote["where"] = worst[1]
-    else:
-        h.skip_target(remote, "mimalloc not installed")
+    judge_worst(remote, rem, "mimalloc not installed")
     group = h.make_target(
         "engine_group_vs_none",
         "pair inside a memory group with a limit / pair outside every group, from C (worst size)",
         1.10,
         "lower",
     )
-    in_group = [
-        (
-            by[(s, "pair in a group", "kmemcache")]["median"]
-            / by[(s, "pair", "kmemcache")]["median"],
-            f"{s} B",
-        )
-        for s in SIZES
-        if (s, "pair in a group", "kmemcache") in by and (s, "pair", "kmemcache") in by
-    ]
-    if in_group:
-        worst = max(in_group)
-        h.judge_target(group, worst[0])
-        group["where"] = worst[1]
-    else:
-        h.skip_target(group, "not measured")
+    judge_worst(group, kmemcache_ratios(by, "pair in a group", "pair"), "not measured")
     no_group = h.make_target(
         "engine_no_group_cost",
         "pair outside every group / the same pair built with the groups' tests compiled "
@@ -247,20 +249,7 @@ def judge(results: list[dict[str, Any]]) -> list[dict[str, Any]]:
         1.02,
         "lower",
     )
-    costs = [
-        (
-            by[(s, GROUPS_IN, "kmemcache")]["median"] / by[(s, GROUPS_OUT, "kmemcache")]["median"],
-            f"{s} B",
-        )
-        for s in SIZES
-        if (s, GROUPS_IN, "kmemcache") in by and (s, GROUPS_OUT, "kmemcache") in by
-    ]
-    if costs:
-        worst = max(costs)
-        h.judge_target(no_group, worst[0])
-        no_group["where"] = worst[1]
-    else:
-        h.skip_target(no_group, "not measured")
+    judge_worst(no_group, kmemcache_ratios(by, GROUPS_IN, GROUPS_OUT), "not measured")
     return [single, scale, remote, group, no_group]
 
 
