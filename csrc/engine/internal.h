@@ -612,6 +612,18 @@ typedef struct kmc_stock_s {
 } kmc_stock_t;
 extern __thread kmc_stock_t *kmc__stock __attribute__((tls_model("initial-exec")));
 
+/* The owner uses its stock between these two: a taker that marked it
+ * revoked waits until the owner is out (group.c), as the heaps' handshake. */
+static inline void kmc__stock_enter(kmc_stock_t *s)
+{
+    KMC_STORE(&s->busy, 1);
+    atomic_signal_fence(memory_order_seq_cst); /* the store stays before the loads */
+}
+static inline void kmc__stock_leave(kmc_stock_t *s)
+{
+    atomic_store_explicit(&s->busy, 0, memory_order_release);
+}
+
 /* A group is named by its id (a tag's value); 0 is none. */
 uint32_t kmc__group_charge_slow(const kmc_cache_t *c, uint64_t bytes, kmc_status *st);
 void kmc__group_uncharge_slow(uint32_t id, uint64_t bytes, uint64_t objects);
@@ -626,16 +638,15 @@ static inline uint32_t kmc__group_charge(const kmc_cache_t *c, uint64_t bytes, k
     if (!g || (c && !c->backing->chargeable))
         return 0;
     if (likely(s && atomic_load_explicit(&s->group, memory_order_relaxed) == g)) {
-        KMC_STORE(&s->busy, 1);
-        atomic_signal_fence(memory_order_seq_cst); /* the store stays before the load */
+        kmc__stock_enter(s);
         uint64_t have = KMC_LOAD(&s->bytes);
         if (likely(!KMC_LOAD(&s->revoked) && have >= bytes)) {
             KMC_STORE(&s->bytes, have - bytes);
             KMC_STORE(&s->objects, KMC_LOAD(&s->objects) + 1);
-            atomic_store_explicit(&s->busy, 0, memory_order_release);
+            kmc__stock_leave(s);
             return KMC_LOAD(&s->id);
         }
-        atomic_store_explicit(&s->busy, 0, memory_order_release);
+        kmc__stock_leave(s);
     }
     return kmc__group_charge_slow(c, bytes, st);
 }
@@ -647,16 +658,15 @@ static inline void kmc__group_uncharge(uint32_t id, uint64_t bytes, uint64_t obj
 {
     kmc_stock_t *s = kmc__stock;
     if (likely(s && atomic_load_explicit(&s->id, memory_order_relaxed) == id)) {
-        KMC_STORE(&s->busy, 1);
-        atomic_signal_fence(memory_order_seq_cst);
+        kmc__stock_enter(s);
         uint64_t have = KMC_LOAD(&s->bytes) + bytes;
         if (likely(!KMC_LOAD(&s->revoked) && have <= s->cap)) {
             KMC_STORE(&s->bytes, have);
             KMC_STORE(&s->objects, KMC_LOAD(&s->objects) - (int64_t)objects);
-            atomic_store_explicit(&s->busy, 0, memory_order_release);
+            kmc__stock_leave(s);
             return;
         }
-        atomic_store_explicit(&s->busy, 0, memory_order_release);
+        kmc__stock_leave(s);
     }
     kmc__group_uncharge_slow(id, bytes, objects);
 }
