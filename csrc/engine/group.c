@@ -10,13 +10,16 @@
  * The free path of a cache that ever had an object charged reads the tag
  * and gives the charge back, whichever thread frees. The heap keeps its
  * current slab's tags at hand (heap.c), so that an alloc from that slab
- * writes the tag, and a free into it reads and clears it, at the index the
- * fast path already has, with plain stores: only the owner allocates there.
- * Any other free finds the tag by the owner lookup and takes it with an
- * exchange. Two threads freeing one object at the same instant (a double
- * free the engine reports, in validate when the two race) can then both
- * give its charge back: counters never go below zero, and group memory is
- * type-stable (reap), so that this leaves a count low, nothing worse.
+ * writes the tag, and a free into it takes it, at the index the fast path
+ * already has; any other free finds the tag by the owner lookup. Every free
+ * takes the tag with an exchange, before its bitmap decides whether the
+ * free is valid: of two threads freeing one object at once, one gives the
+ * charge back, even when the other's free is refused as a double free (a
+ * plain load and store on the owner's side let both give it back, often,
+ * under a test that races them). Counters never go below zero and group
+ * memory is type-stable (reap) all the same: a charge given back twice by
+ * some later bug leaves a count low, never a wrapped counter that refuses
+ * every charge, nor a read of freed memory.
  *
  * Counting without an atomic per object: memcg's per-CPU stock, per thread.
  * A group's counter (and each parent's) is moved by compare-and-swap against
@@ -113,10 +116,8 @@ static void reap_later(uint32_t id)
 
 static void reap_pending(void);
 
-/* Take @bytes off a counter, never below zero: two threads freeing one
- * object at the same instant (a double free, which the engine reports) can
- * both give its charge back, the owner's fast path with plain stores.
- * Returns what is left. */
+/* Take @bytes off a counter, never below zero (see the top). Returns what
+ * is left. */
 static uint64_t counter_sub(_Atomic uint64_t *counter, uint64_t bytes)
 {
     uint64_t old = atomic_load_explicit(counter, memory_order_relaxed), now;
@@ -281,10 +282,9 @@ kmc_status kmc_group_create(const char *name, kmc_group_t *parent, uint64_t limi
 /* Free @g and then any parent it kept alive, if nothing holds them now: no
  * handle, charge (stocks were taken back), child, or stock naming it.
  * groups_lock held. A freed group's memory is kept for the next group
- * (type-stable, as Linux's SLAB_TYPESAFE_BY_RCU caches): a racing double
- * free can give an object's charge back twice (see heap.c), and then a
- * group can go while a tag still names it; that late free finds no group,
- * or a later one, never freed memory. */
+ * (type-stable, as Linux's SLAB_TYPESAFE_BY_RCU caches): were a charge ever
+ * given back twice, a group could go while a tag still names it; that late
+ * free finds no group, or a later one, never freed memory (see the top). */
 static void reap(kmc_group_t *g)
 {
     while (g && g->released && !atomic_load(&g->counter) && !atomic_load(&g->children)) {
@@ -354,8 +354,8 @@ static uint64_t stocked(const kmc_group_t *g, int64_t *objects)
     return bytes;
 }
 
-/* The counter without the stocks: a count left low by a racing double free
- * (see the top) may hold less than they do. groups_lock. */
+/* The counter without the stocks, never below zero (see the top).
+ * groups_lock. */
 static uint64_t usage_of(kmc_group_t *g, uint64_t in_stocks)
 {
     uint64_t counter = atomic_load(&g->counter);

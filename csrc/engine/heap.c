@@ -24,7 +24,7 @@
  * and 226 per free+alloc in a steady pool of 4,096 live objects, a random
  * one replaced each time (2,679 before the magazine, when nearly every
  * alloc switched slabs); 5 of each are the memory groups' two tests, and a
- * pair inside a group costs 198 (group.c). mimalloc, which keeps its free
+ * pair inside a group costs 200 (group.c). mimalloc, which keeps its free
  * list inside free objects, needs fewer; a bitmap outside object memory is
  * what lets every double free be found.
  *
@@ -213,15 +213,16 @@ static inline __attribute__((always_inline)) kmc_status cache_free(kmc_cache_t *
              * two registers saved, more than the rescan it spares) */
             uint16_t group = 0;
             if (charged) {
-                /* the owner's plain stores: only a double free racing in
-                 * another thread touches this tag now (see group.c) */
+                /* taken by an exchange, as every free takes it: of two
+                 * threads freeing the object at once, one gives the charge
+                 * back, even when the other's free is then refused */
                 _Atomic uint16_t *tags = h->cur_tags;
                 if (unlikely(!tags)) {
                     heap_leave(h);
                     return charged_free(c, p);
                 }
-                if ((group = atomic_load_explicit(&tags[idx], memory_order_relaxed)))
-                    atomic_store_explicit(&tags[idx], 0, memory_order_relaxed);
+                if (atomic_load_explicit(&tags[idx], memory_order_relaxed))
+                    group = atomic_exchange_explicit(&tags[idx], 0, memory_order_relaxed);
             }
             KMC_STORE(&h->bits[w], x | bit);
             KMC_COUNT(&h->frees);
