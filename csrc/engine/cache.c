@@ -769,7 +769,7 @@ void *kmc__cache_alloc_sized(kmc_cache_t *c, int zero, size_t orig)
         return kmc_cache_alloc(c, zero);
     kmc__report_clear();
     kmc_status st = KMC_OK;
-    uint32_t group = kmc__group_charge(c, c->size, &st);
+    uint32_t group = kmc__group_charge(c, NULL, c->size, &st);
     if (st != KMC_OK)
         return NULL;
     return kmc__group_settle(c, depot_alloc(c, zero, orig, &st), group);

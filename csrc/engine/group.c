@@ -21,35 +21,38 @@
  * some later bug leaves a count low, never a wrapped counter that refuses
  * every charge, nor a read of freed memory.
  *
- * Counting without an atomic per object: memcg's per-CPU stock, per thread.
- * A group's counter (and each parent's) is moved by compare-and-swap against
- * the limit, 64 KiB at a time: the thread keeps what it took beyond the
- * object in its stock, and the next objects it allocates in that group come
- * out of the stock, and those it frees go back into it, with plain stores.
- * So a counter is the group's usage plus the stocks taken from it, and never
- * passes the limit: no charge can. A read of usage subtracts the stocks
- * (exact); a charge that the counter refuses while stocks hold bytes first
- * takes every stock of the group back (exact decisions), as memcg drains its
- * stocks before it reclaims. Taking another thread's stock back is the
- * heaps' handshake (heap.c): the owner marks itself busy around each use of
- * its stock; the taker marks the stock revoked, has every thread pass a
- * memory barrier (membarrier), waits until the owner is not busy, then owns
- * the stock's bytes. Without the barrier a thread keeps no stock. Near a
- * limit a thread takes a quarter of what is left at most, so that stocks do
- * not starve each other.
+ * Counting without an atomic per object: memcg's per-CPU stock, per heap
+ * (one thread's cache of one cache's slabs). A group's counter (and each
+ * parent's) is moved by compare-and-swap against the limit, up to 64 KiB
+ * at a time: the heap keeps what its thread took beyond the object in its
+ * stock, counted in objects, and the next objects the thread allocates
+ * there in that group come out of the stock, and those it frees go back
+ * into it, inside the heap's fast paths (heap.c: a compare, a decrement or
+ * increment, under the heap's own busy mark). So a counter is the group's
+ * usage plus the stocks taken from it, and never passes the limit: no
+ * charge can. A read of usage subtracts the stocks (exact); a charge that
+ * the counter refuses while stocks hold bytes first takes every stock of
+ * the group back (exact decisions), as memcg drains its stocks before it
+ * reclaims. Taking a stock back is the heaps' handshake on the stock's
+ * group id: the taker clears the id (the owner's paths compare it inside
+ * the busy mark), has every thread pass a memory barrier (membarrier),
+ * waits until the heap is not busy, then owns the stock's objects. Without
+ * the barrier no heap keeps a stock: every charge moves the counters. Other
+ * charges (large kmalloc runs, caches without heaps) move the counters
+ * too: each is a slow path already.
  *
- * A thread's batches start at one object's worth and double at each
- * refill up to 64 KiB, so that a thread that allocates little keeps little;
- * and none is taken near a limit or the soft limit (a quarter of the room
- * left at most): there every charge and free moves the counters. The peak
- * reads the counter, stocks included, as Linux's memory.peak reads the page
- * counter: it can be above the usage's peak by each thread's stock, never
- * more than its last batch, 64 KiB.
+ * A stock's batches start at one object and double at each refill up to
+ * 64 KiB, so that a heap that allocates little keeps little; and none is
+ * taken near a limit or the soft limit (a quarter of the room left at
+ * most): there every charge and free moves the counters. The peak reads
+ * the counter, stocks included, as Linux's memory.peak reads the page
+ * counter: it can be above the usage's peak by what the stocks hold, each
+ * at most its last batch, 64 KiB.
  *
  * Ids: a table of GROUPS_MAX slots; a group's id is stable while it lives
  * (a handle, a charge, a child, or a stock), which is as long as a tag or a
  * stock can name it. One lock (groups_lock) for the table, the stocks'
- * list, and every change to a stock but its owner's plain updates.
+ * list, and every change to a stock but its owner's fast paths'.
  */
 #include <stdio.h>
 #include <stdlib.h>
@@ -78,14 +81,13 @@ struct kmc_group_s {
 };
 
 __thread kmc_group_t *kmc__group_cur __attribute__((tls_model("initial-exec")));
-__thread kmc_stock_t *kmc__stock __attribute__((tls_model("initial-exec")));
+__thread uint32_t kmc__group_id __attribute__((tls_model("initial-exec")));
 
 static pthread_mutex_t groups_lock = PTHREAD_MUTEX_INITIALIZER;
 static kmc_group_t **table; /* id -> group */
 static uint32_t next_id = 1;
-static kmc_stock_t *stocks; /* every thread's */
-static kmc_group_t *spares; /* freed groups (see reap) */
-static pthread_key_t stock_key;
+static kmc_stock_t *stocks;            /* every heap's that ever held one, but retired */
+static kmc_group_t *spares;            /* freed groups (see reap) */
 static _Atomic int stocks_usable = -1; /* the barrier works: 1, 0, or -1 before the first
                                         * look (written under groups_lock) */
 
@@ -133,95 +135,103 @@ static void counters_sub(kmc_group_t *g, kmc_group_t *stop, uint64_t bytes)
         counter_sub(&g->counter, bytes);
 }
 
-/* Give a stock's bytes and objects back to its group. groups_lock held; the
- * owner is the caller, or is not using the stock (revoked and seen idle). */
+/* The group a stock's objects are charged to: its id, or the one a taker
+ * cleared. groups_lock. */
+static uint32_t stock_group(const kmc_stock_t *s)
+{
+    uint32_t id = atomic_load_explicit(&s->heap->stock_id, memory_order_relaxed);
+    return id ? id : s->taken;
+}
+
+/* Give a stock's objects back to its group, and name none. groups_lock
+ * held; its owner is the caller, outside its fast paths, or is not using
+ * it (taken and seen idle, or gone). */
 static void stock_flush(kmc_stock_t *s)
 {
-    kmc_group_t *g = atomic_load(&s->group);
+    uint32_t id = stock_group(s);
+    uint32_t n = atomic_exchange(&s->heap->stock_n, 0);
+    atomic_store(&s->heap->stock_id, 0);
+    s->taken = 0;
+    kmc_group_t *g = id ? table[id] : NULL;
     if (!g)
         return;
-    uint64_t bytes = atomic_exchange(&s->bytes, 0);
-    if (bytes)
-        counters_sub(g, NULL, bytes);
-    atomic_fetch_add(&g->objects, atomic_exchange(&s->objects, 0));
+    if (n) {
+        counters_sub(g, NULL, n * s->unit);
+        atomic_fetch_sub(&g->objects, (int64_t)n);
+    }
     for (kmc_group_t *l = g; l; l = l->parent)
         if (l->released)
             reap_later(l->id); /* it may be unheld now */
 }
 
 /* Every stock of @top's subtree back to its group, the caller's own
- * included. groups_lock held. False when the barrier cannot be had (then
- * no thread keeps a stock, and nothing is to be taken). */
+ * included (the caller is outside its fast paths). groups_lock held. */
 static void stocks_take_back(const kmc_group_t *top)
 {
     bool any = false;
     /* every one, empty or not: an empty one would still take its owner's
      * frees (and the group could never reach zero) */
-    for (kmc_stock_t *s = stocks; s; s = s->next)
-        if (s != kmc__stock && in_subtree(atomic_load(&s->group), top)) {
-            atomic_store(&s->revoked, 1);
+    for (kmc_stock_t *s = stocks; s; s = s->next) {
+        uint32_t id = atomic_load_explicit(&s->heap->stock_id, memory_order_relaxed);
+        if (id && in_subtree(table[id], top)) {
+            s->taken = id;
+            atomic_store(&s->heap->stock_id, 0); /* the owner's next look fails */
             any = true;
         }
-    if (kmc__stock && in_subtree(atomic_load(&kmc__stock->group), top)) {
-        stock_flush(kmc__stock);
-        kmc__stock->batch = kmc__stock->cap = 0; /* (the caller owns it) */
     }
+    /* without the barrier (only if it failed since it first worked) the
+     * stocks stay taken, their objects counted: each owner's next refill
+     * flushes its own */
     if (!any || kmc__os_barrier() != 0)
         return;
     for (kmc_stock_t *s = stocks; s; s = s->next) {
-        if (!atomic_load(&s->revoked) || s == kmc__stock)
+        if (!s->taken)
             continue;
-        for (unsigned spins = 0; atomic_load_explicit(&s->busy, memory_order_acquire); spins++)
+        for (unsigned spins = 0; atomic_load_explicit(&s->heap->busy, memory_order_acquire);
+             spins++)
             if (spins > 64)
                 sched_yield();
         stock_flush(s);
     }
 }
 
-/* Flush a stock and take it off the list, for freeing. groups_lock held. */
-static void stock_retire(kmc_stock_t *s)
+void kmc__stock_retire(kmc_stock_t *s)
 {
-    stock_flush(s);
-    if (s->prev)
-        s->prev->next = s->next;
-    else
-        stocks = s->next;
-    if (s->next)
-        s->next->prev = s->prev;
-}
-
-/* Its thread exits (the pthread key's destructor). */
-static void stock_free(void *arg)
-{
-    kmc_stock_t *s = arg;
     pthread_mutex_lock(&groups_lock);
-    stock_retire(s);
-    reap_pending();
+    if (s->listed) {
+        stock_flush(s);
+        if (s->prev)
+            s->prev->next = s->next;
+        else
+            stocks = s->next;
+        if (s->next)
+            s->next->prev = s->prev;
+        s->prev = s->next = NULL;
+        s->listed = false;
+        s->heap->stock_cap = 0;
+        reap_pending();
+    }
     pthread_mutex_unlock(&groups_lock);
-    if (kmc__stock == s)
-        kmc__stock = NULL;
-    free(s);
 }
 
-/* The calling thread's stock, made and listed on first use; NULL where no
- * stock can be kept. groups_lock held. */
-static kmc_stock_t *stock_mine(void)
+/* @s made @g's for its refill: flushed if another group's (or taken), its
+ * batches from one object again, and listed. groups_lock held. */
+static void stock_move(kmc_stock_t *s, kmc_group_t *g, uint64_t unit)
 {
-    if (kmc__stock)
-        return kmc__stock;
-    if (atomic_load(&stocks_usable) < 0)
-        atomic_store(&stocks_usable,
-                     kmc__os_barrier() == 0 && pthread_key_create(&stock_key, stock_free) == 0);
-    kmc_stock_t *s = atomic_load(&stocks_usable) ? calloc(1, sizeof(*s)) : NULL;
-    if (!s || pthread_setspecific(stock_key, s) != 0) {
-        free(s);
-        return NULL;
+    if (atomic_load(&s->heap->stock_id) == g->id)
+        return;
+    stock_flush(s);
+    s->unit = unit;
+    s->heap->stock_cap = 0;
+    atomic_store(&s->heap->stock_id, g->id);
+    if (!s->listed) {
+        s->prev = NULL;
+        s->next = stocks;
+        if (stocks)
+            stocks->prev = s;
+        stocks = s;
+        s->listed = true;
     }
-    s->next = stocks;
-    if (stocks)
-        stocks->prev = s;
-    stocks = s;
-    return kmc__stock = s;
 }
 
 /* --- life ----------------------------------------------------------------------- */
@@ -289,8 +299,10 @@ static void reap(kmc_group_t *g)
 {
     while (g && g->released && !atomic_load(&g->counter) && !atomic_load(&g->children)) {
         for (kmc_stock_t *s = stocks; s; s = s->next)
-            if (atomic_load(&s->group) == g) /* empty (taken back): forget it */
-                atomic_store(&s->group, NULL), atomic_store(&s->id, 0);
+            if (stock_group(s) == g->id) { /* empty (its bytes are in the counter): forget it */
+                atomic_store(&s->heap->stock_id, 0);
+                s->taken = 0;
+            }
         kmc_group_t *parent = g->parent;
         table[g->id] = NULL;
         g->next_spare = spares;
@@ -330,6 +342,8 @@ kmc_group_t *kmc_group_enter(kmc_group_t *g)
 {
     kmc_group_t *prev = kmc__group_cur;
     kmc__group_cur = g;
+    kmc__group_id = g ? g->id : 0;
+    kmc__alloc_self_set(); /* the alloc fast path sends a thread in a group to the charge */
     return prev;
 }
 
@@ -339,17 +353,20 @@ const char *kmc_group_name(const kmc_group_t *g) { return g->name; }
 void kmc_group_set_owner(kmc_group_t *g, void *owner) { g->owner = owner; }
 void *kmc_group_owner(const kmc_group_t *g) { return g->owner; }
 
-/* The bytes the stocks of @g's subtree hold, and the objects @g's own count.
- * groups_lock held. */
+/* The bytes the stocks of @g's subtree hold, and (@objects) less the
+ * objects @g's own hold. groups_lock held. */
 static uint64_t stocked(const kmc_group_t *g, int64_t *objects)
 {
     uint64_t bytes = 0;
     for (kmc_stock_t *s = stocks; s; s = s->next) {
-        kmc_group_t *sg = atomic_load(&s->group);
-        if (in_subtree(sg, g))
-            bytes += atomic_load_explicit(&s->bytes, memory_order_relaxed);
-        if (sg == g && objects)
-            *objects += atomic_load_explicit(&s->objects, memory_order_relaxed);
+        uint32_t id = stock_group(s);
+        uint64_t n = atomic_load_explicit(&s->heap->stock_n, memory_order_relaxed);
+        if (!id || !n)
+            continue;
+        if (in_subtree(table[id], g))
+            bytes += n * s->unit;
+        if (id == g->id && objects)
+            *objects -= (int64_t)n;
     }
     return bytes;
 }
@@ -505,15 +522,17 @@ static uint64_t batch_for(const kmc_group_t *g, uint64_t bytes, uint64_t last)
     return batch;
 }
 
-/* The charge when the stock cannot serve it: straight onto the counters
- * while the group is too small for batches, else the stock moved to @g and
- * refilled under groups_lock, as is any charge the counters refuse. */
-static KMC_NOINLINE kmc_group_t *charge_slow(const kmc_cache_t *c, kmc_group_t *g, uint64_t bytes,
-                                             kmc_status *st)
+/* The charge: straight onto the counters without a stock (or where no
+ * heap may keep one), else @s moved to @g and topped up to a batch under
+ * groups_lock; a charge the counters refuse takes the stocks back and
+ * looks again. */
+static kmc_group_t *charge(const kmc_cache_t *c, kmc_group_t *g, kmc_stock_t *s, uint64_t bytes,
+                           kmc_status *st)
 {
     bool purge = false;
-    if (!kmc__stock && atomic_load_explicit(&stocks_usable, memory_order_relaxed) == 0) {
-        /* no thread keeps a stock here */
+    if (s && atomic_load_explicit(&stocks_usable, memory_order_relaxed) == 0)
+        s = NULL; /* no heap keeps a stock here */
+    if (!s) {
         if (!counters_add(g, bytes, &purge)) {
             atomic_fetch_add(&g->objects, 1);
             if (purge)
@@ -523,18 +542,19 @@ static KMC_NOINLINE kmc_group_t *charge_slow(const kmc_cache_t *c, kmc_group_t *
         purge = false; /* (nothing was added) */
     }
     pthread_mutex_lock(&groups_lock);
-    kmc_stock_t *s = stock_mine();
-    if (s && (atomic_load(&s->revoked) || atomic_load(&s->group) != g)) {
-        stock_flush(s); /* (a revoked one was emptied by its taker) */
-        atomic_store(&s->revoked, 0);
-        atomic_store(&s->group, g), atomic_store(&s->id, g->id);
-        s->batch = s->cap = 0;
+    if (s && atomic_load(&stocks_usable) < 0)
+        atomic_store(&stocks_usable, kmc__os_barrier() == 0);
+    if (s && !atomic_load(&stocks_usable))
+        s = NULL;
+    uint64_t batch = 0, extra = 0; /* in objects, beyond this one */
+    if (s) {
+        stock_move(s, g, bytes);
+        /* the stock tops up to a batch: it never holds more than one */
+        batch = batch_for(g, bytes, s->heap->stock_cap * s->unit) / s->unit;
+        uint64_t have = atomic_load(&s->heap->stock_n);
+        extra = batch > have ? batch - have : 0;
     }
-    /* the stock tops up to a batch: it never holds more than one */
-    uint64_t batch = s ? batch_for(g, bytes, s->batch) : 0;
-    uint64_t have = s ? atomic_load(&s->bytes) : 0;
-    uint64_t extra = batch > have ? batch - have : 0;
-    kmc_group_t *full = counters_add(g, bytes + extra, &purge);
+    kmc_group_t *full = counters_add(g, bytes + extra * bytes, &purge);
     if (full && extra)
         full = counters_add(g, bytes, &purge), batch = extra = 0;
     if (full) { /* the stocks may hold the room: take them back, and look again */
@@ -548,15 +568,14 @@ static KMC_NOINLINE kmc_group_t *charge_slow(const kmc_cache_t *c, kmc_group_t *
         *st = refuse(c, full, bytes, usage);
         return NULL;
     }
+    atomic_fetch_add(&g->objects, (int64_t)(1 + extra));
     if (s) {
-        atomic_store(&s->bytes, atomic_load(&s->bytes) + extra);
-        atomic_store(&s->objects, atomic_load(&s->objects) + 1);
+        /* (extra is 0 when the stocks were taken back, this one with them) */
+        atomic_store(&s->heap->stock_n, atomic_load(&s->heap->stock_n) + (uint32_t)extra);
         /* without a batch (near or past a limit, or the soft one) frees go
          * straight to the counters too: a soft limit is crossed again only
          * when the usage has come back below it */
-        s->batch = s->cap = batch;
-    } else {
-        atomic_fetch_add(&g->objects, 1);
+        s->heap->stock_cap = (uint32_t)batch;
     }
     reap_pending();
     pthread_mutex_unlock(&groups_lock);
@@ -565,9 +584,13 @@ static KMC_NOINLINE kmc_group_t *charge_slow(const kmc_cache_t *c, kmc_group_t *
     return g;
 }
 
-uint32_t kmc__group_charge_slow(const kmc_cache_t *c, uint64_t bytes, kmc_status *st)
+uint32_t kmc__group_charge(const kmc_cache_t *c, kmc_stock_t *s, uint64_t bytes, kmc_status *st)
 {
-    kmc_group_t *g = charge_slow(c, kmc__group_cur, bytes, st);
+    kmc_group_t *g = kmc__group_cur;
+    *st = KMC_OK;
+    if (!g || (c && !c->backing->chargeable))
+        return 0;
+    g = charge(c, g, s, bytes, st);
     return g ? g->id : 0;
 }
 
@@ -587,9 +610,9 @@ static void counter_take(kmc_group_t *l, uint64_t bytes)
     pthread_mutex_unlock(&groups_lock);
 }
 
-/* The charge back onto the counters: the stock is another group's, full,
- * or revoked. */
-void kmc__group_uncharge_slow(uint32_t id, uint64_t bytes, uint64_t objects)
+/* The charge back onto the counters: no stock of the group at hand, or a
+ * full one. */
+void kmc__group_uncharge(uint32_t id, uint64_t bytes, uint64_t objects)
 {
     kmc_group_t *g = table[id]; /* alive: the charge holds it (but see reap) */
     if (unlikely(!g))
@@ -620,16 +643,14 @@ void *kmc__group_settle(const kmc_cache_t *c, void *p, uint32_t id)
     return p;
 }
 
-/* A forked child has only the forking thread: the other threads' stocks go
- * back to their groups. */
+/* A forked child has only the forking thread: every stock goes back to its
+ * group (the forking thread's refill again). No fast path was running at
+ * the fork (the heaps were held). */
 void kmc__groups_after_fork(void)
 {
-    for (kmc_stock_t *s = stocks, *next; s; s = next) {
-        next = s->next;
-        if (s == kmc__stock)
-            continue;
-        stock_retire(s);
-        free(s);
+    for (kmc_stock_t *s = stocks; s; s = s->next) {
+        stock_flush(s);
+        s->heap->stock_cap = 0;
     }
     reap_pending();
 }
@@ -695,13 +716,19 @@ _Atomic uint16_t *kmc__slab_tags(const kmc_cache_t *c, uint32_t slab)
     return tags ? tags + (size_t)kmc__slab_index(slab) * c->objperslab : NULL;
 }
 
-void kmc__group_free(const kmc_cache_t *c, const void *p)
+uint32_t kmc__group_untag(const kmc_cache_t *c, const void *p)
 {
     _Atomic uint16_t *t = tag_of(c, p, false);
-    uint16_t id;
     /* the exchange: of two threads freeing one object, one takes it back */
-    if (t && atomic_load_explicit(t, memory_order_relaxed) &&
-        (id = atomic_exchange_explicit(t, 0, memory_order_relaxed)) != 0)
+    if (t && atomic_load_explicit(t, memory_order_relaxed))
+        return atomic_exchange_explicit(t, 0, memory_order_relaxed);
+    return 0;
+}
+
+void kmc__group_free(const kmc_cache_t *c, const void *p)
+{
+    uint32_t id = kmc__group_untag(c, p);
+    if (id)
         kmc__group_uncharge(id, c->size, 1);
 }
 

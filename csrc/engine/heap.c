@@ -19,12 +19,17 @@
  *          the heap (magazine full), a remote free, the depot (lock)
  *
  * Measured with callgrind (python benchmarks/bench_engine.py --callgrind;
- * gcc 12 -O2, x86-64, 64-byte objects, loop included): 110 instructions per
- * alloc+free pair, 114 when a thousand objects are allocated then freed,
- * and 226 per free+alloc in a steady pool of 4,096 live objects, a random
+ * gcc 12 -O2, x86-64, 64-byte objects, loop included): 105 instructions per
+ * alloc+free pair, 109 when a thousand objects are allocated then freed,
+ * and 225 per free+alloc in a steady pool of 4,096 live objects, a random
  * one replaced each time (2,679 before the magazine, when nearly every
- * alloc switched slabs); 5 of each are the memory groups' two tests, and a
- * pair inside a group costs 200 (group.c). mimalloc, which keeps its free
+ * alloc switched slabs). Memory groups cost these nothing: a thread in a
+ * group fails the alloc's first test (kmc__alloc_self) into charged_alloc,
+ * and a heap whose current slab's objects carry tags fails the free's
+ * request test into tagged_free, both out of line, where the heap's stock
+ * pays and takes back the charge; a pair inside a group costs 163 (the
+ * same build without groups, -DKMC_NO_GROUPS, runs these counts but the
+ * pool's, 6 fewer there). mimalloc, which keeps its free
  * list inside free objects, needs fewer; a bitmap outside object memory is
  * what lets every double free be found.
  *
@@ -45,7 +50,8 @@
  *
  * Taking a heap back (shrink, validate, the purge of idle heaps): the owner
  * sets heap->busy with a plain store around each fast path, then reads
- * heap->request; the taker sets request, runs kmc__os_barrier (membarrier),
+ * heap->request; the taker sets its bit there (KMC_HEAP_TAKE, beside the
+ * owner's KMC_HEAP_TAGGED), runs kmc__os_barrier (membarrier),
  * then waits for busy to clear. Either the taker sees busy, or the owner
  * sees request and takes the slow path, which waits for the cache lock the
  * taker holds. The owner changes its heap only inside a fast path or with
@@ -57,6 +63,12 @@
 #include "internal.h"
 
 __thread uint32_t kmc__self __attribute__((tls_model("initial-exec")));
+__thread uint32_t kmc__alloc_self __attribute__((tls_model("initial-exec")));
+
+void kmc__alloc_self_set(void)
+{
+    kmc__alloc_self = KMC_GROUPS_ON && kmc__group_cur ? KMC_NIL : kmc__self;
+}
 
 /* cur_remote without a current slab: every bit set, so that the free fast
  * path's test fails into free_other for any pointer. */
@@ -72,12 +84,21 @@ static inline void heap_enter(kmc_heap_t *h)
 
 static inline bool heap_wanted(kmc_heap_t *h)
 {
-    return atomic_load_explicit(&h->request, memory_order_acquire);
+    return atomic_load_explicit(&h->request, memory_order_acquire) & KMC_HEAP_TAKE;
 }
 
 static inline void heap_leave(kmc_heap_t *h)
 {
     atomic_store_explicit(&h->busy, 0, memory_order_release);
+}
+
+/* A taker's request on, or off: the owner's KMC_HEAP_TAGGED kept. */
+static void heap_request(kmc_heap_t *h, bool on)
+{
+    if (on)
+        atomic_fetch_or_explicit(&h->request, KMC_HEAP_TAKE, memory_order_relaxed);
+    else
+        atomic_fetch_and_explicit(&h->request, (uint8_t)~KMC_HEAP_TAKE, memory_order_release);
 }
 
 /* --- the fast paths ------------------------------------------------------------ */
@@ -104,17 +125,22 @@ static inline uint8_t *mag_pop(kmc_heap_t *h, uint32_t n)
     return e->obj;
 }
 
-/* @tag: the memory group to tag the object with (0 for none: the branch
- * compiles away); *@tagged tells whether it was, which only the current
- * slab's path does (the others' callers tag by the owner lookup). */
-static inline __attribute__((always_inline)) void *cache_alloc(kmc_cache_t *c, int zero,
-                                                               uint32_t tag, bool *tagged)
+static KMC_NOINLINE void *charged_alloc(kmc_cache_t *c, int zero);
+
+/* @charged: the charged path's copy (below), which reads kmc__self and
+ * tags the object with @tag (0 for none) when it comes from the current
+ * slab, as *@tagged tells (the others' callers tag by the owner lookup);
+ * else kmc__alloc_self, which sends a thread in a memory group there. */
+static inline __attribute__((always_inline)) void *
+cache_alloc(kmc_cache_t *c, int zero, bool charged, uint32_t tag, bool *tagged)
 {
-    uint32_t t = kmc__self - 1; /* 0 (unregistered) wraps to no heap */
+    uint32_t self = charged || !KMC_GROUPS_ON ? kmc__self : kmc__alloc_self;
+    uint32_t t = self - 1; /* 0 (unregistered) wraps to no heap */
     kmc_heap_t *h;
+    if (unlikely(t >= KMC_MAX_HEAPS))
+        return charged || !KMC_GROUPS_ON ? kmc__heap_alloc_slow(c, zero) : charged_alloc(c, zero);
     /* caches without heaps (debug flags) never make a chunk of them */
-    if (likely(t < KMC_MAX_HEAPS) && likely(!zero || !c->ctor) &&
-        likely((h = kmc__heap_at(c, t)) != NULL)) {
+    if (likely(!zero || !c->ctor) && likely((h = kmc__heap_at(c, t)) != NULL)) {
         heap_enter(h);
         if (likely(!heap_wanted(h))) {
             uint32_t w = h->word, n;
@@ -124,7 +150,7 @@ static inline __attribute__((always_inline)) void *cache_alloc(kmc_cache_t *c, i
                 KMC_STORE(&h->bits[w], x & (x - 1));
                 KMC_COUNT(&h->allocs);
                 size_t slot = (size_t)w * 64 + (unsigned)__builtin_ctzll(x);
-                if (tag && likely(h->cur_tags)) {
+                if (charged && tag && likely(h->cur_tags)) {
                     atomic_store_explicit(&h->cur_tags[slot], (uint16_t)tag, memory_order_relaxed);
                     *tagged = true;
                 }
@@ -142,6 +168,17 @@ static inline __attribute__((always_inline)) void *cache_alloc(kmc_cache_t *c, i
     return kmc__heap_alloc_slow(c, zero);
 }
 
+/* The current slab's tags (NULL: its arena has none mapped) for the fast
+ * paths, and the free's mark of them. Owner (busy or locked) or taker. */
+static void heap_tags_set(kmc_heap_t *h, _Atomic uint16_t *tags)
+{
+    h->cur_tags = tags;
+    if (KMC_GROUPS_ON && tags)
+        atomic_fetch_or_explicit(&h->request, KMC_HEAP_TAGGED, memory_order_relaxed);
+    else
+        atomic_fetch_and_explicit(&h->request, (uint8_t)~KMC_HEAP_TAGGED, memory_order_relaxed);
+}
+
 /* After an object was tagged by the owner lookup, which maps an arena's
  * tags at its first charge: the current slab's tags, if it had none, for
  * the fast paths. */
@@ -153,21 +190,55 @@ static KMC_NOINLINE void heap_tags_refresh(kmc_cache_t *c)
         return;
     heap_enter(h); /* a taker may unload the current slab: look inside the handshake */
     if (!heap_wanted(h) && KMC_LOAD(&h->cur) && !h->cur_tags)
-        h->cur_tags = kmc__slab_tags(c, h->cur_id);
+        heap_tags_set(h, kmc__slab_tags(c, h->cur_id));
     heap_leave(h);
 }
 
-/* An alloc inside a memory group: charged first, so that a refusal changes
- * nothing, then tagged (group.c): by the fast path from the current slab,
- * else by the owner lookup. */
-static KMC_NOINLINE void *charged_alloc(kmc_cache_t *c, int zero)
+/* The heap's stock (group.c) pays for one object of group @id, or takes
+ * one back: owner, busy. A taker clears the stock's id before its
+ * handshake, so that these fail once it may be looking. */
+static inline bool stock_take(kmc_heap_t *h, uint32_t id)
 {
-    kmc_status st;
-    uint32_t group = kmc__group_charge(c, c->size, &st);
+    uint32_t n = KMC_LOAD(&h->stock_n);
+    if (KMC_LOAD(&h->stock_id) != id || !n)
+        return false;
+    KMC_STORE(&h->stock_n, n - 1);
+    return true;
+}
+
+static inline bool stock_put(kmc_heap_t *h, uint32_t id)
+{
+    uint32_t n = KMC_LOAD(&h->stock_n);
+    if (KMC_LOAD(&h->stock_id) != id || n >= h->stock_cap)
+        return false;
+    KMC_STORE(&h->stock_n, n + 1);
+    return true;
+}
+
+/* An alloc that charged_alloc's fast path did not finish: charged first,
+ * from the heap's stock or by a refill (group.c), so that a refusal
+ * changes nothing, then tagged: by the fast path from the current slab,
+ * else by the owner lookup. */
+static KMC_NOINLINE void *charged_alloc_slow(kmc_cache_t *c, int zero)
+{
+    if (zero && c->ctor)
+        return kmc__heap_alloc_slow(c, zero); /* which reports it */
+    uint32_t t = kmc__self - 1, group = 0;
+    kmc_heap_t *h = t < KMC_MAX_HEAPS ? kmc__heap_at(c, t) : NULL;
+    if (h && kmc__group_id) {
+        heap_enter(h);
+        if (stock_take(h, kmc__group_id))
+            group = kmc__group_id;
+        heap_leave(h);
+    }
+    if (!group) {
+        kmc_status st;
+        group = kmc__group_charge(c, h ? h->stock : NULL, c->size, &st);
+        if (st != KMC_OK)
+            return NULL;
+    }
     bool tagged = false;
-    if (st != KMC_OK)
-        return NULL;
-    void *p = cache_alloc(c, zero, group, &tagged);
+    void *p = cache_alloc(c, zero, true, group, &tagged);
     if (!tagged && group) {
         kmc__group_settle(c, p, group);
         if (p)
@@ -176,32 +247,58 @@ static KMC_NOINLINE void *charged_alloc(kmc_cache_t *c, int zero)
     return p;
 }
 
-void *kmc_cache_alloc(kmc_cache_t *c, int zero)
+/* An alloc by a thread in a memory group (or one not registered yet): the
+ * fast path from the current slab, charged to the heap's stock (a compare
+ * and a decrement) and tagged. */
+static KMC_NOINLINE void *charged_alloc(kmc_cache_t *c, int zero)
 {
-    if (KMC_GROUPS_ON && unlikely(kmc__group_cur != NULL))
-        return charged_alloc(c, zero);
-    return cache_alloc(c, zero, 0, NULL);
+    uint32_t id = kmc__group_id, t = kmc__self - 1;
+    kmc_heap_t *h;
+    if (likely(id && t < KMC_MAX_HEAPS) && likely(!zero || !c->ctor) &&
+        likely((h = kmc__heap_at(c, t)) != NULL)) {
+        heap_enter(h);
+        if (likely(!heap_wanted(h))) {
+            uint32_t w = h->word;
+            uint64_t x = KMC_LOAD(&h->bits[w]);
+            _Atomic uint16_t *tags = h->cur_tags;
+            if (likely(x && tags) && likely(stock_take(h, id))) {
+                KMC_STORE(&h->bits[w], x & (x - 1));
+                KMC_COUNT(&h->allocs);
+                size_t slot = (size_t)w * 64 + (unsigned)__builtin_ctzll(x);
+                atomic_store_explicit(&tags[slot], (uint16_t)id, memory_order_relaxed);
+                uint8_t *p = h->cur_mem + slot * c->slot_size;
+                heap_leave(h);
+                return unlikely(zero) ? zeroed(c, p) : p;
+            }
+        }
+        heap_leave(h);
+    }
+    return charged_alloc_slow(c, zero);
 }
+
+/* No test for memory groups here: a thread in one fails the first test. */
+void *kmc_cache_alloc(kmc_cache_t *c, int zero) { return cache_alloc(c, zero, false, 0, NULL); }
 
 static kmc_status free_other(kmc_cache_t *c, void *p, kmc_heap_t *h);
 
-static KMC_NOINLINE kmc_status charged_free(kmc_cache_t *c, void *p);
+static KMC_NOINLINE kmc_status tagged_free(kmc_cache_t *c, void *p, kmc_heap_t *h);
 
 /* A free into the calling thread's current slab needs no owner lookup: the
- * heap knows where that slab is. @charged (a cache that ever had an object
- * charged to a memory group): the object's tag is read there too, and its
- * charge given back; any other way goes to charged_free. */
-static inline __attribute__((always_inline)) kmc_status cache_free(kmc_cache_t *c, void *p,
-                                                                   bool charged)
+ * heap knows where that slab is. One load tests both the takers' request
+ * and whether that slab's objects carry memory group tags (tagged_free). */
+kmc_status kmc_cache_free(kmc_cache_t *c, void *p)
 {
     uint32_t t = kmc__self - 1;
     kmc_heap_t *h;
-    if (unlikely(t >= KMC_MAX_HEAPS) || unlikely(!(h = kmc__heap_at(c, t))))
-        return charged ? charged_free(c, p) : kmc__heap_free_slow(c, p);
+    if (unlikely(t >= KMC_MAX_HEAPS) || unlikely(!(h = kmc__heap_at(c, t)))) {
+        if (KMC_GROUPS_ON && unlikely(__atomic_load_n(&c->charged, __ATOMIC_RELAXED)))
+            kmc__group_free(c, p);
+        return kmc__heap_free_slow(c, p);
+    }
     heap_enter(h);
+    uint8_t gate = atomic_load_explicit(&h->request, memory_order_acquire);
     size_t in; /* read after the request: a taker may have changed cur_mem */
-    if (likely(!heap_wanted(h)) &&
-        likely((in = (uintptr_t)p - (uintptr_t)h->cur_mem) < c->slots_bytes)) {
+    if (likely(!gate) && likely((in = (uintptr_t)p - (uintptr_t)h->cur_mem) < c->slots_bytes)) {
         uint32_t idx = (uint32_t)(((unsigned __int128)in * c->slot_recip) >> 48);
         uint32_t w = idx >> 6;
         uint64_t bit = UINT64_C(1) << (idx & 63);
@@ -211,55 +308,48 @@ static inline __attribute__((always_inline)) kmc_status cache_free(kmc_cache_t *
                    !((x | KMC_LOAD(&h->cur_remote[w])) & bit))) {
             /* (h->word is not moved back to w: keeping w costs this path
              * two registers saved, more than the rescan it spares) */
-            uint16_t group = 0;
-            if (charged) {
-                /* taken by an exchange, as every free takes it: of two
-                 * threads freeing the object at once, one gives the charge
-                 * back, even when the other's free is then refused */
-                _Atomic uint16_t *tags = h->cur_tags;
-                if (unlikely(!tags)) {
-                    heap_leave(h);
-                    return charged_free(c, p);
-                }
-                if (atomic_load_explicit(&tags[idx], memory_order_relaxed))
-                    group = atomic_exchange_explicit(&tags[idx], 0, memory_order_relaxed);
-            }
             KMC_STORE(&h->bits[w], x | bit);
             KMC_COUNT(&h->frees);
             heap_leave(h);
-            if (charged && group) /* the object is free, and only this thread's */
+            return KMC_OK;
+        }
+    }
+    if (KMC_GROUPS_ON && gate == KMC_HEAP_TAGGED)
+        return tagged_free(c, p, h); /* still busy */
+    return free_other(c, p, h);      /* still busy */
+}
+
+/* The free fast path into a current slab whose objects carry tags: the
+ * object's tag taken by an exchange, as every free takes it (of two
+ * threads freeing the object at once, one gives the charge back, even when
+ * the other's free is then refused), and its charge given back. Entered
+ * busy, no taker waiting; anything but a live object of that slab goes to
+ * free_other. */
+static KMC_NOINLINE kmc_status tagged_free(kmc_cache_t *c, void *p, kmc_heap_t *h)
+{
+    size_t in = (uintptr_t)p - (uintptr_t)h->cur_mem;
+    if (likely(in < c->slots_bytes)) {
+        uint32_t idx = (uint32_t)(((unsigned __int128)in * c->slot_recip) >> 48);
+        uint32_t w = idx >> 6;
+        uint64_t bit = UINT64_C(1) << (idx & 63);
+        uint64_t x = KMC_LOAD(&h->bits[w]);
+        if (likely((size_t)idx * c->slot_size == in &&
+                   !((x | KMC_LOAD(&h->cur_remote[w])) & bit))) {
+            uint16_t group = 0;
+            _Atomic uint16_t *tag = &h->cur_tags[idx];
+            if (atomic_load_explicit(tag, memory_order_relaxed))
+                group = atomic_exchange_explicit(tag, 0, memory_order_relaxed);
+            KMC_STORE(&h->bits[w], x | bit);
+            KMC_COUNT(&h->frees);
+            if (group && stock_put(h, group))
+                group = 0;
+            heap_leave(h);
+            if (group) /* the object is free, and only this thread's */
                 kmc__group_uncharge(group, c->size, 1);
             return KMC_OK;
         }
     }
-    if (charged) {
-        heap_leave(h);
-        return charged_free(c, p);
-    }
-    return free_other(c, p, h); /* still busy */
-}
-
-/* Once any object was charged to a memory group, a free gives the object's
- * charge back first, before another thread can have the object: the tag
- * found by the owner lookup, which the exchange takes once. */
-static KMC_NOINLINE kmc_status charged_free(kmc_cache_t *c, void *p)
-{
-    kmc__group_free(c, p);
-    return cache_free(c, p, false);
-}
-
-static KMC_NOINLINE kmc_status charged_free_fast(kmc_cache_t *c, void *p)
-{
-    return cache_free(c, p, true);
-}
-
-/* The groups' tests are tail calls, so that no register is saved for them:
- * with the alloc's, they cost a pair 5 instructions under callgrind. */
-kmc_status kmc_cache_free(kmc_cache_t *c, void *p)
-{
-    if (KMC_GROUPS_ON && unlikely(__atomic_load_n(&c->charged, __ATOMIC_RELAXED)))
-        return charged_free_fast(c, p);
-    return cache_free(c, p, false);
+    return free_other(c, p, h);
 }
 
 static void owned_transition(kmc_cache_t *c, kmc_heap_t *h, uint32_t id);
@@ -274,6 +364,24 @@ static void heap_trim_locked(kmc_cache_t *c, kmc_heap_t *h);
  * saving. */
 static KMC_NOINLINE kmc_status free_other(kmc_cache_t *c, void *p, kmc_heap_t *h)
 {
+    if (KMC_GROUPS_ON && unlikely(__atomic_load_n(&c->charged, __ATOMIC_RELAXED))) {
+        /* the charge back first, before another thread can have the
+         * object: the tag found by the owner lookup (the exchange takes
+         * it once), looked up busy and with no taker waiting (shrink
+         * unmaps released arenas' metadata only after every heap was seen
+         * idle) */
+        if (heap_wanted(h)) {
+            heap_leave(h);
+            kmc__group_free(c, p);
+            return kmc__heap_free_slow(c, p);
+        }
+        uint32_t id = kmc__group_untag(c, p);
+        if (id && !stock_put(h, id)) {
+            heap_leave(h); /* (never on groups_lock while busy: its takers wait for busy) */
+            kmc__group_uncharge(id, c->size, 1);
+            heap_enter(h);
+        }
+    }
     uint32_t self = kmc__self;
     uintptr_t addr = (uintptr_t)p;
     kmc_arena_t *a = kmc__registry_lookup(addr);
@@ -356,6 +464,8 @@ static kmc_heap_t *heap_get(kmc_cache_t *c, uint32_t t)
                 fresh->partial = fresh->full = fresh->empty = (kmc_list_t){KMC_NIL, KMC_NIL, 0};
                 fresh->cur_mem = KMC_NO_SLAB;
                 fresh->cur_remote = kmc__no_remote;
+                fresh->stock = &ch->stocks[i];
+                ch->stocks[i].heap = fresh;
             }
             atomic_store_explicit(slot, ch, memory_order_release);
         }
@@ -366,8 +476,12 @@ static kmc_heap_t *heap_get(kmc_cache_t *c, uint32_t t)
 
 void kmc__heaps_free(kmc_cache_t *c)
 {
-    for (unsigned i = 0; i < KMC_HEAP_CHUNKS; i++)
-        free(atomic_load(&c->chunks[i]));
+    for (unsigned i = 0; i < KMC_HEAP_CHUNKS; i++) {
+        kmc_heap_chunk_t *ch = atomic_load(&c->chunks[i]);
+        for (unsigned j = 0; ch && j < (1u << KMC_HEAP_CHUNK_SHIFT); j++)
+            kmc__stock_retire(&ch->stocks[j]); /* off the stocks' list */
+        free(ch);
+    }
 }
 
 /* Move the remote bits of the current slab into the heap's copy of its
@@ -516,7 +630,7 @@ static void make_current(kmc_cache_t *c, kmc_heap_t *h, uint32_t id)
     h->cur_id = id;
     h->cur_mem = kmc__slab_mem(c, id);
     h->cur_remote = kmc__slab_remote(c, id);
-    h->cur_tags = kmc__slab_tags(c, id);
+    heap_tags_set(h, kmc__slab_tags(c, id));
     h->word = first == KMC_HEAP_BITS ? 0 : first;
     KMC_STORE(&h->cur, s);
     atomic_store_explicit(&s->state, KMC_SLAB_CURRENT, memory_order_seq_cst);
@@ -547,7 +661,7 @@ KMC_BITCOUNT static void cur_unload(kmc_cache_t *c, kmc_heap_t *h, uint8_t state
     KMC_STORE(&h->cur, NULL);
     h->cur_mem = KMC_NO_SLAB;
     h->cur_remote = kmc__no_remote;
-    h->cur_tags = NULL;
+    heap_tags_set(h, NULL);
     h->word = 0;
     cur_changed(h);
 }
@@ -1029,7 +1143,7 @@ static uint64_t ops_of(kmc_heap_t *h)
 }
 
 /* Set or clear the request of every heap of @c but the caller's. */
-static void request_all(kmc_cache_t *c, uint8_t on)
+static void request_all(kmc_cache_t *c, bool on)
 {
     uint32_t me = kmc__self - 1;
     for (uint32_t i = 0; i < KMC_MAX_HEAPS; i += 1u << KMC_HEAP_CHUNK_SHIFT) {
@@ -1037,7 +1151,7 @@ static void request_all(kmc_cache_t *c, uint8_t on)
             continue;
         for (uint32_t j = i; j < i + (1u << KMC_HEAP_CHUNK_SHIFT); j++)
             if (j != me)
-                atomic_store_explicit(&kmc__heap_at(c, j)->request, on, memory_order_release);
+                heap_request(kmc__heap_at(c, j), on);
     }
 }
 
@@ -1085,7 +1199,7 @@ void kmc__heaps_after_fork(kmc_cache_t *c, uint32_t me)
         torn |= (gen & 1) != 0;
         KMC_STORE(&h->cur_gen, gen & ~1u);
         KMC_STORE(&h->busy, 0);
-        KMC_STORE(&h->request, 0);
+        heap_request(h, false);
         kmc__heap_flush(c, h, true);
     }
     if (torn)
@@ -1133,7 +1247,7 @@ bool kmc__heaps_take_back(kmc_cache_t *c, kmc_take mode)
             /* otherwise every heap, holding slabs or not: a thread inside
              * a remote free is busy on its own heap, and the caller may be
              * about to unmap the slab it touches */
-            atomic_store_explicit(&h->request, 1, memory_order_relaxed);
+            heap_request(h, true);
             h->taking = 1;
             any_other = true;
         }
@@ -1158,7 +1272,7 @@ bool kmc__heaps_take_back(kmc_cache_t *c, kmc_take mode)
             }
             /* without the barrier other threads' heaps stay theirs (only
              * their memory is not given back early) */
-            atomic_store_explicit(&h->request, 0, memory_order_release);
+            heap_request(h, false);
             h->taking = 0;
         }
     }

@@ -212,21 +212,38 @@ typedef struct kmc_mag_entry_s {
  * owned slab and the alloc after it touch line 0 and one magazine entry;
  * other threads write only line 4 (where the owner writes only in its slow
  * paths). */
+/* A heap's memory group stock: charges for objects of its cache, taken from
+ * one group's counters ahead and not used yet (memcg's per-CPU stock, per
+ * heap; group.c tells how it is taken back). Its fast half is in the heap's
+ * first line (stock_id, stock_n, stock_cap), where the owner's fast paths
+ * use it inside the heap's busy window with plain stores (heap.c); this
+ * slow half is beside the heap in its chunk. groups_lock for every field. */
+typedef struct kmc_stock_s {
+    struct kmc_heap_s *heap;         /* whose */
+    uint64_t unit;                   /* bytes an object is charged: its cache's size */
+    uint32_t taken;                  /* the id a taker cleared */
+    bool listed;                     /* on the stocks' list */
+    struct kmc_stock_s *prev, *next; /* the list */
+} kmc_stock_t;
+
 typedef struct kmc_heap_s {
     /* line 0: the fast paths */
     _Atomic uint8_t busy;    /* the owner is inside a fast path */
-    _Atomic uint8_t request; /* a taker waits: the owner takes the slow path */
+    _Atomic uint8_t request; /* KMC_HEAP_TAKE | KMC_HEAP_TAGGED, each set and
+                              * cleared by an atomic OR and AND */
     uint8_t unused[2];
     uint32_t word;                /* where the next alloc looks first in bits[] */
     uint8_t *cur_mem;             /* the current slab's memory, or KMC_NO_SLAB */
     _Atomic uint64_t *cur_remote; /* its remote bitmap */
-    _Atomic(kmc_slab_t *) cur;    /* its descriptor, or NULL */
     _Atomic uint64_t allocs;      /* objects handed out by this heap, ever */
     _Atomic uint64_t frees;       /* objects freed into its own slabs, ever */
-    uint32_t cur_id;              /* cur's slab id */
     _Atomic uint32_t mag_n;       /* objects in mag[] */
-    _Atomic uint16_t *cur_tags;   /* its objects' memory group tags (group.c), or
-                                   * NULL: none mapped when it became current */
+    _Atomic uint32_t stock_id;    /* the stock's group id (0: none): set under
+                                   * groups_lock; a taker clears it first */
+    _Atomic uint32_t stock_n;     /* objects' worth the stock holds: the owner's */
+    uint32_t stock_cap;           /* frees keep at most this many (the last batch) */
+    _Atomic uint16_t *cur_tags;   /* the current slab's memory group tags (group.c),
+                                   * or NULL: none mapped when it became current */
     /* lines 1-2: the current slab's free bitmap */
     _Atomic uint64_t bits[KMC_HEAP_BITS] __attribute__((aligned(64)));
     /* line 3: the owner's slow paths */
@@ -249,6 +266,9 @@ typedef struct kmc_heap_s {
     _Atomic uint32_t cur_gen;     /* odd while cur and bits change (a seqlock
                                   * for other threads' reads of them) */
     _Atomic uint32_t max_scan;    /* most bitmap words one alloc skipped */
+    uint32_t cur_id;              /* cur's slab id */
+    _Atomic(kmc_slab_t *) cur;    /* the current slab's descriptor, or NULL */
+    kmc_stock_t *stock;           /* the stock's slow half, in the chunk */
     /* lines 5-28: the magazine, a stack of objects freed into owned slabs
      * other than the current one (Bonwick's magazines, Linux's sheaves) */
     kmc_mag_entry_t mag[KMC_MAG_SIZE] __attribute__((aligned(64)));
@@ -257,6 +277,12 @@ typedef struct kmc_heap_s {
 _Static_assert(sizeof(kmc_heap_t) == 320 + KMC_MAG_SIZE * sizeof(kmc_mag_entry_t),
                "a heap is five cache lines and its magazine");
 _Static_assert(KMC_MAX_SLAB_OBJECTS <= KMC_HEAP_BITS * 64, "a heap holds a slab's bitmap");
+
+/* The bits of heap->request. One byte, so that the free fast path tests
+ * both with the load it needs for the takers: a heap whose current slab has
+ * tags costs the untagged free nothing. */
+#define KMC_HEAP_TAKE   1u /* a taker waits: the owner takes the slow path */
+#define KMC_HEAP_TAGGED 2u /* cur_tags is set: frees into cur take tags (heap.c) */
 
 /* cur_mem without a current slab: any user-space address minus this is
  * above every slab size, so the free fast path needs no second test. */
@@ -267,6 +293,7 @@ extern _Atomic uint64_t kmc__no_remote[KMC_HEAP_BITS]; /* heap.c: its cur_remote
 
 typedef struct kmc_heap_chunk_s {
     kmc_heap_t heaps[1 << KMC_HEAP_CHUNK_SHIFT];
+    kmc_stock_t stocks[1 << KMC_HEAP_CHUNK_SHIFT]; /* theirs, by index */
 } kmc_heap_chunk_t;
 
 /* The depot: what all threads of a cache share, under the cache lock. It is
@@ -550,6 +577,11 @@ uint32_t kmc__depot_pop(kmc_cache_t *c); /* a slab for a heap, off the depot's l
 extern __thread uint32_t kmc__self __attribute__((tls_model("initial-exec")));
 /* the calling thread's heap index + 1; 0 before its
                              * first call, KMC_NIL when it has no heap */
+extern __thread uint32_t kmc__alloc_self __attribute__((tls_model("initial-exec")));
+/* what the alloc fast path reads for kmc__self: the same, but KMC_NIL while
+ * the thread is in a memory group, so that its allocs go the charged way
+ * at no cost to the others (set by kmc__alloc_self_set) */
+void kmc__alloc_self_set(void);
 static inline kmc_heap_t *kmc__heap_at(const kmc_cache_t *c, uint32_t index)
 {
     kmc_heap_chunk_t *ch = atomic_load_explicit(
@@ -583,97 +615,34 @@ void kmc__purge_unlock_all(bool child); /* child: no thread */
 void kmc__purge_defer(bool on);         /* a forked child's handler: start none */
 
 /* --- group.c: memory groups. The alloc paths charge the calling thread's
- * group first (kmc__group_cur: one test when none) and tag the object; the
- * free paths, once any object was charged, take the tag's charge back. */
+ * group first (a thread in one takes them: kmc__alloc_self) and tag the
+ * object; the free paths, once any object was charged, take the tag's
+ * charge back. */
 extern __thread kmc_group_t *kmc__group_cur __attribute__((tls_model("initial-exec")));
 
 /* Built with -DKMC_NO_GROUPS (only benchmarks/bench_engine.py does, to time
- * what the groups' two tests cost a pair), the alloc and free paths never
- * look at groups. */
+ * the pair outside every group against a build without groups), the alloc
+ * and free paths never look at groups. */
 #ifdef KMC_NO_GROUPS
 #define KMC_GROUPS_ON 0
 #else
 #define KMC_GROUPS_ON 1
 #endif
 
-/* A thread's stock: bytes taken from one group's counters, not used yet
- * (memcg's per-CPU stock; group.c tells how it is taken back). Its owner's
- * fast paths, below, use it with plain stores. */
-typedef struct kmc_stock_s {
-    _Atomic(kmc_group_t *) group;    /* whose; changed under groups_lock */
-    _Atomic uint32_t id;             /* group's id (0: none), changed with it */
-    _Atomic uint8_t busy;            /* its owner is using it */
-    _Atomic uint8_t revoked;         /* a taker owns bytes and objects now */
-    _Atomic uint64_t bytes;          /* its owner's plain updates, busy */
-    _Atomic int64_t objects;         /* objects of group charged through it, net */
-    uint64_t batch;                  /* the last batch taken: the next is twice */
-    uint64_t cap;                    /* frees keep at most this much in it */
-    struct kmc_stock_s *prev, *next; /* the list: groups_lock */
-} kmc_stock_t;
-extern __thread kmc_stock_t *kmc__stock __attribute__((tls_model("initial-exec")));
-
-/* The owner uses its stock between these two: a taker that marked it
- * revoked waits until the owner is out (group.c), as the heaps' handshake. */
-static inline void kmc__stock_enter(kmc_stock_t *s)
-{
-    KMC_STORE(&s->busy, 1);
-    atomic_signal_fence(memory_order_seq_cst); /* the store stays before the loads */
-}
-static inline void kmc__stock_leave(kmc_stock_t *s)
-{
-    atomic_store_explicit(&s->busy, 0, memory_order_release);
-}
+extern __thread uint32_t kmc__group_id __attribute__((tls_model("initial-exec")));
+/* kmc__group_cur's id, 0 for none: what the charged fast paths compare */
 
 /* A group is named by its id (a tag's value); 0 is none. */
-uint32_t kmc__group_charge_slow(const kmc_cache_t *c, uint64_t bytes, kmc_status *st);
-void kmc__group_uncharge_slow(uint32_t id, uint64_t bytes, uint64_t objects);
-
+uint32_t kmc__group_charge(const kmc_cache_t *c, kmc_stock_t *s, uint64_t bytes, kmc_status *st);
 /* Charge @bytes to the calling thread's group: its id, or 0 (none, a cache
- * not charged, or refused: *@st). From the stock when it holds them. */
-static inline uint32_t kmc__group_charge(const kmc_cache_t *c, uint64_t bytes, kmc_status *st)
-{
-    kmc_group_t *g = kmc__group_cur;
-    kmc_stock_t *s = kmc__stock;
-    *st = KMC_OK;
-    if (!g || (c && !c->backing->chargeable))
-        return 0;
-    if (likely(s && atomic_load_explicit(&s->group, memory_order_relaxed) == g)) {
-        kmc__stock_enter(s);
-        uint64_t have = KMC_LOAD(&s->bytes);
-        if (likely(!KMC_LOAD(&s->revoked) && have >= bytes)) {
-            KMC_STORE(&s->bytes, have - bytes);
-            KMC_STORE(&s->objects, KMC_LOAD(&s->objects) + 1);
-            kmc__stock_leave(s);
-            return KMC_LOAD(&s->id);
-        }
-        kmc__stock_leave(s);
-    }
-    return kmc__group_charge_slow(c, bytes, st);
-}
-
-/* Give back @bytes and @objects charged to group @id: an object freed, or
- * an alloc that failed after its charge. Into the stock when it is the
- * group's and has room. */
-static inline void kmc__group_uncharge(uint32_t id, uint64_t bytes, uint64_t objects)
-{
-    kmc_stock_t *s = kmc__stock;
-    if (likely(s && atomic_load_explicit(&s->id, memory_order_relaxed) == id)) {
-        kmc__stock_enter(s);
-        uint64_t have = KMC_LOAD(&s->bytes) + bytes;
-        if (likely(!KMC_LOAD(&s->revoked) && have <= s->cap)) {
-            KMC_STORE(&s->bytes, have);
-            KMC_STORE(&s->objects, KMC_LOAD(&s->objects) - (int64_t)objects);
-            kmc__stock_leave(s);
-            return;
-        }
-        kmc__stock_leave(s);
-    }
-    kmc__group_uncharge_slow(id, bytes, objects);
-}
-
+ * not charged, or refused: *@st). @s: the thread's heap stock of @c, or
+ * NULL; it is refilled (groups_lock), or the counters take the bytes. */
+void kmc__group_uncharge(uint32_t id, uint64_t bytes, uint64_t objects); /* onto the counters */
+void kmc__stock_retire(kmc_stock_t *s); /* its heap goes or is flushed: owner or none */
 void kmc__group_tag(const kmc_cache_t *c, void *p, uint32_t id);       /* after the alloc */
 void *kmc__group_settle(const kmc_cache_t *c, void *p, uint32_t id);   /* tag, or give back */
 void kmc__group_free(const kmc_cache_t *c, const void *p);             /* before the free */
+uint32_t kmc__group_untag(const kmc_cache_t *c, const void *p);        /* the tag taken, or 0 */
 _Atomic uint16_t *kmc__slab_tags(const kmc_cache_t *c, uint32_t slab); /* or NULL: unmapped */
 bool kmc__group_holds(uint32_t id, const kmc_group_t *g);              /* id is g or a child's */
 void kmc__groups_lock(bool on);                                        /* fork */

@@ -322,7 +322,7 @@ static void *large_alloc(size_t size, size_t align, int zero)
     if (is_pow2(size) && size > a)
         a = size; /* natural alignment, as the kernel's page allocator gives */
     kmc_status st = KMC_OK;
-    uint32_t group = kmc__group_charge(NULL, bytes, &st);
+    uint32_t group = kmc__group_charge(NULL, NULL, bytes, &st);
     if (st != KMC_OK)
         return NULL;
     pthread_mutex_lock(&large.lock);

@@ -33,6 +33,7 @@ static void flush_index(uint32_t index, bool close)
             continue;
         kmc__cache_lock(c);
         kmc__heap_flush(c, h, close);
+        kmc__stock_retire(h->stock); /* its memory group charges too */
         kmc__cache_unlock(c);
     }
     pthread_mutex_unlock(&kmc__caches_lock);
@@ -52,6 +53,7 @@ static void thread_exit(void *arg)
     /* a later call (another key's destructor) uses the depot: registering
      * again could come after the last round of destructors */
     kmc__self = KMC_NIL;
+    kmc__alloc_self_set();
     if (self - 1 < KMC_MAX_HEAPS) {
         flush_index(self - 1, true);
         release_index(self - 1);
@@ -82,6 +84,7 @@ uint32_t kmc__thread_register(void)
         self = KMC_NIL;
     }
     kmc__self = self;
+    kmc__alloc_self_set();
     return self;
 }
 

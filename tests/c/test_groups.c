@@ -67,6 +67,131 @@ static void test_objects_are_charged_until_freed(void)
     CHECK_EQ(kmc_cache_destroy(c), KMC_OK);
 }
 
+/* The alloc fast path has no group test: a thread in a group fails its
+ * first test (kmc__alloc_self). That must hold for a thread that enters a
+ * group before its first call, which registers it inside, and for one that
+ * allocated before it entered. */
+static kmc_group_t *fresh_group;
+static void *fresh_objs[6];
+static void *alloc_three_in_group(void *arg)
+{
+    kmc_cache_t *c = arg;
+    void *before = kmc_cache_alloc(c, 0); /* registers this thread: outside */
+    kmc_group_enter(fresh_group);
+    for (int i = 0; i < 3; i++)
+        fresh_objs[i] = kmc_cache_alloc(c, 0);
+    kmc_group_enter(NULL);
+    void *after = kmc_cache_alloc(c, 0);
+    if (!before || !after || !fresh_objs[0] || !fresh_objs[1] || !fresh_objs[2])
+        atomic_fetch_add(&thread_failures, 1);
+    kmc_cache_free(c, before);
+    kmc_cache_free(c, after);
+    return NULL; /* the three stay live: the test counts them */
+}
+static void *enter_first_then_alloc(void *arg)
+{
+    kmc_cache_t *c = arg;
+    kmc_group_enter(fresh_group); /* before this thread's first call */
+    for (int i = 3; i < 6; i++)
+        if (!(fresh_objs[i] = kmc_cache_alloc(c, 0)))
+            atomic_fetch_add(&thread_failures, 1);
+    kmc_group_enter(NULL);
+    return NULL;
+}
+
+static void test_every_thread_in_a_group_is_charged(void)
+{
+    kmc_cache_t *c = make("grp-self", 96, 32);
+    CHECK(c);
+    CHECK_EQ(kmc_group_create("fresh", NULL, 0, 0, &fresh_group), KMC_OK);
+    atomic_store(&thread_failures, 0);
+    in_thread(alloc_three_in_group, c);
+    CHECK_EQ(gstats(fresh_group).usage, 3 * 96);
+    CHECK_EQ(gstats(fresh_group).objects, 3);
+    in_thread(enter_first_then_alloc, c);
+    CHECK_EQ(atomic_load(&thread_failures), 0);
+    CHECK_EQ(gstats(fresh_group).usage, 6 * 96);
+    CHECK_EQ(gstats(fresh_group).objects, 6);
+    for (int i = 0; i < 6; i++)
+        CHECK_EQ(kmc_cache_free(c, fresh_objs[i]), KMC_OK);
+    CHECK_EQ(gstats(fresh_group).usage, 0);
+    kmc_group_release(fresh_group);
+    CHECK_EQ(kmc_cache_destroy(c), KMC_OK);
+}
+
+/* A heap's stock holds charges of one group at a time: a free of another
+ * group's object gives the charge back to that group, never into the stock. */
+static void test_frees_give_back_to_their_own_group(void)
+{
+    kmc_group_t *a, *b;
+    CHECK_EQ(kmc_group_create("own-a", NULL, 0, 0, &a), KMC_OK);
+    CHECK_EQ(kmc_group_create("own-b", NULL, 0, 0, &b), KMC_OK);
+    kmc_cache_t *c = make("grp-own", 72, 8);
+    CHECK(c);
+    void *in_a[40], *in_b[40];
+    kmc_group_enter(a);
+    for (int i = 0; i < 40; i++)
+        CHECK((in_a[i] = kmc_cache_alloc(c, 0)) != NULL);
+    kmc_group_enter(b); /* the heap's stock moves to b */
+    for (int i = 0; i < 40; i++)
+        CHECK((in_b[i] = kmc_cache_alloc(c, 0)) != NULL);
+    kmc_group_enter(NULL);
+    for (int i = 0; i < 40; i++)
+        CHECK_EQ(kmc_cache_free(c, in_a[i]), KMC_OK);
+    CHECK_EQ(gstats(a).usage, 0);
+    CHECK_EQ(gstats(a).objects, 0);
+    CHECK_EQ(gstats(b).usage, 40 * 72);
+    kmc_group_enter(a); /* and back: b's objects freed inside a */
+    for (int i = 0; i < 40; i++)
+        CHECK_EQ(kmc_cache_free(c, in_b[i]), KMC_OK);
+    kmc_group_enter(NULL);
+    CHECK_EQ(gstats(b).usage, 0);
+    CHECK_EQ(gstats(b).objects, 0);
+    kmc_group_release(a);
+    kmc_group_release(b);
+    CHECK_EQ(kmc_cache_destroy(c), KMC_OK);
+}
+
+/* What a thread's heaps hold in stock goes back when the thread exits: the
+ * counter, which the peak reads, holds it no longer. */
+static kmc_group_t *exit_group;
+static kmc_cache_t *exit_cache;
+static void *fill_stock_and_exit(void *arg)
+{
+    (void)arg;
+    void *objs[2000];
+    kmc_group_enter(exit_group);
+    for (int i = 0; i < 2000; i++) /* batches double: the stock holds a lot */
+        if (!(objs[i] = kmc_cache_alloc(exit_cache, 0)))
+            atomic_fetch_add(&thread_failures, 1);
+    for (int i = 0; i < 2000; i++)
+        if (objs[i])
+            kmc_cache_free(exit_cache, objs[i]);
+    kmc_group_enter(NULL);
+    return NULL;
+}
+
+static void test_a_threads_stocks_go_when_it_exits(void)
+{
+    CHECK_EQ(kmc_group_create("exits", NULL, 0, 0, &exit_group), KMC_OK);
+    exit_cache = make("grp-exit", 64, 0);
+    CHECK(exit_cache);
+    atomic_store(&thread_failures, 0);
+    in_thread(fill_stock_and_exit, NULL);
+    CHECK_EQ(atomic_load(&thread_failures), 0);
+    CHECK_EQ(gstats(exit_group).usage, 0);
+    kmc_group_reset_peak(exit_group);
+    kmc_group_enter(exit_group);
+    void *p = kmc_cache_alloc(exit_cache, 0);
+    kmc_group_enter(NULL);
+    CHECK(p);
+    /* this one and this heap's first batch: one object */
+    CHECK(gstats(exit_group).peak <= 2 * 64);
+    CHECK_EQ(kmc_cache_free(exit_cache, p), KMC_OK);
+    kmc_group_release(exit_group);
+    CHECK_EQ(kmc_cache_destroy(exit_cache), KMC_OK);
+}
+
 static void test_a_limit_refuses_exactly_and_changes_nothing(void)
 {
     kmc_group_t *g;
@@ -826,6 +951,9 @@ static void test_a_large_object_shrunk_in_place_gives_back_its_tail(void)
 int main(void)
 {
     RUN(test_objects_are_charged_until_freed);
+    RUN(test_every_thread_in_a_group_is_charged);
+    RUN(test_frees_give_back_to_their_own_group);
+    RUN(test_a_threads_stocks_go_when_it_exits);
     RUN(test_a_limit_refuses_exactly_and_changes_nothing);
     RUN(test_a_child_counts_in_its_parent_and_obeys_its_limit);
     RUN(test_groups_nest_eight_deep_at_most);
