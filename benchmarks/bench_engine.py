@@ -12,7 +12,7 @@ objects, a random one freed and replaced each time; 1 and 2 threads on one alloc
 (one cache shared by both). Allocators take turns, the median of the repeats is reported, and
 every figure is also given as a ratio to mimalloc's in the same run. kmemcache's pair
 inside a memory group is timed too, and its pair outside every group against a second
-build with the groups' tests compiled out (``-DKMC_NO_GROUPS``), in alternating runs.
+build with the memory groups compiled out (``-DKMC_NO_GROUPS``), in alternating runs.
 
     python benchmarks/bench_engine.py                  # Markdown tables on stdout
     python benchmarks/bench_engine.py --json out.json  # also machine-readable results
@@ -116,9 +116,9 @@ GROUPS_IN, GROUPS_OUT = "pair, groups built in", "pair, groups compiled out"
 def run_groups_compiled_out(
     exe: Path, exe_out: Path, repeats: int, quick: bool, progress: m.Progress
 ) -> list[dict[str, Any]]:
-    """kmemcache's pair from the build with memory groups and from one without their
-    tests (KMC_NO_GROUPS), in alternating runs, one repeat each, the order swapped at
-    each repeat: what the two tests cost a pair outside every group."""
+    """kmemcache's pair from the build with memory groups and from one without them
+    (KMC_NO_GROUPS), in alternating runs, one repeat each, the order swapped at each
+    repeat: what the groups cost a pair outside every group."""
     samples: list[dict[str, Any]] = []
     for size in SIZES:
         progress.step(f"{size} B, groups compiled out")
@@ -244,8 +244,8 @@ def judge(results: list[dict[str, Any]]) -> list[dict[str, Any]]:
     judge_worst(group, kmemcache_ratios(by, "pair in a group", "pair"), "not measured")
     no_group = h.make_target(
         "engine_no_group_cost",
-        "pair outside every group / the same pair built with the groups' tests compiled "
-        "out, from C, alternating runs (worst size)",
+        "pair outside every group / the same pair built with the groups compiled out, "
+        "from C, alternating runs (worst size)",
         1.02,
         "lower",
     )
@@ -396,7 +396,7 @@ def render(data: dict[str, Any]) -> str:
                 "",
                 "kmemcache pair outside every group, in alternating runs: "
                 f"{built_in['median']:.1f} ns as built, {out['median']:.1f} ns with the "
-                "groups' tests compiled out "
+                "groups compiled out "
                 f"(KMC_NO_GROUPS): {m.fmt_ratio(built_in['median'] / out['median'])}.",
             ]
     lines += ["", "Targets:"] + [h.target_line(t) for t in data["targets"]]
