@@ -644,7 +644,7 @@ void *kmc__group_settle(const kmc_cache_t *c, void *p, uint32_t id)
 }
 
 /* A forked child has only the forking thread: every stock goes back to its
- * group (the forking thread's refill again). No fast path was running at
+ * group (the forking thread's refill again). No thread was using one at
  * the fork (the heaps were held). */
 void kmc__groups_after_fork(void)
 {
@@ -667,9 +667,12 @@ static KMC_NOINLINE _Atomic uint16_t *tags_map(kmc_arena_t *a, const kmc_cache_t
     _Atomic uint16_t *fresh = kmc__os_map_meta(bytes);
     if (!fresh)
         return NULL;
-    /* from now on its frees read tags: set before any thread can see
-     * tags to write (heap.c's fast path writes them without a look) */
+    /* from now on its frees read tags: set, and every heap marked, before
+     * any thread can see tags to write (heap.c's fast path writes them
+     * without a look), for a slab that became a heap's current one before
+     * its arena had tags may hold a tagged object too */
     __atomic_store_n(&((kmc_cache_t *)c)->charged, 1, __ATOMIC_SEQ_CST);
+    kmc__heaps_mark_tagged((kmc_cache_t *)c);
     if (!atomic_compare_exchange_strong(&a->tags, &tags, fresh)) {
         kmc__os_unmap_meta((void *)fresh, bytes); /* another thread was first */
         return tags;

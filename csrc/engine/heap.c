@@ -25,9 +25,9 @@
  * one replaced each time (2,679 before the magazine, when nearly every
  * alloc switched slabs). Memory groups cost these nothing: a thread in a
  * group fails the alloc's first test (kmc__alloc_self) into charged_alloc,
- * and a heap whose current slab's objects carry tags fails the free's
+ * and the heaps of a cache that ever had an object charged fail the free's
  * request test into tagged_free, both out of line, where the heap's stock
- * pays and takes back the charge; a pair inside a group costs 163 (the
+ * pays and takes back the charge; a pair inside a group costs 155 (the
  * same build without groups, -DKMC_NO_GROUPS, runs these counts but the
  * pool's, 6 fewer there). mimalloc, which keeps its free
  * list inside free objects, needs fewer; a bitmap outside object memory is
@@ -168,17 +168,6 @@ cache_alloc(kmc_cache_t *c, int zero, bool charged, uint32_t tag, bool *tagged)
     return kmc__heap_alloc_slow(c, zero);
 }
 
-/* The current slab's tags (NULL: its arena has none mapped) for the fast
- * paths, and the free's mark of them. Owner (busy or locked) or taker. */
-static void heap_tags_set(kmc_heap_t *h, _Atomic uint16_t *tags)
-{
-    h->cur_tags = tags;
-    if (KMC_GROUPS_ON && tags)
-        atomic_fetch_or_explicit(&h->request, KMC_HEAP_TAGGED, memory_order_relaxed);
-    else
-        atomic_fetch_and_explicit(&h->request, (uint8_t)~KMC_HEAP_TAGGED, memory_order_relaxed);
-}
-
 /* After an object was tagged by the owner lookup, which maps an arena's
  * tags at its first charge: the current slab's tags, if it had none, for
  * the fast paths. */
@@ -190,7 +179,7 @@ static KMC_NOINLINE void heap_tags_refresh(kmc_cache_t *c)
         return;
     heap_enter(h); /* a taker may unload the current slab: look inside the handshake */
     if (!heap_wanted(h) && KMC_LOAD(&h->cur) && !h->cur_tags)
-        heap_tags_set(h, kmc__slab_tags(c, h->cur_id));
+        h->cur_tags = kmc__slab_tags(c, h->cur_id);
     heap_leave(h);
 }
 
@@ -227,7 +216,7 @@ static KMC_NOINLINE void *charged_alloc_slow(kmc_cache_t *c, int zero)
     kmc_heap_t *h = t < KMC_MAX_HEAPS ? kmc__heap_at(c, t) : NULL;
     if (h && kmc__group_id) {
         heap_enter(h);
-        if (stock_take(h, kmc__group_id))
+        if (!heap_wanted(h) && stock_take(h, kmc__group_id)) /* (a fork holds the heaps) */
             group = kmc__group_id;
         heap_leave(h);
     }
@@ -256,6 +245,9 @@ static KMC_NOINLINE void *charged_alloc(kmc_cache_t *c, int zero)
     kmc_heap_t *h;
     if (likely(id && t < KMC_MAX_HEAPS) && likely(!zero || !c->ctor) &&
         likely((h = kmc__heap_at(c, t)) != NULL)) {
+        /* one register for the heap: else gcc keeps its chunk and offset
+         * apart and saves three registers (7 instructions a pair) */
+        __asm__("" : "+r"(h));
         heap_enter(h);
         if (likely(!heap_wanted(h))) {
             uint32_t w = h->word;
@@ -285,7 +277,8 @@ static KMC_NOINLINE kmc_status tagged_free(kmc_cache_t *c, void *p, kmc_heap_t *
 
 /* A free into the calling thread's current slab needs no owner lookup: the
  * heap knows where that slab is. One load tests both the takers' request
- * and whether that slab's objects carry memory group tags (tagged_free). */
+ * and whether the cache ever had an object charged to a memory group, whose
+ * frees take tags (tagged_free). */
 kmc_status kmc_cache_free(kmc_cache_t *c, void *p)
 {
     uint32_t t = kmc__self - 1;
@@ -319,11 +312,11 @@ kmc_status kmc_cache_free(kmc_cache_t *c, void *p)
     return free_other(c, p, h);      /* still busy */
 }
 
-/* The free fast path into a current slab whose objects carry tags: the
- * object's tag taken by an exchange, as every free takes it (of two
- * threads freeing the object at once, one gives the charge back, even when
- * the other's free is then refused), and its charge given back. Entered
- * busy, no taker waiting; anything but a live object of that slab goes to
+/* The free fast path of a cache that had objects charged: the object's tag
+ * taken by an exchange, as every free takes it (of two threads freeing the
+ * object at once, one gives the charge back, even when the other's free is
+ * then refused), and its charge given back. Entered busy, no taker
+ * waiting; anything but a live object of the current slab goes to
  * free_other. */
 static KMC_NOINLINE kmc_status tagged_free(kmc_cache_t *c, void *p, kmc_heap_t *h)
 {
@@ -336,9 +329,11 @@ static KMC_NOINLINE kmc_status tagged_free(kmc_cache_t *c, void *p, kmc_heap_t *
         if (likely((size_t)idx * c->slot_size == in &&
                    !((x | KMC_LOAD(&h->cur_remote[w])) & bit))) {
             uint16_t group = 0;
-            _Atomic uint16_t *tag = &h->cur_tags[idx];
-            if (atomic_load_explicit(tag, memory_order_relaxed))
-                group = atomic_exchange_explicit(tag, 0, memory_order_relaxed);
+            _Atomic uint16_t *tags = h->cur_tags;
+            if (unlikely(!tags)) /* mapped since the slab became current, or none */
+                tags = h->cur_tags = kmc__slab_tags(c, h->cur_id);
+            if (tags && atomic_load_explicit(&tags[idx], memory_order_relaxed))
+                group = atomic_exchange_explicit(&tags[idx], 0, memory_order_relaxed);
             KMC_STORE(&h->bits[w], x | bit);
             KMC_COUNT(&h->frees);
             if (group && stock_put(h, group))
@@ -467,11 +462,26 @@ static kmc_heap_t *heap_get(kmc_cache_t *c, uint32_t t)
                 fresh->stock = &ch->stocks[i];
                 ch->stocks[i].heap = fresh;
             }
-            atomic_store_explicit(slot, ch, memory_order_release);
+            /* then the cache's mark, which kmc__heaps_mark_tagged may
+             * have set before it saw this chunk (both sequentially
+             * consistent: one sees the other) */
+            atomic_store_explicit(slot, ch, memory_order_seq_cst);
+            if (KMC_GROUPS_ON && __atomic_load_n(&c->charged, __ATOMIC_SEQ_CST))
+                for (unsigned i = 0; i < (1u << KMC_HEAP_CHUNK_SHIFT); i++)
+                    atomic_fetch_or(&ch->heaps[i].request, KMC_HEAP_TAGGED);
         }
     }
     kmc__unlock(&c->lock);
     return kmc__heap_at(c, t);
+}
+
+void kmc__heaps_mark_tagged(kmc_cache_t *c)
+{
+    for (unsigned i = 0; i < KMC_HEAP_CHUNKS; i++) {
+        kmc_heap_chunk_t *ch = atomic_load_explicit(&c->chunks[i], memory_order_seq_cst);
+        for (unsigned j = 0; ch && j < (1u << KMC_HEAP_CHUNK_SHIFT); j++)
+            atomic_fetch_or(&ch->heaps[j].request, KMC_HEAP_TAGGED);
+    }
 }
 
 void kmc__heaps_free(kmc_cache_t *c)
@@ -630,7 +640,7 @@ static void make_current(kmc_cache_t *c, kmc_heap_t *h, uint32_t id)
     h->cur_id = id;
     h->cur_mem = kmc__slab_mem(c, id);
     h->cur_remote = kmc__slab_remote(c, id);
-    heap_tags_set(h, kmc__slab_tags(c, id));
+    h->cur_tags = kmc__slab_tags(c, id);
     h->word = first == KMC_HEAP_BITS ? 0 : first;
     KMC_STORE(&h->cur, s);
     atomic_store_explicit(&s->state, KMC_SLAB_CURRENT, memory_order_seq_cst);
@@ -661,7 +671,7 @@ KMC_BITCOUNT static void cur_unload(kmc_cache_t *c, kmc_heap_t *h, uint8_t state
     KMC_STORE(&h->cur, NULL);
     h->cur_mem = KMC_NO_SLAB;
     h->cur_remote = kmc__no_remote;
-    heap_tags_set(h, NULL);
+    h->cur_tags = NULL;
     h->word = 0;
     cur_changed(h);
 }

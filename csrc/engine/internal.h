@@ -279,10 +279,10 @@ _Static_assert(sizeof(kmc_heap_t) == 320 + KMC_MAG_SIZE * sizeof(kmc_mag_entry_t
 _Static_assert(KMC_MAX_SLAB_OBJECTS <= KMC_HEAP_BITS * 64, "a heap holds a slab's bitmap");
 
 /* The bits of heap->request. One byte, so that the free fast path tests
- * both with the load it needs for the takers: a heap whose current slab has
- * tags costs the untagged free nothing. */
+ * both with the load it needs for the takers: memory groups cost a cache
+ * that never had an object charged nothing. */
 #define KMC_HEAP_TAKE   1u /* a taker waits: the owner takes the slow path */
-#define KMC_HEAP_TAGGED 2u /* cur_tags is set: frees into cur take tags (heap.c) */
+#define KMC_HEAP_TAGGED 2u /* the cache had an object charged: frees take tags (heap.c) */
 
 /* cur_mem without a current slab: any user-space address minus this is
  * above every slab size, so the free fast path needs no second test. */
@@ -597,6 +597,7 @@ bool kmc__heaps_take_back(kmc_cache_t *c, kmc_take mode); /* cache locked */
 void kmc__heaps_hold(kmc_cache_t *c, bool on);            /* fork: requests, and back */
 void kmc__heaps_wait_idle(kmc_cache_t *c);                /* fork: after the barrier */
 void kmc__heaps_free(kmc_cache_t *c);
+void kmc__heaps_mark_tagged(kmc_cache_t *c); /* every heap's frees take tags from now on */
 void kmc__heaps_after_fork(kmc_cache_t *c, uint32_t me); /* the child's repairs */
 void kmc__heaps_stats(const kmc_cache_t *c, kmc_stats_t *o, uint64_t *late_double);
 /* adds the heaps' part; cache locked */
