@@ -50,7 +50,24 @@ def test_calibrate_scales_to_the_target() -> None:
         calls += 1
 
     number = measure.calibrate(op, 0)  # any loop reaches a target of 0 at once
-    assert number >= 1 and calls == 8  # one warm-up loop of 8, then scaled
+    assert number >= 1 and calls == 16  # an untimed loop of 8, a timed one, then scaled
+
+
+def test_calibrate_ignores_a_slow_first_call(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A one-time cost at the op's first call (a lazy import, a registration) does
+    not set the count: loops are timed by a stand-in clock here, 100 ns an op, and
+    the first loop a second more."""
+    loops: list[int] = []
+
+    def fake_loop(op: measure.Op, number: int) -> measure.Timing:
+        loops.append(number)
+        wall = number * 100 + (10**9 if len(loops) == 1 else 0)
+        return measure.Timing(wall_ns=wall, cpu_ns=wall)
+
+    monkeypatch.setattr(measure, "timed_loop", fake_loop)
+    # 8, 16, ... until a loop takes an eighth of 10 ms: 16,384 ops; then 10 ms' worth
+    assert measure.calibrate(lambda: None, 10_000_000) == 100_000
+    assert loops[0] == 8
 
 
 def test_quartiles_are_inclusive() -> None:

@@ -135,6 +135,15 @@ static void counters_sub(kmc_group_t *g, kmc_group_t *stop, uint64_t bytes)
         counter_sub(&g->counter, bytes);
 }
 
+/* Whether heaps may keep stocks: the barrier works. Its first call
+ * registers the process, which can take milliseconds. groups_lock held. */
+static bool stocks_ready(void)
+{
+    if (atomic_load(&stocks_usable) < 0)
+        atomic_store(&stocks_usable, kmc__os_barrier() == 0);
+    return atomic_load(&stocks_usable) == 1;
+}
+
 /* The group a stock's objects are charged to: its id, or the one a taker
  * cleared. groups_lock. */
 static uint32_t stock_group(const kmc_stock_t *s)
@@ -256,6 +265,7 @@ kmc_status kmc_group_create(const char *name, kmc_group_t *parent, uint64_t limi
         pthread_mutex_unlock(&groups_lock);
         return kmc__report(KMC_ENOMEM, NULL, NULL, "no memory for the group table");
     }
+    stocks_ready(); /* at the first group, rather than at its first charge */
     uint32_t id = 0;
     for (uint32_t i = 0; i < GROUPS_MAX && !id; i++) {
         uint32_t c = (next_id + i - 1) % GROUPS_MAX + 1;
@@ -542,9 +552,7 @@ static kmc_group_t *charge(const kmc_cache_t *c, kmc_group_t *g, kmc_stock_t *s,
         purge = false; /* (nothing was added) */
     }
     pthread_mutex_lock(&groups_lock);
-    if (s && atomic_load(&stocks_usable) < 0)
-        atomic_store(&stocks_usable, kmc__os_barrier() == 0);
-    if (s && !atomic_load(&stocks_usable))
+    if (s && !stocks_ready())
         s = NULL;
     uint64_t batch = 0, extra = 0; /* in objects, beyond this one */
     if (s) {
