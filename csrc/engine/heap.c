@@ -317,7 +317,8 @@ kmc_status kmc_cache_free(kmc_cache_t *c, void *p)
  * object at once, one gives the charge back, even when the other's free is
  * then refused), and its charge given back. Entered busy, no taker
  * waiting; anything but a live object of the current slab goes to
- * free_other. */
+ * free_other. (The slot's lookup is kmc_cache_free's, written again: an
+ * inline function for both costs this path 12 instructions a free.) */
 static KMC_NOINLINE kmc_status tagged_free(kmc_cache_t *c, void *p, kmc_heap_t *h)
 {
     size_t in = (uintptr_t)p - (uintptr_t)h->cur_mem;
