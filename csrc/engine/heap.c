@@ -19,17 +19,17 @@
  *          the heap (magazine full), a remote free, the depot (lock)
  *
  * Measured with callgrind (python benchmarks/bench_engine.py --callgrind;
- * gcc 12 -O2, x86-64, 64-byte objects, loop included): 105 instructions per
- * alloc+free pair, 109 when a thousand objects are allocated then freed,
- * and 225 per free+alloc in a steady pool of 4,096 live objects, a random
+ * gcc 12 -O2, x86-64, 64-byte objects, loop included): 104 instructions per
+ * alloc+free pair, 107 when a thousand objects are allocated then freed,
+ * and 224 per free+alloc in a steady pool of 4,096 live objects, a random
  * one replaced each time (2,679 before the magazine, when nearly every
  * alloc switched slabs). Memory groups cost these nothing: a thread in a
  * group fails the alloc's first test (kmc__alloc_self) into charged_alloc,
  * and the heaps of a cache that ever had an object charged fail the free's
  * request test into tagged_free, both out of line, where the heap's stock
- * pays and takes back the charge; a pair inside a group costs 155 (the
+ * pays and takes back the charge; a pair inside a group costs 164 (the
  * same build without groups, -DKMC_NO_GROUPS, runs these counts but the
- * pool's, 6 fewer there). mimalloc, which keeps its free
+ * pool's, 5 fewer there). mimalloc, which keeps its free
  * list inside free objects, needs fewer; a bitmap outside object memory is
  * what lets every double free be found.
  *
@@ -275,6 +275,23 @@ static kmc_status free_other(kmc_cache_t *c, void *p, kmc_heap_t *h);
 
 static KMC_NOINLINE kmc_status tagged_free(kmc_cache_t *c, void *p, kmc_heap_t *h);
 
+/* @p's slot in the heap's current slab, when @p is a live object there (a
+ * slot start, not free here, nor freed by another thread): its index, its
+ * bitmap word's value (*@x) and its bit. Owner, busy, no taker waiting. */
+static inline __attribute__((always_inline)) bool cur_live_slot(const kmc_cache_t *c, kmc_heap_t *h,
+                                                                const void *p, uint32_t *idx,
+                                                                uint64_t *x, uint64_t *bit)
+{
+    size_t in = (uintptr_t)p - (uintptr_t)h->cur_mem;
+    if (unlikely(in >= c->slots_bytes))
+        return false;
+    *idx = (uint32_t)(((unsigned __int128)in * c->slot_recip) >> 48);
+    *bit = UINT64_C(1) << (*idx & 63);
+    *x = KMC_LOAD(&h->bits[*idx >> 6]);
+    return likely((size_t)*idx * c->slot_size == in &&
+                  !((*x | KMC_LOAD(&h->cur_remote[*idx >> 6])) & *bit));
+}
+
 /* A free into the calling thread's current slab needs no owner lookup: the
  * heap knows where that slab is. One load tests both the takers' request
  * and whether the cache ever had an object charged to a memory group, whose
@@ -289,23 +306,17 @@ kmc_status kmc_cache_free(kmc_cache_t *c, void *p)
         return kmc__heap_free_slow(c, p);
     }
     heap_enter(h);
+    /* the slot is looked up after the request: a taker may have changed cur_mem */
     uint8_t gate = atomic_load_explicit(&h->request, memory_order_acquire);
-    size_t in; /* read after the request: a taker may have changed cur_mem */
-    if (likely(!gate) && likely((in = (uintptr_t)p - (uintptr_t)h->cur_mem) < c->slots_bytes)) {
-        uint32_t idx = (uint32_t)(((unsigned __int128)in * c->slot_recip) >> 48);
-        uint32_t w = idx >> 6;
-        uint64_t bit = UINT64_C(1) << (idx & 63);
-        uint64_t x = KMC_LOAD(&h->bits[w]);
-        /* a slot start, live: not free here, nor freed by another thread */
-        if (likely((size_t)idx * c->slot_size == in &&
-                   !((x | KMC_LOAD(&h->cur_remote[w])) & bit))) {
-            /* (h->word is not moved back to w: keeping w costs this path
-             * two registers saved, more than the rescan it spares) */
-            KMC_STORE(&h->bits[w], x | bit);
-            KMC_COUNT(&h->frees);
-            heap_leave(h);
-            return KMC_OK;
-        }
+    uint32_t idx;
+    uint64_t x, bit;
+    if (likely(!gate) && cur_live_slot(c, h, p, &idx, &x, &bit)) {
+        /* (h->word is not moved back to this word: keeping it costs this
+         * path two registers saved, more than the rescan it spares) */
+        KMC_STORE(&h->bits[idx >> 6], x | bit);
+        KMC_COUNT(&h->frees);
+        heap_leave(h);
+        return KMC_OK;
     }
     if (KMC_GROUPS_ON && gate == KMC_HEAP_TAGGED)
         return tagged_free(c, p, h); /* still busy */
@@ -317,33 +328,26 @@ kmc_status kmc_cache_free(kmc_cache_t *c, void *p)
  * object at once, one gives the charge back, even when the other's free is
  * then refused), and its charge given back. Entered busy, no taker
  * waiting; anything but a live object of the current slab goes to
- * free_other. (The slot's lookup is kmc_cache_free's, written again: an
- * inline function for both costs this path 12 instructions a free.) */
+ * free_other. */
 static KMC_NOINLINE kmc_status tagged_free(kmc_cache_t *c, void *p, kmc_heap_t *h)
 {
-    size_t in = (uintptr_t)p - (uintptr_t)h->cur_mem;
-    if (likely(in < c->slots_bytes)) {
-        uint32_t idx = (uint32_t)(((unsigned __int128)in * c->slot_recip) >> 48);
-        uint32_t w = idx >> 6;
-        uint64_t bit = UINT64_C(1) << (idx & 63);
-        uint64_t x = KMC_LOAD(&h->bits[w]);
-        if (likely((size_t)idx * c->slot_size == in &&
-                   !((x | KMC_LOAD(&h->cur_remote[w])) & bit))) {
-            uint16_t group = 0;
-            _Atomic uint16_t *tags = h->cur_tags;
-            if (unlikely(!tags)) /* mapped since the slab became current, or none */
-                tags = h->cur_tags = kmc__slab_tags(c, h->cur_id);
-            if (tags && atomic_load_explicit(&tags[idx], memory_order_relaxed))
-                group = atomic_exchange_explicit(&tags[idx], 0, memory_order_relaxed);
-            KMC_STORE(&h->bits[w], x | bit);
-            KMC_COUNT(&h->frees);
-            if (group && stock_put(h, group))
-                group = 0;
-            heap_leave(h);
-            if (group) /* the object is free, and only this thread's */
-                kmc__group_uncharge(group, c->size, 1);
-            return KMC_OK;
-        }
+    uint32_t idx;
+    uint64_t x, bit;
+    if (cur_live_slot(c, h, p, &idx, &x, &bit)) {
+        uint16_t group = 0;
+        _Atomic uint16_t *tags = h->cur_tags;
+        if (unlikely(!tags)) /* mapped since the slab became current, or none */
+            tags = h->cur_tags = kmc__slab_tags(c, h->cur_id);
+        if (tags && atomic_load_explicit(&tags[idx], memory_order_relaxed))
+            group = atomic_exchange_explicit(&tags[idx], 0, memory_order_relaxed);
+        KMC_STORE(&h->bits[idx >> 6], x | bit);
+        KMC_COUNT(&h->frees);
+        if (group && stock_put(h, group))
+            group = 0;
+        heap_leave(h);
+        if (group) /* the object is free, and only this thread's */
+            kmc__group_uncharge(group, c->size, 1);
+        return KMC_OK;
     }
     return free_other(c, p, h);
 }
