@@ -355,5 +355,26 @@ def test_exit_keeps_the_context_if_the_free_fails(lbr_pmu: perf.Pmu) -> None:
     assert task.perf_event_ctxp is None and live_objects("x86_lbr") == 0
 
 
+@pytest.mark.parametrize("after_the_free", [True, False])
+def test_exit_interrupted_in_the_free_frees_once(lbr_pmu: perf.Pmu, after_the_free: bool) -> None:
+    # Ctrl-C can land as the free returns: the next exit must find nothing to
+    # free, and data the free never reached must still go with its handle
+    def free(pmu: perf.Pmu, data: object) -> None:
+        if after_the_free:
+            perf.PATCH.free(pmu, data)
+        raise KeyboardInterrupt
+
+    interrupted = perf.TaskCtxAllocator("interrupted", perf.PATCH.alloc, free)
+    task = perf.fork_task(1, lbr_pmu, interrupted)
+    with pytest.raises(KeyboardInterrupt):
+        perf.perf_event_exit_task(task)
+    assert task.perf_event_ctxp is None
+    perf.perf_event_exit_task(task)  # no DoubleFreeError
+    import gc
+
+    gc.collect()
+    assert live_objects("x86_lbr") == 0
+
+
 def test_task_repr() -> None:
     assert "pid=7" in repr(perf.Task(7))

@@ -465,15 +465,27 @@ def perf_event_exit_task(task: Task) -> None:
 
     The kernel frees the data in ``free_ctx()`` once the last reference to the
     context goes; this model has no other references, so it frees at once.
-    A task without a context is left as it is.
+    A task without a context is left as it is. If the free raises an
+    exception the task keeps its context; if it is interrupted
+    (``KeyboardInterrupt``) the task loses it, and data the free did not reach
+    is freed when its last reference goes.
     """
     ctx = task.perf_event_ctxp
     if ctx is None:
         return
     data = ctx.task_ctx_data
-    ctx.allocator.free(ctx.pmu, data)
+    # Forget the data before freeing it: an interrupt raised as the free
+    # returns (Ctrl-C) must not leave freed data for a later exit to free again.
     ctx.task_ctx_data = None
     task.perf_event_ctxp = None
+    try:
+        ctx.allocator.free(ctx.pmu, data)
+    except Exception:
+        # the free refused (a view pins the data, another PMU's data) and
+        # changed nothing: the task keeps its context
+        ctx.task_ctx_data = data
+        task.perf_event_ctxp = ctx
+        raise
 
 
 def fork_task(pid: int, pmu: Pmu, allocator: TaskCtxAllocator = PATCH) -> Task:
