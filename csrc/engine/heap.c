@@ -20,14 +20,14 @@
  *
  * Measured with callgrind (python benchmarks/bench_engine.py --callgrind;
  * gcc 12 -O2, x86-64, 64-byte objects, loop included): 104 instructions per
- * alloc+free pair, 107 when a thousand objects are allocated then freed,
+ * alloc+free pair, 108 when a thousand objects are allocated then freed,
  * and 224 per free+alloc in a steady pool of 4,096 live objects, a random
  * one replaced each time (2,679 before the magazine, when nearly every
  * alloc switched slabs). Memory groups cost these nothing: a thread in a
  * group fails the alloc's first test (kmc__alloc_self) into charged_alloc,
  * and the heaps of a cache that ever had an object charged fail the free's
  * request test into tagged_free, both out of line, where the heap's stock
- * pays and takes back the charge; a pair inside a group costs 164 (the
+ * pays and takes back the charge; a pair inside a group costs 159 (the
  * same build without groups, -DKMC_NO_GROUPS, runs these counts but the
  * pool's, 5 fewer there). mimalloc, which keeps its free
  * list inside free objects, needs fewer; a bitmap outside object memory is
@@ -323,33 +323,55 @@ kmc_status kmc_cache_free(kmc_cache_t *c, void *p)
     return free_other(c, p, h);      /* still busy */
 }
 
+/* tagged_free without the current slab's tags: its arena may have had
+ * them mapped since the slab became current (another thread tagged an
+ * object it took from the depot before this heap took the slab). @freed:
+ * the slot's bitmap word with its bit set. */
+static KMC_NOINLINE kmc_status tagged_free_reload(kmc_cache_t *c, void *p, kmc_heap_t *h,
+                                                  uint32_t idx, uint64_t freed)
+{
+    if ((h->cur_tags = kmc__slab_tags(c, h->cur_id)))
+        return tagged_free(c, p, h);
+    KMC_STORE(&h->bits[idx >> 6], freed); /* no tag to take */
+    KMC_COUNT(&h->frees);
+    heap_leave(h);
+    return KMC_OK;
+}
+
+/* tagged_free's charge back when the heap's stock is full or another
+ * group's: the object is free, and only this thread's. */
+static KMC_NOINLINE kmc_status tagged_free_uncharge(const kmc_cache_t *c, kmc_heap_t *h,
+                                                    uint32_t group)
+{
+    heap_leave(h); /* (never on groups_lock while busy: its takers wait for busy) */
+    kmc__group_uncharge(group, c->size, 1);
+    return KMC_OK;
+}
+
 /* The free fast path of a cache that had objects charged: the object's tag
  * taken by an exchange, as every free takes it (of two threads freeing the
  * object at once, one gives the charge back, even when the other's free is
- * then refused), and its charge given back. Entered busy, no taker
- * waiting; anything but a live object of the current slab goes to
- * free_other. */
+ * then refused), and its charge given back to the heap's stock. Entered
+ * busy, no taker waiting; anything but a live object of the current slab
+ * goes to free_other. */
 static KMC_NOINLINE kmc_status tagged_free(kmc_cache_t *c, void *p, kmc_heap_t *h)
 {
     uint32_t idx;
     uint64_t x, bit;
-    if (cur_live_slot(c, h, p, &idx, &x, &bit)) {
-        uint16_t group = 0;
-        _Atomic uint16_t *tags = h->cur_tags;
-        if (unlikely(!tags)) /* mapped since the slab became current, or none */
-            tags = h->cur_tags = kmc__slab_tags(c, h->cur_id);
-        if (tags && atomic_load_explicit(&tags[idx], memory_order_relaxed))
-            group = atomic_exchange_explicit(&tags[idx], 0, memory_order_relaxed);
-        KMC_STORE(&h->bits[idx >> 6], x | bit);
-        KMC_COUNT(&h->frees);
-        if (group && stock_put(h, group))
-            group = 0;
-        heap_leave(h);
-        if (group) /* the object is free, and only this thread's */
-            kmc__group_uncharge(group, c->size, 1);
-        return KMC_OK;
-    }
-    return free_other(c, p, h);
+    if (!cur_live_slot(c, h, p, &idx, &x, &bit))
+        return free_other(c, p, h);
+    _Atomic uint16_t *tags = h->cur_tags;
+    if (unlikely(!tags))
+        return tagged_free_reload(c, p, h, idx, x | bit);
+    uint16_t group = 0;
+    if (atomic_load_explicit(&tags[idx], memory_order_relaxed))
+        group = atomic_exchange_explicit(&tags[idx], 0, memory_order_relaxed);
+    KMC_STORE(&h->bits[idx >> 6], x | bit);
+    KMC_COUNT(&h->frees);
+    if (group && unlikely(!stock_put(h, group)))
+        return tagged_free_uncharge(c, h, group);
+    heap_leave(h);
+    return KMC_OK;
 }
 
 static void owned_transition(kmc_cache_t *c, kmc_heap_t *h, uint32_t id);
