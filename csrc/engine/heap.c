@@ -27,7 +27,7 @@
  * group fails the alloc's first test (kmc__alloc_self) into charged_alloc,
  * and the heaps of a cache that ever had an object charged fail the free's
  * request test into tagged_free, both out of line, where the heap's stock
- * pays and takes back the charge; a pair inside a group costs 159 (the
+ * pays and takes back the charge; a pair inside a group costs 157 (the
  * same build without groups, -DKMC_NO_GROUPS, runs these counts but the
  * pool's, 5 fewer there). mimalloc, which keeps its free
  * list inside free objects, needs fewer; a bitmap outside object memory is
@@ -188,8 +188,10 @@ static KMC_NOINLINE void heap_tags_refresh(kmc_cache_t *c)
  * handshake, so that these fail once it may be looking. */
 static inline bool stock_take(kmc_heap_t *h, uint32_t id)
 {
+    if (KMC_LOAD(&h->stock_id) != id)
+        return false;
     uint32_t n = KMC_LOAD(&h->stock_n);
-    if (KMC_LOAD(&h->stock_id) != id || !n)
+    if (!n)
         return false;
     KMC_STORE(&h->stock_n, n - 1);
     return true;
@@ -197,8 +199,10 @@ static inline bool stock_take(kmc_heap_t *h, uint32_t id)
 
 static inline bool stock_put(kmc_heap_t *h, uint32_t id)
 {
+    if (KMC_LOAD(&h->stock_id) != id)
+        return false;
     uint32_t n = KMC_LOAD(&h->stock_n);
-    if (KMC_LOAD(&h->stock_id) != id || n >= h->stock_cap)
+    if (n >= h->stock_cap)
         return false;
     KMC_STORE(&h->stock_n, n + 1);
     return true;
