@@ -369,6 +369,11 @@ const char *kmc_option_name(kmc_option option);
  * (n < 0 turns failure injection off). */
 void kmc_os_fail_after(long n);
 
+/* Test hook: call @fn(@arg) in the calling thread just after each memory
+ * barrier the engine runs on every thread (the handshake by which a thread
+ * takes back another's heap or stock); NULL turns it off. */
+void kmc_os_barrier_hook(void (*fn)(void *), void *arg);
+
 /* Test hook: flip the free bit of the slot holding @address in its slab's
  * bitmap, touching nothing else: the metadata corruption that a stray write
  * into SLUB's in-object free pointer causes. KMC_OK, or KMC_EINVALID_FREE

@@ -140,6 +140,15 @@ void kmc__os_zero_pages(void *addr, size_t size) { madvise(addr, size, MADV_DONT
 static _Atomic int barrier_state; /* 0: unknown, 1: registered, -1: unsupported */
 static _Atomic pid_t barrier_pid;
 
+static void (*_Atomic barrier_hook)(void *);
+static void *_Atomic barrier_hook_arg;
+
+void kmc_os_barrier_hook(void (*fn)(void *), void *arg)
+{
+    atomic_store(&barrier_hook_arg, arg);
+    atomic_store(&barrier_hook, fn);
+}
+
 int kmc__os_barrier(void)
 {
     if (atomic_load(&barrier_state) == 0 || atomic_load(&barrier_pid) != getpid()) {
@@ -149,7 +158,12 @@ int kmc__os_barrier(void)
     }
     if (atomic_load(&barrier_state) < 0)
         return -1;
-    return syscall(__NR_membarrier, MEMBARRIER_CMD_PRIVATE_EXPEDITED, 0, 0) == 0 ? 0 : -1;
+    if (syscall(__NR_membarrier, MEMBARRIER_CMD_PRIVATE_EXPEDITED, 0, 0) != 0)
+        return -1;
+    void (*hook)(void *) = atomic_load(&barrier_hook);
+    if (hook)
+        hook(atomic_load(&barrier_hook_arg));
+    return 0;
 }
 
 uint32_t kmc__now_ms(void)

@@ -658,6 +658,79 @@ static void test_stocks_taken_back_while_in_use(void)
     CHECK_EQ(kmc_cache_destroy(shared_cache), KMC_OK);
 }
 
+/* A taker clears each stock's group before its barrier: an owner that
+ * allocates from then on finds no stock and waits for groups_lock, which
+ * the taker holds, instead of taking from a stock about to be flushed (its
+ * store of the count would then undo the flush). The barrier hook asks the
+ * owner, which holds a stock, for one alloc and gives it 200 ms: the alloc
+ * must not finish inside the take-back. (A slow machine can only make a
+ * broken order pass, never a right one fail.) */
+static atomic_int owner_step; /* 0 stock filled, 1 asked, 2 allocated */
+static atomic_int owner_ready, finished_inside;
+static pthread_t taker;
+
+static void *alloc_when_asked(void *arg)
+{
+    (void)arg;
+    void *objs[8];
+    kmc_group_enter(shared_group);
+    for (int i = 0; i < 8; i++)
+        if (!(objs[i] = kmc_cache_alloc(shared_cache, 0)))
+            atomic_fetch_add(&thread_failures, 1);
+    for (int i = 0; i < 8; i++) /* back into the heap's stock */
+        if (objs[i] && kmc_cache_free(shared_cache, objs[i]) != KMC_OK)
+            atomic_fetch_add(&thread_failures, 1);
+    atomic_store(&owner_ready, 1);
+    while (atomic_load(&owner_step) != 1)
+        sched_yield();
+    void *p = kmc_cache_alloc(shared_cache, 0);
+    atomic_store(&owner_step, 2);
+    kmc_group_enter(NULL);
+    return p;
+}
+
+static void ask_the_owner(void *arg)
+{
+    (void)arg;
+    int idle = 0;
+    if (!pthread_equal(pthread_self(), taker) ||
+        !atomic_compare_exchange_strong(&owner_step, &idle, 1))
+        return; /* another thread's barrier, or asked already */
+    for (int ms = 0; ms < 200 && atomic_load(&owner_step) != 2; ms++)
+        usleep(1000);
+    atomic_store(&finished_inside, atomic_load(&owner_step) == 2);
+}
+
+static void test_a_stock_taken_back_serves_no_alloc(void)
+{
+    CHECK_EQ(kmc_group_create("taken", NULL, (uint64_t)1 << 30, 0, &shared_group), KMC_OK);
+    shared_cache = make("grp-taken", 64, 0);
+    CHECK(shared_cache);
+    atomic_store(&thread_failures, 0);
+    atomic_store(&owner_step, 0);
+    atomic_store(&owner_ready, 0);
+    atomic_store(&finished_inside, 0);
+    pthread_t t;
+    CHECK_EQ(pthread_create(&t, NULL, alloc_when_asked, NULL), 0);
+    while (!atomic_load(&owner_ready))
+        sched_yield();
+    taker = pthread_self();
+    kmc_os_barrier_hook(ask_the_owner, NULL);
+    CHECK_EQ(kmc_group_set_limits(shared_group, ((uint64_t)1 << 30) - 1, 0), KMC_OK);
+    kmc_os_barrier_hook(NULL, NULL);
+    void *p;
+    pthread_join(t, &p);
+    CHECK_EQ(atomic_load(&thread_failures), 0);
+    CHECK_EQ(atomic_load(&owner_step), 2); /* asked, inside the take-back */
+    CHECK_EQ(atomic_load(&finished_inside), 0);
+    CHECK(p);
+    CHECK_EQ(gstats(shared_group).usage, 64);
+    CHECK_EQ(kmc_cache_free(shared_cache, p), KMC_OK);
+    CHECK_EQ(gstats(shared_group).usage, 0);
+    kmc_group_release(shared_group);
+    CHECK_EQ(kmc_cache_destroy(shared_cache), KMC_OK);
+}
+
 /* A group released while its objects live goes when the last is freed (a
  * group per job must not run out of ids): many more than the ids there are. */
 static void test_released_groups_go_with_their_last_object(void)
@@ -1033,6 +1106,7 @@ int main(void)
     RUN(test_other_threads_stocks_do_not_hold_the_room);
     RUN(test_a_lowered_limit_holds_at_once);
     RUN(test_stocks_taken_back_while_in_use);
+    RUN(test_a_stock_taken_back_serves_no_alloc);
     RUN(test_released_groups_go_with_their_last_object);
     RUN(test_the_last_frees_of_released_groups_race_safely);
     RUN(test_a_cache_limit_holds_while_two_threads_grow_it);

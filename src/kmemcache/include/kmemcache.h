@@ -36,8 +36,8 @@
  * their end, and the API passes the caller's sizeof so that an older
  * caller's struct is filled up to its own size, never past it.
  *
- * Not in the API: the test hooks kmc_os_fail_after and
- * kmc_debug_flip_free_bit.
+ * Not in the API: the test hooks kmc_os_fail_after, kmc_os_barrier_hook
+ * and kmc_debug_flip_free_bit.
  *
  * Objects allocated through this API are not traced by tracemalloc (the
  * Python face traces its objects in domain KMEMCACHE_TRACE_DOMAIN); a
