@@ -658,18 +658,21 @@ static void test_stocks_taken_back_while_in_use(void)
     CHECK_EQ(kmc_cache_destroy(shared_cache), KMC_OK);
 }
 
-/* A taker clears each stock's group before its barrier: an owner that
- * allocates from then on finds no stock and waits for groups_lock, which
- * the taker holds, instead of taking from a stock about to be flushed (its
- * store of the count would then undo the flush). The barrier hook asks the
- * owner, which holds a stock, for one alloc and gives it 200 ms: the alloc
+/* Takers and an owner in a group, in one order: the taker marks what it
+ * takes (a stock's group cleared, a heap's request set), runs the barrier,
+ * and only then uses it; the owner's fast paths look at the marks, so that
+ * an alloc or free from then on waits for the lock the taker holds
+ * (groups_lock, the cache's) instead of using what is being taken. The
+ * barrier hook asks an owner that holds a stock and a current slab for one
+ * alloc, or the free of an object of that slab, and gives it 200 ms: it
  * must not finish inside the take-back. (A slow machine can only make a
  * broken order pass, never a right one fail.) */
-static atomic_int owner_step; /* 0 stock filled, 1 asked, 2 allocated */
-static atomic_int owner_ready, finished_inside;
+static atomic_int owner_step; /* 0 stock filled, 1 asked, 2 done */
+static atomic_int owner_ready, owner_frees, finished_inside;
+static void *owner_kept, *owner_new;
 static pthread_t taker;
 
-static void *alloc_when_asked(void *arg)
+static void *act_when_asked(void *arg)
 {
     (void)arg;
     void *objs[8];
@@ -677,16 +680,20 @@ static void *alloc_when_asked(void *arg)
     for (int i = 0; i < 8; i++)
         if (!(objs[i] = kmc_cache_alloc(shared_cache, 0)))
             atomic_fetch_add(&thread_failures, 1);
-    for (int i = 0; i < 8; i++) /* back into the heap's stock */
+    for (int i = 0; i < 7; i++) /* back into the heap's stock */
         if (objs[i] && kmc_cache_free(shared_cache, objs[i]) != KMC_OK)
             atomic_fetch_add(&thread_failures, 1);
+    owner_kept = objs[7];
     atomic_store(&owner_ready, 1);
     while (atomic_load(&owner_step) != 1)
         sched_yield();
-    void *p = kmc_cache_alloc(shared_cache, 0);
+    if (!atomic_load(&owner_frees))
+        owner_new = kmc_cache_alloc(shared_cache, 0);
+    else if (kmc_cache_free(shared_cache, owner_kept) == KMC_OK)
+        owner_kept = NULL;
     atomic_store(&owner_step, 2);
     kmc_group_enter(NULL);
-    return p;
+    return NULL;
 }
 
 static void ask_the_owner(void *arg)
@@ -701,7 +708,9 @@ static void ask_the_owner(void *arg)
     atomic_store(&finished_inside, atomic_load(&owner_step) == 2);
 }
 
-static void test_a_stock_taken_back_serves_no_alloc(void)
+/* @take_back run while the owner allocates (or @frees): finished_inside
+ * tells whether that finished inside. */
+static void take_back_while_the_owner_acts(void (*take_back)(void), int frees)
 {
     CHECK_EQ(kmc_group_create("taken", NULL, (uint64_t)1 << 30, 0, &shared_group), KMC_OK);
     shared_cache = make("grp-taken", 64, 0);
@@ -709,26 +718,49 @@ static void test_a_stock_taken_back_serves_no_alloc(void)
     atomic_store(&thread_failures, 0);
     atomic_store(&owner_step, 0);
     atomic_store(&owner_ready, 0);
+    atomic_store(&owner_frees, frees);
     atomic_store(&finished_inside, 0);
+    owner_kept = owner_new = NULL;
     pthread_t t;
-    CHECK_EQ(pthread_create(&t, NULL, alloc_when_asked, NULL), 0);
+    CHECK_EQ(pthread_create(&t, NULL, act_when_asked, NULL), 0);
     while (!atomic_load(&owner_ready))
         sched_yield();
     taker = pthread_self();
     kmc_os_barrier_hook(ask_the_owner, NULL);
-    CHECK_EQ(kmc_group_set_limits(shared_group, ((uint64_t)1 << 30) - 1, 0), KMC_OK);
+    take_back();
     kmc_os_barrier_hook(NULL, NULL);
-    void *p;
-    pthread_join(t, &p);
+    pthread_join(t, NULL);
     CHECK_EQ(atomic_load(&thread_failures), 0);
     CHECK_EQ(atomic_load(&owner_step), 2); /* asked, inside the take-back */
-    CHECK_EQ(atomic_load(&finished_inside), 0);
-    CHECK(p);
-    CHECK_EQ(gstats(shared_group).usage, 64);
-    CHECK_EQ(kmc_cache_free(shared_cache, p), KMC_OK);
+    CHECK(frees ? !owner_kept && !owner_new : owner_kept && owner_new);
+    CHECK_EQ(gstats(shared_group).usage, frees ? 0 : 2 * 64);
+    for (void **p = (void *[]){owner_kept, owner_new}, **end = p + 2; p < end; p++)
+        if (*p)
+            CHECK_EQ(kmc_cache_free(shared_cache, *p), KMC_OK);
     CHECK_EQ(gstats(shared_group).usage, 0);
     kmc_group_release(shared_group);
     CHECK_EQ(kmc_cache_destroy(shared_cache), KMC_OK);
+}
+
+static void take_the_stocks(void)
+{
+    CHECK_EQ(kmc_group_set_limits(shared_group, ((uint64_t)1 << 30) - 1, 0), KMC_OK);
+}
+
+static void take_the_heaps(void) { kmc_cache_shrink(shared_cache); }
+
+static void test_a_stock_taken_back_serves_no_alloc(void)
+{
+    take_back_while_the_owner_acts(take_the_stocks, 0);
+    CHECK_EQ(atomic_load(&finished_inside), 0);
+}
+
+static void test_a_heap_taken_back_serves_no_charged_alloc_or_free(void)
+{
+    take_back_while_the_owner_acts(take_the_heaps, 0);
+    CHECK_EQ(atomic_load(&finished_inside), 0);
+    take_back_while_the_owner_acts(take_the_heaps, 1);
+    CHECK_EQ(atomic_load(&finished_inside), 0);
 }
 
 /* A group released while its objects live goes when the last is freed (a
@@ -1107,6 +1139,7 @@ int main(void)
     RUN(test_a_lowered_limit_holds_at_once);
     RUN(test_stocks_taken_back_while_in_use);
     RUN(test_a_stock_taken_back_serves_no_alloc);
+    RUN(test_a_heap_taken_back_serves_no_charged_alloc_or_free);
     RUN(test_released_groups_go_with_their_last_object);
     RUN(test_the_last_frees_of_released_groups_race_safely);
     RUN(test_a_cache_limit_holds_while_two_threads_grow_it);
