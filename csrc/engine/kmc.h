@@ -370,8 +370,11 @@ const char *kmc_option_name(kmc_option option);
 void kmc_os_fail_after(long n);
 
 /* Test hook: call @fn(@arg) in the calling thread just after each memory
- * barrier the engine runs on every thread (the handshake by which a thread
- * takes back another's heap or stock); NULL turns it off. */
+ * barrier the engine runs on every thread and that succeeds (the handshake
+ * by which a thread takes back another's heap or stock; also at the first
+ * group's creation and before a fork). @fn runs with the caller's engine
+ * locks held: it must not call the engine. NULL turns it off. Set it only
+ * while no other thread can run a barrier. */
 void kmc_os_barrier_hook(void (*fn)(void *), void *arg);
 
 /* Test hook: flip the free bit of the slot holding @address in its slab's

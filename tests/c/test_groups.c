@@ -661,12 +661,14 @@ static void test_stocks_taken_back_while_in_use(void)
 /* Takers and an owner in a group, in one order: the taker marks what it
  * takes (a stock's group cleared, a heap's request set), runs the barrier,
  * and only then uses it; the owner's fast paths look at the marks, so that
- * an alloc or free from then on waits for the lock the taker holds
- * (groups_lock, the cache's) instead of using what is being taken. The
- * barrier hook asks an owner that holds a stock and a current slab for one
- * alloc, or the free of an object of that slab, and gives it 200 ms: it
- * must not finish inside the take-back. (A slow machine can only make a
- * broken order pass, never a right one fail.) */
+ * from then on an alloc waits for the lock the taker holds (groups_lock for
+ * a stock, the cache's for a heap), and so does a free into a heap being
+ * taken (a free that finds its stock taken gives the charge back to the
+ * counters without a lock, so it is not asked for there). The barrier hook
+ * asks an owner that holds a stock and a current slab for one alloc, or the
+ * free of an object of that slab, and gives it 200 ms: it must not finish
+ * inside the take-back. (A slow machine can only make a broken order pass,
+ * never a right one fail.) */
 static atomic_int owner_step; /* 0 stock filled, 1 asked, 2 done */
 static atomic_int owner_ready, owner_frees, finished_inside;
 static void *owner_kept, *owner_new;
@@ -729,7 +731,13 @@ static void take_back_while_the_owner_acts(void (*take_back)(void), int frees)
     kmc_os_barrier_hook(ask_the_owner, NULL);
     take_back();
     kmc_os_barrier_hook(NULL, NULL);
+    /* no hook ran without a working membarrier (the takers then leave the
+     * owner's heap and stock alone): the owner is let go, nothing to check */
+    int idle = 0;
+    int no_barrier = atomic_compare_exchange_strong(&owner_step, &idle, 1);
     pthread_join(t, NULL);
+    if (no_barrier)
+        printf("     (no process-wide barrier here: the order is not tested)\n");
     CHECK_EQ(atomic_load(&thread_failures), 0);
     CHECK_EQ(atomic_load(&owner_step), 2); /* asked, inside the take-back */
     CHECK(frees ? !owner_kept && !owner_new : owner_kept && owner_new);
