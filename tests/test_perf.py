@@ -3,6 +3,7 @@ the options it weighed, and task contexts created at fork and freed at exit."""
 
 from __future__ import annotations
 
+import gc
 import sys
 from collections.abc import Iterator
 
@@ -370,8 +371,6 @@ def test_exit_interrupted_in_the_free_frees_once(lbr_pmu: perf.Pmu, after_the_fr
         perf.perf_event_exit_task(task)
     assert task.perf_event_ctxp is None
     perf.perf_event_exit_task(task)  # no DoubleFreeError
-    import gc
-
     gc.collect()
     assert live_objects("x86_lbr") == 0
 

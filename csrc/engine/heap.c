@@ -471,6 +471,13 @@ static KMC_NOINLINE kmc_status free_other(kmc_cache_t *c, void *p, kmc_heap_t *h
 static uint32_t stack_low(uint64_t head) { return (uint32_t)head; }
 static uint64_t stack_gen(uint64_t head) { return head >> 32; }
 
+/* Every heap of @ch: its frees take tags from now on. */
+static void chunk_mark_tagged(kmc_heap_chunk_t *ch)
+{
+    for (unsigned i = 0; i < (1u << KMC_HEAP_CHUNK_SHIFT); i++)
+        atomic_fetch_or(&ch->heaps[i].request, KMC_HEAP_TAGGED);
+}
+
 /* The heap of thread index @t in @c, making its chunk if need be; NULL
  * without memory. */
 static kmc_heap_t *heap_get(kmc_cache_t *c, uint32_t t)
@@ -498,8 +505,7 @@ static kmc_heap_t *heap_get(kmc_cache_t *c, uint32_t t)
              * consistent: one sees the other) */
             atomic_store_explicit(slot, ch, memory_order_seq_cst);
             if (KMC_GROUPS_ON && __atomic_load_n(&c->charged, __ATOMIC_SEQ_CST))
-                for (unsigned i = 0; i < (1u << KMC_HEAP_CHUNK_SHIFT); i++)
-                    atomic_fetch_or(&ch->heaps[i].request, KMC_HEAP_TAGGED);
+                chunk_mark_tagged(ch);
         }
     }
     kmc__unlock(&c->lock);
@@ -510,8 +516,8 @@ void kmc__heaps_mark_tagged(kmc_cache_t *c)
 {
     for (unsigned i = 0; i < KMC_HEAP_CHUNKS; i++) {
         kmc_heap_chunk_t *ch = atomic_load_explicit(&c->chunks[i], memory_order_seq_cst);
-        for (unsigned j = 0; ch && j < (1u << KMC_HEAP_CHUNK_SHIFT); j++)
-            atomic_fetch_or(&ch->heaps[j].request, KMC_HEAP_TAGGED);
+        if (ch)
+            chunk_mark_tagged(ch);
     }
 }
 
